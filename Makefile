@@ -1,0 +1,39 @@
+# `make up` and `make test` do all set-up on a fresh machine: a .venv, torch, jetserve.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build (on this machine kind it comes from local disk). On a GPU machine, e.g.:
+#   make up TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.jetserve-installed
+PYTEST_ARGS ?=
+
+.PHONY: up test test-slow lint install bench clean
+
+up: $(STAMP)
+	$(BIN)/jetserve up $(ARGS)
+
+test: $(STAMP) lint
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/python -m loadtest.pipeline
+
+clean:
+	rm -rf .jetserve .mypy_cache .ruff_cache .pytest_cache

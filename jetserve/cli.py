@@ -1,0 +1,124 @@
+"""`jetserve` command line. Each subcommand imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+DEFAULT_MODELS_FILE = Path(__file__).with_name("models.toml")
+
+
+def _models_file(args: argparse.Namespace) -> Path:
+    value = args.models_file or os.environ.get("JETSERVE_MODELS_FILE")
+    return Path(value) if value else DEFAULT_MODELS_FILE
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from jetserve.stack import StackOptions, run_stack
+
+    options = StackOptions.from_env(
+        os.environ, models_file=_models_file(args), data_dir=args.data_dir, workers=args.workers
+    )
+    return run_stack(options)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.config import ModelSpec, find_model, load_models_file
+    from workers.worker import main as worker_main
+
+    if args.model_class:
+        spec = ModelSpec(
+            name=args.model,
+            model_class=args.model_class,
+            options=dict(_option(o) for o in args.option),
+        )
+    else:
+        spec = find_model(load_models_file(_models_file(args)), args.model)
+    return worker_main(spec, os.environ)
+
+
+def _option(text: str) -> tuple[str, object]:
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--option wants key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import nats
+
+    from workers.config import WorkerConfig, load_models_file
+    from workers.provision import provision_model
+    from workers.worker import queue_settings
+
+    config = WorkerConfig.from_env(os.environ)
+
+    async def run() -> None:
+        nc = await nats.connect(config.nats_url)
+        js = nc.jetstream()
+        for spec in load_models_file(_models_file(args)):
+            await provision_model(js, spec.name, queue_settings(config))
+            print(f"provisioned {spec.name}")
+        await nc.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jetserve", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("JETSERVE_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "run the local stack (NATS, Postgres, workers) in the foreground")
+    p.add_argument("--models-file")
+    p.add_argument("--data-dir", help="default .jetserve (JETSERVE_DATA_DIR)")
+    p.add_argument("--workers", type=int, help="replicas per model (overrides the file)")
+
+    p = add("worker", cmd_worker, "serve one model from its NATS stream")
+    p.add_argument("--model", required=True)
+    p.add_argument("--models-file")
+    p.add_argument(
+        "--class",
+        dest="model_class",
+        help="serve this SDK class (name or module:Class) without a models file",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option, with --class (value parsed as JSON when it is JSON)",
+    )
+
+    p = add("provision", cmd_provision, "create the streams and consumers of every model")
+    p.add_argument("--models-file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))

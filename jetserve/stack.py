@@ -1,0 +1,264 @@
+"""`jetserve up`: the whole system on one machine, in the foreground.
+
+Starts a real nats-server (JetStream, file storage) and PostgreSQL under the data directory
+(or uses external ones from JETSERVE_NATS_URL / JETSERVE_DATABASE_URL), then the worker
+processes of every model in the models file. Restarts a child that dies, with backoff.
+SIGINT/SIGTERM stop the children first (workers drain), then the servers. Writes the URLs to
+`<data dir>/stack.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from jetserve.servers import NatsServer, PostgresServer
+from schemas.settings import DATABASE_URL, NATS_URL, get_int, get_str
+from workers.config import load_models_file
+
+log = logging.getLogger("jetserve.stack")
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    data_dir: Path
+    models_file: Path
+    nats_url: str | None = None
+    database_url: str | None = None
+    nats_port: int = 0
+    nats_monitor_port: int = 0
+    postgres_port: int = 0
+    #: Replicas per model; None: each model's `local_replicas`.
+    workers: int | None = None
+    #: Extra environment for every child process.
+    child_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], *, models_file: Path, data_dir: str | None, workers: int | None
+    ) -> StackOptions:
+        return cls(
+            data_dir=Path(data_dir or get_str(env, "JETSERVE_DATA_DIR", ".jetserve")).resolve(),
+            models_file=models_file,
+            nats_url=env.get(NATS_URL) or None,
+            database_url=env.get(DATABASE_URL) or None,
+            nats_port=get_int(env, "JETSERVE_NATS_PORT", 0, minimum=0),
+            nats_monitor_port=get_int(env, "JETSERVE_NATS_MONITOR_PORT", 0, minimum=0),
+            postgres_port=get_int(env, "JETSERVE_POSTGRES_PORT", 0, minimum=0),
+            workers=workers,
+        )
+
+
+class Child:
+    """A supervised child process, restarted with exponential backoff when it dies."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        log_dir: Path,
+        stop_timeout_s: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = dict(env)
+        self.log_path = log_dir / f"{name}.log"
+        self.stop_timeout_s = stop_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._next_start = 0.0
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def check(self) -> None:
+        """Restart the child if it exited (not before its backoff has passed)."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if self._next_start == 0.0:
+            delay = min(30.0, 0.5 * 2 ** min(self.restarts, 6))
+            log.warning(
+                "%s exited with %s; restarting in %.1fs (see %s)",
+                self.name,
+                self.proc.returncode,
+                delay,
+                self.log_path,
+            )
+            self._next_start = now + delay
+        elif now >= self._next_start:
+            self.restarts += 1
+            self._next_start = 0.0
+            self.start()
+
+    def signal_stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs: killing", self.name, self.stop_timeout_s)
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Stack:
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.nats: NatsServer | None = None
+        self.postgres: PostgresServer | None = None
+        self.children: list[Child] = []
+        self.info: dict[str, object] = {}
+
+    def start_servers(self) -> None:
+        o = self.options
+        o.data_dir.mkdir(parents=True, exist_ok=True)
+        (o.data_dir / "logs").mkdir(exist_ok=True)
+        if o.nats_url is None:
+            self.nats = NatsServer(
+                o.data_dir / "nats",
+                port=o.nats_port or None,
+                monitor_port=o.nats_monitor_port or None,
+            ).start()
+        if o.database_url is None:
+            self.postgres = PostgresServer(
+                o.data_dir / "postgres", port=o.postgres_port or None
+            ).start()
+        self.info = {
+            "nats_url": o.nats_url or (self.nats.url if self.nats else None),
+            "nats_monitor_url": self.nats.monitor_url if self.nats else None,
+            "database_url": o.database_url or (self.postgres.dsn if self.postgres else None),
+            "http_url": None,
+            "data_dir": str(o.data_dir),
+            "postgres_data_dir": str(self.postgres.data_dir) if self.postgres else None,
+            "models": [],
+            "pid": os.getpid(),
+        }
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.options.child_env)
+        env[NATS_URL] = str(self.info["nats_url"])
+        if self.info["database_url"]:
+            env[DATABASE_URL] = str(self.info["database_url"])
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def start_children(self) -> None:
+        specs = load_models_file(self.options.models_file)
+        env = self.child_env()
+        logs = self.options.data_dir / "logs"
+        jetserve = [sys.executable, "-m", "jetserve"]
+        for spec in specs:
+            replicas = (
+                self.options.workers if self.options.workers is not None else (spec.local_replicas)
+            )
+            for i in range(replicas):
+                self.children.append(
+                    Child(
+                        f"worker-{spec.name}-{i}",
+                        [
+                            *jetserve,
+                            "worker",
+                            "--model",
+                            spec.name,
+                            "--models-file",
+                            str(self.options.models_file),
+                        ],
+                        env,
+                        logs,
+                    )
+                )
+        self.info["models"] = [s.name for s in specs]
+        for child in self.children:
+            child.start()
+
+    def processes(self) -> dict[str, int]:
+        procs = {c.name: c.proc.pid for c in self.children if c.proc is not None}
+        if self.nats is not None and self.nats.proc is not None:
+            procs["nats-server"] = self.nats.proc.pid
+        if self.postgres is not None and self.postgres.proc is not None:
+            procs["postgres"] = self.postgres.proc.pid
+        return procs
+
+    def write_info(self) -> Path:
+        self.info["processes"] = self.processes()
+        path = self.options.data_dir / "stack.json"
+        path.write_text(json.dumps(self.info, indent=2) + "\n")
+        return path
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.signal_stop()
+        for child in self.children:
+            child.wait_stopped()
+        if self.postgres is not None:
+            self.postgres.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+
+def run_stack(options: StackOptions) -> int:
+    stack = Stack(options)
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start_servers()
+        stack.start_children()
+        path = stack.write_info()
+        _announce(stack, path)
+        while not stopping:
+            for child in stack.children:
+                child.check()
+            time.sleep(0.2)
+    finally:
+        print("jetserve: stopping ...", file=sys.stderr, flush=True)
+        stack.stop()
+    print("jetserve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _announce(stack: Stack, path: Path) -> None:
+    i = stack.info
+    lines = [
+        "jetserve is up",
+        f"  NATS          {i['nats_url']}   (monitoring {i['nats_monitor_url']})",
+        f"  PostgreSQL    {i['database_url']}",
+    ]
+    if i.get("http_url"):
+        lines.append(f"  HTTP          {i['http_url']}")
+    lines += [
+        f"  models        {', '.join(map(str, i['models']))}",  # type: ignore[call-overload]
+        f"  stack info    {path}",
+        f"  logs          {stack.options.data_dir / 'logs'}",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,1 @@
+"""Benchmarks and load generators. Each prints its figures; none is a timed test."""

@@ -1,0 +1,1 @@
+"""Batch jobs over time: dispatch, finalize, expire, cancel, and webhooks, on a Postgres store."""

@@ -1,0 +1,65 @@
+"""Encoding and decoding of wire messages: JSON by default, msgpack when the header asks.
+
+Encoders and decoders are built once and reused (they are the hot path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from schemas.messages import CancelRequest, InferenceRequest, Reply, WorkerInfo
+from schemas.names import Encoding, Header
+
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+_request_json = msgspec.json.Decoder(InferenceRequest)
+_request_msgpack = msgspec.msgpack.Decoder(InferenceRequest)
+_reply_json: msgspec.json.Decoder[Reply] = msgspec.json.Decoder(Reply)
+_reply_msgpack: msgspec.msgpack.Decoder[Reply] = msgspec.msgpack.Decoder(Reply)
+_cancel_json = msgspec.json.Decoder(CancelRequest)
+_worker_json = msgspec.json.Decoder(WorkerInfo)
+
+DecodeError = msgspec.DecodeError  # includes msgspec.ValidationError
+
+
+def encoding_of(headers: Mapping[str, str] | None) -> Encoding:
+    """The body encoding named by the headers; JSON when absent. Unknown values raise."""
+    value = (headers or {}).get(Header.ENCODING)
+    if value is None or value == "":
+        return Encoding.JSON
+    try:
+        return Encoding(value.lower())
+    except ValueError:
+        raise msgspec.ValidationError(
+            f"unsupported {Header.ENCODING} {value!r}: use json or msgpack"
+        ) from None
+
+
+def encode(obj: Any, encoding: Encoding = Encoding.JSON) -> bytes:
+    if encoding is Encoding.MSGPACK:
+        return _msgpack_encoder.encode(obj)
+    return _json_encoder.encode(obj)
+
+
+def decode_request(data: bytes, encoding: Encoding = Encoding.JSON) -> InferenceRequest:
+    if encoding is Encoding.MSGPACK:
+        return _request_msgpack.decode(data)
+    return _request_json.decode(data)
+
+
+def decode_reply(data: bytes, encoding: Encoding = Encoding.JSON) -> Reply:
+    if encoding is Encoding.MSGPACK:
+        return _reply_msgpack.decode(data)
+    return _reply_json.decode(data)
+
+
+def decode_cancel(data: bytes) -> CancelRequest:
+    return _cancel_json.decode(data)
+
+
+def decode_worker_info(data: bytes) -> WorkerInfo:
+    return _worker_json.decode(data)

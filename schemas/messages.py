@@ -1,0 +1,136 @@
+"""Messages on the request and reply subjects.
+
+A request is published (JetStream) on `jetserve.req.<model>.<priority>`; everything a worker
+sends back for it goes to the subject named in the request's `Jetserve-Reply-To` header:
+zero or more `StreamChunk`s, then exactly one `FinalResult` or `ErrorResult` per attempt.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from schemas.errors import ErrorCode
+from schemas.names import MODEL_NAME_PATTERN, REQUEST_ID_PATTERN, Priority
+from schemas.params import SamplingParams
+
+ModelName = Annotated[str, Meta(pattern=MODEL_NAME_PATTERN)]
+RequestId = Annotated[str, Meta(pattern=REQUEST_ID_PATTERN)]
+Tenant = Annotated[str, Meta(min_length=1, max_length=128)]
+
+#: What the request asks for; decides the shape of `payload` (see `schemas.payloads`).
+Kind = Literal["chat", "completion", "embedding", "predict"]
+FinishReason = Literal["stop", "length", "cancelled", "deadline", "tool_calls"]
+
+
+class InferenceRequest(
+    msgspec.Struct, frozen=True, tag="request.v1", tag_field="type", omit_defaults=True
+):
+    """One unit of work for one model. Immutable once published."""
+
+    id: RequestId
+    model: ModelName
+    kind: Kind
+    #: Kind-specific body: `ChatPayload`, `CompletionPayload`, `EmbeddingPayload`, or any
+    #: JSON value for `predict`.
+    payload: Any = None
+    parameters: SamplingParams = msgspec.field(default_factory=SamplingParams)
+    tenant: Tenant = "default"
+    priority: Priority = Priority.ONLINE
+    #: Send `StreamChunk`s as output is produced, not only the final result.
+    stream: bool = False
+    #: Unix epoch milliseconds after which the result is no longer wanted.
+    deadline_ms: int | None = None
+    #: Unix epoch milliseconds when the client created the request (for e2e timing).
+    created_ms: int | None = None
+    #: Client-chosen key: requests with the same key (per tenant) run once.
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    #: Opaque client data (batch id, custom_id, ...), echoed nowhere, logged nowhere.
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Timings(msgspec.Struct, frozen=True, omit_defaults=True):
+    #: Time in the queue: stored in JetStream -> taken by a worker.
+    queue_ms: float = 0.0
+    #: Created (or stored, when `created_ms` is absent) -> first output token.
+    ttft_ms: float | None = None
+    #: Mean time per output token after the first.
+    tpot_ms: float | None = None
+    #: Created (or stored) -> final result sent.
+    e2e_ms: float = 0.0
+
+
+class TokenLogprob(msgspec.Struct, frozen=True, array_like=True):
+    token_id: int
+    logprob: float
+
+
+class TokenLogprobs(msgspec.Struct, frozen=True):
+    """Log-probability of one chosen token, and its most likely alternatives if asked."""
+
+    token: str
+    token_id: int
+    logprob: float
+    top: list[TokenLogprob] = msgspec.field(default_factory=list)
+
+
+class StreamChunk(
+    msgspec.Struct, frozen=True, tag="chunk.v1", tag_field="type", omit_defaults=True
+):
+    id: RequestId
+    #: 0, 1, 2, ... within one attempt.
+    seq: int
+    #: Newly decoded text (never a partial UTF-8 character).
+    delta: str = ""
+    token_ids: list[int] = msgspec.field(default_factory=list)
+    logprobs: list[TokenLogprobs] | None = None
+    #: JetStream delivery count: a chunk with a higher attempt than seen before means the
+    #: request was handed to another worker and its output restarts from seq 0.
+    attempt: int = 1
+
+
+class FinalResult(msgspec.Struct, frozen=True, tag="result.v1", tag_field="type"):
+    id: RequestId
+    model: ModelName
+    #: `TextOutput` for chat/completion, `EmbeddingOutput` for embedding, any JSON for predict.
+    output: Any
+    finish_reason: FinishReason | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    timings: Timings = msgspec.field(default_factory=Timings)
+
+
+class ErrorResult(msgspec.Struct, frozen=True, tag="error.v1", tag_field="type"):
+    id: str
+    code: ErrorCode
+    message: str
+    #: True when the same request may succeed if sent again later.
+    retryable: bool = False
+
+
+class CancelRequest(msgspec.Struct, frozen=True, tag="cancel.v1", tag_field="type"):
+    """Published on `jetserve.cancel.<model>.<id>`: stop work on that request."""
+
+    id: RequestId
+    reason: str = "client"
+
+
+class WorkerInfo(msgspec.Struct, frozen=True, tag="worker.v1", tag_field="type"):
+    """A worker's answer on `jetserve.ping.<model>`."""
+
+    worker_id: str
+    model: ModelName
+    capacity: int
+    in_flight: int
+    kinds: list[str]
+    draining: bool = False
+
+
+Reply = StreamChunk | FinalResult | ErrorResult

@@ -1,0 +1,135 @@
+"""Every NATS subject, stream, consumer and header name, in one place.
+
+Layout (one stream per model, so each model has its own limits, backlog bound and KEDA trigger):
+
+    stream   jetserve-req-<model>           subjects jetserve.req.<model>.online
+                                                     jetserve.req.<model>.batch
+    consumer online / batch                 durable pull consumers, shared by all replicas
+    cancel   jetserve.cancel.<model>.<id>   core NATS, fan-out to the model's workers
+    ping     jetserve.ping.<model>          core NATS request; every live worker answers
+    dlq      jetserve-dlq                   subjects jetserve.dlq.<model>
+    results  jetserve-results               subjects jetserve.results.>  (durable replies)
+
+Model names and request ids become subject tokens, so both are restricted to
+`[A-Za-z0-9_-]`: nothing a user sends can become a wildcard (`*`, `>`), a token separator
+(`.`) or whitespace.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+ROOT = "jetserve"
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+_MODEL_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+_REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+
+
+class InvalidName(ValueError):
+    """A model name or request id that cannot be used as a NATS subject token."""
+
+
+class Priority(StrEnum):
+    #: Interactive traffic: served first.
+    ONLINE = "online"
+    #: Batch items: fill capacity that online traffic leaves free.
+    BATCH = "batch"
+
+
+class Header(StrEnum):
+    """NATS message headers jetserve reads or writes."""
+
+    #: JetStream de-duplication key (the request id, or the tenant-scoped idempotency key).
+    MSG_ID = "Nats-Msg-Id"
+    #: Subject where the worker publishes chunks and the final or error result.
+    REPLY_TO = "Jetserve-Reply-To"
+    #: Body encoding of the request, and of every reply to it: `json` (default) or `msgpack`.
+    ENCODING = "Jetserve-Encoding"
+    #: On dead-lettered messages: why, and after how many deliveries.
+    ERROR_CODE = "Jetserve-Error-Code"
+    ERROR_MESSAGE = "Jetserve-Error-Message"
+    DELIVERIES = "Jetserve-Deliveries"
+    ORIGINAL_SUBJECT = "Jetserve-Original-Subject"
+
+
+class Encoding(StrEnum):
+    JSON = "json"
+    MSGPACK = "msgpack"
+
+
+def validate_model_name(name: str) -> str:
+    """Return `name` if it is a valid model name, else raise `InvalidName`."""
+    if not isinstance(name, str) or not _MODEL_NAME_RE.fullmatch(name):
+        raise InvalidName(
+            f"invalid model name {name!r}: use 1-64 of A-Z a-z 0-9 _ - (starting alphanumeric)"
+        )
+    return name
+
+
+def validate_request_id(request_id: str) -> str:
+    if not isinstance(request_id, str) or not _REQUEST_ID_RE.fullmatch(request_id):
+        raise InvalidName(f"invalid request id {request_id!r}: use 1-128 of A-Z a-z 0-9 _ -")
+    return request_id
+
+
+def stream_name(model: str) -> str:
+    return f"{ROOT}-req-{validate_model_name(model)}"
+
+
+def consumer_name(priority: Priority) -> str:
+    """Durable consumer of a model's stream; the same name in every model's stream."""
+    return str(Priority(priority))
+
+
+def request_subject(model: str, priority: Priority = Priority.ONLINE) -> str:
+    return f"{ROOT}.req.{validate_model_name(model)}.{Priority(priority)}"
+
+
+def request_subjects(model: str) -> list[str]:
+    return [request_subject(model, p) for p in Priority]
+
+
+def model_from_request_subject(subject: str) -> str:
+    """The model token of a request subject (`jetserve.req.<model>.<priority>`)."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != ROOT or parts[1] != "req":
+        raise InvalidName(f"not a request subject: {subject!r}")
+    return validate_model_name(parts[2])
+
+
+def cancel_subject(model: str, request_id: str) -> str:
+    return f"{ROOT}.cancel.{validate_model_name(model)}.{validate_request_id(request_id)}"
+
+
+def cancel_subscription(model: str) -> str:
+    return f"{ROOT}.cancel.{validate_model_name(model)}.*"
+
+
+def ping_subject(model: str) -> str:
+    return f"{ROOT}.ping.{validate_model_name(model)}"
+
+
+DLQ_STREAM = f"{ROOT}-dlq"
+DLQ_SUBJECTS = f"{ROOT}.dlq.>"
+
+
+def dlq_subject(model: str) -> str:
+    return f"{ROOT}.dlq.{validate_model_name(model)}"
+
+
+RESULTS_STREAM = f"{ROOT}-results"
+RESULTS_PREFIX = f"{ROOT}.results"
+RESULTS_SUBJECTS = f"{RESULTS_PREFIX}.>"
+
+
+def results_subject(kind: str, owner_id: str) -> str:
+    """A durable reply subject: results published here are stored in the results stream."""
+    return f"{RESULTS_PREFIX}.{validate_request_id(kind)}.{validate_request_id(owner_id)}"
+
+
+def is_durable_reply(subject: str) -> bool:
+    """Replies on these subjects must be published with a JetStream acknowledgement."""
+    return subject.startswith(RESULTS_PREFIX + ".")

@@ -1,0 +1,104 @@
+"""`jetserve up` end to end: servers, workers, the documented contract, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from ..conftest import REPO, child_env
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie not yet reaped by its parent counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _launch(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jetserve", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+def _wait_stack_json(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"jetserve up exited with {proc.returncode}")
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        time.sleep(0.1)
+    raise AssertionError("stack.json not written")
+
+
+async def test_up_serves_echo_and_stops_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = child_env("")
+    env.pop("JETSERVE_NATS_URL")
+    env.pop("JETSERVE_DATABASE_URL", None)
+    proc = _launch(["up", "--data-dir", str(data)], env, tmp_path / "up.log")
+    try:
+        info = await asyncio.to_thread(_wait_stack_json, data / "stack.json", proc, 60)
+        assert info["nats_url"].startswith("nats://127.0.0.1:")
+        assert info["database_url"].startswith("postgresql://")
+        assert info["nats_monitor_url"].startswith("http://127.0.0.1:")
+        nc = await nats.connect(info["nats_url"])
+        js = nc.jetstream()
+        sub = await nc.subscribe("readme.replies")
+        body = {
+            "type": "request.v1",
+            "id": "hello-1",
+            "model": "echo",
+            "kind": "chat",
+            "payload": {"messages": [{"role": "user", "content": "Hello!"}]},
+        }
+        deadline = time.monotonic() + 60
+        while True:  # the worker creates the stream when it starts
+            try:
+                await js.publish(
+                    "jetserve.req.echo.online",
+                    json.dumps(body).encode(),
+                    headers={"Nats-Msg-Id": "hello-1", "Jetserve-Reply-To": "readme.replies"},
+                )
+                break
+            except nats.js.errors.NoStreamResponseError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+        reply = json.loads((await sub.next_msg(timeout=30)).data)
+        assert reply["type"] == "result.v1"
+        assert reply["output"]["text"] == "Hello!"
+        await nc.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(proc.wait, 60)
+    pg_data = Path(info["postgres_data_dir"])
+    if "jetserve-postgres" in pg_data.parts:  # the root fallback outside tmp_path
+        shutil.rmtree(pg_data, ignore_errors=True)
+    assert code == 0, (tmp_path / "up.log").read_text()
+    for name, pid in info["processes"].items():
+        assert not _alive(pid), f"{name} ({pid}) still running after Ctrl-C"

@@ -1,0 +1,239 @@
+"""The handler against recording fakes: every path ends in exactly one ack, nak or term."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+import pytest
+
+from schemas.errors import ErrorCode
+from schemas.messages import ErrorResult, FinalResult, InferenceRequest
+from workers.backend import ChunkSink
+from workers.cancels import CancelRegistry
+from workers.errors import EngineDeadError, PermanentError
+from workers.handler import Handler
+from workers.metrics import WorkerMetrics
+
+from .fakes import FakeBackend, FakeMsg, FakePublisher
+
+REPLY = {"Jetserve-Reply-To": "_INBOX.test.r1"}
+
+
+def body(**fields: Any) -> bytes:
+    b: dict[str, Any] = {
+        "type": "request.v1",
+        "id": "r1",
+        "model": "m",
+        "kind": "predict",
+        "payload": {"x": 1},
+    }
+    b.update(fields)
+    return msgspec.json.encode(b)
+
+
+class Setup:
+    def __init__(self, backend: FakeBackend | None = None, max_attempts: int = 3) -> None:
+        self.backend = backend or FakeBackend()
+        self.publisher = FakePublisher()
+        self.cancels = CancelRegistry()
+        self.dead_engine: list[BaseException] = []
+        self.handler = Handler(
+            model="m",
+            backend=self.backend,
+            publisher=self.publisher,
+            cancels=self.cancels,
+            metrics=WorkerMetrics(),
+            max_attempts=max_attempts,
+            on_engine_dead=self.dead_engine.append,
+        )
+
+    async def handle(self, msg: FakeMsg) -> FakeMsg:
+        await self.handler(msg)
+        return msg
+
+    def only_error(self) -> ErrorResult:
+        (result,) = self.publisher.results
+        assert isinstance(result, ErrorResult), result
+        return result
+
+
+async def test_success_publishes_result_then_acks() -> None:
+    s = Setup()
+    msg = await s.handle(FakeMsg(body(), REPLY))
+    assert msg.actions == ["ack"]
+    (result,) = s.publisher.results
+    assert isinstance(result, FinalResult)
+    assert result.output == {"x": 1}
+    assert result.usage.total_tokens == 2
+    assert result.timings.e2e_ms >= 0
+
+
+async def test_malformed_json_is_terminated_with_an_error_reply() -> None:
+    s = Setup()
+    msg = await s.handle(FakeMsg(b'{"type": "request.v1", "id": "r9", "mod', REPLY))
+    assert msg.actions == ["term"]
+    err = s.only_error()
+    assert err.code is ErrorCode.INVALID_REQUEST
+    assert "malformed" in err.message
+    assert s.backend.started == []
+
+
+async def test_schema_violation_names_the_field() -> None:
+    s = Setup()
+    msg = await s.handle(FakeMsg(body(parameters={"temperature": 9}), REPLY))
+    assert msg.actions == ["term"]
+    err = s.only_error()
+    assert err.id == "r1"
+    assert "$.parameters.temperature" in err.message
+
+
+async def test_unknown_schema_version() -> None:
+    s = Setup()
+    await s.handle(FakeMsg(body(type="request.v7"), REPLY))
+    assert s.only_error().code is ErrorCode.UNSUPPORTED_VERSION
+
+
+async def test_bad_encoding_header() -> None:
+    s = Setup()
+    msg = await s.handle(FakeMsg(body(), {**REPLY, "Jetserve-Encoding": "yaml"}))
+    assert msg.actions == ["term"]
+    assert s.only_error().code is ErrorCode.INVALID_REQUEST
+
+
+async def test_model_mismatch_and_unsupported_kind() -> None:
+    s = Setup()
+    await s.handle(FakeMsg(body(model="other"), REPLY))
+    await s.handle(FakeMsg(body(kind="embedding", payload={"input": "x"}), REPLY))
+    codes = [r.code for r in s.publisher.results if isinstance(r, ErrorResult)]
+    assert codes == [ErrorCode.MODEL_MISMATCH, ErrorCode.UNSUPPORTED_KIND]
+
+
+async def test_deadline_passed_while_queued_is_not_run() -> None:
+    s = Setup()
+    msg = await s.handle(FakeMsg(body(deadline_ms=int(time.time() * 1000) - 1), REPLY))
+    assert msg.actions == ["term"]
+    assert s.only_error().code is ErrorCode.DEADLINE_EXCEEDED
+    assert s.backend.started == []
+
+
+async def test_deadline_while_running() -> None:
+    async def slow(req: InferenceRequest, emit: ChunkSink) -> None:
+        await asyncio.sleep(10)
+
+    s = Setup(FakeBackend(slow))
+    msg = await s.handle(FakeMsg(body(deadline_ms=int(time.time() * 1000) + 50), REPLY))
+    assert msg.actions == ["term"]
+    assert s.only_error().code is ErrorCode.DEADLINE_EXCEEDED
+
+
+async def test_cancelled_before_start() -> None:
+    s = Setup()
+    s.cancels.cancel("r1")
+    msg = await s.handle(FakeMsg(body(), REPLY))
+    assert msg.actions == ["term"]
+    assert s.only_error().code is ErrorCode.CANCELLED
+
+
+async def test_cancel_while_running_frees_the_work() -> None:
+    gate = asyncio.Event()
+
+    async def wait(req: InferenceRequest, emit: ChunkSink) -> None:
+        gate.set()
+        await asyncio.sleep(10)
+
+    s = Setup(FakeBackend(wait))
+    task = asyncio.create_task(s.handle(FakeMsg(body(), REPLY)))
+    await gate.wait()
+    assert s.cancels.cancel("r1") is True
+    msg = await asyncio.wait_for(task, 2)
+    assert msg.actions == ["term"]
+    assert s.only_error().code is ErrorCode.CANCELLED
+
+
+async def test_retryable_failure_naks_with_backoff() -> None:
+    def boom(req: InferenceRequest, emit: ChunkSink) -> None:
+        raise RuntimeError("cuda hiccup")
+
+    s = Setup(FakeBackend(boom))
+    msg = await s.handle(FakeMsg(body(), REPLY, delivered=2))
+    assert msg.calls == [("nak", 1.0)]
+    assert s.publisher.results == []
+
+
+async def test_failure_on_last_attempt_is_dead_lettered() -> None:
+    def boom(req: InferenceRequest, emit: ChunkSink) -> None:
+        raise RuntimeError("always fails")
+
+    s = Setup(FakeBackend(boom), max_attempts=3)
+    msg = await s.handle(FakeMsg(body(), {**REPLY, "Nats-Msg-Id": "r1"}, delivered=3))
+    assert msg.actions == ["term"]
+    assert s.only_error().code is ErrorCode.DEAD_LETTERED
+    ((subject, data, headers),) = s.publisher.dead
+    assert subject == "jetserve.dlq.m"
+    assert data == body()
+    assert headers["Jetserve-Deliveries"] == "3"
+    assert "always fails" in headers["Jetserve-Error-Message"]
+    assert "Nats-Msg-Id" not in headers
+
+
+async def test_delivered_past_max_attempts_is_dead_lettered_without_running() -> None:
+    s = Setup(max_attempts=3)
+    msg = await s.handle(FakeMsg(body(), REPLY, delivered=4))
+    assert msg.actions == ["term"]
+    assert s.backend.started == []
+    assert s.only_error().code is ErrorCode.DEAD_LETTERED
+    assert len(s.publisher.dead) == 1
+
+
+async def test_permanent_error_from_backend() -> None:
+    def bad(req: InferenceRequest, emit: ChunkSink) -> None:
+        raise PermanentError("prompt too long", ErrorCode.CONTEXT_LENGTH_EXCEEDED)
+
+    s = Setup(FakeBackend(bad))
+    msg = await s.handle(FakeMsg(body(), REPLY))
+    assert msg.actions == ["term"]
+    err = s.only_error()
+    assert (err.code, err.message) == (ErrorCode.CONTEXT_LENGTH_EXCEEDED, "prompt too long")
+
+
+async def test_engine_dead_hands_back_and_stops_the_worker() -> None:
+    def dead(req: InferenceRequest, emit: ChunkSink) -> None:
+        raise EngineDeadError("engine thread died")
+
+    s = Setup(FakeBackend(dead))
+    msg = await s.handle(FakeMsg(body(), REPLY))
+    assert msg.calls == [("nak", None)]
+    assert len(s.dead_engine) == 1
+
+
+async def test_stream_chunks_then_result() -> None:
+    async def tokens(req: InferenceRequest, emit: ChunkSink) -> None:
+        for t in ("a", "b"):
+            await emit(t)
+
+    s = Setup(FakeBackend(tokens))
+    await s.handle(FakeMsg(body(stream=True), REPLY))
+    assert s.publisher.sinks[0].chunks == ["a", "b"]
+    await s.handle(FakeMsg(body(stream=False), REPLY))
+    assert s.publisher.sinks[1].chunks == []
+
+
+async def test_shutdown_cancel_hands_the_message_back() -> None:
+    gate = asyncio.Event()
+
+    async def wait(req: InferenceRequest, emit: ChunkSink) -> None:
+        gate.set()
+        await asyncio.sleep(10)
+
+    s = Setup(FakeBackend(wait))
+    msg = FakeMsg(body(), REPLY)
+    task = asyncio.create_task(s.handle(msg))
+    await gate.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert msg.calls == [("nak", None)]
+    assert s.publisher.results == []

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import dataclasses
+
+from workers.intake import PullPlan, PullState, plan_pulls
+
+BASE = PullState(
+    capacity=16,
+    in_flight=0,
+    online_outstanding=0,
+    batch_outstanding=0,
+    online_backlog=False,
+    online_reserve=4,
+    min_pull=2,
+)
+
+
+def plan(**changes: object) -> PullPlan:
+    return plan_pulls(dataclasses.replace(BASE, **changes))  # type: ignore[arg-type]
+
+
+def test_idle_keeps_a_reserve_on_online_and_gives_the_rest_to_batch() -> None:
+    assert plan() == PullPlan(4, 12)
+
+
+def test_online_backlog_takes_all_free_capacity() -> None:
+    assert plan(online_backlog=True) == PullPlan(16, 0)
+    assert plan(online_backlog=True, in_flight=10, online_outstanding=2) == PullPlan(4, 0)
+
+
+def test_online_backlog_takes_back_the_batch_credit() -> None:
+    assert plan(online_backlog=True, in_flight=10, batch_outstanding=2) == PullPlan(6, 0, True)
+
+
+def test_online_reserve_is_refilled_from_batch_credit() -> None:
+    # An online request used the reserve credit; batch credit fills the rest: take it back.
+    assert plan(in_flight=1, online_outstanding=3, batch_outstanding=12) == PullPlan(1, 11, True)
+
+
+def test_batch_work_in_flight_is_never_taken_back() -> None:
+    assert plan(in_flight=16) == PullPlan(0, 0)
+    assert plan(in_flight=16, online_backlog=True) == PullPlan(0, 0)
+
+
+def test_never_exceeds_capacity() -> None:
+    for in_flight in range(0, 17):
+        for on in range(0, 17 - in_flight):
+            for ba in range(0, 17 - in_flight - on):
+                for backlog in (False, True):
+                    p = plan(
+                        in_flight=in_flight,
+                        online_outstanding=on,
+                        batch_outstanding=ba,
+                        online_backlog=backlog,
+                    )
+                    kept_batch = 0 if p.withdraw_batch else ba
+                    assert p.online >= 0
+                    assert p.batch >= 0
+                    assert in_flight + on + kept_batch + p.online + p.batch <= 16
+
+
+def test_small_pulls_wait_while_credit_is_outstanding() -> None:
+    assert plan(in_flight=11, online_outstanding=4, batch_outstanding=0) == PullPlan(0, 1)
+    assert plan(in_flight=10, online_outstanding=4, batch_outstanding=1) == PullPlan(0, 0)
+    assert plan(online_backlog=True, in_flight=14, online_outstanding=1) == PullPlan(0, 0)
+    # ... but an online consumer with no credit at all always gets some.
+    assert plan(online_backlog=True, in_flight=15) == PullPlan(1, 0)
+
+
+def test_reserve_is_topped_up_not_exceeded() -> None:
+    assert plan(online_outstanding=3, batch_outstanding=10) == PullPlan(1, 2)
+    assert plan(online_outstanding=4, batch_outstanding=12) == PullPlan(0, 0)

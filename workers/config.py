@@ -1,0 +1,118 @@
+"""Worker settings (one `WorkerConfig` per process) and the models file.
+
+The models file (TOML) is the one source of truth for what is served: `jetserve up` starts a
+worker per entry, `jetserve k8s render` writes a Deployment and ScaledObject per entry.
+
+    [[models]]
+    name = "echo"
+    engine = "sdk"            # "sdk": a Model class; "llm": the continuous-batching engine
+    class = "echo"            # registered name or "package.module:Class" (engine = "sdk")
+    capacity = 64             # requests in flight per replica
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from schemas.messages import ModelName
+from schemas.settings import (
+    DEFAULT_NATS_URL,
+    NATS_URL,
+    ConfigError,
+    get_float,
+    get_int,
+    get_str,
+)
+
+
+class ModelSpec(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"model_class": "class"}
+):
+    name: ModelName
+    engine: Literal["sdk", "llm"] = "sdk"
+    #: engine = "sdk": a registered model name or "package.module:Class".
+    model_class: str = "echo"
+    #: engine = "llm": a local Hugging Face model folder, or "builtin:smollm2" / "builtin:tiny".
+    path: str | None = None
+    #: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"
+    #: "auto" (bf16 where fast, else fp32), "float32", "bfloat16", "float16".
+    dtype: str = "auto"
+    #: Requests in flight per replica; None: the model's own default.
+    capacity: Annotated[int, Meta(ge=1)] | None = None
+    min_replicas: Annotated[int, Meta(ge=0)] = 0
+    max_replicas: Annotated[int, Meta(ge=1)] = 4
+    #: Replicas `jetserve up` starts locally.
+    local_replicas: Annotated[int, Meta(ge=0)] = 1
+    #: GPUs per replica in Kubernetes (0: CPU only).
+    gpus: Annotated[int, Meta(ge=0)] = 0
+    #: Passed to the model class / engine.
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ModelsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    models: list[ModelSpec]
+
+
+def load_models_file(path: Path) -> list[ModelSpec]:
+    try:
+        raw = tomllib.loads(path.read_text())
+        specs = msgspec.convert(raw, ModelsFile).models
+    except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"models file {path}: {exc}") from None
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"models file {path}: duplicate model names in {names}")
+    return specs
+
+
+def find_model(specs: list[ModelSpec], name: str) -> ModelSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    raise ConfigError(f"model {name!r} is not in the models file ({[s.name for s in specs]})")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    nats_url: str = DEFAULT_NATS_URL
+    #: JetStream redelivers a message this long after its last ack/in-progress signal.
+    ack_wait_s: float = 15.0
+    #: Deliveries that may run the model; the next one dead-letters the message.
+    max_attempts: int = 3
+    #: On SIGTERM: time to finish in-flight work before handing the rest back. Keep it below
+    #: the pod's terminationGracePeriodSeconds.
+    drain_timeout_s: float = 20.0
+    #: Messages a model's stream holds before publishes are refused (the backlog bound).
+    max_backlog: int = 100_000
+    max_msg_bytes: int = 1024 * 1024
+    duplicate_window_s: float = 120.0
+    stream_replicas: int = 1
+    #: Pull credit kept waiting on the online consumer while it is idle, so an online request
+    #: never waits behind batch pulls; None: a quarter of the capacity.
+    online_reserve: int | None = None
+    #: Port for /metrics, /healthz, /readyz; 0: a free port; -1: none.
+    metrics_port: int = -1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerConfig:
+        reserve = get_int(env, "JETSERVE_ONLINE_RESERVE", -1)
+        return cls(
+            nats_url=get_str(env, NATS_URL, DEFAULT_NATS_URL),
+            ack_wait_s=get_float(env, "JETSERVE_ACK_WAIT_S", 15.0, minimum=0.5),
+            max_attempts=get_int(env, "JETSERVE_MAX_ATTEMPTS", 3, minimum=1),
+            drain_timeout_s=get_float(env, "JETSERVE_DRAIN_TIMEOUT_S", 20.0, minimum=0.0),
+            max_backlog=get_int(env, "JETSERVE_MAX_BACKLOG", 100_000, minimum=1),
+            max_msg_bytes=get_int(env, "JETSERVE_MAX_MSG_BYTES", 1024 * 1024, minimum=1024),
+            duplicate_window_s=get_float(env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0),
+            stream_replicas=get_int(env, "JETSERVE_STREAM_REPLICAS", 1, minimum=1),
+            online_reserve=None if reserve < 0 else reserve,
+            metrics_port=get_int(env, "JETSERVE_WORKER_METRICS_PORT", -1, minimum=-1),
+        )

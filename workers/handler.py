@@ -1,0 +1,327 @@
+"""One message in, one result out, one acknowledgement.
+
+The handler decodes and checks the request, runs it on the backend, publishes chunks and the
+final (or error) result to the reply subject, then acks. What happens to the message on
+failure is decided by `errors.disposition()`:
+
+    bad input / cancelled / deadline passed   -> ErrorResult, term
+    model failure, attempts left              -> nak with backoff (redelivered, maybe elsewhere)
+    model failure on the last attempt          -> dead-letter stream, ErrorResult, term
+    delivered more than `max_attempts` times   -> dead-letter without running (a request that
+                                                  crashed the process on every attempt)
+    engine dead                               -> nak at once, worker stops
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import msgspec
+
+from schemas.codec import DecodeError, decode_request, encoding_of
+from schemas.errors import ErrorCode
+from schemas.messages import ErrorResult, FinalResult, InferenceRequest, Timings, TokenLogprobs
+from schemas.names import Encoding, Header, dlq_subject
+from workers.backend import Backend, Completion
+from workers.cancels import CancelRegistry
+from workers.errors import (
+    Disposition,
+    PermanentError,
+    WorkerError,
+    disposition,
+    retry_delay_s,
+)
+from workers.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class Delivery(Protocol):
+    """The parts of a JetStream message the handler uses (nats-py's `Msg` has them)."""
+
+    subject: str
+    data: bytes
+
+    @property
+    def headers(self) -> Mapping[str, str] | None: ...
+
+    @property
+    def metadata(self) -> Any: ...
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay: float | None = None) -> None: ...
+
+    async def term(self) -> None: ...
+
+    async def in_progress(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Where one request's replies go (`replies.ReplySink` on NATS)."""
+
+    request_id: str
+
+    async def chunk(
+        self,
+        delta: str,
+        token_ids: list[int] | None = None,
+        logprobs: list[TokenLogprobs] | None = None,
+    ) -> None: ...
+
+    async def final(self, result: FinalResult | ErrorResult) -> None: ...
+
+
+class Publisher(Protocol):
+    """Makes reply sinks and publishes to the dead-letter stream."""
+
+    def sink(
+        self, subject: str | None, encoding: Encoding, request_id: str, attempt: int
+    ) -> Sink: ...
+
+    async def dead_letter(self, subject: str, data: bytes, headers: dict[str, str]) -> None: ...
+
+
+class Handler:
+    def __init__(
+        self,
+        *,
+        model: str,
+        backend: Backend,
+        publisher: Publisher,
+        cancels: CancelRegistry,
+        metrics: WorkerMetrics,
+        max_attempts: int,
+        on_engine_dead: Callable[[BaseException], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._model = model
+        self._backend = backend
+        self._publisher = publisher
+        self._cancels = cancels
+        self._metrics = metrics
+        self._max_attempts = max_attempts
+        self._on_engine_dead = on_engine_dead
+        self._clock = clock
+
+    async def __call__(self, msg: Delivery) -> None:
+        pulled = self._clock()
+        attempt, stored = _delivery_info(msg, pulled)
+        headers = msg.headers or {}
+        reply_to = headers.get(Header.REPLY_TO)
+        try:
+            encoding = encoding_of(headers)
+        except DecodeError as exc:
+            sink = self._publisher.sink(reply_to, Encoding.JSON, _guess_id(msg), attempt)
+            await self._reject(msg, sink, ErrorCode.INVALID_REQUEST, str(exc))
+            return
+        try:
+            request = decode_request(msg.data, encoding)
+        except DecodeError as exc:
+            sink = self._publisher.sink(reply_to, encoding, _guess_id(msg), attempt)
+            code = (
+                ErrorCode.UNSUPPORTED_VERSION
+                if "`$.type`" in str(exc)
+                else (ErrorCode.INVALID_REQUEST)
+            )
+            await self._reject(msg, sink, code, f"malformed request: {exc}")
+            return
+        sink = self._publisher.sink(reply_to, encoding, request.id, attempt)
+        problem = self._precheck(request, pulled)
+        if problem is not None:
+            await self._reject(msg, sink, *problem)
+            return
+        if attempt > self._max_attempts:
+            await self._dead_letter(
+                msg,
+                sink,
+                request.id,
+                attempt,
+                f"not finished after {self._max_attempts} deliveries "
+                "(the worker died or timed out on each)",
+            )
+            return
+        self._metrics.queue_time.labels(self._model).observe(max(0.0, pulled - stored))
+        await self._run(msg, sink, request, attempt, pulled, stored)
+
+    def _precheck(self, request: InferenceRequest, now: float) -> tuple[ErrorCode, str] | None:
+        if request.model != self._model:
+            return ErrorCode.MODEL_MISMATCH, (
+                f"request for model {request.model!r} published on {self._model!r}'s subject"
+            )
+        if request.kind not in self._backend.kinds:
+            return ErrorCode.UNSUPPORTED_KIND, (
+                f"model {self._model!r} does not serve {request.kind!r} requests "
+                f"(serves {sorted(self._backend.kinds)})"
+            )
+        if self._cancels.is_cancelled(request.id):
+            return ErrorCode.CANCELLED, "cancelled before it started"
+        if request.deadline_ms is not None and request.deadline_ms <= now * 1000:
+            return ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"
+        return None
+
+    async def _run(
+        self,
+        msg: Delivery,
+        sink: Sink,
+        request: InferenceRequest,
+        attempt: int,
+        pulled: float,
+        stored: float,
+    ) -> None:
+        timeout_s = None
+        if request.deadline_ms is not None:
+            timeout_s = request.deadline_ms / 1000 - self._clock()
+        work = asyncio.ensure_future(
+            self._backend.run(request, sink.chunk if request.stream else _discard)
+        )
+        self._cancels.register(request.id, work)
+        try:
+            # A backend that handles deadlines itself (the engine) finishes first and
+            # returns partial output; this bound is the backstop.
+            async with asyncio.timeout(None if timeout_s is None else timeout_s + 0.5):
+                completion = await work
+        except asyncio.CancelledError:
+            if work.cancelled() and not _current_task_cancelling():
+                await self._reject(msg, sink, ErrorCode.CANCELLED, "cancelled by the requester")
+                return
+            # The worker is shutting down and the drain timed out: hand the message back.
+            work.cancel()
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            self._metrics.requests.labels(self._model, "handed_back").inc()
+            raise
+        except TimeoutError:
+            await self._reject(msg, sink, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
+            return
+        except Exception as exc:
+            await self._failed(msg, sink, request, attempt, exc)
+            return
+        finally:
+            self._cancels.unregister(request.id)
+        await sink.final(self._result(request, completion, pulled, stored))
+        await msg.ack()
+        self._metrics.requests.labels(self._model, "ok").inc()
+
+    def _result(
+        self, request: InferenceRequest, done: Completion, pulled: float, stored: float
+    ) -> FinalResult:
+        now = self._clock()
+        created = request.created_ms / 1000 if request.created_ms else stored
+        ttft_ms = tpot_ms = None
+        if done.first_token_at is not None:
+            ttft_ms = (done.first_token_at - created) * 1000
+            if done.output_tokens > 1:
+                tpot_ms = (now - done.first_token_at) * 1000 / (done.output_tokens - 1)
+        timings = Timings(
+            queue_ms=max(0.0, (pulled - stored) * 1000),
+            ttft_ms=ttft_ms,
+            tpot_ms=tpot_ms,
+            e2e_ms=max(0.0, (now - created) * 1000),
+        )
+        m = self._metrics
+        m.e2e.labels(self._model).observe(timings.e2e_ms / 1000)
+        if ttft_ms is not None:
+            m.ttft.labels(self._model).observe(max(0.0, ttft_ms / 1000))
+        if tpot_ms is not None:
+            m.tpot.labels(self._model).observe(tpot_ms / 1000)
+        m.prompt_tokens.labels(self._model).inc(done.usage.prompt_tokens)
+        m.generation_tokens.labels(self._model).inc(done.usage.completion_tokens)
+        return FinalResult(
+            id=request.id,
+            model=request.model,
+            output=done.output,
+            finish_reason=done.finish_reason,
+            usage=done.usage,
+            timings=timings,
+        )
+
+    async def _failed(
+        self, msg: Delivery, sink: Sink, request: InferenceRequest, attempt: int, exc: Exception
+    ) -> None:
+        action = disposition(exc)
+        message = exc.message if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+        if action is Disposition.TERM:
+            code = exc.code if isinstance(exc, PermanentError) else ErrorCode.INVALID_REQUEST
+            await self._reject(msg, sink, code, message)
+        elif action is Disposition.STOP:
+            log.error("engine dead while running %s: %s", request.id, message)
+            await msg.nak()
+            self._metrics.requests.labels(self._model, "handed_back").inc()
+            self._on_engine_dead(exc)
+        elif attempt >= self._max_attempts:
+            await self._dead_letter(msg, sink, request.id, attempt, message)
+        else:
+            log.warning(
+                "request %s failed on attempt %d (will retry): %s", request.id, attempt, message
+            )
+            await msg.nak(delay=retry_delay_s(attempt))
+            self._metrics.requests.labels(self._model, "retry").inc()
+
+    async def _reject(self, msg: Delivery, sink: Sink, code: ErrorCode, message: str) -> None:
+        log.info("request %s rejected: %s", sink.request_id, code.value)
+        await sink.final(ErrorResult(id=sink.request_id, code=code, message=message))
+        await msg.term()
+        self._metrics.requests.labels(self._model, "error").inc()
+        self._metrics.errors.labels(self._model, code.value).inc()
+
+    async def _dead_letter(
+        self, msg: Delivery, sink: Sink, request_id: str, attempt: int, reason: str
+    ) -> None:
+        log.error("request %s dead-lettered after %d deliveries", request_id, attempt)
+        headers = {k: v for k, v in (msg.headers or {}).items() if k != Header.MSG_ID}
+        headers.update(
+            {
+                Header.ERROR_CODE.value: ErrorCode.DEAD_LETTERED.value,
+                Header.ERROR_MESSAGE.value: reason[:1000],
+                Header.DELIVERIES.value: str(attempt),
+                Header.ORIGINAL_SUBJECT.value: msg.subject,
+            }
+        )
+        await self._publisher.dead_letter(dlq_subject(self._model), msg.data, headers)
+        await sink.final(
+            ErrorResult(
+                id=request_id,
+                code=ErrorCode.DEAD_LETTERED,
+                message=f"failed on {attempt} deliveries; kept in the dead-letter stream: {reason}",
+            )
+        )
+        await msg.term()
+        self._metrics.requests.labels(self._model, "dead_letter").inc()
+        self._metrics.errors.labels(self._model, ErrorCode.DEAD_LETTERED.value).inc()
+
+
+async def _discard(
+    delta: str, token_ids: list[int] | None = None, logprobs: object | None = None
+) -> None:
+    return None
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _delivery_info(msg: Delivery, now: float) -> tuple[int, float]:
+    """(delivery count, time the message was stored) from the JetStream ack subject."""
+    try:
+        meta = msg.metadata
+        return int(meta.num_delivered), float(meta.timestamp.timestamp())
+    except Exception:
+        return 1, now
+
+
+def _guess_id(msg: Delivery) -> str:
+    """The request id of an undecodable message, for its error reply."""
+    try:
+        value = msgspec.json.decode(msg.data)
+        if isinstance(value, dict) and isinstance(value.get("id"), str):
+            return str(value["id"])[:128]
+    except Exception:
+        pass
+    return (msg.headers or {}).get(Header.MSG_ID, "")[:128]

@@ -1,0 +1,228 @@
+"""Intake: how much the worker pulls, from which consumer, and what it holds.
+
+Invariant: messages in flight + pull credit outstanding <= the backend's capacity. The backlog
+therefore stays in the stream (visible to KEDA as `num_pending`), and a replica never hoards.
+
+Priority: online first. While the online consumer has a backlog, all free capacity is offered
+to it. While it is idle, a small reserve of credit stays waiting on it (so an online request is
+delivered the moment it is published) and the rest of the free capacity goes to the batch
+consumer. `plan_pulls` is that policy as a pure function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from schemas.names import Priority
+from workers.puller import PullConsumer
+
+log = logging.getLogger(__name__)
+
+#: Pull requests stay open this long; credit of a request that found nothing returns after it.
+ONLINE_EXPIRES_S = 5.0
+BATCH_EXPIRES_S = 1.0
+
+
+@dataclass(frozen=True)
+class PullState:
+    capacity: int
+    in_flight: int
+    online_outstanding: int
+    batch_outstanding: int
+    #: The online consumer is known to have messages waiting.
+    online_backlog: bool
+    #: Credit kept on the online consumer while it is idle.
+    online_reserve: int
+    #: Smallest pull worth a request while credit is already outstanding.
+    min_pull: int
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    online: int
+    batch: int
+    #: Take back the batch consumer's outstanding credit first (it stands in online's way).
+    withdraw_batch: bool = False
+
+
+def plan_pulls(s: PullState) -> PullPlan:
+    """What to request now. Online is offered all free capacity while it has a backlog, and
+    at least `online_reserve` credit while idle; batch gets what is left."""
+    free = s.capacity - s.in_flight - s.online_outstanding - s.batch_outstanding
+    batch_out = s.batch_outstanding
+    if s.online_backlog:
+        want_online = max(0, free) + batch_out
+    else:
+        want_online = max(0, s.online_reserve - s.online_outstanding)
+    withdraw = batch_out > 0 and want_online > max(0, free)
+    if withdraw:
+        free += batch_out
+        batch_out = 0
+    if free <= 0:
+        return PullPlan(0, 0, withdraw)
+    if s.online_backlog:
+        take = free if free >= s.min_pull or s.online_outstanding == 0 else 0
+        return PullPlan(take, 0, withdraw)
+    online = min(free, want_online)
+    rest = free - online
+    batch = rest if rest > 0 and (rest >= s.min_pull or batch_out == 0) else 0
+    return PullPlan(online, batch, withdraw)
+
+
+MessageHandler = Callable[[Msg], Coroutine[Any, Any, None]]
+
+
+class Intake:
+    """Owns the two pull consumers of one model and the set of in-flight messages."""
+
+    def __init__(
+        self,
+        *,
+        online: Callable[[Callable[[Msg], None], Callable[[str], None]], PullConsumer],
+        batch: Callable[[Callable[[Msg], None], Callable[[str], None]], PullConsumer],
+        capacity: Callable[[], int],
+        handle: MessageHandler,
+        in_progress_every_s: float,
+        online_reserve: int | None = None,
+    ) -> None:
+        self._online = online(lambda m: self._accept(m, Priority.ONLINE), self._online_ended)
+        self._batch = batch(lambda m: self._accept(m, Priority.BATCH), lambda _s: self._kick())
+        self._capacity = capacity
+        self._handle = handle
+        self._in_progress_every_s = in_progress_every_s
+        self._reserve_setting = online_reserve
+        self._in_flight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
+        self._online_backlog = False
+        self._open = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return list(self._in_flight)
+
+    async def start(self) -> None:
+        await self._online.start()
+        await self._batch.start()
+        self._open = True
+        self._tasks = [
+            asyncio.create_task(self._pull_loop(), name="intake-pull"),
+            asyncio.create_task(self._in_progress_loop(), name="intake-in-progress"),
+        ]
+
+    def on_reconnect(self) -> None:
+        self._online.reset()
+        self._batch.reset()
+        self._kick()
+
+    async def close(self) -> None:
+        """Stop pulling. A message still delivered for outstanding credit is handed back."""
+        self._open = False
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is in flight; False if the timeout passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def unsubscribe(self) -> None:
+        await self._online.stop()
+        await self._batch.stop()
+
+    def _kick(self) -> None:
+        self._wake.set()
+
+    def _online_ended(self, status: str) -> None:
+        # A pull request on the online consumer ended unfilled: nothing is waiting there.
+        self._online_backlog = False
+        self._kick()
+
+    def _accept(self, msg: Msg, priority: Priority) -> None:
+        if not self._open:
+            asyncio.get_running_loop().create_task(msg.nak())
+            return
+        if priority is Priority.ONLINE:
+            try:
+                self._online_backlog = msg.metadata.num_pending > 0
+            except Exception:  # not a JetStream message: should not happen
+                self._online_backlog = False
+            self._kick()  # top the online credit up again
+        task = asyncio.get_running_loop().create_task(self._handle(msg))
+        self._in_flight[task] = (msg, time.monotonic())
+        self._idle.clear()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        if not self._in_flight:
+            self._idle.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("message handler failed", exc_info=task.exception())
+        self._kick()
+
+    def _state(self) -> PullState:
+        capacity = self._capacity()
+        reserve = self._reserve_setting
+        if reserve is None:
+            reserve = max(1, capacity // 4)
+        return PullState(
+            capacity=capacity,
+            in_flight=len(self._in_flight),
+            online_outstanding=self._online.outstanding,
+            batch_outstanding=self._batch.outstanding,
+            online_backlog=self._online_backlog,
+            online_reserve=min(reserve, capacity),
+            min_pull=max(1, capacity // 8),
+        )
+
+    async def _pull_loop(self) -> None:
+        while True:
+            self._online.forget_expired()
+            self._batch.forget_expired()
+            plan = plan_pulls(self._state())
+            try:
+                if plan.withdraw_batch:
+                    await self._batch.withdraw()
+                if plan.online:
+                    await self._online.pull(plan.online, ONLINE_EXPIRES_S)
+                if plan.batch:
+                    await self._batch.pull(plan.batch, BATCH_EXPIRES_S)
+            except Exception as exc:  # disconnected: credit is re-planned after reconnect
+                log.warning("pull request failed: %s", exc)
+                self._online.reset()
+                self._batch.reset()
+                await asyncio.sleep(0.2)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.5)
+
+    async def _in_progress_loop(self) -> None:
+        """Tell JetStream that long-running messages are still being worked on."""
+        every = self._in_progress_every_s
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for msg, started in list(self._in_flight.values()):
+                if now - started >= every:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()

@@ -1,0 +1,1 @@
+"""Models shipped with jetserve, written with the model SDK."""

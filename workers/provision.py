@@ -1,0 +1,106 @@
+"""Create (or update) the JetStream streams and consumers a model needs. Idempotent.
+
+Run by every worker on start, and by `jetserve provision` before KEDA may scale a model from
+zero (KEDA's scaler errors, and falls back to scaling to the maximum, when the consumer it
+watches does not exist).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from schemas import names
+from schemas.names import Priority
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    max_backlog: int = 100_000
+    max_msg_bytes: int = 1024 * 1024
+    duplicate_window_s: float = 120.0
+    ack_wait_s: float = 15.0
+    #: Deliveries that may run the model; the server allows one more, which dead-letters.
+    max_attempts: int = 3
+    replicas: int = 1
+
+
+def model_stream_config(model: str, s: QueueSettings) -> StreamConfig:
+    return StreamConfig(
+        name=names.stream_name(model),
+        description=f"jetserve requests for model {model}",
+        subjects=names.request_subjects(model),
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_msgs=s.max_backlog,
+        # A full backlog refuses new publishes (the client sees a 429), never drops old ones.
+        discard=DiscardPolicy.NEW,
+        max_msg_size=s.max_msg_bytes,
+        duplicate_window=s.duplicate_window_s,
+        num_replicas=s.replicas,
+    )
+
+
+def consumer_config(model: str, priority: Priority, s: QueueSettings) -> ConsumerConfig:
+    name = names.consumer_name(priority)
+    return ConsumerConfig(
+        name=name,
+        durable_name=name,
+        description=f"jetserve {priority} workers of {model}",
+        filter_subject=names.request_subject(model, priority),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=s.ack_wait_s,
+        max_deliver=s.max_attempts + 1,
+        # Workers bound what they hold themselves; the server must not cap the sum of replicas.
+        max_ack_pending=-1,
+        max_waiting=512,
+        num_replicas=s.replicas,
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except BadRequestError as exc:  # created concurrently by another replica
+            if exc.err_code != 10058:
+                raise
+    await js.update_stream(config)
+
+
+async def provision_model(js: JetStreamContext, model: str, settings: QueueSettings) -> None:
+    await _ensure_stream(js, model_stream_config(model, settings))
+    for priority in Priority:
+        await js.add_consumer(names.stream_name(model), consumer_config(model, priority, settings))
+    await provision_dead_letters(js, settings.replicas)
+
+
+async def provision_dead_letters(js: JetStreamContext, replicas: int = 1) -> None:
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=names.DLQ_STREAM,
+            description="jetserve requests that failed on every delivery",
+            subjects=[names.DLQ_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=14 * 24 * 3600.0,
+            num_replicas=replicas,
+        ),
+    )

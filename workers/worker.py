@@ -1,0 +1,233 @@
+"""The worker process: one model, pulled from its stream, served by a backend.
+
+Lifecycle: load the model -> connect -> provision stream/consumers -> pull and serve ->
+on SIGTERM/SIGINT drain: stop pulling, let in-flight requests finish within
+`drain_timeout_s`, hand back (nak) whatever is left, exit 0. If the engine dies: hand back
+everything, exit 1 (the supervisor or Kubernetes restarts the process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import uuid
+from collections.abc import Mapping
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from schemas import names
+from schemas.codec import decode_cancel, encode
+from schemas.messages import WorkerInfo
+from schemas.names import Encoding, Priority
+from schemas.settings import ConfigError
+from workers.backend import Backend, SdkBackend
+from workers.cancels import CancelRegistry
+from workers.config import ModelSpec, WorkerConfig
+from workers.handler import Handler
+from workers.intake import Intake
+from workers.metrics import WorkerMetrics
+from workers.provision import QueueSettings, provision_model
+from workers.puller import PullConsumer
+from workers.replies import ReplySink
+from workers.sdk import resolve_model_class
+
+log = logging.getLogger(__name__)
+
+
+class NatsPublisher:
+    def __init__(self, nc: NATS, js: JetStreamContext) -> None:
+        self._nc = nc
+        self._js = js
+
+    def sink(
+        self, subject: str | None, encoding: Encoding, request_id: str, attempt: int
+    ) -> ReplySink:
+        return ReplySink(self._nc, self._js, subject, encoding, request_id, attempt)
+
+    async def dead_letter(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        await self._js.publish(subject, data, headers=headers)
+
+
+def build_backend(spec: ModelSpec) -> Backend:
+    """Instantiate and load the model (blocking: call from a thread)."""
+    if spec.engine == "llm":
+        raise ConfigError(f"model {spec.name}: engine 'llm' is not available in this build")
+    model = resolve_model_class(spec.model_class)(spec.name, spec.options)
+    model.load()
+    return SdkBackend(model, spec.capacity)
+
+
+def queue_settings(config: WorkerConfig) -> QueueSettings:
+    return QueueSettings(
+        max_backlog=config.max_backlog,
+        max_msg_bytes=config.max_msg_bytes,
+        duplicate_window_s=config.duplicate_window_s,
+        ack_wait_s=config.ack_wait_s,
+        max_attempts=config.max_attempts,
+        replicas=config.stream_replicas,
+    )
+
+
+class Worker:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        config: WorkerConfig,
+        backend: Backend,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.backend = backend
+        self.metrics = metrics or WorkerMetrics()
+        self.worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        self.cancels = CancelRegistry()
+        self._stop = asyncio.Event()
+        self._exit_code = 0
+        self._draining = False
+        self._nc: NATS | None = None
+        self._intake: Intake | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _engine_dead(self, exc: BaseException) -> None:
+        self._exit_code = 1
+        self._stop.set()
+
+    async def run(self) -> int:
+        model = self.spec.name
+        nc = await nats.connect(
+            self.config.nats_url,
+            name=f"jetserve-worker-{model}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            reconnected_cb=self._reconnected,
+            disconnected_cb=self._disconnected,
+            error_cb=self._nats_error,
+        )
+        self._nc = nc
+        js = nc.jetstream()
+        await provision_model(js, model, queue_settings(self.config))
+        await self.backend.start()
+        handler = Handler(
+            model=model,
+            backend=self.backend,
+            publisher=NatsPublisher(nc, js),
+            cancels=self.cancels,
+            metrics=self.metrics,
+            max_attempts=self.config.max_attempts,
+            on_engine_dead=self._engine_dead,
+        )
+        stream = names.stream_name(model)
+
+        def consumer(priority: Priority):  # type: ignore[no-untyped-def]
+            return lambda on_msg, on_end: PullConsumer(
+                nc, stream, names.consumer_name(priority), on_msg, on_end
+            )
+
+        intake = Intake(
+            online=consumer(Priority.ONLINE),
+            batch=consumer(Priority.BATCH),
+            capacity=self.backend.capacity,
+            handle=handler,
+            in_progress_every_s=max(0.2, self.config.ack_wait_s / 3),
+            online_reserve=self.config.online_reserve,
+        )
+        self._intake = intake
+        await nc.subscribe(names.cancel_subscription(model), cb=self._on_cancel)
+        await nc.subscribe(names.ping_subject(model), cb=self._on_ping)
+        await intake.start()
+        self.metrics.capacity.labels(model).set(self.backend.capacity())
+        log.info(
+            "worker %s serving %s (capacity %d)", self.worker_id, model, self.backend.capacity()
+        )
+        gauge = asyncio.create_task(self._gauge_loop())
+        await self._stop.wait()
+        gauge.cancel()
+        await self._drain(intake)
+        await self.backend.stop()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        return self._exit_code
+
+    async def _drain(self, intake: Intake) -> None:
+        self._draining = True
+        # Leaving the delivery inbox ends our outstanding pull requests: the server drops pull
+        # requests nobody listens to, so nothing more is delivered to this replica.
+        await intake.close()
+        await intake.unsubscribe()
+        timeout = self.config.drain_timeout_s if self._exit_code == 0 else 0.0
+        log.info("draining: %d in flight, up to %.1fs", intake.in_flight, timeout)
+        if not await intake.wait_idle(timeout):
+            # Cancelling a handler hands its message back (nak) for another replica.
+            tasks = intake.tasks
+            log.warning("drain timeout: handing back %d requests", len(tasks))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _gauge_loop(self) -> None:
+        while True:
+            if self._intake is not None:
+                self.metrics.in_flight.labels(self.spec.name).set(self._intake.in_flight)
+            await asyncio.sleep(1.0)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            cancel = decode_cancel(msg.data)
+        except Exception:
+            return
+        if self.cancels.cancel(cancel.id):
+            log.info("cancelled running request %s", cancel.id)
+
+    async def _on_ping(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        info = WorkerInfo(
+            worker_id=self.worker_id,
+            model=self.spec.name,
+            capacity=self.backend.capacity(),
+            in_flight=self._intake.in_flight if self._intake else 0,
+            kinds=sorted(self.backend.kinds),
+            draining=self._draining,
+        )
+        await msg.respond(encode(info))
+
+    async def _reconnected(self) -> None:
+        log.warning("reconnected to NATS")
+        if self._intake is not None:
+            self._intake.on_reconnect()
+
+    async def _disconnected(self) -> None:
+        log.warning("disconnected from NATS")
+
+    async def _nats_error(self, exc: Exception) -> None:
+        log.warning("NATS error: %s", exc)
+
+
+async def serve(spec: ModelSpec, config: WorkerConfig) -> int:
+    backend = await asyncio.to_thread(build_backend, spec)
+    worker = Worker(spec, config, backend)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    if config.metrics_port >= 0:
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(
+            config.metrics_port, addr="0.0.0.0", registry=worker.metrics.registry
+        )
+        log.info("metrics on :%d", server.server_port)
+    return await worker.run()
+
+
+def main(spec: ModelSpec, env: Mapping[str, str]) -> int:
+    config = WorkerConfig.from_env(env)
+    return asyncio.run(serve(spec, config))
