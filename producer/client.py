@@ -44,7 +44,6 @@ from schemas.messages import (
     FinalResult,
     InferenceRequest,
     Kind,
-    Reply,
     StreamChunk,
 )
 from schemas.names import Encoding, Header, Priority
@@ -111,11 +110,17 @@ def dedup_id(request: InferenceRequest) -> str:
     return request.id
 
 
-class _Pending:
-    __slots__ = ("queue",)
+class _Waiter:
+    """Where replies for one request go: a future for the terminal reply, and a queue for
+    chunks when the request streams."""
 
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Reply] = asyncio.Queue()
+    __slots__ = ("chunks", "done")
+
+    def __init__(self, streaming: bool) -> None:
+        self.done: asyncio.Future[FinalResult | ErrorResult] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.chunks: asyncio.Queue[StreamChunk] | None = asyncio.Queue() if streaming else None
 
 
 class Client:
@@ -127,7 +132,7 @@ class Client:
         self._encoding = encoding
         self._publish_timeout_s = publish_timeout_s
         self._prefix = f"_INBOX.jetserve.{uuid.uuid4().hex}"
-        self._pending: dict[str, _Pending] = {}
+        self._waiters: dict[str, _Waiter] = {}
         self._sub: Any = None
 
     @classmethod
@@ -198,48 +203,42 @@ class Client:
             self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
 
     async def _on_reply(self, msg: Msg) -> None:
-        request_id = msg.subject.rsplit(".", 1)[-1]
-        pending = self._pending.get(request_id)
-        if pending is None:
+        waiter = self._waiters.get(msg.subject[len(self._prefix) + 1 :])
+        if waiter is None:
             return  # a late or duplicate reply for a request nobody waits for any more
         try:
             reply = decode_reply(msg.data, self._encoding)
         except msgspec.DecodeError:
             return
-        pending.queue.put_nowait(reply)
+        if isinstance(reply, StreamChunk):
+            if waiter.chunks is not None:
+                waiter.chunks.put_nowait(reply)
+        elif not waiter.done.done():
+            waiter.done.set_result(reply)
 
     async def cancel(self, model: str, request_id: str) -> None:
         await self.nc.publish(
             names.cancel_subject(model, request_id), encode(CancelRequest(id=request_id))
         )
 
-    async def _replies(self, request: InferenceRequest, timeout_s: float) -> AsyncIterator[Reply]:
+    async def _start(self, request: InferenceRequest, streaming: bool) -> _Waiter:
         await self._ensure_inbox()
-        if request.id in self._pending:
+        if request.id in self._waiters:
             raise InvalidRequest(f"request id {request.id!r} is already in flight")
-        pending = _Pending()
-        self._pending[request.id] = pending
-        finished = False
+        waiter = _Waiter(streaming)
+        self._waiters[request.id] = waiter
         try:
             await self.submit(request, reply_to=self.reply_subject(request.id))
-            deadline = time.monotonic() + timeout_s
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RequestTimeout(f"no result for {request.id} within {timeout_s:.1f}s")
-                try:
-                    reply = await asyncio.wait_for(pending.queue.get(), remaining)
-                except TimeoutError:
-                    continue
-                if isinstance(reply, StreamChunk):
-                    yield reply
-                    continue
-                finished = True
-                yield reply
-                return
-        finally:
-            self._pending.pop(request.id, None)
-            if not finished and self.nc.is_connected:
+        except BaseException:
+            del self._waiters[request.id]
+            raise
+        return waiter
+
+    async def _finish(self, request: InferenceRequest, waiter: _Waiter) -> None:
+        self._waiters.pop(request.id, None)
+        if not waiter.done.done():
+            waiter.done.cancel()
+            if self.nc.is_connected:  # the requester gave up: free the worker's slot
                 with contextlib.suppress(Exception):
                     await self.cancel(request.model, request.id)
 
@@ -257,12 +256,17 @@ class Client:
         return await self.request_obj(request, timeout_s)
 
     async def request_obj(self, request: InferenceRequest, timeout_s: float) -> FinalResult:
-        async for reply in self._replies(request, timeout_s):
-            if isinstance(reply, FinalResult):
-                return reply
-            if isinstance(reply, ErrorResult):
-                raise RequestFailed(reply.message, code=reply.code, retryable=reply.retryable)
-        raise RequestTimeout(f"no result for {request.id}")  # pragma: no cover - loop returns
+        waiter = await self._start(request, streaming=False)
+        try:
+            async with asyncio.timeout(timeout_s):
+                reply = await waiter.done
+        except TimeoutError:
+            raise RequestTimeout(f"no result for {request.id} within {timeout_s:.1f}s") from None
+        finally:
+            await self._finish(request, waiter)
+        if isinstance(reply, ErrorResult):
+            raise RequestFailed(reply.message, code=reply.code, retryable=reply.retryable)
+        return reply
 
     async def stream(
         self,
@@ -283,14 +287,44 @@ class Client:
     async def stream_obj(
         self, request: InferenceRequest, timeout_s: float
     ) -> AsyncIterator[StreamChunk | FinalResult]:
+        waiter = await self._start(request, streaming=True)
+        assert waiter.chunks is not None
         attempt, yielded = 0, 0
-        async for reply in self._replies(request, timeout_s):
-            if isinstance(reply, ErrorResult):
-                raise RequestFailed(reply.message, code=reply.code, retryable=reply.retryable)
-            if isinstance(reply, StreamChunk):
-                if reply.attempt > attempt:
-                    attempt = reply.attempt
-                if reply.attempt < attempt or reply.seq < yielded:
-                    continue
-                yielded += 1
-            yield reply
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    # Chunks first: the final result is published after the last chunk.
+                    if waiter.chunks.empty() and waiter.done.done():
+                        reply = waiter.done.result()
+                        if isinstance(reply, ErrorResult):
+                            raise RequestFailed(
+                                reply.message, code=reply.code, retryable=reply.retryable
+                            )
+                        yield reply
+                        return
+                    chunk = await _next_chunk(waiter)
+                    if chunk is None:
+                        continue
+                    attempt = max(attempt, chunk.attempt)
+                    if chunk.attempt < attempt or chunk.seq < yielded:
+                        continue  # a restarted attempt repeating what was already yielded
+                    yielded += 1
+                    yield chunk
+        except TimeoutError:
+            raise RequestTimeout(f"no result for {request.id} within {timeout_s:.1f}s") from None
+        finally:
+            await self._finish(request, waiter)
+
+
+async def _next_chunk(waiter: _Waiter) -> StreamChunk | None:
+    """The next chunk, or None once the terminal reply has arrived (chunks may remain)."""
+    assert waiter.chunks is not None
+    if not waiter.chunks.empty():
+        return waiter.chunks.get_nowait()
+    getter = asyncio.ensure_future(waiter.chunks.get())
+    either: set[asyncio.Future[Any]] = {getter, waiter.done}
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    return None

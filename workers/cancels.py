@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from typing import Any
 
 
 class CancelRegistry:
@@ -15,12 +16,12 @@ class CancelRegistry:
     """
 
     def __init__(self, ttl_s: float = 600.0, max_remembered: int = 100_000) -> None:
-        self._running: dict[str, asyncio.Task[object]] = {}
+        self._running: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: OrderedDict[str, float] = OrderedDict()
         self._ttl_s = ttl_s
         self._max = max_remembered
 
-    def register(self, request_id: str, task: asyncio.Task[object]) -> None:
+    def register(self, request_id: str, task: asyncio.Task[Any]) -> None:
         self._running[request_id] = task
 
     def unregister(self, request_id: str) -> None:

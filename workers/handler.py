@@ -36,6 +36,7 @@ from workers.errors import (
     disposition,
     retry_delay_s,
 )
+from workers.jsmeta import ack_info
 from workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,17 @@ class Handler:
         self._max_attempts = max_attempts
         self._on_engine_dead = on_engine_dead
         self._clock = clock
+        # Bound metric children: label lookups are too slow for the per-message path.
+        self._count = {
+            o: metrics.requests.labels(model, o)
+            for o in ("ok", "error", "retry", "dead_letter", "handed_back")
+        }
+        self._queue_time = metrics.queue_time.labels(model)
+        self._e2e = metrics.e2e.labels(model)
+        self._ttft = metrics.ttft.labels(model)
+        self._tpot = metrics.tpot.labels(model)
+        self._prompt_tokens = metrics.prompt_tokens.labels(model)
+        self._generation_tokens = metrics.generation_tokens.labels(model)
 
     async def __call__(self, msg: Delivery) -> None:
         pulled = self._clock()
@@ -146,7 +158,7 @@ class Handler:
                 "(the worker died or timed out on each)",
             )
             return
-        self._metrics.queue_time.labels(self._model).observe(max(0.0, pulled - stored))
+        self._queue_time.observe(max(0.0, pulled - stored))
         await self._run(msg, sink, request, attempt, pulled, stored)
 
     def _precheck(self, request: InferenceRequest, now: float) -> tuple[ErrorCode, str] | None:
@@ -174,27 +186,28 @@ class Handler:
         pulled: float,
         stored: float,
     ) -> None:
-        timeout_s = None
-        if request.deadline_ms is not None:
-            timeout_s = request.deadline_ms / 1000 - self._clock()
-        work = asyncio.ensure_future(
-            self._backend.run(request, sink.chunk if request.stream else _discard)
-        )
-        self._cancels.register(request.id, work)
+        emit = sink.chunk if request.stream else _discard
+        task = asyncio.current_task()
+        assert task is not None
+        self._cancels.register(request.id, task)
         try:
-            # A backend that handles deadlines itself (the engine) finishes first and
-            # returns partial output; this bound is the backstop.
-            async with asyncio.timeout(None if timeout_s is None else timeout_s + 0.5):
-                completion = await work
+            if request.deadline_ms is None:
+                completion = await self._backend.run(request, emit)
+            else:
+                # A backend that handles deadlines itself (the engine) finishes first and
+                # returns partial output; this bound is the backstop.
+                timeout_s = request.deadline_ms / 1000 - self._clock() + 0.5
+                async with asyncio.timeout(timeout_s):
+                    completion = await self._backend.run(request, emit)
         except asyncio.CancelledError:
-            if work.cancelled() and not _current_task_cancelling():
+            if self._cancels.is_cancelled(request.id):
+                task.uncancel()
                 await self._reject(msg, sink, ErrorCode.CANCELLED, "cancelled by the requester")
                 return
             # The worker is shutting down and the drain timed out: hand the message back.
-            work.cancel()
             with contextlib.suppress(Exception):
                 await msg.nak()
-            self._metrics.requests.labels(self._model, "handed_back").inc()
+            self._count["handed_back"].inc()
             raise
         except TimeoutError:
             await self._reject(msg, sink, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
@@ -206,7 +219,7 @@ class Handler:
             self._cancels.unregister(request.id)
         await sink.final(self._result(request, completion, pulled, stored))
         await msg.ack()
-        self._metrics.requests.labels(self._model, "ok").inc()
+        self._count["ok"].inc()
 
     def _result(
         self, request: InferenceRequest, done: Completion, pulled: float, stored: float
@@ -224,14 +237,15 @@ class Handler:
             tpot_ms=tpot_ms,
             e2e_ms=max(0.0, (now - created) * 1000),
         )
-        m = self._metrics
-        m.e2e.labels(self._model).observe(timings.e2e_ms / 1000)
+        self._e2e.observe(timings.e2e_ms / 1000)
         if ttft_ms is not None:
-            m.ttft.labels(self._model).observe(max(0.0, ttft_ms / 1000))
+            self._ttft.observe(max(0.0, ttft_ms / 1000))
         if tpot_ms is not None:
-            m.tpot.labels(self._model).observe(tpot_ms / 1000)
-        m.prompt_tokens.labels(self._model).inc(done.usage.prompt_tokens)
-        m.generation_tokens.labels(self._model).inc(done.usage.completion_tokens)
+            self._tpot.observe(tpot_ms / 1000)
+        if done.usage.prompt_tokens:
+            self._prompt_tokens.inc(done.usage.prompt_tokens)
+        if done.usage.completion_tokens:
+            self._generation_tokens.inc(done.usage.completion_tokens)
         return FinalResult(
             id=request.id,
             model=request.model,
@@ -252,7 +266,7 @@ class Handler:
         elif action is Disposition.STOP:
             log.error("engine dead while running %s: %s", request.id, message)
             await msg.nak()
-            self._metrics.requests.labels(self._model, "handed_back").inc()
+            self._count["handed_back"].inc()
             self._on_engine_dead(exc)
         elif attempt >= self._max_attempts:
             await self._dead_letter(msg, sink, request.id, attempt, message)
@@ -261,13 +275,13 @@ class Handler:
                 "request %s failed on attempt %d (will retry): %s", request.id, attempt, message
             )
             await msg.nak(delay=retry_delay_s(attempt))
-            self._metrics.requests.labels(self._model, "retry").inc()
+            self._count["retry"].inc()
 
     async def _reject(self, msg: Delivery, sink: Sink, code: ErrorCode, message: str) -> None:
         log.info("request %s rejected: %s", sink.request_id, code.value)
         await sink.final(ErrorResult(id=sink.request_id, code=code, message=message))
         await msg.term()
-        self._metrics.requests.labels(self._model, "error").inc()
+        self._count["error"].inc()
         self._metrics.errors.labels(self._model, code.value).inc()
 
     async def _dead_letter(
@@ -292,7 +306,7 @@ class Handler:
             )
         )
         await msg.term()
-        self._metrics.requests.labels(self._model, "dead_letter").inc()
+        self._count["dead_letter"].inc()
         self._metrics.errors.labels(self._model, ErrorCode.DEAD_LETTERED.value).inc()
 
 
@@ -302,14 +316,12 @@ async def _discard(
     return None
 
 
-def _current_task_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 def _delivery_info(msg: Delivery, now: float) -> tuple[int, float]:
     """(delivery count, time the message was stored) from the JetStream ack subject."""
-    try:
+    info = ack_info(getattr(msg, "reply", None))
+    if info is not None:
+        return info.delivered, info.timestamp_s
+    try:  # fakes and anything without a JetStream reply subject
         meta = msg.metadata
         return int(meta.num_delivered), float(meta.timestamp.timestamp())
     except Exception:

@@ -22,6 +22,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from schemas.names import Priority
+from workers.jsmeta import ack_info
 from workers.puller import PullConsumer
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,8 @@ class Intake:
             asyncio.get_running_loop().create_task(msg.nak())
             return
         if priority is Priority.ONLINE:
-            try:
-                self._online_backlog = msg.metadata.num_pending > 0
-            except Exception:  # not a JetStream message: should not happen
-                self._online_backlog = False
+            info = ack_info(msg.reply)
+            self._online_backlog = info is not None and info.pending > 0
             self._kick()  # top the online credit up again
         task = asyncio.get_running_loop().create_task(self._handle(msg))
         self._in_flight[task] = (msg, time.monotonic())

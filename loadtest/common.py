@@ -1,0 +1,51 @@
+"""Helpers shared by the benchmarks: servers, worker processes, percentiles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from jetserve.servers import NatsServer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@contextmanager
+def nats_server() -> Iterator[str]:
+    """A NATS URL: JETSERVE_NATS_URL if set, else a fresh local nats-server."""
+    external = os.environ.get("JETSERVE_NATS_URL")
+    if external:
+        yield external
+        return
+    with tempfile.TemporaryDirectory(prefix="jetserve-bench-") as tmp:
+        server = NatsServer(Path(tmp) / "store").start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+def spawn(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO)
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env=full_env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
