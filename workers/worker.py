@@ -25,7 +25,6 @@ from schemas import names
 from schemas.codec import decode_cancel, encode
 from schemas.messages import WorkerInfo
 from schemas.names import Encoding, Priority
-from schemas.settings import ConfigError
 from workers.backend import Backend, SdkBackend
 from workers.cancels import CancelRegistry
 from workers.config import ModelSpec, WorkerConfig
@@ -57,7 +56,9 @@ class NatsPublisher:
 def build_backend(spec: ModelSpec) -> Backend:
     """Instantiate and load the model (blocking: call from a thread)."""
     if spec.engine == "llm":
-        raise ConfigError(f"model {spec.name}: engine 'llm' is not available in this build")
+        from workers.engine.backend import build_engine_backend  # torch: only when needed
+
+        return build_engine_backend(spec)
     model = resolve_model_class(spec.model_class)(spec.name, spec.options)
     model.load()
     return SdkBackend(model, spec.capacity)

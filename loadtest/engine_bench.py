@@ -1,0 +1,223 @@
+"""Benchmark: jetserve's engine against transformers' own continuous batching, sequential
+`generate`, and the raw batched-decode bound, on one model and one workload, in one process.
+
+    python -m loadtest.engine_bench --model builtin:tiny-bench
+    python -m loadtest.engine_bench --model builtin:smollm2 [--worker]
+
+Workload: `--requests` (64) requests, all submitted at once; prompt lengths uniform in
+[16, 128] tokens, new tokens uniform in [16, 128], fixed by `--seed`; greedy; end-of-sequence
+ignored so every system generates exactly the same number of tokens.
+
+- engine: `workers.engine` (ragged continuous batching, its own KV cache), max batch 64;
+- transformers CB: `model.init_continuous_batching()` manager, per-request max_new_tokens,
+  the best of a few `max_batch_tokens` settings (printed);
+- sequential: `model.generate()` one request at a time, over the first `--sequential`
+  requests (its rate does not depend on how many);
+- raw bound: timed decode forward passes of the plain model with a DynamicCache at batch 64
+  and the workload's mean context length: no scheduling, no sampling, no attention waste;
+- with `--worker`: the full worker path (NATS in, worker process with the engine, results
+  out) on the same workload, against the engine alone.
+
+Tokens/s are generated tokens divided by wall time from first submission to last token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from schemas.params import SamplingParams
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompts: list[list[int]]
+    new_tokens: list[int]
+
+    @property
+    def total_new(self) -> int:
+        return sum(self.new_tokens)
+
+
+def make_workload(vocab: int, requests: int, seed: int, special: set[int]) -> Workload:
+    rng = random.Random(seed)
+    usable = [t for t in range(vocab) if t not in special]
+    prompts = [[rng.choice(usable) for _ in range(rng.randint(16, 128))] for _ in range(requests)]
+    return Workload(prompts, [rng.randint(16, 128) for _ in range(requests)])
+
+
+def bench_engine(
+    model: Any, tokenizer: Any, work: Workload, max_seqs: int, batched_tokens: int
+) -> float:
+    from workers.engine.engine import Engine, EngineConfig
+    from workers.engine.model_runner import ModelRunner
+    from workers.engine.sequence import EngineRequest
+
+    kv_tokens = max_seqs * 512
+    runner = ModelRunner(model, kv_budget_tokens=kv_tokens)
+    engine = Engine(
+        runner,
+        tokenizer.backend_tokenizer,
+        EngineConfig(
+            max_num_seqs=max_seqs,
+            max_num_batched_tokens=batched_tokens,
+            kv_cache_tokens=kv_tokens,
+            max_model_len=512,
+        ),
+    )
+    params = SamplingParams(temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    for i, (prompt, n) in enumerate(zip(work.prompts, work.new_tokens, strict=True)):
+        engine.add(EngineRequest(id=f"r{i}", prompt_token_ids=prompt, params=params, max_tokens=n))
+    produced = 0
+    while engine.has_work():
+        produced += sum(len(o.token_ids) for o in engine.step())
+    elapsed = time.perf_counter() - start
+    assert produced == work.total_new, (produced, work.total_new)
+    model.set_attn_implementation("sdpa")
+    return produced / elapsed
+
+
+def bench_hf_cb(model: Any, work: Workload, batch_tokens: int) -> float:
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    gen = GenerationConfig(
+        do_sample=False, max_new_tokens=max(work.new_tokens), eos_token_id=None, pad_token_id=0
+    )
+    cb = ContinuousBatchingConfig(
+        max_batch_tokens=batch_tokens, num_blocks=256, page_size=64, max_requests_per_batch=64
+    )
+    manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
+    manager.start()
+    start = time.perf_counter()
+    for i, (p, n) in enumerate(zip(work.prompts, work.new_tokens, strict=True)):
+        manager.add_request(p, request_id=f"r{i}", max_new_tokens=n, eos_token_id=[])
+    produced, finished = 0, 0
+    while finished < len(work.prompts):
+        result = manager.get_result(timeout=600)
+        if result is None:
+            raise RuntimeError("transformers' continuous batching stopped producing results")
+        if result.is_finished():
+            finished += 1
+            produced += len(result.generated_tokens)
+    elapsed = time.perf_counter() - start
+    manager.stop(block=True)
+    if hasattr(model, "destroy_cached_continuous_batching_manager"):
+        model.destroy_cached_continuous_batching_manager()
+    assert produced == work.total_new, (produced, work.total_new)
+    return produced / elapsed
+
+
+def bench_sequential(model: Any, work: Workload, count: int) -> float:
+    produced = 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for prompt, n in list(zip(work.prompts, work.new_tokens, strict=True))[:count]:
+            out = model.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+            )
+            produced += out.shape[1] - len(prompt)
+    return produced / (time.perf_counter() - start)
+
+
+def bench_raw_decode(model: Any, work: Workload, batch: int, steps: int = 24) -> float:
+    from transformers import DynamicCache
+
+    context = int(
+        sum(len(p) for p in work.prompts) / len(work.prompts)
+        + sum(work.new_tokens) / len(work.new_tokens) / 2
+    )
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        ids = torch.randint(1, 100, (batch, context))
+        out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1:].argmax(-1)
+        for _ in range(3):  # warm-up
+            out = model(input_ids=token, cache=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = model(input_ids=token, cache=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+        elapsed = time.perf_counter() - start
+    return batch * steps / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin:tiny-bench")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batched-tokens", type=int, default=512)
+    parser.add_argument("--sequential", type=int, default=8)
+    parser.add_argument("--hf-batch-tokens", default="256,512,1024")
+    parser.add_argument("--worker", action="store_true")
+    args = parser.parse_args()
+
+    from transformers.utils import logging as hf_logging
+
+    from workers.engine.loader import choose_dtype, load_model, resolve_model_path
+
+    hf_logging.set_verbosity_error()
+    path = resolve_model_path(args.model)
+    dtype = choose_dtype(args.dtype, torch.device("cpu"))
+    model, tokenizer = load_model(path, torch.device("cpu"), dtype)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    special = set(tokenizer.all_special_ids)
+    work = make_workload(len(tokenizer), args.requests, args.seed, special)
+    print(
+        f"model {path.name}: {params:.1f} M params, {dtype}, {torch.get_num_threads()} "
+        f"threads; {args.requests} requests, {work.total_new} new tokens, prompts "
+        f"{sum(len(p) for p in work.prompts)} tokens"
+    )
+
+    figures: dict[str, float] = {}
+    figures["engine"] = bench_engine(model, tokenizer, work, 64, args.batched_tokens)
+    print(f"  jetserve engine                {figures['engine']:9.1f} tok/s", flush=True)
+    hf = {}
+    for bt in (int(x) for x in args.hf_batch_tokens.split(",")):
+        hf[bt] = bench_hf_cb(model, work, bt)
+        print(f"  transformers CB (max_batch_tokens={bt:4d}) {hf[bt]:9.1f} tok/s", flush=True)
+    best = max(hf, key=lambda k: hf[k])
+    figures["transformers_cb"] = hf[best]
+    figures["sequential"] = bench_sequential(model, work, args.sequential)
+    print(f"  sequential generate            {figures['sequential']:9.1f} tok/s", flush=True)
+    figures["raw_decode"] = bench_raw_decode(model, work, 64)
+    print(f"  raw batched decode (batch 64)  {figures['raw_decode']:9.1f} tok/s", flush=True)
+    if args.worker:
+        from loadtest.engine_worker import bench_worker
+
+        figures["worker"] = asyncio.run(
+            bench_worker(args.model, args.dtype, work, args.batched_tokens)
+        )
+        print(f"  full worker path (NATS)        {figures['worker']:9.1f} tok/s", flush=True)
+
+    e = figures["engine"]
+    print("ratios (same run):")
+    print(
+        f"  engine / transformers CB   {e / figures['transformers_cb']:6.2f}  (target >= 1.5; "
+        f"best CB setting max_batch_tokens={best})"
+    )
+    print(f"  engine / sequential        {e / figures['sequential']:6.2f}  (target >= 5)")
+    print(f"  engine / raw decode bound  {e / figures['raw_decode']:6.2f}  (target >= 0.60)")
+    if "worker" in figures:
+        print(f"  worker path / engine       {figures['worker'] / e:6.2f}  (target >= 0.90)")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {rss:.0f} MiB (pid {os.getpid()})")
+
+
+if __name__ == "__main__":
+    main()

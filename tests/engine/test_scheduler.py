@@ -1,0 +1,219 @@
+"""The scheduler with a fake model runner: no torch, no model, no NATS."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.params import SamplingParams
+from workers.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from workers.engine.sequence import EngineRequest, Sequence, Status
+
+
+def make_seq(
+    sched: Scheduler,
+    prompt_len: int,
+    max_tokens: int,
+    *,
+    online: bool = True,
+    name: str | None = None,
+) -> Sequence:
+    arrival = sched.new_arrival()
+    req = EngineRequest(
+        id=name or f"r{arrival}",
+        prompt_token_ids=list(range(prompt_len)),
+        params=SamplingParams(),
+        max_tokens=max_tokens,
+        online=online,
+    )
+    seq = Sequence(req, arrival)
+    sched.add(seq)
+    return seq
+
+
+def fake_step(sched: Scheduler) -> SchedulerOutput:
+    """One engine step with a fake runner: every sampling sequence gets token 7; sequences
+    that reach max_tokens finish."""
+    out = sched.schedule()
+    rows, cols = out.kv_shape
+    assert rows == len(sched.running)
+    assert rows * cols <= sched.config.kv_budget_tokens
+    for s in out.scheduled:
+        assert s.seq.slot == sched.running.index(s.seq)
+        assert s.seq.num_computed + s.num_tokens <= cols
+    assert out.num_tokens <= sched.config.max_num_batched_tokens
+    sched.update(out)
+    for s in out.scheduled:
+        if s.samples:
+            s.seq.token_ids.append(7)
+            if s.seq.num_output_tokens >= s.seq.request.max_tokens:
+                sched.finish(s.seq, Status.FINISHED_LENGTH)
+    return out
+
+
+def run_all(sched: Scheduler, limit: int = 10_000) -> int:
+    steps = 0
+    while sched.has_work:
+        fake_step(sched)
+        steps += 1
+        assert steps < limit
+    return steps
+
+
+def test_admits_up_to_max_num_seqs_then_as_rows_free() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_seqs=2, max_num_batched_tokens=100))
+    a, b, c = (make_seq(sched, 4, 3) for _ in range(3))
+    out = fake_step(sched)
+    assert [s.seq for s in out.scheduled] == [a, b]
+    assert c.status is Status.WAITING
+    fake_step(sched)
+    fake_step(sched)  # a and b produce their 3rd token and finish
+    assert a.status is Status.FINISHED_LENGTH
+    out = fake_step(sched)
+    assert [s.seq for s in out.scheduled] == [c]
+    assert c.slot == 0
+
+
+def test_decode_is_one_token_per_sequence_per_step() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=100))
+    seqs = [make_seq(sched, 5, 4) for _ in range(3)]
+    first = fake_step(sched)
+    assert [s.num_tokens for s in first.scheduled] == [5, 5, 5]
+    assert all(s.samples for s in first.scheduled)
+    second = fake_step(sched)
+    assert [s.num_tokens for s in second.scheduled] == [1, 1, 1]
+    assert all(s.num_output_tokens == 2 for s in seqs)
+
+
+def test_token_budget_chunks_a_long_prompt() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=8))
+    seq = make_seq(sched, 20, 2)
+    chunks = []
+    while seq.num_output_tokens == 0:
+        out = fake_step(sched)
+        chunks.append((out.scheduled[0].num_tokens, out.scheduled[0].samples))
+    assert chunks == [(8, False), (8, False), (4, True)]
+
+
+def test_decodes_are_not_starved_by_prefills() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=10))
+    running = make_seq(sched, 3, 50)
+    fake_step(sched)
+    late = make_seq(sched, 30, 2)
+    out = fake_step(sched)
+    by_seq = {s.seq: s.num_tokens for s in out.scheduled}
+    assert by_seq == {running: 1, late: 9}
+
+
+def test_online_is_admitted_before_batch() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=100))
+    batch = make_seq(sched, 4, 1, online=False)
+    online = make_seq(sched, 4, 1, online=True)
+    out = fake_step(sched)
+    assert [s.seq for s in out.scheduled] == [online]
+    out = fake_step(sched)
+    assert [s.seq for s in out.scheduled] == [batch]
+
+
+def test_kv_budget_limits_admission() -> None:
+    # Budget 4 rows x 32 columns; prompts of 20 need a 32-column rectangle.
+    sched = Scheduler(
+        SchedulerConfig(max_num_batched_tokens=1000, kv_budget_tokens=128, kv_block=32)
+    )
+    seqs = [make_seq(sched, 20, 5) for _ in range(6)]
+    out = fake_step(sched)
+    assert len(out.scheduled) == 4
+    assert out.kv_shape == (4, 32)
+    assert [s.status for s in seqs[4:]] == [Status.WAITING] * 2
+
+
+def test_preemption_when_the_cache_is_full_then_recompute() -> None:
+    # Two sequences fit at 32 columns; both grow past it: the newer one is preempted,
+    # recomputed later, and both still produce all their tokens.
+    sched = Scheduler(
+        SchedulerConfig(
+            max_num_batched_tokens=1000, kv_budget_tokens=64, kv_block=32, kv_growth=1.0
+        )
+    )
+    old = make_seq(sched, 20, 30)
+    new = make_seq(sched, 20, 30)
+    preempted: list[Sequence] = []
+    steps = 0
+    while sched.has_work:
+        out = fake_step(sched)
+        preempted += out.preempted
+        steps += 1
+    assert preempted[0] is new
+    assert new.preemptions >= 1
+    assert old.preemptions == 0
+    assert old.num_output_tokens == new.num_output_tokens == 30
+    assert old.status is new.status is Status.FINISHED_LENGTH
+
+
+def test_batch_is_preempted_before_online() -> None:
+    sched = Scheduler(
+        SchedulerConfig(
+            max_num_batched_tokens=1000, kv_budget_tokens=64, kv_block=32, kv_growth=1.0
+        )
+    )
+    batch = make_seq(sched, 20, 30, online=False)
+    fake_step(sched)
+    online = make_seq(sched, 20, 30, online=True)
+    victims: list[Sequence] = []
+    while not victims:
+        victims = fake_step(sched).preempted
+    assert victims == [batch]
+    assert online.status is Status.RUNNING
+
+
+def test_rows_stay_dense_and_moves_are_reported() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=100))
+    a, b, c = (make_seq(sched, 4, 10) for _ in range(3))
+    fake_step(sched)
+    fake_step(sched)
+    sched.finish(a, Status.FINISHED_CANCELLED)
+    out = fake_step(sched)
+    # c moved from row 2 to row 0 with its 5 computed positions.
+    assert out.moves == [(2, 0, 5)]
+    assert (c.slot, b.slot) == (0, 1)
+    assert sched.running == [c, b]
+
+
+def test_finish_a_waiting_sequence() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_seqs=1))
+    make_seq(sched, 4, 2)
+    waiting = make_seq(sched, 4, 2)
+    sched.finish(waiting, Status.FINISHED_CANCELLED)
+    assert sched.num_waiting == 1
+    assert waiting.status is Status.FINISHED_CANCELLED
+
+
+def test_columns_shrink_when_long_sequences_leave() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=1000, kv_block=32))
+    long = make_seq(sched, 200, 1)
+    short = make_seq(sched, 10, 50)
+    fake_step(sched)
+    assert sched.kv_cols >= 201
+    while long.status is not Status.FINISHED_LENGTH:
+        fake_step(sched)
+    fake_step(sched)
+    assert sched.kv_cols <= 64
+    assert short.status is Status.RUNNING
+
+
+def test_everything_finishes_under_pressure() -> None:
+    sched = Scheduler(
+        SchedulerConfig(
+            max_num_seqs=8, max_num_batched_tokens=64, kv_budget_tokens=8 * 96, kv_block=16
+        )
+    )
+    seqs = [
+        make_seq(sched, 10 + (i * 7) % 50, 5 + (i * 13) % 40, online=i % 3 != 0) for i in range(40)
+    ]
+    run_all(sched)
+    assert all(s.status is Status.FINISHED_LENGTH for s in seqs)
+    assert all(s.num_output_tokens == s.request.max_tokens for s in seqs)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="kv_budget_tokens"):
+        SchedulerConfig(kv_budget_tokens=1, kv_block=32)

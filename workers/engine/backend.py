@@ -1,0 +1,265 @@
+"""The engine as a worker backend: the engine runs on its own thread; the worker's asyncio
+loop talks to it through a command queue one way and `call_soon_threadsafe` the other.
+
+    asyncio (worker)                         engine thread
+    run(): tokenize, check, ("add", req) ->  drain commands, step(), step(), ...
+           await outputs                 <-  call_soon_threadsafe(dispatch, outputs)
+    cancel -> ("abort", id)              ->  finish it at the next step boundary
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.messages import InferenceRequest, TokenLogprob, TokenLogprobs, Usage
+from schemas.payloads import ChatPayload, CompletionPayload, TextOutput
+from workers.backend import ChunkSink, Completion, model_input
+from workers.config import ModelSpec
+from workers.engine.engine import Engine, EngineConfig, Output
+from workers.engine.prompts import prompt_ids
+from workers.engine.sampler import TokenChoice
+from workers.engine.sequence import FINISH_REASONS, EngineRequest
+from workers.errors import EngineDeadError, PermanentError
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class _Waiter:
+    queue: asyncio.Queue[Output | BaseException] = field(default_factory=asyncio.Queue)
+
+
+class EngineBackend:
+    kinds = frozenset({"chat", "completion"})
+
+    def __init__(self, engine: Engine, tokenizer: Any, eos_token_ids: frozenset[int]) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+        self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._waiters: dict[str, _Waiter] = {}
+        self._capacity = engine.capacity()
+        self._dead: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run_engine, name="engine", daemon=True)
+
+    # -- Backend protocol --------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        return self._capacity
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._commands.put(_STOP)
+        await asyncio.to_thread(self._thread.join, 30)
+
+    async def run(self, request: InferenceRequest, emit: ChunkSink) -> Completion:
+        if self._dead is not None:
+            raise EngineDeadError(f"engine died: {self._dead!r}")
+        payload = model_input(request).payload
+        assert isinstance(payload, ChatPayload | CompletionPayload)
+        ids = await asyncio.to_thread(prompt_ids, self.tokenizer, payload)
+        engine_request = self.engine_request(request, ids)
+        waiter = _Waiter()
+        self._waiters[request.id] = waiter
+        self._commands.put(("add", engine_request))
+        try:
+            return await self._collect(request, waiter, emit)
+        except asyncio.CancelledError:
+            self._commands.put(("abort", request.id))
+            raise
+        finally:
+            self._waiters.pop(request.id, None)
+
+    # -- wire request -> engine request (the one constructor) --------------------------------
+
+    def engine_request(self, request: InferenceRequest, ids: list[int]) -> EngineRequest:
+        params = request.parameters
+        max_tokens = self.engine.check(len(ids), params.max_tokens)
+        deadline = None
+        if request.deadline_ms is not None:
+            deadline = time.monotonic() + (request.deadline_ms / 1000 - time.time())
+        return EngineRequest(
+            id=request.id,
+            prompt_token_ids=ids,
+            params=params,
+            max_tokens=max_tokens,
+            online=request.priority == "online",
+            deadline=deadline,
+            eos_token_ids=self.eos_token_ids,
+        )
+
+    async def _collect(
+        self, request: InferenceRequest, waiter: _Waiter, emit: ChunkSink
+    ) -> Completion:
+        want_logprobs = request.parameters.logprobs or request.parameters.top_logprobs > 0
+        logprobs: list[TokenLogprobs] = []
+        first_token_at: float | None = None
+        while True:
+            item = await waiter.queue.get()
+            if isinstance(item, BaseException):
+                if isinstance(item, PermanentError):
+                    raise item
+                raise EngineDeadError(f"engine died: {item!r}")
+            if item.token_ids and first_token_at is None:
+                first_token_at = time.time()
+            chunk_lp = self._logprobs(item.choices) if want_logprobs else None
+            if chunk_lp:
+                logprobs.extend(chunk_lp)
+            if item.delta or chunk_lp:
+                await emit(item.delta, item.token_ids, chunk_lp)
+            if item.finish is not None:
+                usage = Usage(
+                    item.num_prompt_tokens,
+                    item.num_output_tokens,
+                    item.num_prompt_tokens + item.num_output_tokens,
+                )
+                output = TextOutput(text=item.text or "", logprobs=logprobs or None)
+                return Completion(
+                    output,
+                    FINISH_REASONS[item.finish],  # type: ignore[arg-type]
+                    usage,
+                    first_token_at,
+                    item.num_output_tokens,
+                )
+
+    def _logprobs(self, choices: list[TokenChoice]) -> list[TokenLogprobs]:
+        out = []
+        for c in choices:
+            if c.logprob is None:
+                continue
+            out.append(
+                TokenLogprobs(
+                    token=self.tokenizer.decode([c.token_id]),
+                    token_id=c.token_id,
+                    logprob=c.logprob,
+                    top=[TokenLogprob(t, lp) for t, lp in c.top],
+                )
+            )
+        return out
+
+    # -- the engine thread -------------------------------------------------------------------
+
+    def _run_engine(self) -> None:
+        engine = self.engine
+        try:
+            while True:
+                if not self._take_commands(block=not engine.has_work()):
+                    return
+                outputs = engine.step()
+                self._capacity = engine.capacity()
+                if outputs:
+                    self._post(self._dispatch, outputs)
+        except BaseException as exc:
+            log.exception("engine thread died")
+            self._dead = exc
+            self._post(self._fail_all, exc)
+
+    def _take_commands(self, block: bool) -> bool:
+        """Apply queued commands; False once asked to stop."""
+        try:
+            command = self._commands.get(block=block)
+        except queue.Empty:
+            return True
+        while True:
+            if command is _STOP:
+                return False
+            kind, arg = command
+            if kind == "add":
+                try:
+                    self.engine.add(arg)
+                except PermanentError as exc:
+                    self._post(self._deliver_error, arg.id, exc)
+            elif kind == "abort":
+                out = self.engine.abort(arg)
+                if out is not None:
+                    self._post(self._dispatch, [out])
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _post(self, fn: Any, *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the event loop closed during shutdown
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _dispatch(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            waiter = self._waiters.get(out.id)
+            if waiter is not None:
+                waiter.queue.put_nowait(out)
+
+    def _deliver_error(self, request_id: str, exc: BaseException) -> None:
+        waiter = self._waiters.get(request_id)
+        if waiter is not None:
+            waiter.queue.put_nowait(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for waiter in self._waiters.values():
+            waiter.queue.put_nowait(exc)
+
+
+def build_engine_backend(spec: ModelSpec) -> EngineBackend:
+    """Load the model of `spec` and wrap it in an engine (blocking: call from a thread)."""
+    from workers.engine.loader import choose_device, choose_dtype, load_model, resolve_model_path
+    from workers.engine.model_runner import ModelRunner
+
+    device = choose_device(spec.device)
+    dtype = choose_dtype(spec.dtype, device)
+    path = resolve_model_path(spec.path or "builtin:smollm2")
+    model, tokenizer = load_model(path, device, dtype)
+    opts = spec.options
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    bytes_per_token = cfg.num_hidden_layers * 2 * kv_heads * head_dim * dtype.itemsize
+    kv_tokens = int(opts.get("kv_cache_mib", 1024)) * 2**20 // bytes_per_token
+    max_model_len = int(
+        opts.get("max_model_len", min(getattr(cfg, "max_position_embeddings", 4096), 8192))
+    )
+    config = EngineConfig(
+        max_num_seqs=int(opts.get("max_num_seqs", spec.capacity or 64)),
+        max_num_batched_tokens=int(opts.get("max_num_batched_tokens", 1024)),
+        kv_cache_tokens=kv_tokens,
+        max_model_len=max_model_len,
+        seed=opts.get("seed"),
+    )
+    runner = ModelRunner(model, kv_budget_tokens=kv_tokens)
+    engine = Engine(runner, tokenizer.backend_tokenizer, config)
+    log.info(
+        "engine: %s on %s/%s, %d seqs, KV %d tokens (%.0f MiB), context %d",
+        path.name,
+        device,
+        dtype,
+        config.max_num_seqs,
+        kv_tokens,
+        runner.cache.nbytes / 2**20,
+        max_model_len,
+    )
+    return EngineBackend(engine, tokenizer, eos_ids(model, tokenizer))
+
+
+def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(int(v) for v in value)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)

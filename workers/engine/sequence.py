@@ -1,0 +1,99 @@
+"""Engine state of one request. Made from the wire request by one constructor
+(`backend.engine_request`); the engine never touches wire objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from schemas.params import SamplingParams
+
+
+class Status(IntEnum):
+    """Ordered: everything above PREEMPTED is finished."""
+
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    FINISHED_STOP = 3
+    FINISHED_LENGTH = 4
+    FINISHED_CANCELLED = 5
+    FINISHED_DEADLINE = 6
+
+    @property
+    def is_finished(self) -> bool:
+        return self > Status.PREEMPTED
+
+
+FINISH_REASONS = {
+    Status.FINISHED_STOP: "stop",
+    Status.FINISHED_LENGTH: "length",
+    Status.FINISHED_CANCELLED: "cancelled",
+    Status.FINISHED_DEADLINE: "deadline",
+}
+
+
+@dataclass
+class EngineRequest:
+    """What the engine needs to know about a request, immutable once submitted."""
+
+    id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    #: Tokens to generate at most (already clipped to the model's context).
+    max_tokens: int
+    #: Online requests are admitted before batch ones and preempted after them.
+    online: bool = True
+    #: Monotonic deadline (time.monotonic()), or None.
+    deadline: float | None = None
+    #: End-of-sequence token ids of the model (ignored with `params.ignore_eos`).
+    eos_token_ids: frozenset[int] = frozenset()
+    #: Constraint state for structured output, owned by the sampler (None: free text).
+    constraint: Any = None
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: EngineRequest
+    #: Monotonic arrival order, for FIFO admission and newest-first preemption.
+    arrival: int
+    #: Prompt followed by every generated token.
+    token_ids: list[int] = field(default_factory=list)
+    #: Tokens whose keys/values are in the KV cache.
+    num_computed: int = 0
+    status: Status = Status.WAITING
+    #: Row of the KV cache while RUNNING, else -1.
+    slot: int = -1
+    #: Times this sequence lost its KV cache to make room.
+    preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.token_ids:
+            self.token_ids = list(self.request.prompt_token_ids)
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed(self) -> int:
+        """Tokens to feed the model before the next token can be sampled."""
+        return len(self.token_ids) - self.num_computed
+
+    @property
+    def max_len(self) -> int:
+        """The most tokens this sequence can ever hold in the KV cache."""
+        return self.num_prompt_tokens + self.request.max_tokens

@@ -1,0 +1,95 @@
+"""Writes a small random-init Llama model and a byte-level BPE tokenizer to a folder, offline,
+in seconds: `jetserve make-tiny-model DIR [--size tiny|bench]`. Loaded like any Hugging Face
+model folder (`from_pretrained(path)`).
+
+`tiny` (~1 M parameters) is for tests; `bench` (~35 M) for benchmarks. Weights come from a
+fixed seed, so the same command writes the same model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog. A serving system takes requests from a queue,
+runs them through a model, and sends the results back. Workers pull work at the rate they can
+serve it; the backlog stays in the stream where the autoscaler can see it. Continuous batching
+admits new sequences into a running batch at every step, so the accelerator stays busy.
+Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy.
+The weather today is sunny with a light breeze; tomorrow it may rain in the afternoon.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 11 12 100 1000. JSON looks like {"name": "value", "list": [1, 2]}.
+Unicode text: café, naïve, résumé, Straße, 東京, 你好, こんにちは, emoji 🙂 and 🚀 appear too.
+def add(a, b):
+    return a + b
+Once upon a time there was a small model that learned to speak by reading this very paragraph
+many times over, and although it never understood a word, it produced tokens all the same.
+"""
+
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+SIZES = {
+    # hidden, layers, heads, kv heads, intermediate, tokenizer vocab target
+    "tiny": (128, 4, 4, 2, 256, 1024),
+    "bench": (512, 11, 8, 4, 1536, 4096),
+}
+
+
+def make_tiny_model(path: Path, size: str = "tiny", seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    hidden, layers, heads, kv_heads, intermediate, vocab_target = SIZES[size]
+    specials = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_target,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
+        chat_template=_CHAT_TEMPLATE,
+    )
+    eos = [
+        tokenizer.convert_tokens_to_ids("<|eos|>"),
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    ]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        initializer_range=0.08 if size == "tiny" else 0.02,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
