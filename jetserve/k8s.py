@@ -1,7 +1,8 @@
 """`jetserve k8s render`: the per-model Kubernetes manifests, from the models file.
 
-For each model: a worker Deployment and a KEDA ScaledObject with one `nats-jetstream` trigger
-per durable consumer. Once per models file: the ConfigMap holding it, and the Job that runs
+For each model: a worker Deployment, the ConfigMap with its own entry of the models file, and
+a KEDA ScaledObject with one `nats-jetstream` trigger per durable consumer. Once per models
+file: the ConfigMap holding all of it, and the Job that runs
 `jetserve provision` so every stream and consumer exists before KEDA looks at it (KEDA's
 scaler errors on a missing stream, and on a missing consumer reads the stream's last sequence
 as the lag, scaling to the maximum).
@@ -14,19 +15,22 @@ the overlays there include a rendered folder (`k8s/overlays/<overlay>/models/`).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 from schemas import names
 from schemas.names import Priority
 from schemas.settings import ConfigError
-from workers.config import ModelSpec, WorkerConfig, load_models_file
+from workers.config import ModelsFile, ModelSpec, WorkerConfig, load_models_file
 
 Manifest = dict[str, Any]
 
@@ -123,6 +127,32 @@ def lag_threshold(spec: ModelSpec) -> int:
             "is derived from it"
         )
     return spec.capacity
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def model_toml(spec: ModelSpec) -> str:
+    """A models file holding only `spec`: each worker Deployment mounts its own, so a change
+    to one model rolls only that model's workers. Checked by reading it back."""
+    raw = msgspec.to_builtins(spec)
+    lines = ["[[models]]"] + [f"{k} = {_toml_value(v)}" for k, v in raw.items() if v is not None]
+    text = "\n".join(lines) + "\n"
+    if msgspec.convert(tomllib.loads(text), ModelsFile).models != [spec]:
+        raise ConfigError(f"model {spec.name!r}: its entry does not survive a TOML round trip")
+    return text
 
 
 def _check(specs: list[ModelSpec]) -> None:
@@ -294,11 +324,13 @@ def scaled_object(spec: ModelSpec, o: RenderOptions) -> Manifest:
     }
 
 
-def models_config_map(name: str, text: str, o: RenderOptions) -> Manifest:
+def models_config_map(name: str, text: str, o: RenderOptions, model: str | None = None) -> Manifest:
+    """Named after its content's hash: a changed file is a new ConfigMap, which rolls the pods
+    that mount it (a ConfigMap edited in place reaches running pods late, or never)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": o.namespace, "labels": labels("models")},
+        "metadata": {"name": name, "namespace": o.namespace, "labels": labels("models", model)},
         "data": {MODELS_FILE: text},
     }
 
@@ -351,8 +383,12 @@ def render(models_text: str, specs: list[ModelSpec], o: RenderOptions) -> dict[s
         "provision-job.yaml": [provision_job(f"jetserve-provision-{digest}", config_map, o)],
     }
     for spec in specs:
-        files[f"{worker_name(spec.name)}.yaml"] = [
-            worker_deployment(spec, config_map, o),
+        text = model_toml(spec)
+        name = worker_name(spec.name)
+        own = f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+        files[f"{name}.yaml"] = [
+            models_config_map(own, text, o, spec.name),
+            worker_deployment(spec, own, o),
             scaled_object(spec, o),
         ]
     return files

@@ -16,6 +16,7 @@ import yaml
 from jetserve.k8s import (
     OVERLAYS,
     RenderOptions,
+    model_toml,
     render,
     render_file,
     worker_name,
@@ -191,7 +192,7 @@ def test_names_come_from_schemas(models_file: Path) -> None:
     assert f'stream_name="{names.DLQ_STREAM}"' in rules
 
 
-def test_worker_deployment_and_scaling(models_file: Path) -> None:
+def test_worker_deployment_and_scaling(models_file: Path, tmp_path: Path) -> None:
     options = RenderOptions(OVERLAYS["prod"], drain_timeout_s=42.5)
     docs = _all(render_file(models_file, options))
     by_model = {
@@ -200,8 +201,9 @@ def test_worker_deployment_and_scaling(models_file: Path) -> None:
     scaled = {
         d["metadata"]["labels"]["jetserve.io/model"]: d for d in _by_kind(docs, "ScaledObject")
     }
-    config_map = _by_kind(docs, "ConfigMap")[0]
-    assert config_map["data"]["models.toml"] == MODELS
+    config_maps = {d["metadata"]["name"]: d for d in _by_kind(docs, "ConfigMap")}
+    whole = next(d for n, d in config_maps.items() if n.startswith("jetserve-models-"))
+    assert whole["data"]["models.toml"] == MODELS  # the provisioning Job's: every model
 
     chat = by_model["Chat_7B"]
     assert chat["metadata"]["name"] == "jetserve-worker-chat-7b"
@@ -225,7 +227,11 @@ def test_worker_deployment_and_scaling(models_file: Path) -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["lifecycle"]["preStop"]["httpGet"]["path"] == "/drain"
-    assert pod["volumes"][0]["configMap"]["name"] == config_map["metadata"]["name"]
+    # Each worker mounts a models file holding only its own model.
+    own = config_maps[pod["volumes"][0]["configMap"]["name"]]["data"]["models.toml"]
+    assert load_models_file(_write(tmp_path / "own.toml", own)) == [
+        s for s in load_models_file(models_file) if s.name == "Chat_7B"
+    ]
 
     echo_pod = by_model["echo"]["spec"]["template"]["spec"]
     assert "nodeSelector" not in echo_pod
@@ -341,3 +347,25 @@ def test_cli_renders_to_stdout_and_to_a_folder(tmp_path: Path, models_file: Path
     if built is not None:  # kustomize reorders by kind, and changes nothing else
         key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
         assert sorted(built, key=key) == sorted(written, key=key)
+
+
+def test_model_entries_survive_the_round_trip_and_changes_roll_only_their_model(
+    tmp_path: Path, models_file: Path
+) -> None:
+    options = 'options = { top = { "a.b" = [1, 2.5, true, "x\\"y\\u00e9"] }, "k" = "v" }\n'
+    text = MODELS.replace('class = "minilm"\n', 'class = "minilm"\n' + options)
+    specs = load_models_file(_write(tmp_path / "m.toml", text))
+    for spec in specs:
+        assert load_models_file(_write(tmp_path / "one.toml", model_toml(spec))) == [spec]
+    assert specs[2].options["top"]["a.b"] == [1, 2.5, True, 'x"y\u00e9']
+
+    def templates(models: str) -> dict[str, Any]:
+        o = RenderOptions(OVERLAYS["prod"])
+        docs = _all(render(models, load_models_file(_write(tmp_path / "r.toml", models)), o))
+        return {d["metadata"]["name"]: d["spec"]["template"] for d in _by_kind(docs, "Deployment")}
+
+    before = templates(MODELS)
+    after = templates(MODELS.replace("capacity = 48", "capacity = 32"))
+    assert before["jetserve-worker-chat-7b"] != after["jetserve-worker-chat-7b"]
+    assert before["jetserve-worker-echo"] == after["jetserve-worker-echo"]
+    assert before["jetserve-worker-embed"] == after["jetserve-worker-embed"]
