@@ -76,6 +76,25 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_k8s_render(args: argparse.Namespace) -> int:
+    from jetserve.k8s import OVERLAYS, RenderOptions, dump, render_file, write_dir
+
+    options = RenderOptions(
+        overlay=OVERLAYS[args.overlay],
+        namespace=args.namespace,
+        nats_monitoring_endpoint=args.nats_monitoring_endpoint,
+        nats_account=args.nats_account,
+        drain_timeout_s=args.drain_timeout_s,
+    )
+    files = render_file(_models_file(args), options)
+    if args.output is None:
+        sys.stdout.write(dump(m for manifests in files.values() for m in manifests))
+        return 0
+    for path in write_dir(Path(args.output), files, options):
+        print(path)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetserve", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("JETSERVE_LOG_LEVEL", "INFO"))
@@ -111,6 +130,30 @@ def _parser() -> argparse.ArgumentParser:
 
     p = add("provision", cmd_provision, "create the streams and consumers of every model")
     p.add_argument("--models-file")
+
+    k8s = sub.add_parser("k8s", help="Kubernetes manifests").add_subparsers(
+        dest="k8s_command", required=True
+    )
+    p = k8s.add_parser(
+        "render",
+        help="per-model worker Deployments and KEDA ScaledObjects, from the models file",
+    )
+    p.set_defaults(func=cmd_k8s_render)
+    p.add_argument("--models-file")
+    p.add_argument("--overlay", choices=["dev", "prod"], default="prod")
+    p.add_argument("-o", "--output", help="write a kustomize folder here (default: YAML on stdout)")
+    p.add_argument("--namespace", default="jetserve")
+    p.add_argument(
+        "--nats-monitoring-endpoint",
+        help="host:port of NATS monitoring for KEDA (default: the chart's headless Service)",
+    )
+    p.add_argument("--nats-account", default="$G", help="account of the streams ($G: none)")
+    p.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=20.0,
+        help="worker drain timeout; the pod's grace period is this plus a margin",
+    )
     return parser
 
 

@@ -1,5 +1,9 @@
-"""Worker metrics, defined once. Label sets are fixed: `model`, plus `outcome`/`code` where
-named. Names follow the Prometheus/vLLM style (`jetserve_worker_*`, base units)."""
+"""Worker metrics, defined once. Label sets are fixed: `model`, plus `outcome`/`code`/`consumer`
+where named. Names follow the Prometheus/vLLM style (`jetserve_worker_*`, base units).
+
+Who sets what: the handler sets the request counters and latency histograms; the worker sets
+in-flight, capacity and the queue gauges; an engine backend sets the running/waiting/KV-cache
+gauges (an SDK model has no such state and leaves them unset)."""
 
 from __future__ import annotations
 
@@ -81,4 +85,39 @@ class WorkerMetrics:
         )
         self.capacity = Gauge(
             "jetserve_worker_capacity", "Requests this worker can hold", ["model"], registry=r
+        )
+        # Engine state, set by an engine backend each step (vLLM's num_requests_running /
+        # num_requests_waiting / kv_cache_usage_perc).
+        self.num_running = Gauge(
+            "jetserve_worker_num_requests_running",
+            "Sequences in the engine's running batch",
+            ["model"],
+            registry=r,
+        )
+        self.num_waiting = Gauge(
+            "jetserve_worker_num_requests_waiting",
+            "Sequences held by the engine but not yet scheduled",
+            ["model"],
+            registry=r,
+        )
+        self.kv_cache_usage = Gauge(
+            "jetserve_worker_kv_cache_usage_ratio",
+            "Fraction of KV-cache blocks in use (0-1)",
+            ["model"],
+            registry=r,
+        )
+        # The model's JetStream consumers as the server reports them (consumer info), polled by
+        # the worker. Every replica exports the same values: aggregate with max, not sum.
+        # `pending + ack_pending` is exactly the lag KEDA's nats-jetstream scaler sees.
+        self.queue_pending = Gauge(
+            "jetserve_queue_pending",
+            "Messages in the model's stream not yet delivered to any worker (consumer num_pending)",
+            ["model", "consumer"],
+            registry=r,
+        )
+        self.queue_ack_pending = Gauge(
+            "jetserve_queue_ack_pending",
+            "Messages delivered and not yet acknowledged (consumer num_ack_pending)",
+            ["model", "consumer"],
+            registry=r,
         )

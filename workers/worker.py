@@ -31,6 +31,7 @@ from workers.config import ModelSpec, WorkerConfig
 from workers.handler import Handler
 from workers.intake import Intake
 from workers.metrics import WorkerMetrics
+from workers.probes import ProbeServer, Readiness
 from workers.provision import QueueSettings, provision_model
 from workers.puller import PullConsumer
 from workers.replies import ReplySink
@@ -98,6 +99,16 @@ class Worker:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def readiness(self) -> Readiness:
+        """Ready: model loaded (a Worker exists only after that), pulling, NATS connected."""
+        if self._stop.is_set() or self._draining:
+            return Readiness(False, "draining")
+        if self._intake is None or self._nc is None:
+            return Readiness(False, "starting")
+        if not self._nc.is_connected:
+            return Readiness(False, "NATS disconnected")
+        return Readiness(True, "ready")
+
     def _engine_dead(self, exc: BaseException) -> None:
         self._exit_code = 1
         self._stop.set()
@@ -149,7 +160,7 @@ class Worker:
         log.info(
             "worker %s serving %s (capacity %d)", self.worker_id, model, self.backend.capacity()
         )
-        gauge = asyncio.create_task(self._gauge_loop())
+        gauge = asyncio.create_task(self._gauge_loop(js))
         await self._stop.wait()
         gauge.cancel()
         await self._drain(intake)
@@ -174,10 +185,32 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _gauge_loop(self) -> None:
+    async def _gauge_loop(self, js: JetStreamContext) -> None:
+        model = self.spec.name
+        stream = names.stream_name(model)
+        in_flight = self.metrics.in_flight.labels(model)
+        queues = {
+            consumer: (
+                self.metrics.queue_pending.labels(model, consumer),
+                self.metrics.queue_ack_pending.labels(model, consumer),
+            )
+            for consumer in (names.consumer_name(p) for p in Priority)
+        }
+        next_poll = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             if self._intake is not None:
-                self.metrics.in_flight.labels(self.spec.name).set(self._intake.in_flight)
+                in_flight.set(self._intake.in_flight)
+            if loop.time() >= next_poll:
+                next_poll = loop.time() + self.config.queue_poll_s
+                for consumer, (pending, ack_pending) in queues.items():
+                    try:
+                        info = await js.consumer_info(stream, consumer, timeout=2.0)
+                    except Exception as exc:  # disconnected, or the server is busy: next time
+                        log.debug("consumer info %s/%s: %s", stream, consumer, exc)
+                        continue
+                    pending.set(info.num_pending or 0)
+                    ack_pending.set(info.num_ack_pending or 0)
             await asyncio.sleep(1.0)
 
     async def _on_cancel(self, msg: Msg) -> None:
@@ -214,19 +247,40 @@ class Worker:
 
 
 async def serve(spec: ModelSpec, config: WorkerConfig) -> int:
-    backend = await asyncio.to_thread(build_backend, spec)
-    worker = Worker(spec, config, backend)
+    """Load the model, then serve until told to stop. The probe endpoint is up from the start,
+    so Kubernetes sees a live-but-unready pod while a large model loads."""
+    metrics = WorkerMetrics()
+    stop = asyncio.Event()
+    workers: list[Worker] = []  # the one Worker, once the model is loaded
+
+    def request_stop() -> None:
+        stop.set()
+        for w in workers:
+            w.request_stop()
+
+    def readiness() -> Readiness:
+        if workers:
+            return workers[0].readiness()
+        return Readiness(False, "draining" if stop.is_set() else "loading model")
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.request_stop)
+        loop.add_signal_handler(sig, request_stop)
+    probes: ProbeServer | None = None
     if config.metrics_port >= 0:
-        from prometheus_client import start_http_server
-
-        server, _ = start_http_server(
-            config.metrics_port, addr="0.0.0.0", registry=worker.metrics.registry
-        )
-        log.info("metrics on :%d", server.server_port)
-    return await worker.run()
+        probes = ProbeServer(metrics.registry, readiness, on_drain=request_stop)
+        await probes.start("0.0.0.0", config.metrics_port)
+        log.info("metrics and probes on :%d", probes.port)
+    try:
+        backend = await asyncio.to_thread(build_backend, spec)
+        if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
+            return 0
+        worker = Worker(spec, config, backend, metrics)
+        workers.append(worker)
+        return await worker.run()
+    finally:
+        if probes is not None:
+            await probes.close()
 
 
 def main(spec: ModelSpec, env: Mapping[str, str]) -> int:

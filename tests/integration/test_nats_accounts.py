@@ -1,0 +1,137 @@
+"""k8s/nats/accounts.conf, loaded by a real nats-server: a tenant may publish requests to its
+models and read its own inbox, and nothing else; KEDA reads the lag in the JETSERVE account."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from jetserve.servers import free_port, nats_server_binary
+from producer.client import make_request
+from schemas import names
+from schemas.codec import encode
+from schemas.names import Header, Priority
+from workers.provision import QueueSettings, provision_model
+
+from ..keda import StreamNotFound, keda_lag
+
+pytestmark = pytest.mark.integration
+
+ACCOUNTS = Path(__file__).resolve().parents[2] / "k8s" / "nats" / "accounts.conf"
+PASSWORDS = {
+    "JETSERVE_NATS_PASSWORD": "pw-jetserve",
+    "TENANT_ACME_NATS_PASSWORD": "pw-acme",
+    "SYS_NATS_PASSWORD": "pw-sys",
+}
+
+
+class Server:
+    def __init__(self, port: int, monitor_port: int) -> None:
+        self.url = f"nats://127.0.0.1:{port}"
+        self.monitor_url = f"http://127.0.0.1:{monitor_port}"
+
+
+@pytest.fixture
+def accounts_server(tmp_path: Path) -> Iterator[Server]:
+    shutil.copy(ACCOUNTS, tmp_path / "accounts.conf")
+    port, monitor_port = free_port(), free_port()
+    config = tmp_path / "server.conf"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor_port}\n"
+        f'jetstream {{ store_dir: "{tmp_path / "store"}" }}\ninclude "accounts.conf"\n'
+    )
+    log = (tmp_path / "nats.log").open("wb")
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-c", str(config)],
+        env={**os.environ, **PASSWORDS},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = Server(port, monitor_port)
+    end = time.monotonic() + 15
+    while True:
+        assert proc.poll() is None, (tmp_path / "nats.log").read_text()
+        with contextlib.suppress(OSError):
+            url = f"{server.monitor_url}/healthz?js-enabled-only=true"
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    break
+        assert time.monotonic() < end, (tmp_path / "nats.log").read_text()
+        time.sleep(0.05)
+    yield server
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    log.close()
+
+
+async def test_tenant_publishes_only_its_models_requests(accounts_server: Server) -> None:
+    url = accounts_server.url
+    service = await nats.connect(url, user="jetserve", password=PASSWORDS["JETSERVE_NATS_PASSWORD"])
+    await provision_model(service.jetstream(), "echo", QueueSettings())
+    await provision_model(service.jetstream(), "other", QueueSettings())
+
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc))
+
+    tenant = await nats.connect(
+        url,
+        user="tenant-acme",
+        password=PASSWORDS["TENANT_ACME_NATS_PASSWORD"],
+        inbox_prefix="_INBOX_acme",
+        error_cb=on_error,
+    )
+    js = tenant.jetstream()
+    request = make_request("echo", "predict", {"x": 1})
+    ack = await js.publish(
+        names.request_subject("echo", Priority.ONLINE),
+        encode(request),
+        headers={Header.MSG_ID: request.id, Header.REPLY_TO: "_INBOX_acme.replies"},
+    )
+    assert ack.stream == names.stream_name("echo")  # stored, and the PubAck reached the tenant
+
+    # Another model's queue, the JetStream API, other inboxes: refused by the server.
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.publish(names.request_subject("other"), b"{}", timeout=1)
+    with pytest.raises(nats.errors.Error):
+        await tenant.jetstream(timeout=1).stream_info(names.stream_name("echo"))
+    await tenant.subscribe("_INBOX.>")
+    await tenant.flush()
+    await asyncio.sleep(0.2)
+    joined = " ".join(violations).lower()
+    assert "permissions violation for publish to" in joined
+    assert names.request_subject("other") in " ".join(violations)
+    assert "permissions violation for subscription to" in joined
+    assert "$js.api" in joined
+
+    # A worker (the jetserve user) replies on the tenant's inbox; the tenant receives it.
+    replies = await tenant.subscribe("_INBOX_acme.replies")
+    await tenant.flush()
+    await service.publish("_INBOX_acme.replies", b"result")
+    await service.flush()
+    assert (await replies.next_msg(timeout=5)).data == b"result"
+
+    # KEDA must be pointed at the account (`--nats-account JETSERVE`): `$G` has no streams.
+    online = names.consumer_name(Priority.ONLINE)
+    reading = await asyncio.to_thread(
+        keda_lag, accounts_server.monitor_url, "JETSERVE", names.stream_name("echo"), online
+    )
+    assert (reading.consumer_found, reading.lag) == (True, 1)
+    with pytest.raises(StreamNotFound):
+        await asyncio.to_thread(
+            keda_lag, accounts_server.monitor_url, "$G", names.stream_name("echo"), online
+        )
+    await tenant.close()
+    await service.close()
