@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -110,17 +110,38 @@ def dedup_id(request: InferenceRequest) -> str:
     return request.id
 
 
-class _Waiter:
-    """Where replies for one request go: a future for the terminal reply, and a queue for
-    chunks when the request streams."""
+class Pending:
+    """One request in flight: where its replies go, and where it is stored.
 
-    __slots__ = ("chunks", "done")
+    `done` resolves with the terminal reply; `chunks` (streaming requests only) receives
+    chunks in arrival order. `accepted` is set once JetStream has stored the request.
+    """
 
-    def __init__(self, streaming: bool) -> None:
+    __slots__ = ("_sub", "accepted", "chunks", "done", "notify", "request")
+
+    def __init__(self, request: InferenceRequest, streaming: bool) -> None:
+        self.request = request
         self.done: asyncio.Future[FinalResult | ErrorResult] = (
             asyncio.get_running_loop().create_future()
         )
         self.chunks: asyncio.Queue[StreamChunk] | None = asyncio.Queue() if streaming else None
+        self.accepted: Accepted | None = None
+        #: A dedicated subscription, when the reply subject is not the client's inbox.
+        self._sub: Any = None
+        #: Called after every reply delivered (for waiters that watch several things).
+        self.notify: Callable[[], None] | None = None
+
+    def deliver(self, reply: StreamChunk | FinalResult | ErrorResult) -> None:
+        if isinstance(reply, StreamChunk):
+            if self.chunks is None:
+                return
+            self.chunks.put_nowait(reply)
+        elif not self.done.done():
+            self.done.set_result(reply)
+        else:
+            return
+        if self.notify is not None:
+            self.notify()
 
 
 class Client:
@@ -132,7 +153,7 @@ class Client:
         self._encoding = encoding
         self._publish_timeout_s = publish_timeout_s
         self._prefix = f"_INBOX.jetserve.{uuid.uuid4().hex}"
-        self._waiters: dict[str, _Waiter] = {}
+        self._waiters: dict[str, Pending] = {}
         self._sub: Any = None
 
     @classmethod
@@ -203,44 +224,79 @@ class Client:
             self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
 
     async def _on_reply(self, msg: Msg) -> None:
-        waiter = self._waiters.get(msg.subject[len(self._prefix) + 1 :])
-        if waiter is None:
+        pending = self._waiters.get(msg.subject[len(self._prefix) + 1 :])
+        if pending is None:
             return  # a late or duplicate reply for a request nobody waits for any more
         try:
             reply = decode_reply(msg.data, self._encoding)
         except msgspec.DecodeError:
             return
-        if isinstance(reply, StreamChunk):
-            if waiter.chunks is not None:
-                waiter.chunks.put_nowait(reply)
-        elif not waiter.done.done():
-            waiter.done.set_result(reply)
+        pending.deliver(reply)
 
-    async def cancel(self, model: str, request_id: str) -> None:
+    async def cancel(self, model: str, request_id: str, *, stream_seq: int | None = None) -> None:
+        """Stop the request: a worker running it frees its slot, a worker that pulls it later
+        skips it. With `stream_seq` (from `Accepted.seq`) a request still queued is also
+        deleted from the stream, so it cannot run later even if no worker is alive now to
+        hear the cancel."""
         await self.nc.publish(
             names.cancel_subject(model, request_id), encode(CancelRequest(id=request_id))
         )
+        if stream_seq is not None:
+            with contextlib.suppress(Exception):  # already taken, acked or deleted
+                await self.js.delete_msg(names.stream_name(model), stream_seq)
 
-    async def _start(self, request: InferenceRequest, streaming: bool) -> _Waiter:
-        await self._ensure_inbox()
-        if request.id in self._waiters:
-            raise InvalidRequest(f"request id {request.id!r} is already in flight")
-        waiter = _Waiter(streaming)
-        self._waiters[request.id] = waiter
+    async def start(
+        self, request: InferenceRequest, *, streaming: bool, reply_to: str | None = None
+    ) -> Pending:
+        """Listen for replies, then publish. `reply_to` replaces the client's inbox with a
+        subject of the caller's choosing (several requesters may listen on it)."""
+        if reply_to is None:
+            await self._ensure_inbox()
+            if request.id in self._waiters:
+                raise InvalidRequest(f"request id {request.id!r} is already in flight")
+        pending = Pending(request, streaming)
+        if reply_to is None:
+            self._waiters[request.id] = pending
+            reply_to = self.reply_subject(request.id)
+        else:
+            pending._sub = await self.nc.subscribe(reply_to, cb=self._dedicated(pending))
         try:
-            await self.submit(request, reply_to=self.reply_subject(request.id))
+            pending.accepted = await self.submit(request, reply_to=reply_to)
         except BaseException:
-            del self._waiters[request.id]
+            await self._release(pending)
             raise
-        return waiter
+        return pending
 
-    async def _finish(self, request: InferenceRequest, waiter: _Waiter) -> None:
-        self._waiters.pop(request.id, None)
-        if not waiter.done.done():
-            waiter.done.cancel()
-            if self.nc.is_connected:  # the requester gave up: free the worker's slot
-                with contextlib.suppress(Exception):
-                    await self.cancel(request.model, request.id)
+    def _dedicated(self, pending: Pending) -> Callable[[Msg], Awaitable[None]]:
+        async def on_reply(msg: Msg) -> None:
+            try:
+                reply = decode_reply(msg.data, self._encoding)
+            except msgspec.DecodeError:
+                return
+            if reply.id == pending.request.id:  # the subject may be shared across retries
+                pending.deliver(reply)
+
+        return on_reply
+
+    async def _release(self, pending: Pending) -> None:
+        if self._waiters.get(pending.request.id) is pending:
+            del self._waiters[pending.request.id]
+        if pending._sub is not None:
+            with contextlib.suppress(Exception):
+                await pending._sub.unsubscribe()
+            pending._sub = None
+
+    async def finish(self, pending: Pending, *, cancel: bool = True) -> None:
+        """Stop listening. If no terminal reply came and `cancel` is set, cancel the request
+        (the requester gave up: free the worker's slot, drop it from the queue)."""
+        await self._release(pending)
+        if pending.done.done():
+            return
+        pending.done.cancel()
+        if cancel and self.nc.is_connected:
+            seq = pending.accepted.seq if pending.accepted else None
+            with contextlib.suppress(Exception):
+                await self.cancel(pending.request.model, pending.request.id, stream_seq=seq)
 
     async def request(
         self,
@@ -256,14 +312,14 @@ class Client:
         return await self.request_obj(request, timeout_s)
 
     async def request_obj(self, request: InferenceRequest, timeout_s: float) -> FinalResult:
-        waiter = await self._start(request, streaming=False)
+        pending = await self.start(request, streaming=False)
         try:
             async with asyncio.timeout(timeout_s):
-                reply = await waiter.done
+                reply = await pending.done
         except TimeoutError:
             raise RequestTimeout(f"no result for {request.id} within {timeout_s:.1f}s") from None
         finally:
-            await self._finish(request, waiter)
+            await self.finish(pending)
         if isinstance(reply, ErrorResult):
             raise RequestFailed(reply.message, code=reply.code, retryable=reply.retryable)
         return reply
@@ -287,7 +343,7 @@ class Client:
     async def stream_obj(
         self, request: InferenceRequest, timeout_s: float
     ) -> AsyncIterator[StreamChunk | FinalResult]:
-        waiter = await self._start(request, streaming=True)
+        waiter = await self.start(request, streaming=True)
         assert waiter.chunks is not None
         attempt, yielded = 0, 0
         try:
@@ -313,10 +369,10 @@ class Client:
         except TimeoutError:
             raise RequestTimeout(f"no result for {request.id} within {timeout_s:.1f}s") from None
         finally:
-            await self._finish(request, waiter)
+            await self.finish(waiter)
 
 
-async def _next_chunk(waiter: _Waiter) -> StreamChunk | None:
+async def _next_chunk(waiter: Pending) -> StreamChunk | None:
     """The next chunk, or None once the terminal reply has arrived (chunks may remain)."""
     assert waiter.chunks is not None
     if not waiter.chunks.empty():
