@@ -24,9 +24,6 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError, NoStreamResponseError
 
 from producer.errors import (
     BacklogFull,
@@ -51,6 +48,29 @@ from schemas.params import SamplingParams
 
 #: JetStream API error codes the client maps to exceptions.
 _STREAM_FULL_CODES = {10077, 10078}  # maximum messages / bytes exceeded
+_MSG_TOO_BIG = 10054
+
+
+class _ApiError(msgspec.Struct, frozen=True):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct, frozen=True):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiError | None = None
+
+
+_pub_ack = msgspec.json.Decoder(_PubAck)
+
+
+class _RetryPublish(Exception):
+    """The publish may not have been stored: publish again (same de-duplication id)."""
+
+
 _DEFAULT_TIMEOUT_S = 60.0
 
 
@@ -154,6 +174,9 @@ class Client:
         self._publish_timeout_s = publish_timeout_s
         self._prefix = f"_INBOX.jetserve.{uuid.uuid4().hex}"
         self._waiters: dict[str, Pending] = {}
+        #: request id -> the future of its PubAck (while `submit` waits for it)
+        self._acks: dict[str, asyncio.Future[Msg]] = {}
+        self._subjects: dict[tuple[str, Priority], str] = {}
         self._sub: Any = None
 
     @classmethod
@@ -186,45 +209,84 @@ class Client:
 
     async def submit(self, request: InferenceRequest, *, reply_to: str | None = None) -> Accepted:
         """Publish and wait for JetStream to store it. Retries the publish (same de-dup id)
-        until the request's deadline or `publish_timeout_s`, whichever is later."""
+        until `publish_timeout_s` has passed.
+
+        The PubAck comes to the client's own inbox (`<inbox>.<id>.ack`), beside the replies:
+        one subscription, no per-publish request machinery (the hot path)."""
         headers = {Header.MSG_ID.value: dedup_id(request)}
         if reply_to:
             headers[Header.REPLY_TO.value] = reply_to
         if self._encoding is not Encoding.JSON:
             headers[Header.ENCODING.value] = self._encoding.value
-        subject = names.request_subject(request.model, request.priority)
+        subject = self._subjects.get((request.model, request.priority))
+        if subject is None:
+            subject = names.request_subject(request.model, request.priority)
+            self._subjects[(request.model, request.priority)] = subject
         data = encode(request, self._encoding)
+        await self._ensure_inbox()
+        ack_to = f"{self._prefix}.{request.id}.ack"
         give_up = time.monotonic() + self._publish_timeout_s
         while True:
+            future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+            self._acks[request.id] = future
             try:
-                ack = await self.js.publish(subject, data, headers=headers)
-                return Accepted(request.id, ack.stream, ack.seq, bool(ack.duplicate))
-            except (NoRespondersError, NoStreamResponseError):
-                if not self.nc.is_connected:
-                    pass  # reconnecting: retry below
-                else:
-                    raise ModelNotFound(f"model {request.model!r} does not exist") from None
-            except APIError as exc:
-                if exc.err_code in _STREAM_FULL_CODES:
-                    raise BacklogFull(f"model {request.model!r} backlog is full") from None
-                if exc.code == 503:
-                    pass  # JetStream temporarily unavailable: retry
-                else:
-                    raise
-            except (NatsTimeoutError, TimeoutError, ConnectionError):
+                await self.nc.publish(subject, data, reply=ack_to, headers=headers)
+                async with asyncio.timeout(max(0.05, give_up - time.monotonic())):
+                    msg = await future
+                return self._accepted(request, msg)
+            except _RetryPublish:
+                pass
+            except (TimeoutError, ConnectionError, nats.errors.OutboundBufferLimitError):
                 pass
             except nats.errors.ConnectionClosedError:
                 raise Unavailable("NATS connection closed") from None
+            finally:
+                if self._acks.get(request.id) is future:
+                    del self._acks[request.id]
             if time.monotonic() >= give_up:
                 raise Unavailable(f"request {request.id} not acknowledged by NATS in time")
             await asyncio.sleep(0.1)
 
+    def _accepted(self, request: InferenceRequest, msg: Msg) -> Accepted:
+        if not msg.data:
+            status = (msg.headers or {}).get("Status")
+            if status == "503":  # no stream listens on the subject
+                if not self.nc.is_connected:
+                    raise _RetryPublish()
+                raise ModelNotFound(f"model {request.model!r} does not exist")
+            raise _RetryPublish()
+        try:
+            ack = _pub_ack.decode(msg.data)
+        except msgspec.DecodeError:
+            raise _RetryPublish() from None
+        if ack.error is not None:
+            if ack.error.err_code in _STREAM_FULL_CODES:
+                raise BacklogFull(f"model {request.model!r} backlog is full")
+            if ack.error.err_code == _MSG_TOO_BIG:
+                raise InvalidRequest(f"request {request.id} is larger than the stream allows")
+            if ack.error.code == 503:
+                raise _RetryPublish()  # JetStream temporarily unavailable
+            raise Unavailable(f"JetStream refused request {request.id}: {ack.error.description}")
+        return Accepted(request.id, ack.stream, ack.seq, ack.duplicate)
+
     async def _ensure_inbox(self) -> None:
         if self._sub is None:
-            self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+            # Replies on <prefix>.<id>, PubAcks on <prefix>.<id>.ack.
+            self._sub = await self.nc.subscribe(
+                f"{self._prefix}.>",
+                cb=self._on_reply,
+                pending_msgs_limit=-1,
+                pending_bytes_limit=-1,
+            )
 
     async def _on_reply(self, msg: Msg) -> None:
-        pending = self._waiters.get(msg.subject[len(self._prefix) + 1 :])
+        rest = msg.subject[len(self._prefix) + 1 :]
+        if rest.endswith(".ack"):
+            ack = self._acks.get(rest[:-4])
+            if ack is not None and not ack.done():
+                ack.set_result(msg)
+            return
+        pending = self._waiters.get(rest)
         if pending is None:
             return  # a late or duplicate reply for a request nobody waits for any more
         try:

@@ -138,7 +138,6 @@ def is_durable_reply(subject: str) -> bool:
     return subject.startswith(RESULTS_PREFIX + ".")
 
 
-
 def model_from_stream_name(stream: str) -> str | None:
     """The model of a request stream (`jetserve-req-<model>`); None for any other stream."""
     if not stream.startswith(STREAM_PREFIX):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -94,7 +94,11 @@ def create_app(
         def watch(call: Call) -> Callable[[], None]:
             return DisconnectWatch(request.receive, call.client_gone).stop
 
-        reply = await holder.get().post(endpoint, request.body, request.headers, watch)
+        async def body() -> bytes:
+            return await read_body(request.receive, config.max_body_bytes)
+
+        headers = wanted_headers(request.scope["headers"])
+        reply = await holder.get().post(endpoint, body, headers, watch)
         if reply.stream is not None:
             return Stream(reply.stream, media_type="text/event-stream", headers=SSE_HEADERS)
         return Response(
@@ -136,17 +140,19 @@ def create_app(
     async def openapi(request: Request[Any, Any, Any]) -> Response[Any]:
         return Response(_openapi_document(request.app), media_type=JSON)
 
+    @post("/bench/echo", status_code=200, include_in_schema=False)
+    async def echo(request: Request[Any, Any, Any]) -> Response[Any]:
+        """The benchmark's trivial endpoint: the same route shape, body reading and response
+        as the POST routes above, without NATS."""
+        wanted_headers(request.scope["headers"])
+        body = await read_body(request.receive, config.max_body_bytes)
+        return Response(body, media_type=JSON)
+
+    handlers = [chat, completions, embeddings, models, healthz, readyz, metrics_route, openapi]
+    if config.echo_route:
+        handlers.append(echo)
     app = Litestar(
-        route_handlers=[
-            chat,
-            completions,
-            embeddings,
-            models,
-            healthz,
-            readyz,
-            metrics_route,
-            openapi,
-        ],
+        route_handlers=handlers,
         lifespan=[lifespan],
         exception_handlers={
             ApiError: _api_error,
@@ -158,6 +164,39 @@ def create_app(
         logging_config=None,
     )
     return MetricsMiddleware(app, metrics)
+
+
+#: The request headers the POST routes read (lower case, as ASGI delivers them).
+_WANTED = {b"authorization", b"idempotency-key", b"x-jetserve-timeout-s"}
+
+
+def wanted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """One pass over the raw headers for the few the bridge reads (hot path)."""
+    return {k.decode(): v.decode("latin-1") for k, v in raw if k in _WANTED}
+
+
+async def read_body(receive: Receive, limit_bytes: int) -> bytes:
+    """The request body; 413 as soon as more than `limit_bytes` have arrived (a huge body is
+    never buffered whole)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(
+                400, "The client disconnected while sending the body.", code="incomplete_body"
+            )
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        size += len(chunk)
+        if size > limit_bytes:
+            raise ApiError(
+                413,
+                f"The request body is larger than {limit_bytes} bytes.",
+                code="request_too_large",
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:

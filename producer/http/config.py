@@ -11,6 +11,7 @@ from schemas.settings import (
     DEFAULT_NATS_URL,
     NATS_URL,
     ConfigError,
+    get_bool,
     get_float,
     get_int,
     get_str,
@@ -46,6 +47,8 @@ class BridgeConfig:
     retry_after_s: int = 1
     #: How long idempotent results are kept; the streams' JetStream duplicate window.
     duplicate_window_s: float = 120.0
+    #: Serve `POST /bench/echo` (returns its body): the trivial endpoint of the benchmark.
+    echo_route: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BridgeConfig:
@@ -72,4 +75,5 @@ class BridgeConfig:
             key_cache_ttl_s=get_float(env, "JETSERVE_KEY_CACHE_TTL_S", 10.0, minimum=0.0),
             retry_after_s=get_int(env, "JETSERVE_RETRY_AFTER_S", 1, minimum=0),
             duplicate_window_s=get_float(env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0),
+            echo_route=get_bool(env, "JETSERVE_HTTP_ECHO_ROUTE", False),
         )

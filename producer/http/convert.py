@@ -177,7 +177,7 @@ def chat_logprobs(items: list[TokenLogprobs] | None) -> oa.ChoiceLogprobs | None
 
 def chat_response(result: FinalResult, response_id: str, created: int) -> oa.ChatCompletion:
     text, logprobs, tool_calls = text_of(result)
-    message = oa.AssistantMessage(content=text, tool_calls=tool_calls)
+    message = oa.AssistantMessage("assistant", text, tool_calls)
     choice = oa.ChatChoice(0, message, chat_logprobs(logprobs), finish_reason(result.finish_reason))
     return oa.ChatCompletion(response_id, created, result.model, [choice], usage(result))
 
@@ -202,7 +202,9 @@ def completion_response(result: FinalResult, response_id: str, created: int) -> 
     choice = oa.CompletionChoice(
         0, text, completion_logprobs(logprobs), finish_reason(result.finish_reason)
     )
-    return oa.Completion(response_id, created, result.model, [choice], usage=usage(result))
+    return oa.Completion(
+        response_id, "text_completion", created, result.model, [choice], usage(result)
+    )
 
 
 def _float32_base64(vector: list[float]) -> str:

@@ -10,11 +10,12 @@ Logs carry request ids and sizes, never prompt text or keys.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,8 @@ TIMEOUT_HEADER = "x-jetserve-timeout-s"
 IDEMPOTENCY_HEADER = "idempotency-key"
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _encoder = msgspec.json.Encoder()
+CHUNK = "chat.completion.chunk"
+TEXT = "text_completion"
 
 
 @dataclass
@@ -81,6 +84,13 @@ class Bridge:
         self.dispatcher = dispatcher
         self.idempotency = idempotency
         self._models: tuple[float, list[str]] = (0.0, [])
+        # Request ids: a random per-process prefix and a counter (unique, and cheaper than
+        # uuid4 on the hot path).
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
 
     @property
     def client(self) -> Client:
@@ -141,7 +151,7 @@ class Bridge:
         now_ms = int(time.time() * 1000)
         request = endpoint.to_request(
             parsed,
-            id=token(principal.tenant, key) if key else uuid.uuid4().hex,
+            id=token(principal.tenant, key) if key else self._new_id(),
             tenant=principal.tenant,
             created_ms=now_ms,
             deadline_ms=now_ms + int(timeout_s * 1000),
@@ -280,16 +290,20 @@ def _chat_chunk(
 ) -> oa.ChatCompletionChunk:
     if not isinstance(delta, oa.Delta):
         delta = oa.Delta(content=delta)
-    return oa.ChatCompletionChunk(rid, created, model, [oa.ChatChunkChoice(0, delta, None, reason)])
+    return oa.ChatCompletionChunk(
+        rid, CHUNK, created, model, [oa.ChatChunkChoice(0, delta, None, reason)]
+    )
 
 
 def _text_chunk(
     rid: str, created: int, model: str, text: str | None, reason: str | None = None
 ) -> oa.Completion:
-    return oa.Completion(rid, created, model, [oa.CompletionChoice(0, text or "", None, reason)])
+    return oa.Completion(
+        rid, TEXT, created, model, [oa.CompletionChoice(0, text or "", None, reason)]
+    )
 
 
 def _usage_chunk(chat: bool, rid: str, created: int, model: str, result: FinalResult) -> Any:
     if chat:
-        return oa.ChatCompletionChunk(rid, created, model, [], usage=convert.usage(result))
-    return oa.Completion(rid, created, model, [], usage=convert.usage(result))
+        return oa.ChatCompletionChunk(rid, CHUNK, created, model, [], convert.usage(result))
+    return oa.Completion(rid, TEXT, created, model, [], convert.usage(result))

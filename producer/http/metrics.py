@@ -14,6 +14,7 @@ ROUTES = (
     "/readyz",
     "/metrics",
     "/openapi.json",
+    "/bench/echo",
 )
 
 _BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)

@@ -114,8 +114,8 @@ class ChoiceLogprobs(msgspec.Struct, frozen=True):
 
 
 class AssistantMessage(msgspec.Struct, frozen=True, omit_defaults=True):
-    role: str = "assistant"
-    content: str | None = None
+    role: str
+    content: str | None
     tool_calls: list[dict[str, Any]] | None = None
 
 
@@ -151,10 +151,11 @@ class ChatChunkChoice(msgspec.Struct, frozen=True):
 
 class ChatCompletionChunk(msgspec.Struct, frozen=True, omit_defaults=True):
     id: str
+    #: Always "chat.completion.chunk" (no default: omit_defaults would drop it).
+    object: str
     created: int
     model: str
     choices: list[ChatChunkChoice]
-    object: str = "chat.completion.chunk"
     usage: Usage | None = None
 
 
@@ -174,10 +175,11 @@ class CompletionChoice(msgspec.Struct, frozen=True):
 
 class Completion(msgspec.Struct, frozen=True, omit_defaults=True):
     id: str
+    #: Always "text_completion" (no default: omit_defaults would drop it).
+    object: str
     created: int
     model: str
     choices: list[CompletionChoice]
-    object: str = "text_completion"
     usage: Usage | None = None
 
 
