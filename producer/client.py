@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -174,8 +175,9 @@ class Client:
         self._publish_timeout_s = publish_timeout_s
         self._prefix = f"_INBOX.jetserve.{uuid.uuid4().hex}"
         self._waiters: dict[str, Pending] = {}
-        #: request id -> the future of its PubAck (while `submit` waits for it)
+        #: publish token -> the future of its PubAck (while `submit` waits for it)
         self._acks: dict[str, asyncio.Future[Msg]] = {}
+        self._ack_ids = itertools.count()
         self._subjects: dict[tuple[str, Priority], str] = {}
         self._sub: Any = None
 
@@ -211,7 +213,7 @@ class Client:
         """Publish and wait for JetStream to store it. Retries the publish (same de-dup id)
         until `publish_timeout_s` has passed.
 
-        The PubAck comes to the client's own inbox (`<inbox>.<id>.ack`), beside the replies:
+        The PubAck comes to the client's own inbox (`<inbox>.<n>.ack`), beside the replies:
         one subscription, no per-publish request machinery (the hot path)."""
         headers = {Header.MSG_ID.value: dedup_id(request)}
         if reply_to:
@@ -224,11 +226,14 @@ class Client:
             self._subjects[(request.model, request.priority)] = subject
         data = encode(request, self._encoding)
         await self._ensure_inbox()
-        ack_to = f"{self._prefix}.{request.id}.ack"
+        # Keyed per publish, not per request id: retries of one idempotent request may be in
+        # flight at once.
+        ack_token = f"{next(self._ack_ids):x}"
+        ack_to = f"{self._prefix}.{ack_token}.ack"
         give_up = time.monotonic() + self._publish_timeout_s
         while True:
             future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-            self._acks[request.id] = future
+            self._acks[ack_token] = future
             try:
                 await self.nc.publish(subject, data, reply=ack_to, headers=headers)
                 async with asyncio.timeout(max(0.05, give_up - time.monotonic())):
@@ -241,8 +246,8 @@ class Client:
             except nats.errors.ConnectionClosedError:
                 raise Unavailable("NATS connection closed") from None
             finally:
-                if self._acks.get(request.id) is future:
-                    del self._acks[request.id]
+                if self._acks.get(ack_token) is future:
+                    del self._acks[ack_token]
             if time.monotonic() >= give_up:
                 raise Unavailable(f"request {request.id} not acknowledged by NATS in time")
             await asyncio.sleep(0.1)

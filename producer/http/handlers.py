@@ -175,7 +175,8 @@ class Bridge:
             await call.close()
             raise
         stop_watch()
-        created = now_ms // 1000
+        # An idempotent retry answers with the first attempt's `created`: identical bodies.
+        created = getattr(call, "created_s", None) or now_ms // 1000
         response_id = endpoint.id_prefix + request.id
         if streaming:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)

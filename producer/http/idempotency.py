@@ -27,16 +27,16 @@ import logging
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from producer.client import Pending
 from producer.http.dispatch import Call, Dispatcher
 from producer.http.errors import ApiError, from_error_result
 from schemas import names
-from schemas.codec import decode_reply, encode
+from schemas.codec import encode
 from schemas.errors import ErrorCode
-from schemas.messages import ErrorResult, FinalResult, InferenceRequest, StreamChunk
+from schemas.messages import ErrorResult, FinalResult, InferenceRequest
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,26 @@ async def open_bucket(js: JetStreamContext, ttl_s: float) -> KeyValue:
         return await js.key_value(names.IDEMPOTENCY_BUCKET)
 
 
+class Stored(msgspec.Struct, frozen=True):
+    """A bucket entry: the terminal reply, and the `created` time of the response every
+    attempt returns (the first attempt's, so that retries get identical bodies)."""
+
+    created_s: int
+    reply: FinalResult | ErrorResult
+
+
+_stored = msgspec.json.Decoder(Stored)
+
+
 class StoredCall:
     """A call whose terminal reply was found in the bucket."""
 
     finished = True
 
-    def __init__(self, request: InferenceRequest, reply: FinalResult | ErrorResult) -> None:
+    def __init__(self, request: InferenceRequest, stored: Stored) -> None:
         self.request = request
-        self._reply = reply
+        self._reply = stored.reply
+        self.created_s: int | None = stored.created_s
 
     async def next(self) -> FinalResult:
         if isinstance(self._reply, ErrorResult):
@@ -96,19 +108,25 @@ class IdempotentCall(Call):
     cancelling. Chunks are not relayed: a retry may join mid-stream, so the text comes
     whole, with the final result."""
 
-    def __init__(self, idem: Idempotency, pending: Pending, deadline: float) -> None:
-        super().__init__(idem.dispatcher, pending, deadline, on_final=self._store)
+    def __init__(
+        self, idem: Idempotency, key: str, pending: Pending, deadline: float, created_s: int
+    ) -> None:
+        super().__init__(idem.dispatcher, pending, deadline, on_final=self._store_error)
         self._idem = idem
+        self._key = key
+        self.created_s: int | None = created_s
 
-    def _store(self, reply: FinalResult | ErrorResult) -> None:
-        if isinstance(reply, ErrorResult) and reply.code in _NOT_STORED:
-            return
-        self._idem.dispatcher.spawn(self._idem.put(self.pending.request.id, reply))
+    def _store_error(self, reply: FinalResult | ErrorResult) -> None:
+        if isinstance(reply, ErrorResult) and reply.code not in _NOT_STORED:
+            stored = Stored(self.created_s or 0, reply)
+            self._idem.dispatcher.spawn(self._idem.put(self._key, stored))
 
     async def next(self) -> FinalResult:
         while True:
             item = await super().next()
-            if not isinstance(item, StreamChunk):
+            if isinstance(item, FinalResult):
+                stored = await self._idem.put(self._key, Stored(self.created_s or 0, item))
+                self.created_s = stored.created_s
                 return item
 
     def abandon(self) -> None:
@@ -128,7 +146,7 @@ class Idempotency:
         self._kv = kv
         self._js: JetStreamContext = dispatcher.client.js
 
-    async def get(self, key: str) -> FinalResult | ErrorResult | None:
+    async def get(self, key: str) -> Stored | None:
         try:
             entry = await self._kv.get(key)
         except KeyNotFoundError:
@@ -136,16 +154,19 @@ class Idempotency:
         if not entry.value:
             return None
         with contextlib.suppress(msgspec.DecodeError):
-            reply = decode_reply(entry.value)
-            if not isinstance(reply, StreamChunk):
-                return reply
+            return _stored.decode(entry.value)
         return None
 
-    async def put(self, key: str, reply: FinalResult | ErrorResult) -> None:
+    async def put(self, key: str, stored: Stored) -> Stored:
+        """Store unless an entry exists; return the entry that is kept (the first one)."""
         try:
-            await self._kv.put(key, encode(reply))
+            await self._kv.create(key, encode(stored))
+            return stored
+        except KeyWrongLastSequenceError:
+            return await self.get(key) or stored
         except Exception as exc:
             log.warning("could not store the idempotent result of %s: %s", key, exc)
+            return stored
 
     async def _in_stream(self, model: str, seq: int) -> bool:
         try:
@@ -159,6 +180,7 @@ class Idempotency:
     ) -> Call | StoredCall:
         """`request.id` must be `token(tenant, idempotency_key)`."""
         base = request.id
+        created_s = (request.created_ms or 0) // 1000
         stored = await self.get(base)
         if stored is not None:
             return StoredCall(request, stored)
@@ -169,16 +191,16 @@ class Idempotency:
             pending = await self.dispatcher.start(request, streaming=False, reply_to=reply_to)
             accepted = pending.accepted
             assert accepted is not None
-            call = IdempotentCall(self, pending, deadline)
+            call = IdempotentCall(self, base, pending, deadline, created_s)
             if not accepted.duplicate or await self._in_stream(request.model, accepted.seq):
                 return call
             await asyncio.sleep(_STORE_GRACE_S)
             stored = await self.get(base)
-            if stored is not None or pending.done.done():
+            if stored is not None:
                 await self.dispatcher.client.finish(pending, cancel=False)
-                if stored is None:
-                    stored = pending.done.result()
                 return StoredCall(request, stored)
+            if pending.done.done():  # the reply itself arrived meanwhile
+                return call
             # Abandoned: run it again under a de-duplication id of the next generation.
             await self.dispatcher.client.finish(pending, cancel=False)
             generation = f"{base}-{accepted.seq}"
