@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.jetserve-installed
 PYTEST_ARGS ?=
 
-.PHONY: up test test-slow lint install bench clean
+.PHONY: up test test-slow lint install bench bench-http clean
 
 up: $(STAMP)
 	$(BIN)/jetserve up $(ARGS)
@@ -34,6 +34,10 @@ $(STAMP): pyproject.toml Makefile
 
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.pipeline
+
+# Needs wrk (Debian: apt-get install -y wrk).
+bench-http: $(STAMP)
+	$(BIN)/python -m loadtest.http_bridge
 
 clean:
 	rm -rf .jetserve .mypy_cache .ruff_cache .pytest_cache

@@ -74,8 +74,13 @@ def _openai_sdk_against_the_stack(info: dict[str, Any], env: dict[str, str], tmp
     assert key.startswith("js-")
     client = openai.OpenAI(base_url=info["http_url"] + "/v1", api_key=key, max_retries=0)
     deadline = time.monotonic() + 90
-    while {"echo", "all-minilm-l6-v2"} - {m.id for m in client.models.list()}:
-        assert time.monotonic() < deadline, "models did not appear"  # workers still loading
+    while True:  # the bridge and the workers may still be starting
+        try:
+            if {"echo", "all-minilm-l6-v2"} <= {m.id for m in client.models.list()}:
+                break
+        except openai.APIConnectionError:
+            pass
+        assert time.monotonic() < deadline, "the bridge or the models did not come up"
         time.sleep(0.5)
     out = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "Hi"}])
     assert out.choices[0].message.content == "Hi"
