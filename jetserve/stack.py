@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from jetserve.servers import NatsServer, PostgresServer
+from jetserve.servers import NatsServer, PostgresServer, free_port
 from schemas.settings import DATABASE_URL, NATS_URL, get_int, get_str
 from workers.config import load_models_file
 
@@ -37,6 +37,10 @@ class StackOptions:
     nats_port: int = 0
     nats_monitor_port: int = 0
     postgres_port: int = 0
+    #: The HTTP bridge's port (0: a free one).
+    http_port: int = 0
+    #: JETSERVE_AUTH for the bridge: "required" (API keys) or "off".
+    auth: str = "required"
     #: Replicas per model; None: each model's `local_replicas`.
     workers: int | None = None
     #: Extra environment for every child process.
@@ -54,6 +58,8 @@ class StackOptions:
             nats_port=get_int(env, "JETSERVE_NATS_PORT", 0, minimum=0),
             nats_monitor_port=get_int(env, "JETSERVE_NATS_MONITOR_PORT", 0, minimum=0),
             postgres_port=get_int(env, "JETSERVE_POSTGRES_PORT", 0, minimum=0),
+            http_port=get_int(env, "JETSERVE_HTTP_PORT", 0, minimum=0),
+            auth=get_str(env, "JETSERVE_AUTH", "required").lower(),
             workers=workers,
         )
 
@@ -192,6 +198,13 @@ class Stack:
                     )
                 )
         self.info["models"] = [s.name for s in specs]
+        port = self.options.http_port or free_port()
+        bridge_env = dict(env, JETSERVE_AUTH=self.options.auth)
+        self.children.append(
+            Child("bridge", [*jetserve, "bridge", "--port", str(port)], bridge_env, logs)
+        )
+        self.info["http_url"] = f"http://127.0.0.1:{port}"
+        self.info["auth"] = self.options.auth
         for child in self.children:
             child.start()
 
@@ -254,11 +267,18 @@ def _announce(stack: Stack, path: Path) -> None:
         f"  PostgreSQL    {i['database_url']}",
     ]
     if i.get("http_url"):
-        lines.append(f"  HTTP          {i['http_url']}")
+        lines.append(f"  HTTP          {i['http_url']}/v1   (OpenAI-compatible; auth {i['auth']})")
     lines += [
         f"  models        {', '.join(map(str, i['models']))}",  # type: ignore[call-overload]
         f"  stack info    {path}",
         f"  logs          {stack.options.data_dir / 'logs'}",
-        "Ctrl-C stops everything.",
     ]
+    if i.get("http_url") and i.get("auth") != "off":
+        lines += [
+            "Get an API key (printed once) in another shell:",
+            f"  JETSERVE_DATABASE_URL={i['database_url']} .venv/bin/jetserve keys create "
+            "--tenant me",
+            "  (or run with JETSERVE_AUTH=off for local use without keys)",
+        ]
+    lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)

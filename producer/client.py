@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -24,9 +25,6 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import APIError, NoStreamResponseError
 
 from producer.errors import (
     BacklogFull,
@@ -51,6 +49,29 @@ from schemas.params import SamplingParams
 
 #: JetStream API error codes the client maps to exceptions.
 _STREAM_FULL_CODES = {10077, 10078}  # maximum messages / bytes exceeded
+_MSG_TOO_BIG = 10054
+
+
+class _ApiError(msgspec.Struct, frozen=True):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct, frozen=True):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiError | None = None
+
+
+_pub_ack = msgspec.json.Decoder(_PubAck)
+
+
+class _RetryPublish(Exception):
+    """The publish may not have been stored: publish again (same de-duplication id)."""
+
+
 _DEFAULT_TIMEOUT_S = 60.0
 
 
@@ -110,17 +131,38 @@ def dedup_id(request: InferenceRequest) -> str:
     return request.id
 
 
-class _Waiter:
-    """Where replies for one request go: a future for the terminal reply, and a queue for
-    chunks when the request streams."""
+class Pending:
+    """One request in flight: where its replies go, and where it is stored.
 
-    __slots__ = ("chunks", "done")
+    `done` resolves with the terminal reply; `chunks` (streaming requests only) receives
+    chunks in arrival order. `accepted` is set once JetStream has stored the request.
+    """
 
-    def __init__(self, streaming: bool) -> None:
+    __slots__ = ("_sub", "accepted", "chunks", "done", "notify", "request")
+
+    def __init__(self, request: InferenceRequest, streaming: bool) -> None:
+        self.request = request
         self.done: asyncio.Future[FinalResult | ErrorResult] = (
             asyncio.get_running_loop().create_future()
         )
         self.chunks: asyncio.Queue[StreamChunk] | None = asyncio.Queue() if streaming else None
+        self.accepted: Accepted | None = None
+        #: A dedicated subscription, when the reply subject is not the client's inbox.
+        self._sub: Any = None
+        #: Called after every reply delivered (for waiters that watch several things).
+        self.notify: Callable[[], None] | None = None
+
+    def deliver(self, reply: StreamChunk | FinalResult | ErrorResult) -> None:
+        if isinstance(reply, StreamChunk):
+            if self.chunks is None:
+                return
+            self.chunks.put_nowait(reply)
+        elif not self.done.done():
+            self.done.set_result(reply)
+        else:
+            return
+        if self.notify is not None:
+            self.notify()
 
 
 class Client:
@@ -132,7 +174,11 @@ class Client:
         self._encoding = encoding
         self._publish_timeout_s = publish_timeout_s
         self._prefix = f"_INBOX.jetserve.{uuid.uuid4().hex}"
-        self._waiters: dict[str, _Waiter] = {}
+        self._waiters: dict[str, Pending] = {}
+        #: publish token -> the future of its PubAck (while `submit` waits for it)
+        self._acks: dict[str, asyncio.Future[Msg]] = {}
+        self._ack_ids = itertools.count()
+        self._subjects: dict[tuple[str, Priority], str] = {}
         self._sub: Any = None
 
     @classmethod
@@ -165,82 +211,159 @@ class Client:
 
     async def submit(self, request: InferenceRequest, *, reply_to: str | None = None) -> Accepted:
         """Publish and wait for JetStream to store it. Retries the publish (same de-dup id)
-        until the request's deadline or `publish_timeout_s`, whichever is later."""
+        until `publish_timeout_s` has passed.
+
+        The PubAck comes to the client's own inbox (`<inbox>.<n>.ack`), beside the replies:
+        one subscription, no per-publish request machinery (the hot path)."""
         headers = {Header.MSG_ID.value: dedup_id(request)}
         if reply_to:
             headers[Header.REPLY_TO.value] = reply_to
         if self._encoding is not Encoding.JSON:
             headers[Header.ENCODING.value] = self._encoding.value
-        subject = names.request_subject(request.model, request.priority)
+        subject = self._subjects.get((request.model, request.priority))
+        if subject is None:
+            subject = names.request_subject(request.model, request.priority)
+            self._subjects[(request.model, request.priority)] = subject
         data = encode(request, self._encoding)
+        await self._ensure_inbox()
+        # Keyed per publish, not per request id: retries of one idempotent request may be in
+        # flight at once.
+        ack_token = f"{next(self._ack_ids):x}"
+        ack_to = f"{self._prefix}.{ack_token}.ack"
         give_up = time.monotonic() + self._publish_timeout_s
         while True:
+            future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+            self._acks[ack_token] = future
             try:
-                ack = await self.js.publish(subject, data, headers=headers)
-                return Accepted(request.id, ack.stream, ack.seq, bool(ack.duplicate))
-            except (NoRespondersError, NoStreamResponseError):
-                if not self.nc.is_connected:
-                    pass  # reconnecting: retry below
-                else:
-                    raise ModelNotFound(f"model {request.model!r} does not exist") from None
-            except APIError as exc:
-                if exc.err_code in _STREAM_FULL_CODES:
-                    raise BacklogFull(f"model {request.model!r} backlog is full") from None
-                if exc.code == 503:
-                    pass  # JetStream temporarily unavailable: retry
-                else:
-                    raise
-            except (NatsTimeoutError, TimeoutError, ConnectionError):
+                await self.nc.publish(subject, data, reply=ack_to, headers=headers)
+                async with asyncio.timeout(max(0.05, give_up - time.monotonic())):
+                    msg = await future
+                return self._accepted(request, msg)
+            except _RetryPublish:
+                pass
+            except (TimeoutError, ConnectionError, nats.errors.OutboundBufferLimitError):
                 pass
             except nats.errors.ConnectionClosedError:
                 raise Unavailable("NATS connection closed") from None
+            finally:
+                if self._acks.get(ack_token) is future:
+                    del self._acks[ack_token]
             if time.monotonic() >= give_up:
                 raise Unavailable(f"request {request.id} not acknowledged by NATS in time")
             await asyncio.sleep(0.1)
 
+    def _accepted(self, request: InferenceRequest, msg: Msg) -> Accepted:
+        if not msg.data:
+            status = (msg.headers or {}).get("Status")
+            if status == "503":  # no stream listens on the subject
+                if not self.nc.is_connected:
+                    raise _RetryPublish()
+                raise ModelNotFound(f"model {request.model!r} does not exist")
+            raise _RetryPublish()
+        try:
+            ack = _pub_ack.decode(msg.data)
+        except msgspec.DecodeError:
+            raise _RetryPublish() from None
+        if ack.error is not None:
+            if ack.error.err_code in _STREAM_FULL_CODES:
+                raise BacklogFull(f"model {request.model!r} backlog is full")
+            if ack.error.err_code == _MSG_TOO_BIG:
+                raise InvalidRequest(f"request {request.id} is larger than the stream allows")
+            if ack.error.code == 503:
+                raise _RetryPublish()  # JetStream temporarily unavailable
+            raise Unavailable(f"JetStream refused request {request.id}: {ack.error.description}")
+        return Accepted(request.id, ack.stream, ack.seq, ack.duplicate)
+
     async def _ensure_inbox(self) -> None:
         if self._sub is None:
-            self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+            # Replies on <prefix>.<id>, PubAcks on <prefix>.<id>.ack.
+            self._sub = await self.nc.subscribe(
+                f"{self._prefix}.>",
+                cb=self._on_reply,
+                pending_msgs_limit=-1,
+                pending_bytes_limit=-1,
+            )
 
     async def _on_reply(self, msg: Msg) -> None:
-        waiter = self._waiters.get(msg.subject[len(self._prefix) + 1 :])
-        if waiter is None:
+        rest = msg.subject[len(self._prefix) + 1 :]
+        if rest.endswith(".ack"):
+            ack = self._acks.get(rest[:-4])
+            if ack is not None and not ack.done():
+                ack.set_result(msg)
+            return
+        pending = self._waiters.get(rest)
+        if pending is None:
             return  # a late or duplicate reply for a request nobody waits for any more
         try:
             reply = decode_reply(msg.data, self._encoding)
         except msgspec.DecodeError:
             return
-        if isinstance(reply, StreamChunk):
-            if waiter.chunks is not None:
-                waiter.chunks.put_nowait(reply)
-        elif not waiter.done.done():
-            waiter.done.set_result(reply)
+        pending.deliver(reply)
 
-    async def cancel(self, model: str, request_id: str) -> None:
+    async def cancel(self, model: str, request_id: str, *, stream_seq: int | None = None) -> None:
+        """Stop the request: a worker running it frees its slot, a worker that pulls it later
+        skips it. With `stream_seq` (from `Accepted.seq`) a request still queued is also
+        deleted from the stream, so it cannot run later even if no worker is alive now to
+        hear the cancel."""
         await self.nc.publish(
             names.cancel_subject(model, request_id), encode(CancelRequest(id=request_id))
         )
+        if stream_seq is not None:
+            with contextlib.suppress(Exception):  # already taken, acked or deleted
+                await self.js.delete_msg(names.stream_name(model), stream_seq)
 
-    async def _start(self, request: InferenceRequest, streaming: bool) -> _Waiter:
-        await self._ensure_inbox()
-        if request.id in self._waiters:
-            raise InvalidRequest(f"request id {request.id!r} is already in flight")
-        waiter = _Waiter(streaming)
-        self._waiters[request.id] = waiter
+    async def start(
+        self, request: InferenceRequest, *, streaming: bool, reply_to: str | None = None
+    ) -> Pending:
+        """Listen for replies, then publish. `reply_to` replaces the client's inbox with a
+        subject of the caller's choosing (several requesters may listen on it)."""
+        if reply_to is None:
+            await self._ensure_inbox()
+            if request.id in self._waiters:
+                raise InvalidRequest(f"request id {request.id!r} is already in flight")
+        pending = Pending(request, streaming)
+        if reply_to is None:
+            self._waiters[request.id] = pending
+            reply_to = self.reply_subject(request.id)
+        else:
+            pending._sub = await self.nc.subscribe(reply_to, cb=self._dedicated(pending))
         try:
-            await self.submit(request, reply_to=self.reply_subject(request.id))
+            pending.accepted = await self.submit(request, reply_to=reply_to)
         except BaseException:
-            del self._waiters[request.id]
+            await self._release(pending)
             raise
-        return waiter
+        return pending
 
-    async def _finish(self, request: InferenceRequest, waiter: _Waiter) -> None:
-        self._waiters.pop(request.id, None)
-        if not waiter.done.done():
-            waiter.done.cancel()
-            if self.nc.is_connected:  # the requester gave up: free the worker's slot
-                with contextlib.suppress(Exception):
-                    await self.cancel(request.model, request.id)
+    def _dedicated(self, pending: Pending) -> Callable[[Msg], Awaitable[None]]:
+        async def on_reply(msg: Msg) -> None:
+            try:
+                reply = decode_reply(msg.data, self._encoding)
+            except msgspec.DecodeError:
+                return
+            if reply.id == pending.request.id:  # the subject may be shared across retries
+                pending.deliver(reply)
+
+        return on_reply
+
+    async def _release(self, pending: Pending) -> None:
+        if self._waiters.get(pending.request.id) is pending:
+            del self._waiters[pending.request.id]
+        if pending._sub is not None:
+            with contextlib.suppress(Exception):
+                await pending._sub.unsubscribe()
+            pending._sub = None
+
+    async def finish(self, pending: Pending, *, cancel: bool = True) -> None:
+        """Stop listening. If no terminal reply came and `cancel` is set, cancel the request
+        (the requester gave up: free the worker's slot, drop it from the queue)."""
+        await self._release(pending)
+        if pending.done.done():
+            return
+        pending.done.cancel()
+        if cancel and self.nc.is_connected:
+            seq = pending.accepted.seq if pending.accepted else None
+            with contextlib.suppress(Exception):
+                await self.cancel(pending.request.model, pending.request.id, stream_seq=seq)
 
     async def request(
         self,
@@ -256,14 +379,14 @@ class Client:
         return await self.request_obj(request, timeout_s)
 
     async def request_obj(self, request: InferenceRequest, timeout_s: float) -> FinalResult:
-        waiter = await self._start(request, streaming=False)
+        pending = await self.start(request, streaming=False)
         try:
             async with asyncio.timeout(timeout_s):
-                reply = await waiter.done
+                reply = await pending.done
         except TimeoutError:
             raise RequestTimeout(f"no result for {request.id} within {timeout_s:.1f}s") from None
         finally:
-            await self._finish(request, waiter)
+            await self.finish(pending)
         if isinstance(reply, ErrorResult):
             raise RequestFailed(reply.message, code=reply.code, retryable=reply.retryable)
         return reply
@@ -287,7 +410,7 @@ class Client:
     async def stream_obj(
         self, request: InferenceRequest, timeout_s: float
     ) -> AsyncIterator[StreamChunk | FinalResult]:
-        waiter = await self._start(request, streaming=True)
+        waiter = await self.start(request, streaming=True)
         assert waiter.chunks is not None
         attempt, yielded = 0, 0
         try:
@@ -313,10 +436,10 @@ class Client:
         except TimeoutError:
             raise RequestTimeout(f"no result for {request.id} within {timeout_s:.1f}s") from None
         finally:
-            await self._finish(request, waiter)
+            await self.finish(waiter)
 
 
-async def _next_chunk(waiter: _Waiter) -> StreamChunk | None:
+async def _next_chunk(waiter: Pending) -> StreamChunk | None:
     """The next chunk, or None once the terminal reply has arrived (chunks may remain)."""
     assert waiter.chunks is not None
     if not waiter.chunks.empty():

@@ -9,6 +9,8 @@ Layout (one stream per model, so each model has its own limits, backlog bound an
     ping     jetserve.ping.<model>          core NATS request; every live worker answers
     dlq      jetserve-dlq                   subjects jetserve.dlq.<model>
     results  jetserve-results               subjects jetserve.results.>  (durable replies)
+    idem     jetserve-idempotent-results    KV bucket: replies to requests with an idempotency key
+             jetserve.reply.idem.<token>    their shared reply subject
 
 Model names and request ids become subject tokens, so both are restricted to
 `[A-Za-z0-9_-]`: nothing a user sends can become a wildcard (`*`, `>`), a token separator
@@ -21,6 +23,7 @@ import re
 from enum import StrEnum
 
 ROOT = "jetserve"
+STREAM_PREFIX = f"{ROOT}-req-"
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
@@ -76,7 +79,7 @@ def validate_request_id(request_id: str) -> str:
 
 
 def stream_name(model: str) -> str:
-    return f"{ROOT}-req-{validate_model_name(model)}"
+    return f"{STREAM_PREFIX}{validate_model_name(model)}"
 
 
 def consumer_name(priority: Priority) -> str:
@@ -133,3 +136,23 @@ def results_subject(kind: str, owner_id: str) -> str:
 def is_durable_reply(subject: str) -> bool:
     """Replies on these subjects must be published with a JetStream acknowledgement."""
     return subject.startswith(RESULTS_PREFIX + ".")
+
+
+def model_from_stream_name(stream: str) -> str | None:
+    """The model of a request stream (`jetserve-req-<model>`); None for any other stream."""
+    if not stream.startswith(STREAM_PREFIX):
+        return None
+    model = stream[len(STREAM_PREFIX) :]
+    return model if _MODEL_NAME_RE.fullmatch(model) else None
+
+
+#: NATS KV bucket of the terminal replies of requests sent with an idempotency key, kept for
+#: the duplicate window: a retried POST gets the stored answer instead of running again.
+IDEMPOTENCY_BUCKET = f"{ROOT}-idempotent-results"
+IDEMPOTENT_REPLY_PREFIX = f"{ROOT}.reply.idem"
+
+
+def idempotent_reply_subject(token: str) -> str:
+    """Where replies to an idempotent request go: derived from (tenant, key) only, so a
+    retry (on any bridge replica) listens where the first attempt's result will arrive."""
+    return f"{IDEMPOTENT_REPLY_PREFIX}.{validate_request_id(token)}"

@@ -63,3 +63,35 @@ class FailingModel(Model):
             else i.payload
             for i in batch
         ]
+
+
+class SlowChatModel(Model):
+    """Chat/completion model for the HTTP bridge tests: a prompt `sleep 2.5` sleeps that long
+    then answers `slept 2.5`; any other prompt is echoed. Appends each id it finishes to the
+    file named by the option `record`."""
+
+    kinds: ClassVar[frozenset[str]] = frozenset({"chat", "completion"})
+    max_batch_size: ClassVar[int] = 1
+    max_batch_wait_ms: ClassVar[float] = 0.0
+    max_concurrent_batches: ClassVar[int] = 64
+
+    @property
+    def capacity(self) -> int:
+        return int(self.options.get("capacity", 1))
+
+    async def predict(self, batch: Sequence[ModelInput]) -> Sequence[Any]:
+        from schemas.messages import Usage
+        from schemas.payloads import ChatPayload, TextOutput
+        from workers.sdk import ModelOutput
+
+        item = batch[0]
+        payload = item.payload
+        prompt = payload.messages[-1].text() if isinstance(payload, ChatPayload) else payload.prompt
+        text = str(prompt)
+        if text.startswith("sleep "):
+            await asyncio.sleep(float(text.split()[1]))
+            text = f"slept {text.split()[1]}"
+        record = self.options.get("record")
+        if record:
+            await asyncio.to_thread(_append, Path(record), f"{item.id} {os.getpid()}\n")
+        return [ModelOutput(TextOutput(text=text), "stop", Usage(1, 1, 2))]

@@ -70,3 +70,34 @@ def test_small_pulls_wait_while_credit_is_outstanding() -> None:
 def test_reserve_is_topped_up_not_exceeded() -> None:
     assert plan(online_outstanding=3, batch_outstanding=10) == PullPlan(1, 2)
     assert plan(online_outstanding=4, batch_outstanding=12) == PullPlan(0, 0)
+
+
+async def test_a_batch_whose_callers_all_left_is_cancelled() -> None:
+    import asyncio
+    from collections.abc import Sequence
+    from typing import Any, ClassVar
+
+    from schemas.params import SamplingParams
+    from workers.batcher import DynamicBatcher
+    from workers.sdk import Model, ModelInput
+
+    cancelled = asyncio.Event()
+
+    class Sleepy(Model):
+        max_batch_size: ClassVar[int] = 1
+
+        async def predict(self, batch: Sequence[ModelInput]) -> Sequence[Any]:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return [None]
+
+    batcher = DynamicBatcher(Sleepy("s"))
+    batcher.start()
+    caller = asyncio.create_task(batcher.submit(ModelInput("r", "predict", None, SamplingParams())))
+    await asyncio.sleep(0.05)
+    caller.cancel()
+    await asyncio.wait_for(cancelled.wait(), 2)
+    await batcher.stop()

@@ -63,8 +63,21 @@ class DynamicBatcher:
             task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[tuple[ModelInput, asyncio.Future[Any]]]) -> None:
+        # When every caller of the batch has gone (cancelled: the requester gave up, the
+        # deadline passed), stop the model's work too, so the slot is really free.
+        predict = asyncio.get_running_loop().create_task(
+            self._model.predict([item for item, _ in batch])
+        )
+        futures = [f for _, f in batch]
+
+        def caller_done(_: asyncio.Future[Any]) -> None:
+            if all(f.cancelled() for f in futures):
+                predict.cancel()
+
+        for f in futures:
+            f.add_done_callback(caller_done)
         try:
-            outputs = await self._model.predict([item for item, _ in batch])
+            outputs = await predict
             if len(outputs) != len(batch):
                 raise RuntimeError(
                     f"{type(self._model).__name__}.predict returned {len(outputs)} outputs "
@@ -77,6 +90,10 @@ class DynamicBatcher:
                     future.set_exception(out)
                 else:
                     future.set_result(out)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the batcher is stopping; else only the callers' work was cancelled
         except Exception as exc:
             for _, future in batch:
                 if not future.done():

@@ -56,6 +56,45 @@ def _wait_stack_json(path: Path, proc: subprocess.Popen[bytes], timeout_s: float
     raise AssertionError("stack.json not written")
 
 
+def _openai_sdk_against_the_stack(info: dict[str, Any], env: dict[str, str], tmp: Path) -> None:
+    """What `jetserve up` prints: create a key with the CLI, then the unchanged openai SDK."""
+    import openai
+
+    assert info["http_url"].startswith("http://127.0.0.1:")
+    assert info["auth"] == "required"
+    created = subprocess.run(
+        [sys.executable, "-m", "jetserve", "keys", "create", "--tenant", "me"],
+        env={**env, "JETSERVE_DATABASE_URL": info["database_url"]},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("js-")
+    client = openai.OpenAI(base_url=info["http_url"] + "/v1", api_key=key, max_retries=0)
+    deadline = time.monotonic() + 90
+    while True:  # the bridge and the workers may still be starting
+        try:
+            if {"echo", "all-minilm-l6-v2"} <= {m.id for m in client.models.list()}:
+                break
+        except openai.APIConnectionError:
+            pass
+        assert time.monotonic() < deadline, "the bridge or the models did not come up"
+        time.sleep(0.5)
+    out = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "Hi"}])
+    assert out.choices[0].message.content == "Hi"
+    chunks = client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "Hi there"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi there"
+    text = client.completions.create(model="echo", prompt="abc")
+    assert text.choices[0].text == "abc"
+    emb = client.embeddings.create(model="all-minilm-l6-v2", input="hello", timeout=60)
+    assert len(emb.data[0].embedding) == 384
+    client.close()
+
+
 async def test_up_serves_echo_and_stops_cleanly(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = child_env("")
@@ -93,6 +132,7 @@ async def test_up_serves_echo_and_stops_cleanly(tmp_path: Path) -> None:
         assert reply["type"] == "result.v1"
         assert reply["output"]["text"] == "Hello!"
         await nc.close()
+        await asyncio.to_thread(_openai_sdk_against_the_stack, info, env, tmp_path)
     finally:
         proc.send_signal(signal.SIGINT)
         code = await asyncio.to_thread(proc.wait, 60)

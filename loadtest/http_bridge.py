@@ -1,0 +1,182 @@
+"""Benchmark: the HTTP bridge's chat endpoint against a trivial endpoint of the same server.
+
+    python -m loadtest.http_bridge [--connections 64] [--duration-s 10] [--json out.json]
+
+Needs `wrk` (Debian: `apt-get install -y wrk`), a C load generator that is not the
+bottleneck. One bridge process (`jetserve bridge`, auth off, `JETSERVE_HTTP_ECHO_ROUTE=1`),
+one echo worker process and a nats-server are started; then, in one run against that same
+bridge process, at the same fixed concurrency, each after a warm-up:
+
+1. `POST /bench/echo` with the chat body: the trivial endpoint. The same framework route,
+   body reading and JSON response as the OpenAI routes, no NATS;
+2. `GET /healthz`: the cheapest route there is (no body), for reference;
+3. `POST /v1/chat/completions` for the echo model: HTTP -> JetStream -> worker process ->
+   reply subject -> HTTP, the same ~150-byte body.
+
+Prints req/s, p50/p99, the bridge's CPU per request, and the ratios chat / trivial (the
+target is >= 0.5) and chat / healthz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from jetserve.servers import free_port
+from loadtest.common import nats_server, spawn
+
+MODEL = "bench-echo"
+CHAT_BODY = json.dumps(
+    {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hello! Tell me something about queues."}],
+        "max_tokens": 16,
+    }
+)
+_LUA = """wrk.method = "POST"
+wrk.body = [[{body}]]
+wrk.headers["Content-Type"] = "application/json"
+"""
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(f"unexpected wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(
+    url: str, connections: int, duration_s: float, script: Path | None, pid: int
+) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{round(duration_s)}s", "--latency"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    cpu_before = _cpu_s(pid)
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    cpu = _cpu_s(pid) - cpu_before
+    figures = {
+        "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+    }
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    if bad or errors:
+        raise RuntimeError(f"wrk saw failures against {url}:\n{out}")
+    figures["bridge_cpu_us_per_req"] = cpu / figures["requests"] * 1e6
+    return figures
+
+
+def _wait_http(url: str, body: bytes | None, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            req = urllib.request.Request(
+                url, data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > end:
+            raise TimeoutError(f"{url} not answering after {timeout_s}s")
+        time.sleep(0.2)
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: install it (Debian/Ubuntu: apt-get install -y wrk)")
+    with nats_server() as url, tempfile.TemporaryDirectory(prefix="jetserve-bench-") as tmp:
+        script = Path(tmp) / "chat.lua"
+        script.write_text(_LUA.format(body=CHAT_BODY))
+        port = free_port()
+        env = {"JETSERVE_NATS_URL": url, "JETSERVE_LOG_LEVEL": "WARNING"}
+        worker = spawn(
+            [
+                "-m",
+                "jetserve",
+                "worker",
+                "--model",
+                MODEL,
+                "--class",
+                "echo",
+                "--option",
+                "capacity=256",
+            ],
+            env=env,
+        )
+        bridge = spawn(
+            ["-m", "jetserve", "bridge", "--port", str(port)],
+            env={**env, "JETSERVE_AUTH": "off", "JETSERVE_HTTP_ECHO_ROUTE": "1"},
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_http(f"{base}/v1/chat/completions", CHAT_BODY.encode(), 60)
+            targets = {
+                "trivial": (f"{base}/bench/echo", script),
+                "healthz": (f"{base}/healthz", None),
+                "chat": (f"{base}/v1/chat/completions", script),
+            }
+            figures = {}
+            for name, (target, lua) in targets.items():
+                wrk(target, args.connections, 2, lua, bridge.pid)  # warm-up
+                figures[name] = wrk(target, args.connections, args.duration_s, lua, bridge.pid)
+        finally:
+            for proc in (bridge, worker):
+                proc.terminate()
+                proc.wait(30)
+    result = {f"{name}_{k}": v for name, f in figures.items() for k, v in f.items()}
+    chat, trivial, healthz = figures["chat"], figures["trivial"], figures["healthz"]
+    result["ratio"] = chat["req_per_s"] / trivial["req_per_s"]
+    result["ratio_vs_healthz"] = chat["req_per_s"] / healthz["req_per_s"]
+    c = args.connections
+    print(
+        f"one bridge process (uvicorn + uvloop + httptools), wrk -t1 -c{c}, {args.duration_s}s each"
+    )
+    rows = (
+        ("POST /bench/echo (trivial)", trivial),
+        ("GET /healthz", healthz),
+        ("POST /v1/chat/completions (echo)", chat),
+    )
+    for name, f in rows:
+        print(
+            f"  {name:34s} {f['req_per_s']:8.0f} req/s  p50 {f['p50_ms']:6.2f} ms  "
+            f"p99 {f['p99_ms']:6.2f} ms  bridge CPU {f['bridge_cpu_us_per_req']:5.0f} us/req"
+        )
+    print(f"  ratio chat / trivial               {result['ratio']:8.2f}   (target >= 0.50)")
+    print(f"  ratio chat / healthz               {result['ratio_vs_healthz']:8.2f}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    result = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The HTTP bridge: an OpenAI-compatible API in front of jetserve's NATS subjects."""

@@ -1,0 +1,86 @@
+"""Who is calling: bearer keys -> a tenant.
+
+The bridge depends only on the `Authenticator` protocol; the composition root
+(`jetserve/bridge.py`) injects the Postgres-backed one, so `producer` never imports the
+store. `CachedAuthenticator` keeps verified (and refused) keys in memory for `ttl_s`, so the
+database is not asked on every request: a revoked key stops working within `ttl_s`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    #: The key's id (safe to log), None when auth is off.
+    key_id: str | None = None
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, token: str) -> Principal | None:
+        """The principal a bearer token belongs to, or None when it is unknown or revoked.
+        Called with the token as sent (without `Bearer `)."""
+        ...
+
+
+class OpenAuth:
+    """Auth switched off: every request runs as one tenant."""
+
+    def __init__(self, tenant: str = "default") -> None:
+        self._principal = Principal(tenant)
+
+    async def authenticate(self, token: str) -> Principal | None:
+        return self._principal
+
+
+Lookup = Callable[[str], Awaitable[Principal | None]]
+
+
+class CachedAuthenticator:
+    """Remembers lookups for `ttl_s`, keyed by the token's SHA-256 (no plaintext kept),
+    at most `max_entries` (least recently used dropped first)."""
+
+    def __init__(
+        self,
+        lookup: Lookup,
+        ttl_s: float,
+        *,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lookup = lookup
+        self._ttl_s = ttl_s
+        self._max = max_entries
+        self._clock = clock
+        self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
+
+    async def authenticate(self, token: str) -> Principal | None:
+        digest = hashlib.sha256(token.encode()).digest()
+        now = self._clock()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            self._cache.move_to_end(digest)
+            return hit[1]
+        principal = await self._lookup(token)
+        self._cache[digest] = (now + self._ttl_s, principal)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return principal
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, else None."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

@@ -1,0 +1,79 @@
+"""Bridge settings: one `BridgeConfig` per process, built from an injected environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from schemas.settings import (
+    DATABASE_URL,
+    DEFAULT_NATS_URL,
+    NATS_URL,
+    ConfigError,
+    get_bool,
+    get_float,
+    get_int,
+    get_str,
+)
+
+
+class AuthMode(StrEnum):
+    #: Every /v1 request needs `Authorization: Bearer <key>` (keys in Postgres).
+    REQUIRED = "required"
+    #: No keys: every request runs as tenant `default` (local use only).
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    nats_url: str = DEFAULT_NATS_URL
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth: AuthMode = AuthMode.REQUIRED
+    #: A request's deadline when the client names none, and the most it may ask for with
+    #: the `X-Jetserve-Timeout-S` header.
+    timeout_s: float = 600.0
+    #: A request no worker has answered within this time, for a model no worker answers a
+    #: ping for, is cancelled with 503.
+    no_worker_timeout_s: float = 10.0
+    #: Larger bodies are refused with 413 while they are being read.
+    max_body_bytes: int = 1024 * 1024
+    #: Verified keys (and unknown ones) are remembered this long: a revoked key stops
+    #: working within it.
+    key_cache_ttl_s: float = 10.0
+    #: `Retry-After` sent with 429.
+    retry_after_s: int = 1
+    #: How long idempotent results are kept; the streams' JetStream duplicate window.
+    duplicate_window_s: float = 120.0
+    #: Serve `POST /bench/echo` (returns its body): the trivial endpoint of the benchmark.
+    echo_route: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> BridgeConfig:
+        raw_auth = get_str(env, "JETSERVE_AUTH", AuthMode.REQUIRED.value).lower()
+        try:
+            auth = AuthMode(raw_auth)
+        except ValueError:
+            raise ConfigError(f"JETSERVE_AUTH={raw_auth!r} is not 'required' or 'off'") from None
+        database_url = env.get(DATABASE_URL) or None
+        if auth is AuthMode.REQUIRED and database_url is None:
+            raise ConfigError(
+                f"JETSERVE_AUTH=required needs {DATABASE_URL} (where API keys are stored); "
+                "set JETSERVE_AUTH=off for local use without keys"
+            )
+        return cls(
+            nats_url=get_str(env, NATS_URL, DEFAULT_NATS_URL),
+            database_url=database_url,
+            host=get_str(env, "JETSERVE_HTTP_HOST", "127.0.0.1"),
+            port=get_int(env, "JETSERVE_HTTP_PORT", 8000, minimum=0),
+            auth=auth,
+            timeout_s=get_float(env, "JETSERVE_HTTP_TIMEOUT_S", 600.0, minimum=0.1),
+            no_worker_timeout_s=get_float(env, "JETSERVE_NO_WORKER_TIMEOUT_S", 10.0, minimum=0.1),
+            max_body_bytes=get_int(env, "JETSERVE_HTTP_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            key_cache_ttl_s=get_float(env, "JETSERVE_KEY_CACHE_TTL_S", 10.0, minimum=0.0),
+            retry_after_s=get_int(env, "JETSERVE_RETRY_AFTER_S", 1, minimum=0),
+            duplicate_window_s=get_float(env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0),
+            echo_route=get_bool(env, "JETSERVE_HTTP_ECHO_ROUTE", False),
+        )

@@ -1,0 +1,186 @@
+"""One HTTP request's life on the queue: publish, wait, give up.
+
+    call = await dispatcher.open(request, streaming=..., timeout_s=...)
+    item = await call.next()      # StreamChunk ..., then FinalResult; raises ApiError
+    await call.close()            # always; cancels upstream if no terminal reply came
+
+Waiting is bounded twice. The deadline (`timeout_s`, also the request's `deadline_ms`) ends
+in 504. Every `no_worker_timeout_s` without a reply, the model's workers are pinged; when
+none answers, the request is cancelled and deleted from the stream (it must not run later,
+when a worker starts) and the caller gets 503. Whatever the reason upstream work is
+abandoned (deadline, no workers, the client went away), `Client.finish` cancels it, so a
+running request frees its worker's slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from producer.client import Client, Pending
+from producer.errors import InvalidRequest, JetserveError
+from producer.http.errors import (
+    ApiError,
+    deadline_exceeded,
+    from_error_result,
+    from_producer_error,
+    invalid,
+    no_workers,
+)
+from producer.http.metrics import BridgeMetrics
+from producer.http.presence import Presence
+from schemas.messages import ErrorResult, FinalResult, InferenceRequest, StreamChunk
+
+log = logging.getLogger(__name__)
+
+Event = StreamChunk | FinalResult
+
+
+class ClientGone(Exception):
+    """The HTTP client went away while its request was waiting."""
+
+
+class Call:
+    """Replies of one request, with the deadline and the no-worker check applied."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        pending: Pending,
+        deadline: float,
+        on_final: Callable[[FinalResult | ErrorResult], None] | None = None,
+    ) -> None:
+        self._d = dispatcher
+        self.pending = pending
+        self.request = pending.request
+        self._deadline = deadline
+        self._loop = asyncio.get_running_loop()
+        self._next_check = self._loop.time() + dispatcher.no_worker_timeout_s
+        self._on_final = on_final
+        self._wake: asyncio.Future[None] | None = None
+        self.finished = False
+        self._gone = False
+        #: Highest attempt seen, chunks passed on: a restarted attempt repeats its output.
+        self._attempt = 0
+        self._passed = 0
+        pending.notify = self._notify
+
+    def client_gone(self) -> None:
+        """The HTTP client disconnected: the waiter raises `ClientGone`."""
+        self._gone = True
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _sleep(self, until: float) -> None:
+        """Until a reply arrives or the loop time `until`, whichever is first. Cancelling
+        the caller never cancels the reply future."""
+        wake = self._wake = self._loop.create_future()
+        timer = self._loop.call_at(until, self._notify)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+    async def next(self) -> Event:
+        pending = self.pending
+        while True:
+            if self._gone:
+                raise ClientGone()
+            if pending.chunks is not None and not pending.chunks.empty():
+                chunk = pending.chunks.get_nowait()
+                self._attempt = max(self._attempt, chunk.attempt)
+                if chunk.attempt < self._attempt or chunk.seq < self._passed:
+                    continue
+                self._passed += 1
+                return chunk
+            if pending.done.done():
+                return self._final(pending.done.result())
+            now = self._loop.time()
+            if now >= self._deadline:
+                self._d.metrics.cancels.labels("deadline").inc()
+                raise deadline_exceeded()
+            if now >= self._next_check:
+                if not await self._d.presence.any_worker(self.request.model):
+                    self._d.metrics.cancels.labels("no_workers").inc()
+                    raise no_workers(self.request.model, self._d.no_worker_timeout_s)
+                self._next_check = self._loop.time() + self._d.no_worker_timeout_s
+                continue
+            await self._sleep(min(self._deadline, self._next_check))
+
+    def _final(self, reply: FinalResult | ErrorResult) -> FinalResult:
+        self.finished = True
+        if self._on_final is not None:
+            self._on_final(reply)
+        if isinstance(reply, ErrorResult):
+            raise from_error_result(reply)
+        return reply
+
+    async def result(self) -> FinalResult:
+        while True:
+            item = await self.next()
+            if isinstance(item, FinalResult):
+                return item
+
+    async def close(self) -> None:
+        """Stop listening; cancel upstream unless the terminal reply came."""
+        await self._d.client.finish(self.pending, cancel=not self.finished)
+
+    def abandon(self) -> None:
+        """`close()` from a task being cancelled (the client went away): run it apart."""
+        if not self.finished:
+            self._d.metrics.cancels.labels("disconnect").inc()
+        self._d.spawn(self.close())
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        client: Client,
+        presence: Presence,
+        metrics: BridgeMetrics,
+        *,
+        no_worker_timeout_s: float,
+        retry_after_s: int,
+    ) -> None:
+        self.client = client
+        self.presence = presence
+        self.metrics = metrics
+        self.no_worker_timeout_s = no_worker_timeout_s
+        self.retry_after_s = retry_after_s
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def start(
+        self, request: InferenceRequest, *, streaming: bool, reply_to: str | None = None
+    ) -> Pending:
+        """Publish; map refusals (unknown model, full backlog, NATS down) to ApiError."""
+        try:
+            return await self.client.start(request, streaming=streaming, reply_to=reply_to)
+        except InvalidRequest as exc:
+            raise invalid(exc.message, None) from None
+        except JetserveError as exc:
+            raise from_producer_error(exc, request.model, self.retry_after_s) from None
+        except Exception as exc:  # e.g. a body over the server's max_payload
+            if "payload" in str(exc).lower() or "size" in str(exc).lower():
+                raise ApiError(413, "The request is too large.", code="request_too_large") from None
+            raise
+
+    async def open(self, request: InferenceRequest, *, streaming: bool, timeout_s: float) -> Call:
+        pending = await self.start(request, streaming=streaming)
+        return Call(self, pending, asyncio.get_running_loop().time() + timeout_s)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)

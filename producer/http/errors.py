@@ -1,0 +1,161 @@
+"""Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+
+`ApiError` is the one exception the routes raise; `from_*` functions map everything else
+(bad JSON, producer exceptions, worker `ErrorResult`s) onto it. 500 is never used for bad
+input.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from producer.errors import BacklogFull, JetserveError, ModelNotFound, RequestTimeout
+from schemas.errors import ErrorCode
+from schemas.messages import ErrorResult
+
+_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING_RE = re.compile(r"missing required field `([^`]+)`")
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(msgspec.Struct, frozen=True):
+    error: ErrorBody
+
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+_encoder = msgspec.json.Encoder()
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def envelope(self) -> ErrorEnvelope:
+        kind = _TYPES.get(
+            self.status, "server_error" if self.status >= 500 else "invalid_request_error"
+        )
+        return ErrorEnvelope(ErrorBody(self.message, kind, self.param, self.code))
+
+    def body(self) -> bytes:
+        return _encoder.encode(self.envelope())
+
+
+def invalid(message: str, param: str | None, code: str = "invalid_request") -> ApiError:
+    return ApiError(400, message, code=code, param=param)
+
+
+def from_decode_error(exc: msgspec.DecodeError) -> ApiError:
+    """A body msgspec refused: the parameter comes from its `$.field` path."""
+    text = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        return invalid(f"invalid JSON body: {text}", None)
+    path = _PATH_RE.search(text)
+    prefix = path.group(1) if path else ""
+    missing = _MISSING_RE.search(text)
+    if missing:
+        param = f"{prefix}.{missing.group(1)}" if prefix else missing.group(1)
+    else:
+        param = prefix or None
+    return invalid(text, param)
+
+
+def model_not_found(model: str) -> ApiError:
+    return ApiError(
+        404, f"The model `{model[:100]}` does not exist.", code="model_not_found", param="model"
+    )
+
+
+def from_producer_error(exc: JetserveError, model: str, retry_after_s: int) -> ApiError:
+    if isinstance(exc, ModelNotFound):
+        return model_not_found(model)
+    if isinstance(exc, BacklogFull):
+        return ApiError(
+            429,
+            f"The backlog of model `{model}` is full; retry later.",
+            code=ErrorCode.BACKLOG_FULL.value,
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    if isinstance(exc, RequestTimeout):
+        return deadline_exceeded()
+    return ApiError(503, f"The queue is unavailable: {exc.message}", code="unavailable")
+
+
+def deadline_exceeded() -> ApiError:
+    return ApiError(
+        504, "The request did not finish before its deadline.", code="deadline_exceeded"
+    )
+
+
+def no_workers(model: str, waited_s: float) -> ApiError:
+    return ApiError(
+        503,
+        f"No worker of model `{model}` took the request within {waited_s:g}s, and none is "
+        "running; the request was cancelled.",
+        code=ErrorCode.NO_WORKERS.value,
+    )
+
+
+#: Worker error codes -> HTTP status. Anything not listed is a 500.
+_RESULT_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.UNSUPPORTED_VERSION: 400,
+    ErrorCode.UNSUPPORTED_KIND: 400,
+    ErrorCode.MODEL_MISMATCH: 400,
+    ErrorCode.CONTEXT_LENGTH_EXCEEDED: 400,
+    ErrorCode.UNKNOWN_MODEL: 404,
+    ErrorCode.DEADLINE_EXCEEDED: 504,
+    ErrorCode.CANCELLED: 409,
+    ErrorCode.BACKLOG_FULL: 429,
+    ErrorCode.NO_WORKERS: 503,
+    ErrorCode.MODEL_ERROR: 500,
+    ErrorCode.DEAD_LETTERED: 500,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+
+
+def from_error_result(result: ErrorResult) -> ApiError:
+    status = _RESULT_STATUS.get(result.code, 500)
+    message = result.message
+    param = None
+    if result.code is ErrorCode.DEAD_LETTERED:
+        message = f"The model failed on every attempt; the request was set aside. {message}"
+    elif result.code is ErrorCode.UNSUPPORTED_KIND:
+        param = "model"
+    elif result.code is ErrorCode.CONTEXT_LENGTH_EXCEEDED:
+        param = "messages"
+    elif status == 400:
+        found = _PATH_RE.search(message)
+        param = (
+            found.group(1).removeprefix("payload.").removeprefix("parameters.") if found else None
+        )
+    return ApiError(status, message, code=result.code.value, param=param)

@@ -1,0 +1,310 @@
+"""The bridge's endpoints, independent of the web framework: bytes and headers in, a
+`Reply` (status, body or SSE stream, headers) out.
+
+    POST /v1/chat/completions, /v1/completions, /v1/embeddings -> one InferenceRequest each
+    GET  /v1/models                                              -> models that have a stream
+
+Logs carry request ids and sizes, never prompt text or keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from producer.client import Client
+from producer.http import convert
+from producer.http import openai_types as oa
+from producer.http.auth import Authenticator, Principal, bearer_token
+from producer.http.config import BridgeConfig
+from producer.http.dispatch import Call, ClientGone, Dispatcher
+from producer.http.errors import ApiError, from_decode_error, invalid
+from producer.http.idempotency import Idempotency, StoredCall, token
+from producer.http.presence import Presence
+from producer.http.sse import DONE, event
+from schemas import names
+from schemas.messages import FinalResult, InferenceRequest, StreamChunk
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_HEADER = "x-jetserve-timeout-s"
+IDEMPOTENCY_HEADER = "idempotency-key"
+_IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
+_encoder = msgspec.json.Encoder()
+CHUNK = "chat.completion.chunk"
+TEXT = "text_completion"
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What differs between the three POST endpoints."""
+
+    decoder: msgspec.json.Decoder[Any]
+    to_request: Callable[..., InferenceRequest]
+    id_prefix: str
+
+
+CHAT = Endpoint(msgspec.json.Decoder(oa.ChatCompletionRequest), convert.chat_request, "chatcmpl-")
+COMPLETION = Endpoint(
+    msgspec.json.Decoder(oa.CompletionRequest), convert.completion_request, "cmpl-"
+)
+EMBEDDING = Endpoint(msgspec.json.Decoder(oa.EmbeddingRequest), convert.embedding_request, "emb-")
+
+
+class Bridge:
+    """Owns the NATS client and everything that serves requests with it."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        authenticator: Authenticator,
+        dispatcher: Dispatcher,
+        idempotency: Idempotency,
+    ) -> None:
+        self.config = config
+        self.auth = authenticator
+        self.dispatcher = dispatcher
+        self.idempotency = idempotency
+        self._models: tuple[float, list[str]] = (0.0, [])
+        # Request ids: a random per-process prefix and a counter (unique, and cheaper than
+        # uuid4 on the hot path).
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    @property
+    def client(self) -> Client:
+        return self.dispatcher.client
+
+    @property
+    def presence(self) -> Presence:
+        return self.dispatcher.presence
+
+    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        secret = bearer_token(headers.get("authorization"))
+        principal = await self.auth.authenticate(secret or "")
+        if principal is None:
+            message = (
+                "Missing API key: send `Authorization: Bearer <key>`."
+                if secret is None
+                else "Invalid API key."
+            )
+            raise ApiError(401, message, code="invalid_api_key")
+        return principal
+
+    def _timeout_s(self, headers: Mapping[str, str]) -> float:
+        raw = headers.get(TIMEOUT_HEADER)
+        if raw is None:
+            return self.config.timeout_s
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not value > 0:  # also NaN
+            raise invalid(
+                f"{TIMEOUT_HEADER} must be a positive number of seconds.", "X-Jetserve-Timeout-S"
+            )
+        return min(value, self.config.timeout_s)
+
+    async def post(
+        self,
+        endpoint: Endpoint,
+        read_body: Callable[[], Awaitable[bytes]],
+        headers: Mapping[str, str],
+        on_gone: Callable[[Call], Callable[[], None]],
+    ) -> Reply:
+        """Serve one POST. The body is read only once the caller is authenticated.
+        `on_gone(call)` starts watching for a disconnect and returns the function that
+        stops watching."""
+        principal = await self.authenticate(headers)
+        body = await read_body()
+        try:
+            parsed = endpoint.decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise from_decode_error(exc) from None
+        timeout_s = self._timeout_s(headers)
+        key = headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+            raise invalid(
+                "Idempotency-Key must be 1-256 printable ASCII characters.", "Idempotency-Key"
+            )
+        now_ms = int(time.time() * 1000)
+        request = endpoint.to_request(
+            parsed,
+            id=token(principal.tenant, key) if key else self._new_id(),
+            tenant=principal.tenant,
+            created_ms=now_ms,
+            deadline_ms=now_ms + int(timeout_s * 1000),
+            idempotency_key=key,
+        )
+        streaming = request.stream
+        call: Call | StoredCall
+        if key:
+            call = await self.idempotency.open(request, streaming=streaming, timeout_s=timeout_s)
+        else:
+            call = await self.dispatcher.open(request, streaming=streaming, timeout_s=timeout_s)
+        stop_watch = on_gone(call) if isinstance(call, Call) else _nothing
+        try:
+            first = await call.next()
+        except ClientGone:
+            stop_watch()
+            call.abandon()
+            return Reply(status=499)
+        except BaseException:
+            stop_watch()
+            await call.close()
+            raise
+        stop_watch()
+        # An idempotent retry answers with the first attempt's `created`: identical bodies.
+        created = getattr(call, "created_s", None) or now_ms // 1000
+        response_id = endpoint.id_prefix + request.id
+        if streaming:
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            return Reply(
+                stream=self._sse(endpoint, call, first, response_id, created, include_usage)
+            )
+        try:
+            result = first if isinstance(first, FinalResult) else await call.result()
+        finally:
+            await call.close()
+        return Reply(
+            body=_encoder.encode(_response(endpoint, parsed, result, response_id, created))
+        )
+
+    async def _sse(
+        self,
+        endpoint: Endpoint,
+        call: Call | StoredCall,
+        first: StreamChunk | FinalResult,
+        response_id: str,
+        created: int,
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        chat = endpoint is CHAT
+        model = call.request.model
+        frame = _chat_chunk if chat else _text_chunk
+        streamed = False
+        try:
+            if chat:
+                yield event(
+                    _chat_chunk(response_id, created, model, oa.Delta(role="assistant", content=""))
+                )
+            item = first
+            while isinstance(item, StreamChunk):
+                if item.delta:
+                    streamed = True
+                    yield event(frame(response_id, created, model, item.delta))
+                item = await call.next()
+            text, _, _ = convert.text_of(item)
+            if text and not streamed:  # not relayed in chunks (an idempotent retry)
+                yield event(frame(response_id, created, model, text))
+            reason = convert.finish_reason(item.finish_reason)
+            yield event(frame(response_id, created, model, None, reason))
+            if include_usage:
+                yield event(_usage_chunk(chat, response_id, created, model, item))
+        except ApiError as exc:
+            log.info("stream %s ended with %d %s", response_id, exc.status, exc.code)
+            yield b"data: " + exc.body() + b"\n\n"
+        finally:
+            # Also runs when the client disconnects mid-stream (the response is cancelled).
+            if call.finished:
+                self.dispatcher.spawn(call.close())
+            else:
+                call.abandon()
+        yield DONE
+
+    async def models(self) -> list[str]:
+        """Models with a request stream (JetStream's stream names API), cached 2 s."""
+        now = time.monotonic()
+        if self._models[0] > now:
+            return self._models[1]
+        found: list[str] = []
+        offset = 0
+        while True:
+            request = {"offset": offset, "subject": f"{names.ROOT}.req.>"}
+            msg = await self.client.nc.request(
+                "$JS.API.STREAM.NAMES", json.dumps(request).encode(), timeout=5
+            )
+            page = json.loads(msg.data)
+            streams = page.get("streams") or []
+            found += [m for s in streams if (m := names.model_from_stream_name(s))]
+            offset += len(streams)
+            if not streams or offset >= int(page.get("total", 0)):
+                break
+        self._models = (now + 2.0, sorted(found))
+        return self._models[1]
+
+    async def model_list(self) -> bytes:
+        created = int(time.time())
+        cards = [oa.ModelCard(id=m, created=created) for m in await self.models()]
+        return _encoder.encode(oa.ModelList(cards))
+
+    async def readiness(self) -> tuple[bool, bytes]:
+        """Ready when NATS is connected. Workers are reported, not required: a model scaled to
+        zero still accepts requests (they queue until a worker starts)."""
+        connected = self.client.nc.is_connected
+        workers: dict[str, bool] = {}
+        if connected:
+            models = await self.models()
+            answers = await asyncio.gather(*[self.presence.any_worker(m) for m in models])
+            workers = dict(zip(models, answers, strict=True))
+        body = {"nats_connected": connected, "workers": workers}
+        return connected, _encoder.encode(body)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _response(
+    endpoint: Endpoint, parsed: Any, result: FinalResult, response_id: str, created: int
+) -> Any:
+    if endpoint is CHAT:
+        return convert.chat_response(result, response_id, created)
+    if endpoint is COMPLETION:
+        return convert.completion_response(result, response_id, created)
+    return convert.embedding_response(result, parsed.encoding_format)
+
+
+def _chat_chunk(
+    rid: str, created: int, model: str, delta: oa.Delta | str | None, reason: str | None = None
+) -> oa.ChatCompletionChunk:
+    if not isinstance(delta, oa.Delta):
+        delta = oa.Delta(content=delta)
+    return oa.ChatCompletionChunk(
+        rid, CHUNK, created, model, [oa.ChatChunkChoice(0, delta, None, reason)]
+    )
+
+
+def _text_chunk(
+    rid: str, created: int, model: str, text: str | None, reason: str | None = None
+) -> oa.Completion:
+    return oa.Completion(
+        rid, TEXT, created, model, [oa.CompletionChoice(0, text or "", None, reason)]
+    )
+
+
+def _usage_chunk(chat: bool, rid: str, created: int, model: str, result: FinalResult) -> Any:
+    if chat:
+        return oa.ChatCompletionChunk(rid, CHUNK, created, model, [], convert.usage(result))
+    return oa.Completion(rid, TEXT, created, model, [], convert.usage(result))

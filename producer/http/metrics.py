@@ -1,0 +1,46 @@
+"""Bridge metrics, defined once. Label sets are fixed: `route` is one of `ROUTES`
+(anything else counts as `other`), `status` the HTTP status code."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+ROUTES = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/bench/echo",
+)
+
+_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+_BUCKETS += (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class BridgeMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry or CollectorRegistry()
+        self.registry = r
+        self.requests = Counter(
+            "jetserve_http_requests", "HTTP requests answered", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "jetserve_http_request_duration_seconds",
+            "Request received -> response finished (streams: until the last chunk)",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "jetserve_http_requests_in_flight", "Requests being answered", ["route"], registry=r
+        )
+        self.cancels = Counter(
+            "jetserve_http_cancels",
+            "Requests cancelled upstream, by reason (disconnect, deadline, no_workers)",
+            ["reason"],
+            registry=r,
+        )

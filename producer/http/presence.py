@@ -1,0 +1,51 @@
+"""Are any workers of a model alive? One ping per model per `ttl_s`, shared by all callers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from schemas import names
+
+
+class Presence:
+    def __init__(self, nc: NATS, *, ttl_s: float, ping_timeout_s: float = 0.5) -> None:
+        self._nc = nc
+        self._ttl_s = ttl_s
+        self._ping_timeout_s = ping_timeout_s
+        #: model -> (answer, loop time it expires)
+        self._cache: dict[str, tuple[bool, float]] = {}
+        self._inflight: dict[str, asyncio.Future[bool]] = {}
+
+    async def any_worker(self, model: str) -> bool:
+        loop = asyncio.get_running_loop()
+        hit = self._cache.get(model)
+        if hit is not None and hit[1] > loop.time():
+            return hit[0]
+        running = self._inflight.get(model)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[bool] = loop.create_future()
+        self._inflight[model] = future
+        try:
+            alive = await self._ping(model)
+            self._cache[model] = (alive, loop.time() + self._ttl_s)
+            future.set_result(alive)
+            return alive
+        finally:
+            del self._inflight[model]
+            if not future.done():
+                future.set_result(False)
+
+    async def _ping(self, model: str) -> bool:
+        """True when at least one worker answers (the first answer is enough)."""
+        with contextlib.suppress(NoRespondersError, NatsTimeoutError, TimeoutError):
+            msg = await self._nc.request(
+                names.ping_subject(model), b"", timeout=self._ping_timeout_s
+            )
+            return bool(msg.data)
+        return False

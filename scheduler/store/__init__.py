@@ -1,0 +1,1 @@
+"""The Postgres store: versioned migrations, the connection pool, and one module per table."""

@@ -1,0 +1,163 @@
+"""Fixtures for the HTTP bridge: a real `jetserve bridge` process on a free port (auth on,
+keys in the session's PostgreSQL) in front of real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from jetserve.servers import NatsServer, PostgresServer, free_port
+
+from ..conftest import REPO, child_env
+
+ECHO = "bridge-echo"
+SLOW = "bridge-slow"
+MINILM = "bridge-minilm"
+
+
+@dataclass
+class BridgeStack:
+    url: str
+    key: str
+    key_id: str
+    tenant: str
+    dsn: str
+    nats_url: str
+    #: One line per completed request of the SLOW model: "<request id> <pid>".
+    slow_record: Path
+    slow_log: Path
+    logs: Path
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def slow_runs(self) -> list[str]:
+        if not self.slow_record.exists():
+            return []
+        return [line.split()[0] for line in self.slow_record.read_text().splitlines() if line]
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                body = r.read().decode()
+                if r.status == 200 and all(f'"{m}":true' in body for m in (ECHO, SLOW, MINILM)):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"bridge at {url} not ready with all workers in {timeout_s}s")
+
+
+def _worker(
+    model: str, cls: str, nats_url: str, log: Path, *options: str
+) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jetserve",
+                "worker",
+                "--model",
+                model,
+                "--class",
+                cls,
+                *[f"--option={o}" for o in options],
+            ],
+            env=child_env(nats_url, JETSERVE_ACK_WAIT_S="5"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+@pytest.fixture(scope="session")
+def bridge_stack(
+    nats_server: NatsServer, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BridgeStack]:
+    from scheduler.store.keys import create_key
+    from scheduler.store.migrate import migrate_dsn
+    from scheduler.store.pool import create_pool
+
+    logs = tmp_path_factory.mktemp("bridge")
+    record = logs / "slow-runs.txt"
+
+    async def make_key() -> tuple[str, str]:
+        await migrate_dsn(postgres.dsn)
+        pool = await create_pool(postgres.dsn)
+        try:
+            new = await create_key(pool, "acme", "tests")
+        finally:
+            await pool.close()
+        return new.secret, new.info.id
+
+    secret, key_id = asyncio.run(make_key())
+    procs = [
+        _worker(ECHO, "echo", nats_server.url, logs / "echo.log"),
+        _worker(
+            SLOW,
+            "tests.models:SlowChatModel",
+            nats_server.url,
+            logs / "slow.log",
+            f"record={record}",
+            "capacity=1",
+        ),
+        _worker(MINILM, "minilm", nats_server.url, logs / "minilm.log", "threads=1"),
+    ]
+    port = free_port()
+    env = child_env(
+        nats_server.url,
+        JETSERVE_DATABASE_URL=postgres.dsn,
+        JETSERVE_AUTH="required",
+        JETSERVE_KEY_CACHE_TTL_S="0",
+        JETSERVE_NO_WORKER_TIMEOUT_S="1",
+        JETSERVE_HTTP_MAX_BODY_BYTES="65536",
+        JETSERVE_HTTP_TIMEOUT_S="30",
+    )
+    with (logs / "bridge.log").open("wb") as out:
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "jetserve", "bridge", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    procs.append(bridge)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, procs, 90)
+        yield BridgeStack(
+            url=url,
+            key=secret,
+            key_id=key_id,
+            tenant="acme",
+            dsn=postgres.dsn,
+            nats_url=nats_server.url,
+            slow_record=record,
+            slow_log=logs / "slow.log",
+            logs=logs,
+        )
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
