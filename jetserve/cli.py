@@ -93,6 +93,8 @@ def cmd_k8s_render(args: argparse.Namespace) -> int:
     for path in write_dir(Path(args.output), files, options):
         print(path)
     return 0
+
+
 def cmd_bridge(args: argparse.Namespace) -> int:
     from jetserve.bridge import main as bridge_main
 

