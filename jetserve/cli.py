@@ -115,6 +115,14 @@ def _keys(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from workers.engine.tiny import make_tiny_model
+
+    path = make_tiny_model(Path(args.folder), args.size, args.seed)
+    print(path)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetserve", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("JETSERVE_LOG_LEVEL", "INFO"))
@@ -147,6 +155,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="model option, with --class (value parsed as JSON when it is JSON)",
     )
+
+    p = add(
+        "make-tiny-model",
+        cmd_make_tiny_model,
+        "write a small random Llama model + tokenizer to a folder (offline, seconds)",
+    )
+    p.add_argument("folder")
+    p.add_argument(
+        "--size",
+        choices=["tiny", "bench"],
+        default="tiny",
+        help="tiny: ~1 M parameters (tests); bench: ~35 M (benchmarks)",
+    )
+    p.add_argument("--seed", type=int, default=0)
 
     p = add("provision", cmd_provision, "create the streams and consumers of every model")
     p.add_argument("--models-file")

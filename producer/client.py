@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -399,7 +399,7 @@ class Client:
         *,
         timeout_s: float = _DEFAULT_TIMEOUT_S,
         **fields: Any,
-    ) -> AsyncIterator[StreamChunk | FinalResult]:
+    ) -> AsyncGenerator[StreamChunk | FinalResult, None]:
         """Chunks as they are produced, then the final result. Closing the iterator early
         cancels the request. If the request restarts on another worker, chunks it already
         yielded are not repeated."""
@@ -409,7 +409,7 @@ class Client:
 
     async def stream_obj(
         self, request: InferenceRequest, timeout_s: float
-    ) -> AsyncIterator[StreamChunk | FinalResult]:
+    ) -> AsyncGenerator[StreamChunk | FinalResult, None]:
         waiter = await self.start(request, streaming=True)
         assert waiter.chunks is not None
         attempt, yielded = 0, 0

@@ -72,6 +72,14 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
     await conn.close()
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Llama + tokenizer that `jetserve make-tiny-model` writes."""
+    from workers.engine.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", "tiny")
+
+
 @pytest.fixture
 def model_name() -> str:
     """A fresh model name, so each test has its own stream."""

@@ -121,6 +121,9 @@ class FakeBackend:
     async def stop(self) -> None:
         pass
 
+    def stats(self) -> None:
+        return None
+
     async def run(self, request: InferenceRequest, emit: ChunkSink) -> Completion:
         self.started.append(request.id)
         if self.behaviour is not None:

@@ -39,6 +39,16 @@ class Completion:
     output_tokens: int = 0
 
 
+@dataclass(frozen=True)
+class BackendStats:
+    """Engine state for the metrics (vLLM's running / waiting / KV-cache usage)."""
+
+    running: int
+    waiting: int
+    #: Fraction of the KV-cache budget in use, 0-1.
+    kv_cache_usage: float
+
+
 class Backend(Protocol):
     #: Request kinds served.
     kinds: frozenset[str]
@@ -50,6 +60,10 @@ class Backend(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+    def stats(self) -> BackendStats | None:
+        """Engine state for metrics; None for backends without an engine."""
+        ...
 
     async def run(self, request: InferenceRequest, emit: ChunkSink) -> Completion:
         """Run one request; stream output through `emit` when `request.stream` is set.
@@ -85,6 +99,9 @@ class SdkBackend:
 
     async def stop(self) -> None:
         await self._batcher.stop()
+
+    def stats(self) -> BackendStats | None:
+        return None
 
     async def run(self, request: InferenceRequest, emit: ChunkSink) -> Completion:
         out = await self._batcher.submit(model_input(request))

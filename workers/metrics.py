@@ -102,7 +102,7 @@ class WorkerMetrics:
         )
         self.kv_cache_usage = Gauge(
             "jetserve_worker_kv_cache_usage_ratio",
-            "Fraction of KV-cache blocks in use (0-1)",
+            "Fraction of the KV-cache budget in use (0-1)",
             ["model"],
             registry=r,
         )

@@ -198,9 +198,20 @@ class Worker:
         }
         next_poll = 0.0
         loop = asyncio.get_running_loop()
+        engine_gauges = (
+            self.metrics.num_running.labels(model),
+            self.metrics.num_waiting.labels(model),
+            self.metrics.kv_cache_usage.labels(model),
+        )
         while True:
             if self._intake is not None:
                 in_flight.set(self._intake.in_flight)
+            stats = self.backend.stats()
+            if stats is not None:
+                for gauge, value in zip(
+                    engine_gauges, (stats.running, stats.waiting, stats.kv_cache_usage), strict=True
+                ):
+                    gauge.set(value)
             if loop.time() >= next_poll:
                 next_poll = loop.time() + self.config.queue_poll_s
                 for consumer, (pending, ack_pending) in queues.items():

@@ -95,6 +95,34 @@ def _openai_sdk_against_the_stack(info: dict[str, Any], env: dict[str, str], tmp
     client.close()
 
 
+async def _smollm2_knows_the_capital_of_france(js: Any, sub: Any) -> None:
+    """The default LLM (real SmolLM2-135M-Instruct on the engine), over the NATS contract."""
+    body = {
+        "type": "request.v1",
+        "id": "capital-1",
+        "model": "smollm2",
+        "kind": "chat",
+        "payload": {"messages": [{"role": "user", "content": "What is the capital of France?"}]},
+        "parameters": {"temperature": 0, "max_tokens": 24},
+    }
+    deadline = time.monotonic() + 240  # the first start converts the GGUF file once
+    while True:
+        try:
+            await js.publish(
+                "jetserve.req.smollm2.online",
+                json.dumps(body).encode(),
+                headers={"Nats-Msg-Id": "capital-1", "Jetserve-Reply-To": "readme.replies"},
+            )
+            break
+        except nats.js.errors.NoStreamResponseError:
+            assert time.monotonic() < deadline, "the smollm2 worker did not start"
+            await asyncio.sleep(0.5)
+    reply = json.loads((await sub.next_msg(timeout=120)).data)
+    assert reply["type"] == "result.v1", reply
+    assert "Paris" in reply["output"]["text"]
+    assert reply["usage"]["completion_tokens"] > 0
+
+
 async def test_up_serves_echo_and_stops_cleanly(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = child_env("")
@@ -131,6 +159,7 @@ async def test_up_serves_echo_and_stops_cleanly(tmp_path: Path) -> None:
         reply = json.loads((await sub.next_msg(timeout=30)).data)
         assert reply["type"] == "result.v1"
         assert reply["output"]["text"] == "Hello!"
+        await _smollm2_knows_the_capital_of_france(js, sub)
         await nc.close()
         await asyncio.to_thread(_openai_sdk_against_the_stack, info, env, tmp_path)
     finally:

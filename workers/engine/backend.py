@@ -20,7 +20,7 @@ from typing import Any
 
 from schemas.messages import InferenceRequest, TokenLogprob, TokenLogprobs, Usage
 from schemas.payloads import ChatPayload, CompletionPayload, TextOutput
-from workers.backend import ChunkSink, Completion, model_input
+from workers.backend import BackendStats, ChunkSink, Completion, model_input
 from workers.config import ModelSpec
 from workers.engine.engine import Engine, EngineConfig, Output
 from workers.engine.prompts import prompt_ids
@@ -48,6 +48,7 @@ class EngineBackend:
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiters: dict[str, _Waiter] = {}
         self._capacity = engine.capacity()
+        self._stats = BackendStats(0, 0, 0.0)
         self._dead: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run_engine, name="engine", daemon=True)
@@ -56,6 +57,9 @@ class EngineBackend:
 
     def capacity(self) -> int:
         return self._capacity
+
+    def stats(self) -> BackendStats:
+        return self._stats
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -160,6 +164,8 @@ class EngineBackend:
                     return
                 outputs = engine.step()
                 self._capacity = engine.capacity()
+                sched = engine.scheduler
+                self._stats = BackendStats(len(sched.running), sched.num_waiting, sched.kv_usage())
                 if outputs:
                     self._post(self._dispatch, outputs)
         except BaseException as exc:

@@ -101,7 +101,9 @@ def smollm2_gguf() -> Path:
 
 def _convert_smollm2(out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     gguf = smollm2_gguf()
     log.info("converting %s to safetensors (once) ...", gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
