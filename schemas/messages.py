@@ -92,6 +92,9 @@ class StreamChunk(
     delta: str = ""
     token_ids: list[int] = msgspec.field(default_factory=list)
     logprobs: list[TokenLogprobs] | None = None
+    #: Tool calls completed by this chunk, OpenAI's streaming shape:
+    #: [{"index", "id", "type": "function", "function": {"name", "arguments"}}].
+    tool_calls: list[dict[str, Any]] | None = None
     #: JetStream delivery count: a chunk with a higher attempt than seen before means the
     #: request was handed to another worker and its output restarts from seq 0.
     attempt: int = 1

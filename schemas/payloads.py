@@ -32,12 +32,18 @@ class ChatPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    #: {"type": "text" | "json_object" | "json_schema" | "regex" | "choice", ...}
     response_format: dict[str, Any] | None = None
 
 
-class CompletionPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class CompletionPayload(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True
+):
     #: Text, or already-tokenized ids.
     prompt: str | list[int]
+    #: As for chat (a jetserve extension for completions).
+    response_format: dict[str, Any] | None = None
 
 
 class EmbeddingPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -73,6 +73,7 @@ class FakeSink:
         delta: str,
         token_ids: list[int] | None = None,
         logprobs: list[TokenLogprobs] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None:
         self.chunks.append(delta)
 

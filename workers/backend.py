@@ -25,6 +25,7 @@ class ChunkSink(Protocol):
         delta: str,
         token_ids: list[int] | None = None,
         logprobs: list[TokenLogprobs] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None: ...
 
 

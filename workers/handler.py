@@ -73,6 +73,7 @@ class Sink(Protocol):
         delta: str,
         token_ids: list[int] | None = None,
         logprobs: list[TokenLogprobs] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None: ...
 
     async def final(self, result: FinalResult | ErrorResult) -> None: ...
@@ -311,7 +312,10 @@ class Handler:
 
 
 async def _discard(
-    delta: str, token_ids: list[int] | None = None, logprobs: object | None = None
+    delta: str,
+    token_ids: list[int] | None = None,
+    logprobs: list[TokenLogprobs] | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> None:
     return None
 

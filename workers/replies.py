@@ -7,6 +7,8 @@ JetStream acknowledgement, so the request is acked only once its result is store
 
 from __future__ import annotations
 
+from typing import Any
+
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -39,6 +41,7 @@ class ReplySink:
         delta: str,
         token_ids: list[int] | None = None,
         logprobs: list[TokenLogprobs] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> None:
         if self.subject is None or self._durable:
             return  # durable replies carry only the final result
@@ -48,6 +51,7 @@ class ReplySink:
             delta=delta,
             token_ids=token_ids or [],
             logprobs=logprobs,
+            tool_calls=tool_calls,
             attempt=self._attempt,
         )
         self._seq += 1

@@ -87,6 +87,7 @@ def chat_request(body: oa.ChatCompletionRequest, **fields: Any) -> InferenceRequ
         messages=body.messages,
         tools=body.tools,
         tool_choice=body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls,
         response_format=body.response_format,
     )
     return _request("chat", model, payload, params, bool(body.stream), **fields)
@@ -117,7 +118,7 @@ def completion_request(body: oa.CompletionRequest, **fields: Any) -> InferenceRe
         raise invalid("suffix is not supported.", "suffix")
     top = body.logprobs
     params = _sampling(body, body.max_tokens, top is not None, top or 0)
-    payload = CompletionPayload(prompt=_prompt(body.prompt))
+    payload = CompletionPayload(prompt=_prompt(body.prompt), response_format=body.response_format)
     return _request("completion", model, payload, params, bool(body.stream), **fields)
 
 
@@ -155,6 +156,19 @@ def text_of(result: FinalResult) -> tuple[str, list[TokenLogprobs] | None, Any]:
     return str(out.get("text", "")), parsed, out.get("tool_calls")
 
 
+def tool_call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool calls in OpenAI's streaming shape (each with its `index`)."""
+    return [
+        {
+            "index": call.get("index", i),
+            "id": call.get("id"),
+            "type": "function",
+            "function": call.get("function", {}),
+        }
+        for i, call in enumerate(calls)
+    ]
+
+
 def chat_logprobs(items: list[TokenLogprobs] | None) -> oa.ChoiceLogprobs | None:
     if items is None:
         return None
@@ -177,7 +191,8 @@ def chat_logprobs(items: list[TokenLogprobs] | None) -> oa.ChoiceLogprobs | None
 
 def chat_response(result: FinalResult, response_id: str, created: int) -> oa.ChatCompletion:
     text, logprobs, tool_calls = text_of(result)
-    message = oa.AssistantMessage("assistant", text, tool_calls)
+    # OpenAI: content is null when the model called tools without writing text.
+    message = oa.AssistantMessage("assistant", text or None if tool_calls else text, tool_calls)
     choice = oa.ChatChoice(0, message, chat_logprobs(logprobs), finish_reason(result.finish_reason))
     return oa.ChatCompletion(response_id, created, result.model, [choice], usage(result))
 

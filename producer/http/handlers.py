@@ -210,14 +210,22 @@ class Bridge:
                     _chat_chunk(response_id, created, model, oa.Delta(role="assistant", content=""))
                 )
             item = first
+            calls_streamed = False
             while isinstance(item, StreamChunk):
                 if item.delta:
                     streamed = True
                     yield event(frame(response_id, created, model, item.delta))
+                if chat and item.tool_calls:
+                    calls_streamed = True
+                    delta = oa.Delta(tool_calls=convert.tool_call_deltas(item.tool_calls))
+                    yield event(_chat_chunk(response_id, created, model, delta))
                 item = await call.next()
-            text, _, _ = convert.text_of(item)
+            text, _, tool_calls = convert.text_of(item)
             if text and not streamed:  # not relayed in chunks (an idempotent retry)
                 yield event(frame(response_id, created, model, text))
+            if chat and tool_calls and not calls_streamed:
+                delta = oa.Delta(tool_calls=convert.tool_call_deltas(tool_calls))
+                yield event(_chat_chunk(response_id, created, model, delta))
             reason = convert.finish_reason(item.finish_reason)
             yield event(frame(response_id, created, model, None, reason))
             if include_usage:

@@ -62,6 +62,7 @@ class ChatCompletionRequest(_Sampling, frozen=True, kw_only=True):
     # Passed through to the model in the chat payload.
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
 
 
@@ -75,6 +76,8 @@ class CompletionRequest(_Sampling, frozen=True, kw_only=True):
     echo: bool | None = False
     best_of: Annotated[int, Meta(ge=1)] | None = None
     suffix: str | None = None
+    #: A jetserve extension (as for chat): constrain the completion's text.
+    response_format: dict[str, Any] | None = None
 
 
 class EmbeddingRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -37,7 +37,7 @@ async def llm_worker(
         path=str(tiny_model_dir),
         dtype="float32",
         capacity=8,
-        options={"kv_cache_mib": 16, "max_model_len": 256},
+        options={"kv_cache_mib": 16, "max_model_len": 768},
     )
     backend = await asyncio.to_thread(build_backend, spec)
     worker = Worker(spec, WorkerConfig(nats_url=nats_server.url), backend)
@@ -122,7 +122,7 @@ async def test_prompt_longer_than_the_context(
 ) -> None:
     client = Client(nc)
     with pytest.raises(RequestFailed) as info:
-        await client.request(model_name, "completion", {"prompt": list(range(5, 305))})
+        await client.request(model_name, "completion", {"prompt": list(range(5, 605)) * 2})
     assert info.value.code is ErrorCode.CONTEXT_LENGTH_EXCEEDED
     with pytest.raises(RequestFailed) as info:
         await client.request(
@@ -149,3 +149,55 @@ async def test_deadline_returns_partial_output(
     assert reply["type"] == "result.v1", reply
     assert reply["finish_reason"] == "deadline"
     assert 0 < reply["usage"]["completion_tokens"] < 250
+
+
+async def test_structured_output_over_nats(nc: NATS, model_name: str, llm_worker: Worker) -> None:
+    """The NATS path takes the same fields as HTTP: response_format and tools."""
+    client = Client(nc)
+    schema = {
+        "type": "object",
+        "properties": {
+            "ok": {"type": "boolean"},
+            "n": {"type": "integer", "minimum": 0, "maximum": 9},
+        },
+        "required": ["ok", "n"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    for seed in range(5):
+        result = await client.request(
+            model_name,
+            "chat",
+            {**CHAT, "response_format": fmt},
+            parameters={"temperature": 1.0, "seed": seed},
+        )
+        value = json.loads(result.output["text"])
+        assert set(value) == {"ok", "n"}
+        assert isinstance(value["ok"], bool)
+        assert 0 <= value["n"] <= 9
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "f",
+            "parameters": {
+                "type": "object",
+                "properties": {"x": {"enum": [1, 2]}},
+                "required": ["x"],
+                "additionalProperties": False,
+            },
+        },
+    }
+    called = await client.request(
+        model_name,
+        "chat",
+        {**CHAT, "tools": [tool], "tool_choice": "required"},
+        parameters={"temperature": 1.0, "seed": 3},
+    )
+    assert called.finish_reason == "tool_calls"
+    (call,) = called.output["tool_calls"][:1]
+    assert call["function"]["name"] == "f"
+    assert json.loads(call["function"]["arguments"])["x"] in (1, 2)
+    with pytest.raises(RequestFailed) as info:
+        await client.request(model_name, "chat", {**CHAT, "response_format": {"type": "bogus"}})
+    assert info.value.code is ErrorCode.INVALID_REQUEST
+    await client.close()

@@ -18,12 +18,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.messages import InferenceRequest, TokenLogprob, TokenLogprobs, Usage
+from schemas.messages import FinishReason, InferenceRequest, TokenLogprob, TokenLogprobs, Usage
 from schemas.payloads import ChatPayload, CompletionPayload, TextOutput
 from workers.backend import BackendStats, ChunkSink, Completion, model_input
 from workers.config import ModelSpec
+from workers.engine import structured
+from workers.engine.constraints import Constraint, Grammars, MaskComputer
 from workers.engine.engine import Engine, EngineConfig, Output
-from workers.engine.prompts import prompt_ids
+from workers.engine.prompts import chat_ids, completion_ids
 from workers.engine.sampler import TokenChoice
 from workers.engine.sequence import FINISH_REASONS, EngineRequest
 from workers.errors import EngineDeadError, PermanentError
@@ -41,10 +43,17 @@ class _Waiter:
 class EngineBackend:
     kinds = frozenset({"chat", "completion"})
 
-    def __init__(self, engine: Engine, tokenizer: Any, eos_token_ids: frozenset[int]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer: Any,
+        eos_token_ids: frozenset[int],
+        grammars: Grammars | None = None,
+    ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
+        self.grammars = grammars
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiters: dict[str, _Waiter] = {}
         self._capacity = engine.capacity()
@@ -74,22 +83,42 @@ class EngineBackend:
             raise EngineDeadError(f"engine died: {self._dead!r}")
         payload = model_input(request).payload
         assert isinstance(payload, ChatPayload | CompletionPayload)
-        ids = await asyncio.to_thread(prompt_ids, self.tokenizer, payload)
-        engine_request = self.engine_request(request, ids)
+        plan, ids, constraint = await asyncio.to_thread(self._prepare, payload)
+        engine_request = self.engine_request(request, ids, constraint)
         waiter = _Waiter()
         self._waiters[request.id] = waiter
         self._commands.put(("add", engine_request))
         try:
-            return await self._collect(request, waiter, emit)
+            return await self._collect(request, plan, waiter, emit)
         except asyncio.CancelledError:
             self._commands.put(("abort", request.id))
             raise
         finally:
             self._waiters.pop(request.id, None)
 
+    def _prepare(
+        self, payload: ChatPayload | CompletionPayload
+    ) -> tuple[structured.Plan, list[int], Constraint | None]:
+        """Grammar, prompt ids and constraint (off the event loop: tokenizing, compiling)."""
+        plan = structured.plan(payload, getattr(self.tokenizer, "chat_template", None))
+        if isinstance(payload, ChatPayload):
+            ids = chat_ids(self.tokenizer, plan.messages)
+        else:
+            ids = completion_ids(self.tokenizer, payload.prompt)
+        constraint = None
+        if plan.grammar is not None:
+            if self.grammars is None:
+                raise PermanentError(
+                    "structured output is not available on this worker (install llguidance)"
+                )
+            constraint = self.grammars.constraint(plan.grammar, plan.description)
+        return plan, ids, constraint
+
     # -- wire request -> engine request (the one constructor) --------------------------------
 
-    def engine_request(self, request: InferenceRequest, ids: list[int]) -> EngineRequest:
+    def engine_request(
+        self, request: InferenceRequest, ids: list[int], constraint: Constraint | None = None
+    ) -> EngineRequest:
         params = request.parameters
         max_tokens = self.engine.check(len(ids), params.max_tokens)
         deadline = None
@@ -103,13 +132,15 @@ class EngineBackend:
             online=request.priority == "online",
             deadline=deadline,
             eos_token_ids=self.eos_token_ids,
+            constraint=constraint,
         )
 
     async def _collect(
-        self, request: InferenceRequest, waiter: _Waiter, emit: ChunkSink
+        self, request: InferenceRequest, plan: structured.Plan, waiter: _Waiter, emit: ChunkSink
     ) -> Completion:
         want_logprobs = request.parameters.logprobs or request.parameters.top_logprobs > 0
         logprobs: list[TokenLogprobs] = []
+        calls = structured.ToolCallStream() if plan.tool_mode != "none" else None
         first_token_at: float | None = None
         while True:
             item = await waiter.queue.get()
@@ -122,22 +153,43 @@ class EngineBackend:
             chunk_lp = self._logprobs(item.choices) if want_logprobs else None
             if chunk_lp:
                 logprobs.extend(chunk_lp)
-            if item.delta or chunk_lp:
-                await emit(item.delta, item.token_ids, chunk_lp)
+            delta, call_deltas = (item.delta, []) if calls is None else calls.feed(item.delta)
+            if delta or chunk_lp or call_deltas:
+                await emit(delta, item.token_ids, chunk_lp, call_deltas or None)
             if item.finish is not None:
-                usage = Usage(
-                    item.num_prompt_tokens,
-                    item.num_output_tokens,
-                    item.num_prompt_tokens + item.num_output_tokens,
-                )
-                output = TextOutput(text=item.text or "", logprobs=logprobs or None)
-                return Completion(
-                    output,
-                    FINISH_REASONS[item.finish],  # type: ignore[arg-type]
-                    usage,
-                    first_token_at,
-                    item.num_output_tokens,
-                )
+                return self._completion(item, plan, calls, logprobs, first_token_at)
+
+    def _completion(
+        self,
+        item: Output,
+        plan: structured.Plan,
+        calls: structured.ToolCallStream | None,
+        logprobs: list[TokenLogprobs],
+        first_token_at: float | None,
+    ) -> Completion:
+        usage = Usage(
+            item.num_prompt_tokens,
+            item.num_output_tokens,
+            item.num_prompt_tokens + item.num_output_tokens,
+        )
+        text = item.text or ""
+        assert item.finish is not None
+        finish: FinishReason = FINISH_REASONS[item.finish]
+        tool_calls = None
+        if calls is not None:
+            text, parsed = structured.parse_tool_calls(text)
+            # Streamed calls keep the ids the client saw.
+            tool_calls = calls.calls if calls.calls else parsed
+            if tool_calls and finish == "stop":
+                finish = "tool_calls"
+        output = TextOutput(text=text, logprobs=logprobs or None, tool_calls=tool_calls or None)
+        return Completion(
+            output,
+            finish,
+            usage,
+            first_token_at,
+            item.num_output_tokens,
+        )
 
     def _logprobs(self, choices: list[TokenChoice]) -> list[TokenLogprobs]:
         out = []
@@ -244,7 +296,9 @@ def build_engine_backend(spec: ModelSpec) -> EngineBackend:
         seed=opts.get("seed"),
     )
     runner = ModelRunner(model, kv_budget_tokens=kv_tokens)
-    engine = Engine(runner, tokenizer.backend_tokenizer, config)
+    vocab = int(cfg.vocab_size)
+    eos = eos_ids(model, tokenizer)
+    engine = Engine(runner, tokenizer.backend_tokenizer, config, masks=MaskComputer(vocab))
     log.info(
         "engine: %s on %s/%s, %d seqs, KV %d tokens (%.0f MiB), context %d",
         path.name,
@@ -255,7 +309,7 @@ def build_engine_backend(spec: ModelSpec) -> EngineBackend:
         runner.cache.nbytes / 2**20,
         max_model_len,
     )
-    return EngineBackend(engine, tokenizer, eos_ids(model, tokenizer))
+    return EngineBackend(engine, tokenizer, eos, Grammars(tokenizer, vocab, sorted(eos)))
 
 
 def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -17,8 +17,9 @@ from typing import Any, Protocol
 import torch
 
 from schemas.errors import ErrorCode
+from workers.engine.constraints import MaskComputer
 from workers.engine.detokenizer import IncrementalDetokenizer
-from workers.engine.sampler import RowMask, Sampler, TokenChoice
+from workers.engine.sampler import Sampler, TokenChoice
 from workers.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from workers.engine.sequence import EngineRequest, Sequence, Status
 from workers.errors import PermanentError
@@ -71,7 +72,7 @@ class Engine:
         tokenizer: Any,
         config: EngineConfig,
         *,
-        row_mask: RowMask | None = None,
+        masks: MaskComputer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`tokenizer`: a `tokenizers.Tokenizer` (for detokenization)."""
@@ -79,7 +80,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.config = config
         self.scheduler = Scheduler(config.scheduler_config())
-        self.sampler = Sampler(config.seed, row_mask)
+        self.sampler = Sampler(config.seed)
+        self._masks = masks
         self._clock = clock
         self._seqs: dict[str, Sequence] = {}
         self._detok: dict[str, IncrementalDetokenizer] = {}
@@ -151,9 +153,23 @@ class Engine:
         out = self.scheduler.schedule()
         if out.is_empty:
             return outputs
+        sampling = [s.seq for s in out.scheduled if s.samples]
+        rows = [i for i, seq in enumerate(sampling) if seq.request.constraint is not None]
+        masks = None
+        if rows:
+            if self._masks is None:
+                raise RuntimeError("constrained request on an engine without a mask computer")
+            # Masks depend only on tokens already sampled: compute them during the forward.
+            masks = self._masks.start([sampling[i].request.constraint for i in rows])
         logits = self.runner.run(out)
         self.steps += 1
-        return outputs + self._update(out, logits)
+        allowed = None
+        if masks is not None:
+            assert self._masks is not None
+            allowed = (rows, self._masks.allowed(masks.result(), logits.shape[1]))
+        self.scheduler.update(out)
+        choices = self.sampler.sample(logits, sampling, allowed)
+        return outputs + [self._append(seq, c) for seq, c in zip(sampling, choices, strict=True)]
 
     def _expire(self) -> list[Output]:
         now = self._clock()
@@ -168,27 +184,26 @@ class Engine:
             outputs.append(self._final(seq, [], []))
         return outputs
 
-    def _update(self, out: SchedulerOutput, logits: torch.Tensor) -> list[Output]:
-        self.scheduler.update(out)
-        sampling = [s.seq for s in out.scheduled if s.samples]
-        choices = self.sampler.sample(logits, sampling)
-        outputs = []
-        for seq, choice in zip(sampling, choices, strict=True):
-            outputs.append(self._append(seq, choice))
-        return outputs
-
     def _append(self, seq: Sequence, choice: TokenChoice) -> Output:
         token = choice.token_id
         seq.token_ids.append(token)
         request = seq.request
         detok = self._detok[seq.id]
         status: Status | None = None
-        eos = token in request.eos_token_ids and not request.params.ignore_eos
+        constraint = request.constraint
+        eos = token in request.eos_token_ids and (
+            not request.params.ignore_eos or constraint is not None
+        )
         if eos or token in request.params.stop_token_ids:
             status = Status.FINISHED_STOP
         else:
             detok.add(token)
             if detok.hit_stop():
+                status = Status.FINISHED_STOP
+        if constraint is not None and status is None:
+            if not constraint.consume(token):
+                raise RuntimeError(f"grammar rejected a masked token: {constraint.error()}")
+            if constraint.finished:
                 status = Status.FINISHED_STOP
         if status is None and seq.num_output_tokens >= request.max_tokens:
             status = Status.FINISHED_LENGTH

@@ -12,7 +12,6 @@ temperature), like vLLM's default.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -20,9 +19,6 @@ import torch
 
 from schemas.params import SamplingParams
 from workers.engine.sequence import Sequence
-
-#: Applies a sequence's constraint (structured output) to its logits row, in place.
-RowMask = Callable[[Sequence, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -35,28 +31,32 @@ class TokenChoice:
 
 
 class Sampler:
-    def __init__(self, seed: int | None = None, row_mask: RowMask | None = None) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self._shared = torch.Generator()
         if seed is not None:
             self._shared.manual_seed(seed)
         else:
             self._shared.seed()
         self._generators: dict[str, torch.Generator] = {}
-        self._row_mask = row_mask
 
     def forget(self, seq_id: str) -> None:
         self._generators.pop(seq_id, None)
 
-    def sample(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> list[TokenChoice]:
-        """One token per row of `logits` [N, V] (float32), for `seqs` in the same order."""
+    def sample(
+        self,
+        logits: torch.Tensor,
+        seqs: Seq[Sequence],
+        allowed: tuple[list[int], torch.Tensor] | None = None,
+    ) -> list[TokenChoice]:
+        """One token per row of `logits` [N, V] (float32), for `seqs` in the same order.
+        `allowed`: (rows, bool mask [len(rows), V]) restricting those rows (grammars)."""
         params = [s.request.params for s in seqs]
         raw = logits
         logits = logits.clone()
         self._penalize(logits, seqs, params)
-        if self._row_mask is not None:
-            for i, seq in enumerate(seqs):
-                if seq.request.constraint is not None:
-                    self._row_mask(seq, logits[i])
+        if allowed is not None:
+            rows, mask = allowed
+            logits[rows] = logits[rows].masked_fill(~mask, float("-inf"))
         tokens = self._choose(logits, seqs, params)
         return self._with_logprobs(raw, tokens, params)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from schemas.messages import FinishReason
 from schemas.params import SamplingParams
 
 
@@ -26,7 +27,7 @@ class Status(IntEnum):
         return self > Status.PREEMPTED
 
 
-FINISH_REASONS = {
+FINISH_REASONS: dict[Status, FinishReason] = {
     Status.FINISHED_STOP: "stop",
     Status.FINISHED_LENGTH: "length",
     Status.FINISHED_CANCELLED: "cancelled",
@@ -49,7 +50,7 @@ class EngineRequest:
     deadline: float | None = None
     #: End-of-sequence token ids of the model (ignored with `params.ignore_eos`).
     eos_token_ids: frozenset[int] = frozenset()
-    #: Constraint state for structured output, owned by the sampler (None: free text).
+    #: Grammar state for structured output (`constraints.Constraint`); None: free text.
     constraint: Any = None
 
 
