@@ -83,7 +83,7 @@ class EngineBackend:
             raise EngineDeadError(f"engine died: {self._dead!r}")
         payload = model_input(request).payload
         assert isinstance(payload, ChatPayload | CompletionPayload)
-        plan, ids, constraint = await asyncio.to_thread(self._prepare, payload)
+        plan, ids, constraint = await asyncio.to_thread(self.prepare, payload)
         engine_request = self.engine_request(request, ids, constraint)
         waiter = _Waiter()
         self._waiters[request.id] = waiter
@@ -96,7 +96,7 @@ class EngineBackend:
         finally:
             self._waiters.pop(request.id, None)
 
-    def _prepare(
+    def prepare(
         self, payload: ChatPayload | CompletionPayload
     ) -> tuple[structured.Plan, list[int], Constraint | None]:
         """Grammar, prompt ids and constraint (off the event loop: tokenizing, compiling)."""
