@@ -13,3 +13,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 4) -> asyn
     )
     assert pool is not None
     return pool
+
+
+#: `NOTIFY` channel the active scheduler listens on: the API created work to look at.
+NOTIFY_CHANNEL = "jetserve_scheduler"
