@@ -123,11 +123,9 @@ class Finalizer:
         status = end_status(batch)
         output: FileWriter | None = None
         errors: FileWriter | None = None
-        start = 0
-        while True:
-            rows = await bs.outcomes_from(self._pool, batch.id, start, PAGE)
-            if not rows:
-                break
+        embeddings = batch.endpoint.endswith("embeddings")
+        for start in range(0, batch.total, PAGE):
+            rows = await bs.outcomes_in(self._pool, batch.id, start, PAGE, with_request=embeddings)
             good, bad = bytearray(), bytearray()
             for idx, custom_id, request, _ok, reply, finished in rows:
                 line, is_ok = self._line(batch, status, idx, custom_id, request, reply, finished)
@@ -144,7 +142,6 @@ class Finalizer:
                         self._pool, batch.tenant, "batch_output", f"{batch.id}_error.jsonl"
                     )
                 await errors.write(bad)
-            start = rows[-1][0] + 1
         async with self._pool.acquire() as conn, conn.transaction():
             for writer in (output, errors):
                 if writer is not None:
@@ -160,6 +157,7 @@ class Finalizer:
                 raise RuntimeError(f"batch {batch.id} changed while it was written out")
             await enqueue(conn, batch.tenant, _EVENTS[status], {"id": batch.id})
         self._cancels_sent.discard(batch.id)
+        await bs.delete_ended_rows(self._pool, batch.id)
         log.info("batch %s %s (%d ok, %d failed)", batch.id, status, batch.completed, batch.failed)
         return True
 

@@ -88,7 +88,7 @@ class Scheduler:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
         )
-        pool = await create_pool(c.database_url, min_size=2, max_size=8)
+        pool = await create_pool(c.database_url, min_size=2, max_size=8, reset=False)
         try:
             while not stop.is_set():
                 lock = await self._take_lock(stop)
@@ -212,6 +212,8 @@ class Scheduler:
             await intake.requeue(c.async_requeue_s)
             await ar.delete_expired(pool)
             await delete_stale_uploads(pool, 3600.0)
+            for batch_id in await bs.ended_with_rows(pool):
+                await bs.delete_ended_rows(pool, batch_id)
             await self._refresh_gauges(pool)
             await _sleep(stop, HOUSEKEEPING_S)
             return False

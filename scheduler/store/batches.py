@@ -351,14 +351,19 @@ async def sealed_unfinished(db: Db) -> list[BatchRow]:
 Outcome = tuple[int, str, bytes, bool | None, bytes | None, int]
 
 
-async def outcomes_from(db: Db, batch_id: str, start: int, count: int) -> list[Outcome]:
-    """(idx, custom_id, request, ok, reply, finished) of items idx >= start, in order; ok and
-    reply are None for an item without a result; finished: Unix seconds (0 without one)."""
+async def outcomes_in(
+    db: Db, batch_id: str, start: int, count: int, *, with_request: bool
+) -> list[Outcome]:
+    """(idx, custom_id, request, ok, reply, finished) of items start <= idx < start + count,
+    in order (items are numbered 0..total-1); ok and reply are None for an item without a
+    result; finished: Unix seconds (0 without one); request is b"" unless `with_request`."""
+    request = "i.request" if with_request else "''::bytea AS request"
     rows = await db.fetch(
-        "SELECT i.idx, i.custom_id, i.request, r.ok, r.reply, "
-        "coalesce(extract(epoch FROM r.finished_at), 0)::bigint AS finished FROM batch_items i "
-        "LEFT JOIN batch_results r ON r.batch_id = i.batch_id AND r.idx = i.idx "
-        "WHERE i.batch_id = $1 AND i.idx >= $2 ORDER BY i.idx LIMIT $3",
+        f"SELECT i.idx, i.custom_id, {request}, "
+        "r.ok, r.reply, coalesce(extract(epoch FROM r.finished_at), 0)::bigint AS finished "
+        "FROM batch_items i LEFT JOIN batch_results r ON r.batch_id = i.batch_id "
+        "AND r.idx = i.idx AND r.idx >= $2 AND r.idx < $2 + $3 "
+        "WHERE i.batch_id = $1 AND i.idx >= $2 AND i.idx < $2 + $3 ORDER BY i.idx",
         batch_id,
         start,
         count,
@@ -383,8 +388,8 @@ async def finish(
     output_file_id: str | None,
     error_file_id: str | None,
 ) -> bool:
-    """A sealed batch -> its end status, with its files; its items and results are deleted
-    (the files hold them now)."""
+    """A sealed batch -> its end status, with its files. Its items and results are left for
+    `delete_ended_rows` (the files hold them now)."""
     stamp = {
         BatchStatus.COMPLETED: "completed_at",
         BatchStatus.EXPIRED: "expired_at",
@@ -399,11 +404,23 @@ async def finish(
         output_file_id,
         error_file_id,
     )
-    if not result.endswith(" 1"):
-        return False
-    await conn.execute("DELETE FROM batch_results WHERE batch_id = $1", batch_id)
-    await conn.execute("DELETE FROM batch_items WHERE batch_id = $1", batch_id)
-    return True
+    return bool(result.endswith(" 1"))
+
+
+async def ended_with_rows(db: Db, limit: int = 10) -> list[str]:
+    """Ended batches whose items were not deleted yet (the scheduler died in between)."""
+    rows = await db.fetch(
+        "SELECT b.id FROM batches b WHERE b.status IN ('completed', 'expired', 'cancelled', "
+        "'failed') AND EXISTS (SELECT 1 FROM batch_items i WHERE i.batch_id = b.id) LIMIT $1",
+        limit,
+    )
+    return [r["id"] for r in rows]
+
+
+async def delete_ended_rows(db: Db, batch_id: str) -> None:
+    """Drop the items and results of a batch that has ended (its files hold them)."""
+    await db.execute("DELETE FROM batch_results WHERE batch_id = $1", batch_id)
+    await db.execute("DELETE FROM batch_items WHERE batch_id = $1", batch_id)
 
 
 async def expired(db: Db) -> list[BatchRow]:
