@@ -48,4 +48,6 @@ def main(env: Mapping[str, str]) -> int:
     import uvloop
 
     config = SchedulerConfig.from_env(env)
+    # One line per webhook POST is noise; deliveries are counted in the metrics and the outbox.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return uvloop.run(serve(config))

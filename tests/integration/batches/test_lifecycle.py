@@ -7,6 +7,7 @@ import signal
 import time
 from collections import Counter
 
+import httpx
 import pytest
 
 from .conftest import ECHO, SLOW, BatchStack, chat_line, jsonl, read_lines, wait_batch
@@ -90,10 +91,28 @@ def test_scheduler_restart_mid_batch_completes_every_item_once(batch_stack: Batc
     """SIGKILL the active scheduler mid-batch with a standby waiting: the standby takes the
     lock, resumes at the cursor, re-collects results; every item is completed exactly once."""
     active = batch_stack.schedulers[-1]
-    standby = batch_stack.start_scheduler()
+    metrics = f"http://127.0.0.1:{batch_stack.metrics_port}"
+    assert httpx.get(f"{metrics}/readyz").text.strip() == "active"
+    waiting = batch_stack.scheduler_log().count("standing by")
+    standby = batch_stack.start_scheduler(JETSERVE_SCHEDULER_METRICS_PORT="0")
+    end = time.monotonic() + 30
+    while batch_stack.scheduler_log().count("standing by") == waiting:
+        assert standby.poll() is None, "the standby exited"
+        assert time.monotonic() < end, "the standby did not start"
+        time.sleep(0.1)
     lines = [chat_line(f"r{i}", ECHO, f"item {i}") for i in range(3000)]
     batch_id = _submit(batch_stack, lines)
     _wait_completed_at_least(batch_stack, batch_id, 300)
+    exported = httpx.get(f"{metrics}/metrics").text
+    assert "jetserve_scheduler_active 1.0" in exported
+    for name in (
+        "jetserve_batch_items",
+        "jetserve_batches",
+        "jetserve_scheduler_results_total",
+        "jetserve_webhook_deliveries_total",
+        "jetserve_batch_items_dispatched_total",
+    ):
+        assert name in exported, name
     active.send_signal(signal.SIGKILL)
     active.wait(10)
     client = batch_stack.sdk()
