@@ -42,6 +42,8 @@ class BatchDispatcher:
         self._metrics = metrics
         self._window = in_flight
         self._max_publish = max_publish
+        #: While items are in flight, publish only when this many fit (fewer, larger rounds).
+        self._min_publish = max(1, in_flight // 8)
 
     async def run_once(self) -> int:
         """Publish what the windows allow; returns how many items were stored."""
@@ -49,8 +51,10 @@ class BatchDispatcher:
         total = 0
         for batch in await bs.dispatchable(self._pool):
             assert batch.model is not None
-            free = self._window - busy.get(batch.model, 0)
-            if free <= 0:
+            in_flight = busy.get(batch.model, 0)
+            free = self._window - in_flight
+            wanted = min(self._min_publish, batch.total - batch.dispatched)
+            if free <= 0 or (in_flight and free < wanted):
                 continue
             sent = await self._publish(batch, min(free, self._max_publish))
             busy[batch.model] = busy.get(batch.model, 0) + sent
