@@ -11,6 +11,7 @@ A file of another tenant is answered exactly like a file that does not exist (40
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -25,6 +26,13 @@ from scheduler.store import files as fs
 from schemas.openai_errors import invalid, not_found
 
 PURPOSES = ("batch",)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _safe(filename: str) -> str:
+    """A file name that cannot break out of the header's quotes."""
+    return _UNSAFE.sub("_", filename)[:200] or "file"
+
 _encode = msgspec.json.encode
 
 
@@ -105,7 +113,7 @@ def file_routes(deps: Deps) -> list[ControllerRouterHandler]:
             media_type="application/octet-stream",
             headers={
                 "content-length": str(row.bytes),
-                "content-disposition": f'attachment; filename="{row.filename}"',
+                "content-disposition": f'attachment; filename="{_safe(row.filename)}"',
             },
         )
 
