@@ -1,9 +1,9 @@
 """Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 
 The shape and `ApiError` live in `schemas/openai_errors.py` (the batch routes raise it too);
-re-exported here. `ApiError` is the one exception the routes raise; `from_*` functions map everything else
-(bad JSON, producer exceptions, worker `ErrorResult`s) onto it. 500 is never used for bad
-input.
+re-exported here. `ApiError` is the one exception the routes raise; `from_*` functions map
+everything else (bad JSON, producer exceptions, worker `ErrorResult`s) onto it. 500 is never
+used for bad input.
 """
 
 from __future__ import annotations
