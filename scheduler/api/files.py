@@ -33,6 +33,7 @@ def _safe(filename: str) -> str:
     """A file name that cannot break out of the header's quotes."""
     return _UNSAFE.sub("_", filename)[:200] or "file"
 
+
 _encode = msgspec.json.encode
 
 
