@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.jetserve-installed
 PYTEST_ARGS ?=
 
-.PHONY: up test test-slow lint install bench bench-http clean
+.PHONY: up test test-slow lint install bench bench-http bench-batch clean
 
 up: $(STAMP)
 	$(BIN)/jetserve up $(ARGS)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 # Needs wrk (Debian: apt-get install -y wrk).
 bench-http: $(STAMP)
 	$(BIN)/python -m loadtest.http_bridge
+
+# A 50,000-line batch end to end against the echo model; the scheduler's peak RSS.
+bench-batch: $(STAMP)
+	$(BIN)/python -m loadtest.batch_bench
 
 clean:
 	rm -rf .jetserve .mypy_cache .ruff_cache .pytest_cache

@@ -1,66 +1,164 @@
 """`jetserve bridge`: the HTTP bridge process. Composes the app (producer/http) with the
-API-key store (scheduler/store), which `producer` must not import itself."""
+Postgres store and the batch API (scheduler/), which `producer` must not import itself."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from producer.http.auth import Authenticator, CachedAuthenticator, OpenAuth, Principal
+from producer.client import Client
+from producer.http.auth import Authenticator, CachedAuthenticator, OpenAuth, Principal, bearer_token
 from producer.http.config import AuthMode, BridgeConfig
+from schemas.messages import InferenceRequest
+from schemas.openai_errors import ApiError
 
 log = logging.getLogger("jetserve.bridge")
 
 
-class KeyStoreAuth:
-    """Keys looked up in Postgres (a pool opened lazily, on the serving loop)."""
+class LazyPool:
+    """One asyncpg pool, opened on first use, on the serving loop."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._pool: Any = None
         self._lock = asyncio.Lock()
 
-    async def lookup(self, secret: str) -> Principal | None:
-        from scheduler.store.keys import KEY_PREFIX, lookup_key
+    async def get(self) -> Any:
         from scheduler.store.pool import create_pool
 
-        if not secret.startswith(KEY_PREFIX):
-            return None
         if self._pool is None:
             async with self._lock:
                 if self._pool is None:
-                    self._pool = await create_pool(self._dsn, min_size=1, max_size=4)
-        key = await lookup_key(self._pool, secret)
-        return None if key is None else Principal(key.tenant, key.id)
+                    self._pool = await create_pool(self._dsn, min_size=1, max_size=8)
+        return self._pool
 
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
 
 
-def build_authenticator(config: BridgeConfig) -> tuple[Authenticator, KeyStoreAuth | None]:
+class KeyStoreAuth:
+    """Keys looked up in Postgres."""
+
+    def __init__(self, pools: LazyPool) -> None:
+        self._pools = pools
+
+    async def lookup(self, secret: str) -> Principal | None:
+        from scheduler.store.keys import KEY_PREFIX, lookup_key
+
+        if not secret.startswith(KEY_PREFIX):
+            return None
+        key = await lookup_key(await self._pools.get(), secret)
+        return None if key is None else Principal(key.tenant, key.id)
+
+
+def build_authenticator(config: BridgeConfig, pools: LazyPool | None) -> Authenticator:
     if config.auth is AuthMode.OFF:
-        return OpenAuth(), None
-    assert config.database_url is not None  # BridgeConfig.from_env checks it
-    store = KeyStoreAuth(config.database_url)
-    return CachedAuthenticator(store.lookup, config.key_cache_ttl_s), store
+        return OpenAuth()
+    assert pools is not None  # BridgeConfig.from_env checks that a database is configured
+    return CachedAuthenticator(KeyStoreAuth(pools).lookup, config.key_cache_ttl_s)
 
 
-async def serve(config: BridgeConfig) -> int:
+class BatchApi:
+    """What the batch routes (scheduler/api) need, made of the bridge's parts."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        authenticator: Authenticator,
+        pools: LazyPool | None,
+        allow_private_webhooks: bool,
+        file_limits: tuple[int, int] | None = None,
+    ) -> None:
+        self.config = config
+        #: (bytes, lines) an uploaded file may have; None: OpenAI's (200 MB, 50,000).
+        self.file_limits = file_limits
+        self.authenticator = authenticator
+        self.pools = pools
+        self.allow_private_webhooks = allow_private_webhooks
+        self.client: Client | None = None
+
+    async def on_startup(self, client: Client) -> None:
+        self.client = client
+
+    async def authenticate(self, headers: Mapping[str, str]) -> str:
+        secret = bearer_token(headers.get("authorization"))
+        principal = await self.authenticator.authenticate(secret or "")
+        if principal is None:
+            message = (
+                "Missing API key: send `Authorization: Bearer <key>`."
+                if secret is None
+                else "Invalid API key."
+            )
+            raise ApiError(401, message, code="invalid_api_key")
+        return principal.tenant
+
+    async def pool(self) -> Any:
+        if self.pools is None:
+            raise ApiError(
+                503,
+                "Files, batches and async requests need a database (JETSERVE_DATABASE_URL).",
+                code="no_database",
+            )
+        return await self.pools.get()
+
+    async def submit(self, request: InferenceRequest, data: bytes, reply_to: str) -> None:
+        from producer.errors import InvalidRequest, JetserveError
+        from producer.http.errors import from_producer_error, invalid
+
+        if self.client is None:
+            raise ApiError(503, "The bridge is starting.", code="starting")
+        try:
+            await self.client.submit(request, reply_to=reply_to)
+        except InvalidRequest as exc:
+            raise invalid(exc.message, None) from None
+        except JetserveError as exc:
+            raise from_producer_error(exc, request.model, self.config.retry_after_s) from None
+
+    def routes(self) -> list[Any]:
+        from jetserve.openai_codec import OpenAICodec
+        from scheduler.api import routes
+        from scheduler.api.deps import Deps
+
+        deps = Deps(
+            authenticate=self.authenticate,
+            pool=self.pool,
+            codec=OpenAICodec(),
+            submit=self.submit,
+            allow_private_webhooks=self.allow_private_webhooks,
+            max_body_bytes=self.config.max_body_bytes,
+        )
+        if self.file_limits is not None:
+            deps = dataclasses.replace(
+                deps, max_file_bytes=self.file_limits[0], max_file_lines=self.file_limits[1]
+            )
+        return routes(deps)
+
+
+async def serve(
+    config: BridgeConfig,
+    *,
+    allow_private_webhooks: bool = False,
+    file_limits: tuple[int, int] | None = None,
+) -> int:
     import uvicorn
 
     from producer.http.app import create_app
 
-    if config.database_url is not None and config.auth is AuthMode.REQUIRED:
+    pools = None
+    if config.database_url is not None:
         from scheduler.store.migrate import migrate_dsn
 
         applied = await migrate_dsn(config.database_url)
         if applied:
             log.info("applied database migrations %s", applied)
-    authenticator, store = build_authenticator(config)
-    app = create_app(config, authenticator)
+        pools = LazyPool(config.database_url)
+    authenticator = build_authenticator(config, pools)
+    batch = BatchApi(config, authenticator, pools, allow_private_webhooks, file_limits)
+    app = create_app(config, authenticator, on_startup=batch.on_startup, routes=batch.routes())
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -77,14 +175,23 @@ async def serve(config: BridgeConfig) -> int:
     try:
         await server.serve()
     finally:
-        if store is not None:
-            await store.close()
+        if pools is not None:
+            await pools.close()
     return 0 if server.started else 1
 
 
 def main(env: Mapping[str, str]) -> int:
     import uvloop
 
+    from scheduler.config import WEBHOOKS_ALLOW_PRIVATE
+    from scheduler.store.files import MAX_FILE_BYTES, MAX_FILE_LINES
+    from schemas.settings import get_bool, get_int
+
     config = BridgeConfig.from_env(env)
+    allow_private = get_bool(env, WEBHOOKS_ALLOW_PRIVATE, False)
+    limits = (
+        get_int(env, "JETSERVE_FILES_MAX_BYTES", MAX_FILE_BYTES, minimum=1),
+        get_int(env, "JETSERVE_FILES_MAX_LINES", MAX_FILE_LINES, minimum=1),
+    )
     log.info("bridge on http://%s:%d (auth %s)", config.host, config.port, config.auth.value)
-    return uvloop.run(serve(config))
+    return uvloop.run(serve(config, allow_private_webhooks=allow_private, file_limits=limits))

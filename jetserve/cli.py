@@ -106,6 +106,24 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     return bridge_main(env)
 
 
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from jetserve.scheduler import main as scheduler_main
+
+    env = dict(os.environ)
+    if args.metrics_port is not None:
+        env["JETSERVE_SCHEDULER_METRICS_PORT"] = str(args.metrics_port)
+    return scheduler_main(env)
+
+
+def _batch(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from jetserve import batch_cli
+
+        return int(getattr(batch_cli, name)(args))
+
+    return run
+
+
 def _keys(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from jetserve import keys_cli
@@ -199,6 +217,43 @@ def _parser() -> argparse.ArgumentParser:
     p = add("bridge", cmd_bridge, "serve the OpenAI-compatible HTTP API (JETSERVE_HTTP_*)")
     p.add_argument("--host", help="default 127.0.0.1 (JETSERVE_HTTP_HOST)")
     p.add_argument("--port", type=int, help="default 8000 (JETSERVE_HTTP_PORT)")
+
+    p = add(
+        "scheduler",
+        cmd_scheduler,
+        "run the batch scheduler (one active replica, others stand by; JETSERVE_DATABASE_URL)",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port"
+    )
+
+    batch = sub.add_parser(
+        "batch", help="batch jobs over the HTTP API (JETSERVE_URL, JETSERVE_API_KEY)"
+    )
+    bsub = batch.add_subparsers(dest="batch_command", required=True)
+    p = bsub.add_parser("submit", help="upload a JSONL file and create a batch")
+    p.set_defaults(func=_batch("cmd_submit"))
+    p.add_argument("file", help="OpenAI batch JSONL: {custom_id, method, url, body} per line")
+    p.add_argument("--model", help="set this model in every line's body")
+    p.add_argument("--endpoint", default="/v1/chat/completions")
+    p.add_argument("--completion-window", default="24h")
+    p.add_argument("--wait", action="store_true", help="show progress until the batch ends")
+    p.add_argument("-o", "--output", help="with --wait: write the results here")
+    p = bsub.add_parser("status", help="show a batch")
+    p.set_defaults(func=_batch("cmd_status"))
+    p.add_argument("batch_id")
+    p.add_argument("--wait", action="store_true", help="show progress until the batch ends")
+    p = bsub.add_parser("results", help="download a batch's output (and errors)")
+    p.set_defaults(func=_batch("cmd_results"))
+    p.add_argument("batch_id")
+    p.add_argument("-o", "--output", required=True, help="output JSONL file")
+    p.add_argument("--errors", help="also write the error file here")
+    p = bsub.add_parser("cancel", help="cancel a batch")
+    p.set_defaults(func=_batch("cmd_cancel"))
+    p.add_argument("batch_id")
+    p = bsub.add_parser("list", help="list recent batches")
+    p.set_defaults(func=_batch("cmd_list"))
+    p.add_argument("--limit", type=int, default=20)
 
     keys = sub.add_parser("keys", help="API keys (in JETSERVE_DATABASE_URL)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)

@@ -2,7 +2,8 @@
 
 Starts a real nats-server (JetStream, file storage) and PostgreSQL under the data directory
 (or uses external ones from JETSERVE_NATS_URL / JETSERVE_DATABASE_URL), then the worker
-processes of every model in the models file. Restarts a child that dies, with backoff.
+processes of every model in the models file, the HTTP bridge and the batch scheduler.
+Restarts a child that dies, with backoff.
 SIGINT/SIGTERM stop the children first (workers drain), then the servers. Writes the URLs to
 `<data dir>/stack.json`.
 """
@@ -199,6 +200,9 @@ class Stack:
                 )
         self.info["models"] = [s.name for s in specs]
         port = self.options.http_port or free_port()
+        # Local use: webhooks may target this machine (a receiver on localhost).
+        env.setdefault("JETSERVE_WEBHOOKS_ALLOW_PRIVATE", "true")
+        self.children.append(Child("scheduler", [*jetserve, "scheduler"], env, logs))
         bridge_env = dict(env, JETSERVE_AUTH=self.options.auth)
         self.children.append(
             Child("bridge", [*jetserve, "bridge", "--port", str(port)], bridge_env, logs)

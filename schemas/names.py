@@ -9,6 +9,9 @@ Layout (one stream per model, so each model has its own limits, backlog bound an
     ping     jetserve.ping.<model>          core NATS request; every live worker answers
     dlq      jetserve-dlq                   subjects jetserve.dlq.<model>
     results  jetserve-results               subjects jetserve.results.>  (durable replies)
+                                            consumer scheduler (the scheduler's result collector)
+    async    jetserve-async                 subject  jetserve.async.submit (async requests over
+                                            NATS; the scheduler records, then dispatches them)
     idem     jetserve-idempotent-results    KV bucket: replies to requests with an idempotency key
              jetserve.reply.idem.<token>    their shared reply subject
 
@@ -131,6 +134,37 @@ RESULTS_SUBJECTS = f"{RESULTS_PREFIX}.>"
 def results_subject(kind: str, owner_id: str) -> str:
     """A durable reply subject: results published here are stored in the results stream."""
     return f"{RESULTS_PREFIX}.{validate_request_id(kind)}.{validate_request_id(owner_id)}"
+
+
+class ResultKind(StrEnum):
+    """The `<kind>` token of a durable reply subject: who owns the result."""
+
+    #: A batch item: `jetserve.results.batch.<batch id>`.
+    BATCH = "batch"
+    #: An async single request: `jetserve.results.async.<request id>`.
+    ASYNC = "async"
+
+
+#: The scheduler's durable pull consumer of the results stream.
+RESULTS_CONSUMER = "scheduler"
+
+
+def owner_from_results_subject(subject: str) -> tuple[str, str] | None:
+    """(kind, owner id) of `jetserve.results.<kind>.<owner id>`; None for anything else."""
+    parts = subject.split(".")
+    if len(parts) != 4 or f"{parts[0]}.{parts[1]}" != RESULTS_PREFIX:
+        return None
+    return parts[2], parts[3]
+
+
+#: Async single requests over NATS: publish the `InferenceRequest` (JetStream, `Nats-Msg-Id` =
+#: its id) here; the scheduler records it, dispatches it, and keeps its result for polling.
+#: A `callback_url` in its metadata (a webhook endpoint the tenant registered) gets the
+#: `request.completed` / `request.failed` event.
+ASYNC_STREAM = f"{ROOT}-async"
+ASYNC_SUBMIT_SUBJECT = f"{ROOT}.async.submit"
+ASYNC_CONSUMER = "scheduler"
+CALLBACK_URL_METADATA = "callback_url"
 
 
 def is_durable_reply(subject: str) -> bool:

@@ -34,7 +34,7 @@ from workers.metrics import WorkerMetrics
 from workers.probes import ProbeServer, Readiness
 from workers.provision import QueueSettings, provision_model
 from workers.puller import PullConsumer
-from workers.replies import ReplySink
+from workers.replies import DurablePublisher, ReplySink
 from workers.sdk import resolve_model_class
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,12 @@ class NatsPublisher:
     def __init__(self, nc: NATS, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
+        self._durable = DurablePublisher(nc)
 
     def sink(
         self, subject: str | None, encoding: Encoding, request_id: str, attempt: int
     ) -> ReplySink:
-        return ReplySink(self._nc, self._js, subject, encoding, request_id, attempt)
+        return ReplySink(self._nc, self._js, subject, encoding, request_id, attempt, self._durable)
 
     async def dead_letter(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         await self._js.publish(subject, data, headers=headers)

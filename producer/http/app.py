@@ -4,7 +4,8 @@
     uvicorn.run(app, loop="uvloop", http="httptools")
 
 Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings; GET /v1/models (these
-four need a key unless auth is off); GET /healthz, /readyz, /metrics, /openapi.json.
+four need a key unless auth is off); GET /healthz, /readyz, /metrics, /openapi.json; and the
+`routes` the composition root adds (the batch API), which raise the same `ApiError`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -20,7 +21,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.response import Stream
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from producer.client import Client
@@ -62,8 +63,11 @@ def create_app(
     authenticator: Authenticator,
     *,
     metrics: BridgeMetrics | None = None,
-    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_startup: Callable[[Client], Awaitable[None]] | None = None,
+    routes: Sequence[ControllerRouterHandler] = (),
 ) -> ASGIApp:
+    """`on_startup(client)` runs once connected (the NATS client the routes publish with);
+    `routes` are served beside the OpenAI routes, with the same errors and metrics."""
     metrics = metrics or BridgeMetrics()
     holder = _Holder()
 
@@ -81,7 +85,7 @@ def create_app(
         kv = await open_bucket(client.js, config.duplicate_window_s)
         holder.bridge = Bridge(config, authenticator, dispatcher, Idempotency(dispatcher, kv))
         if on_startup is not None:
-            await on_startup()
+            await on_startup(client)
         log.info("bridge connected to NATS, auth %s", config.auth.value)
         try:
             yield
@@ -148,7 +152,17 @@ def create_app(
         body = await read_body(request.receive, config.max_body_bytes)
         return Response(body, media_type=JSON)
 
-    handlers = [chat, completions, embeddings, models, healthz, readyz, metrics_route, openapi]
+    handlers: list[ControllerRouterHandler] = [
+        chat,
+        completions,
+        embeddings,
+        models,
+        healthz,
+        readyz,
+        metrics_route,
+        openapi,
+        *routes,
+    ]
     if config.echo_route:
         handlers.append(echo)
     app = Litestar(

@@ -1,92 +1,29 @@
 """Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 
-`ApiError` is the one exception the routes raise; `from_*` functions map everything else
-(bad JSON, producer exceptions, worker `ErrorResult`s) onto it. 500 is never used for bad
-input.
+The shape and `ApiError` live in `schemas/openai_errors.py` (the batch routes raise it too);
+re-exported here. `ApiError` is the one exception the routes raise; `from_*` functions map
+everything else (bad JSON, producer exceptions, worker `ErrorResult`s) onto it. 500 is never
+used for bad input.
 """
 
 from __future__ import annotations
 
 import re
 
-import msgspec
-
 from producer.errors import BacklogFull, JetserveError, ModelNotFound, RequestTimeout
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult
+from schemas.openai_errors import (
+    ApiError,
+    ErrorBody,
+    ErrorEnvelope,
+    from_decode_error,
+    invalid,
+)
+
+__all__ = ["ApiError", "ErrorBody", "ErrorEnvelope", "from_decode_error", "invalid"]
 
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
-_MISSING_RE = re.compile(r"missing required field `([^`]+)`")
-
-
-class ErrorBody(msgspec.Struct, frozen=True):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorEnvelope(msgspec.Struct, frozen=True):
-    error: ErrorBody
-
-
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "server_error",
-    503: "service_unavailable_error",
-    504: "timeout_error",
-}
-_encoder = msgspec.json.Encoder()
-
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
-
-    def envelope(self) -> ErrorEnvelope:
-        kind = _TYPES.get(
-            self.status, "server_error" if self.status >= 500 else "invalid_request_error"
-        )
-        return ErrorEnvelope(ErrorBody(self.message, kind, self.param, self.code))
-
-    def body(self) -> bytes:
-        return _encoder.encode(self.envelope())
-
-
-def invalid(message: str, param: str | None, code: str = "invalid_request") -> ApiError:
-    return ApiError(400, message, code=code, param=param)
-
-
-def from_decode_error(exc: msgspec.DecodeError) -> ApiError:
-    """A body msgspec refused: the parameter comes from its `$.field` path."""
-    text = str(exc)
-    if not isinstance(exc, msgspec.ValidationError):
-        return invalid(f"invalid JSON body: {text}", None)
-    path = _PATH_RE.search(text)
-    prefix = path.group(1) if path else ""
-    missing = _MISSING_RE.search(text)
-    if missing:
-        param = f"{prefix}.{missing.group(1)}" if prefix else missing.group(1)
-    else:
-        param = prefix or None
-    return invalid(text, param)
 
 
 def model_not_found(model: str) -> ApiError:

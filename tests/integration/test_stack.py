@@ -92,6 +92,7 @@ def _openai_sdk_against_the_stack(info: dict[str, Any], env: dict[str, str], tmp
     assert text.choices[0].text == "abc"
     emb = client.embeddings.create(model="all-minilm-l6-v2", input="hello", timeout=60)
     assert len(emb.data[0].embedding) == 384
+    _batch_against_the_stack(client, info, env, key, tmp)
     client.close()
 
 
@@ -121,6 +122,68 @@ async def _smollm2_knows_the_capital_of_france(js: Any, sub: Any) -> None:
     assert reply["type"] == "result.v1", reply
     assert "Paris" in reply["output"]["text"]
     assert reply["usage"]["completion_tokens"] > 0
+
+
+def _batch_against_the_stack(
+    client: Any, info: dict[str, Any], env: dict[str, str], key: str, tmp: Path
+) -> None:
+    """The openai SDK's batch flow, unchanged, then `jetserve batch submit --wait`."""
+    import io
+
+    lines = [
+        {
+            "custom_id": f"q{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "echo", "messages": [{"role": "user", "content": f"batch {i}"}]},
+        }
+        for i in range(20)
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 60
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch.status
+        time.sleep(0.2)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch.errors
+    results = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
+    answers = {
+        r["custom_id"]: r["response"]["body"]["choices"][0]["message"]["content"] for r in results
+    }
+    assert answers == {f"q{i}": f"batch {i}" for i in range(20)}
+    # The CLI: lines without a model, given one with --model.
+    source = tmp / "cli.jsonl"
+    for line in lines:
+        del line["body"]["model"]  # type: ignore[attr-defined]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp / "cli-out.jsonl"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jetserve",
+            "batch",
+            "submit",
+            str(source),
+            "--model",
+            "echo",
+            "--wait",
+            "-o",
+            str(out),
+        ],
+        env={**env, "JETSERVE_URL": info["http_url"], "JETSERVE_API_KEY": key},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "20/20" in done.stderr.replace(",", "")
+    assert len(out.read_text().splitlines()) == 20
 
 
 async def test_up_serves_echo_and_stops_cleanly(tmp_path: Path) -> None:

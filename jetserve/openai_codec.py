@@ -1,0 +1,79 @@
+"""The scheduler's `Codec`, made of the HTTP bridge's own conversion (`producer/http`), so that
+batch output lines and async results carry exactly the bodies the synchronous endpoints return.
+Composed here because `scheduler` must not import `producer`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from producer.http import convert
+from producer.http.errors import from_error_result
+from producer.http.handlers import CHAT, COMPLETION, EMBEDDING, Endpoint
+from schemas.messages import ErrorResult, FinalResult, InferenceRequest
+from schemas.names import Priority
+from schemas.openai_errors import ApiError, from_decode_error
+
+_ENDPOINTS: dict[str, Endpoint] = {
+    "/v1/chat/completions": CHAT,
+    "/v1/completions": COMPLETION,
+    "/v1/embeddings": EMBEDDING,
+}
+#: Request metadata key: the embeddings `encoding_format` the response must use.
+ENCODING_FORMAT = "encoding_format"
+_encoder = msgspec.json.Encoder()
+
+
+class OpenAICodec:
+    endpoints = frozenset(_ENDPOINTS)
+
+    def request(
+        self,
+        endpoint: str,
+        body: bytes,
+        *,
+        request_id: str,
+        tenant: str,
+        priority: Priority,
+        deadline_ms: int | None,
+    ) -> InferenceRequest:
+        ep = _ENDPOINTS[endpoint]
+        try:
+            parsed: Any = ep.decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise from_decode_error(exc) from None
+        request: InferenceRequest = ep.to_request(
+            parsed,
+            id=request_id,
+            tenant=tenant,
+            created_ms=int(time.time() * 1000),
+            deadline_ms=deadline_ms,
+            idempotency_key=None,
+        )
+        metadata: dict[str, str] = {}
+        if ep is EMBEDDING and parsed.encoding_format != "float":
+            metadata[ENCODING_FORMAT] = parsed.encoding_format
+        return msgspec.structs.replace(request, stream=False, priority=priority, metadata=metadata)
+
+    def response_body(
+        self,
+        endpoint: str,
+        request_id: str,
+        result: FinalResult,
+        created: int,
+        metadata: Mapping[str, str],
+    ) -> bytes:
+        ep = _ENDPOINTS[endpoint]
+        response_id = ep.id_prefix + request_id
+        if ep is CHAT:
+            return _encoder.encode(convert.chat_response(result, response_id, created))
+        if ep is COMPLETION:
+            return _encoder.encode(convert.completion_response(result, response_id, created))
+        encoding = metadata.get(ENCODING_FORMAT, "float")
+        return _encoder.encode(convert.embedding_response(result, encoding))
+
+    def error(self, result: ErrorResult) -> ApiError:
+        return from_error_result(result)

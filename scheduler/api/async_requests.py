@@ -1,0 +1,132 @@
+"""Async single requests over HTTP: submit (202 + id), then poll.
+
+    POST /v1/async/chat/completions   the body of POST /v1/chat/completions (never streamed)
+    POST /v1/async/completions        the body of POST /v1/completions
+    POST /v1/async/embeddings         the body of POST /v1/embeddings
+    GET  /v1/async/requests/{id}      status; once finished, `response` {status_code,
+                                      request_id, body} (body: what the sync endpoint returns)
+
+`X-Jetserve-Callback-Url: <url>` (a webhook endpoint the tenant registered) gets a signed
+`request.completed` / `request.failed` event when the request finishes. The request is
+recorded in Postgres before it is published, so once the 202 is sent it is not lost; a bad
+body, an unknown model or a full backlog are refused with the synchronous endpoint's error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.types import ControllerRouterHandler
+
+from scheduler.api.deps import JSON, Deps, read_body
+from scheduler.api.objects import AsyncRequestObject, ErrorObject, ResponseObject, async_base
+from scheduler.store import async_requests as ar
+from scheduler.store.async_requests import AsyncRow
+from scheduler.store.webhooks import endpoint_by_url
+from schemas import names
+from schemas.codec import decode_reply, decode_request, encode
+from schemas.messages import ErrorResult, StreamChunk
+from schemas.names import Priority, ResultKind
+from schemas.openai_errors import ApiError, invalid, not_found
+
+log = logging.getLogger(__name__)
+CALLBACK_HEADER = "x-jetserve-callback-url"
+_encode = msgspec.json.encode
+#: Refusals after which nothing was stored; anything else (NATS unavailable) leaves the request
+#: queued for the scheduler to publish.
+_REFUSED = {400, 404, 413, 429}
+
+
+def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
+    async def submit(request: Request[Any, Any, Any], endpoint: str) -> Response[Any]:
+        tenant = await deps.authenticate(request.headers)
+        body = await read_body(request.receive, deps.max_body_bytes)
+        request_id = ar.new_async_id()
+        wire = deps.codec.request(
+            endpoint,
+            body,
+            request_id=request_id,
+            tenant=tenant,
+            priority=Priority.ONLINE,
+            deadline_ms=None,
+        )
+        pool = await deps.pool()
+        callback = request.headers.get(CALLBACK_HEADER)
+        if callback and await endpoint_by_url(pool, tenant, callback) is None:
+            raise invalid(
+                "The callback URL must be a webhook endpoint registered first (POST /v1/webhooks).",
+                "X-Jetserve-Callback-Url",
+                "callback_url_not_registered",
+            )
+        data = encode(wire)
+        await ar.insert(
+            pool,
+            request_id=request_id,
+            tenant=tenant,
+            endpoint=endpoint,
+            model=wire.model,
+            request=data,
+            callback_url=callback,
+        )
+        try:
+            await deps.submit(wire, data, names.results_subject(ResultKind.ASYNC, request_id))
+        except ApiError as exc:
+            if exc.status in _REFUSED:
+                await ar.delete(pool, request_id)
+                raise
+            log.warning("async request %s left queued: %s", request_id, exc.message)
+        else:
+            await ar.mark_dispatched(pool, request_id)
+        row = await ar.get(pool, request_id, tenant)
+        assert row is not None
+        return Response(_encode(async_object(deps, row)), status_code=202, media_type=JSON)
+
+    @post("/v1/async/chat/completions", status_code=202, summary="Submit a chat completion")
+    async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await submit(request, "/v1/chat/completions")
+
+    @post("/v1/async/completions", status_code=202, summary="Submit a text completion")
+    async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await submit(request, "/v1/completions")
+
+    @post("/v1/async/embeddings", status_code=202, summary="Submit an embeddings request")
+    async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await submit(request, "/v1/embeddings")
+
+    @get("/v1/async/requests/{request_id:str}", summary="Status and result of an async request")
+    async def retrieve(request: Request[Any, Any, Any], request_id: str) -> Response[Any]:
+        tenant = await deps.authenticate(request.headers)
+        row = await ar.get(await deps.pool(), request_id, tenant)
+        if row is None:
+            raise not_found("request", request_id, "request_id")
+        return Response(_encode(async_object(deps, row)), media_type=JSON)
+
+    return [chat, completions, embeddings, retrieve]
+
+
+def async_object(deps: Deps, row: AsyncRow) -> AsyncRequestObject:
+    base = async_base(row)
+    if row.reply is None:
+        return AsyncRequestObject(**base)
+    result = decode_reply(row.reply)
+    if isinstance(result, StreamChunk):  # never stored: only final replies are
+        return AsyncRequestObject(**base)
+    if isinstance(result, ErrorResult):
+        if row.endpoint not in deps.codec.endpoints:  # over NATS: the wire error
+            return AsyncRequestObject(**base, error=ErrorObject(result.code, result.message))
+        api = deps.codec.error(result)
+        body, status = api.body(), api.status
+    elif row.endpoint not in deps.codec.endpoints:
+        body, status = row.reply, 200
+    else:
+        created = base["completed_at"] or base["created_at"]
+        metadata = decode_request(row.request).metadata
+        try:
+            body = deps.codec.response_body(row.endpoint, row.id, result, created, metadata)
+            status = 200
+        except ApiError as exc:
+            body, status = exc.body(), exc.status
+    return AsyncRequestObject(**base, response=ResponseObject(status, row.id, msgspec.Raw(body)))

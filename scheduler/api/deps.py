@@ -1,0 +1,74 @@
+"""What the scheduler's HTTP routes need from the process that serves them, injected by the
+composition root (`jetserve/bridge.py`): who the caller is, the database, the OpenAI
+conversion, and a way to publish a request."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from scheduler.codec import Codec
+from scheduler.store.files import MAX_FILE_BYTES, MAX_FILE_LINES
+from scheduler.store.pool import NOTIFY_CHANNEL
+from schemas.messages import InferenceRequest
+from schemas.openai_errors import ApiError, invalid
+
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Deps:
+    #: The caller's tenant, from the request headers; raises ApiError(401).
+    authenticate: Callable[[Mapping[str, str]], Awaitable[str]]
+    #: The database pool; raises ApiError(503) when the process has no database.
+    pool: Callable[[], Awaitable[asyncpg.Pool]]
+    codec: Codec
+    #: Publish a request (with its encoded body) to its model's stream, replies to the durable
+    #: subject given; raises ApiError (404 unknown model, 429 backlog full, 503 unavailable).
+    submit: Callable[[InferenceRequest, bytes, str], Awaitable[None]]
+    allow_private_webhooks: bool = False
+    max_body_bytes: int = 1024 * 1024
+    max_file_bytes: int = MAX_FILE_BYTES
+    max_file_lines: int = MAX_FILE_LINES
+
+
+def query_limit(raw: str | None, *, default: int, maximum: int) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= maximum:
+        raise invalid(f"limit must be an integer from 1 to {maximum}.", "limit")
+    return value
+
+
+async def read_body(receive: Callable[[], Awaitable[Any]], limit_bytes: int) -> bytes:
+    """The request body; 413 as soon as more than `limit_bytes` have arrived."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(
+                400, "The client disconnected while sending the body.", code="incomplete_body"
+            )
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit_bytes:
+            raise ApiError(
+                413,
+                f"The request body is larger than {limit_bytes} bytes.",
+                code="request_too_large",
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def notify_scheduler(pool: asyncpg.Pool) -> None:
+    await pool.execute(f"NOTIFY {NOTIFY_CHANNEL}")

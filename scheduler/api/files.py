@@ -1,0 +1,128 @@
+"""The Files API (tenant-scoped): upload (streamed), list, retrieve, content (streamed), delete.
+
+    POST   /v1/files                 multipart: purpose=batch, file=<JSONL>  (200 MB, 50,000 lines)
+    GET    /v1/files                 ?purpose= &limit= &after= &order=asc|desc
+    GET    /v1/files/{file_id}
+    GET    /v1/files/{file_id}/content
+    DELETE /v1/files/{file_id}
+
+A file of another tenant is answered exactly like a file that does not exist (404).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.response import Stream
+from litestar.types import ControllerRouterHandler
+
+from scheduler.api.deps import JSON, Deps, query_limit
+from scheduler.api.objects import Deleted, FileList, file_object, page
+from scheduler.api.upload import receive_upload
+from scheduler.store import files as fs
+from schemas.openai_errors import invalid, not_found
+
+PURPOSES = ("batch",)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _safe(filename: str) -> str:
+    """A file name that cannot break out of the header's quotes."""
+    return _UNSAFE.sub("_", filename)[:200] or "file"
+
+
+_encode = msgspec.json.encode
+
+
+def file_routes(deps: Deps) -> list[ControllerRouterHandler]:
+    @post("/v1/files", status_code=200, summary="Upload a file (multipart, streamed)")
+    async def upload(request: Request[Any, Any, Any]) -> Response[Any]:
+        tenant = await deps.authenticate(request.headers)
+        pool = await deps.pool()
+
+        def check_field(name: str, value: str) -> None:
+            if name == "purpose" and value not in PURPOSES:
+                raise invalid(
+                    f"purpose must be one of {list(PURPOSES)}, not '{value[:50]}'.", "purpose"
+                )
+
+        async def open_file(filename: str) -> fs.FileWriter:
+            return await fs.FileWriter.create(
+                pool,
+                tenant,
+                "batch",
+                filename,
+                max_bytes=deps.max_file_bytes,
+                max_lines=deps.max_file_lines,
+            )
+
+        upload = await receive_upload(
+            request.receive, request.headers.get("content-type"), open_file, check_field
+        )
+        writer = upload.writer
+        if "purpose" not in upload.fields or writer is None:
+            if writer is not None:
+                await writer.abort()
+            missing = "purpose" if "purpose" not in upload.fields else "file"
+            raise invalid(f"Missing required field `{missing}`.", missing)
+        await writer.close()
+        row = await fs.get_file(pool, tenant, writer.file_id)
+        assert row is not None
+        return Response(_encode(file_object(row)), media_type=JSON)
+
+    @get("/v1/files", summary="List files")
+    async def list_files(request: Request[Any, Any, Any]) -> Response[Any]:
+        tenant = await deps.authenticate(request.headers)
+        q = request.query_params
+        limit = query_limit(q.get("limit"), default=10_000, maximum=10_000)
+        order = q.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise invalid("order must be 'asc' or 'desc'.", "order")
+        rows = await fs.list_files(
+            await deps.pool(),
+            tenant,
+            purpose=q.get("purpose"),
+            after=q.get("after"),
+            limit=limit,
+            ascending=order == "asc",
+        )
+        rows, more = page(rows, limit)
+        data = [file_object(r) for r in rows]
+        body = FileList(data, data[0].id if data else None, data[-1].id if data else None, more)
+        return Response(_encode(body), media_type=JSON)
+
+    @get("/v1/files/{file_id:str}", summary="Retrieve a file's metadata")
+    async def retrieve(request: Request[Any, Any, Any], file_id: str) -> Response[Any]:
+        tenant = await deps.authenticate(request.headers)
+        row = await fs.get_file(await deps.pool(), tenant, file_id)
+        if row is None:
+            raise not_found("file", file_id, "file_id")
+        return Response(_encode(file_object(row)), media_type=JSON)
+
+    @get("/v1/files/{file_id:str}/content", summary="Download a file's content (streamed)")
+    async def content(request: Request[Any, Any, Any], file_id: str) -> Stream:
+        tenant = await deps.authenticate(request.headers)
+        pool = await deps.pool()
+        row = await fs.get_file(pool, tenant, file_id)
+        if row is None:
+            raise not_found("file", file_id, "file_id")
+        return Stream(
+            fs.iter_chunks(pool, row.id),
+            media_type="application/octet-stream",
+            headers={
+                "content-length": str(row.bytes),
+                "content-disposition": f'attachment; filename="{_safe(row.filename)}"',
+            },
+        )
+
+    @delete("/v1/files/{file_id:str}", status_code=200, summary="Delete a file")
+    async def remove(request: Request[Any, Any, Any], file_id: str) -> Response[Any]:
+        tenant = await deps.authenticate(request.headers)
+        if not await fs.delete_file(await deps.pool(), tenant, file_id):
+            raise not_found("file", file_id, "file_id")
+        return Response(_encode(Deleted(file_id, "file")), media_type=JSON)
+
+    return [upload, list_files, retrieve, content, remove]

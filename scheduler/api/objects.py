@@ -1,0 +1,191 @@
+"""The objects the Files, Batches, async-request and webhook routes return: OpenAI's shapes
+(`object`, Unix-second timestamps), made from store rows. Pure."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from scheduler.store.async_requests import AsyncRow
+from scheduler.store.batches import BatchRow
+from scheduler.store.files import FileRow
+from scheduler.store.webhooks import Endpoint
+
+
+def unix(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp())
+
+
+class FileObject(msgspec.Struct, frozen=True):
+    id: str
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    object: str = "file"
+    status: str = "processed"
+    status_details: str | None = None
+    expires_at: int | None = None
+
+
+class FileList(msgspec.Struct, frozen=True):
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+    object: str = "list"
+
+
+class Deleted(msgspec.Struct, frozen=True):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+class RequestCounts(msgspec.Struct, frozen=True):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchError(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(msgspec.Struct, frozen=True):
+    data: list[BatchError]
+    object: str = "list"
+
+
+class BatchObject(msgspec.Struct, frozen=True):
+    id: str
+    object: str
+    endpoint: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: str
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: RequestCounts
+    metadata: dict[str, str] | None
+    model: str | None = None
+
+
+class BatchList(msgspec.Struct, frozen=True):
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+    object: str = "list"
+
+
+class ResponseObject(msgspec.Struct, frozen=True):
+    status_code: int
+    request_id: str
+    body: msgspec.Raw
+
+
+class ErrorObject(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+
+
+class AsyncRequestObject(msgspec.Struct, frozen=True):
+    """`GET /v1/async/requests/{id}`: like a batch output line, with a status."""
+
+    id: str
+    status: str
+    endpoint: str
+    model: str
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    response: ResponseObject | None = None
+    error: ErrorObject | None = None
+    object: str = "async.request"
+
+
+class WebhookEndpointObject(msgspec.Struct, frozen=True, omit_defaults=True):
+    id: str
+    url: str
+    events: list[str]
+    created_at: int
+    #: Shown once, when the endpoint is created.
+    secret: str | None = None
+    object: str = "webhook_endpoint"
+
+
+class WebhookEndpointList(msgspec.Struct, frozen=True):
+    data: list[WebhookEndpointObject]
+    object: str = "list"
+
+
+def file_object(f: FileRow) -> FileObject:
+    return FileObject(f.id, f.bytes, int(f.created_at.timestamp()), f.filename, f.purpose)
+
+
+def batch_object(b: BatchRow) -> BatchObject:
+    errors = None
+    if b.errors:
+        errors = BatchErrors([msgspec.convert(e, BatchError) for e in b.errors])
+    return BatchObject(
+        id=b.id,
+        object="batch",
+        endpoint=b.endpoint,
+        errors=errors,
+        input_file_id=b.input_file_id,
+        completion_window=b.completion_window,
+        status=str(b.status),
+        output_file_id=b.output_file_id,
+        error_file_id=b.error_file_id,
+        created_at=int(b.created_at.timestamp()),
+        in_progress_at=unix(b.in_progress_at),
+        expires_at=unix(b.expires_at),
+        finalizing_at=unix(b.finalizing_at),
+        completed_at=unix(b.completed_at),
+        failed_at=unix(b.failed_at),
+        expired_at=unix(b.expired_at),
+        cancelling_at=unix(b.cancelling_at),
+        cancelled_at=unix(b.cancelled_at),
+        request_counts=RequestCounts(b.total, b.completed, b.failed),
+        metadata=b.metadata,
+        model=b.model,
+    )
+
+
+def page(items: list[Any], limit: int) -> tuple[list[Any], bool]:
+    """The first `limit` of `limit + 1` rows, and whether there were more."""
+    return items[:limit], len(items) > limit
+
+
+def endpoint_object(e: Endpoint, *, with_secret: bool = False) -> WebhookEndpointObject:
+    return WebhookEndpointObject(
+        e.id, e.url, e.events, int(e.created_at.timestamp()), e.secret if with_secret else None
+    )
+
+
+def async_base(r: AsyncRow) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "status": r.status,
+        "endpoint": r.endpoint,
+        "model": r.model,
+        "created_at": int(r.created_at.timestamp()),
+        "completed_at": unix(r.completed_at),
+        "expires_at": unix(r.expires_at),
+    }

@@ -1,0 +1,108 @@
+"""Async single requests: taking them in over NATS, and publishing the ones left behind.
+
+Over NATS a client publishes an `InferenceRequest` to `jetserve.async.submit` (JetStream: the
+PubAck means it is stored). This loop records it in Postgres, publishes it to its model's
+online subject with the durable reply subject `jetserve.results.async.<id>`, and only then
+acks it. Over HTTP the bridge records and publishes the request itself; a request it recorded
+but could not publish (it died in between) stays `queued` and is published again here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import msgspec
+from nats.aio.msg import Msg
+
+from scheduler.publisher import BulkPublisher, Message, Outcome
+from scheduler.store import async_requests as ar
+from scheduler.store.webhooks import endpoint_by_url
+from schemas import names
+from schemas.codec import decode_request, encode, encoding_of
+from schemas.errors import ErrorCode
+from schemas.messages import ErrorResult, InferenceRequest
+from schemas.names import Header, ResultKind
+
+log = logging.getLogger(__name__)
+
+NATS_ENDPOINT = "nats"
+
+
+def dispatch_message(request: InferenceRequest, data: bytes) -> Message:
+    return Message(
+        names.request_subject(request.model, request.priority),
+        data,
+        {
+            Header.MSG_ID.value: request.id,
+            Header.REPLY_TO.value: names.results_subject(ResultKind.ASYNC, request.id),
+        },
+    )
+
+
+class AsyncIntake:
+    def __init__(self, pool: asyncpg.Pool, publisher: BulkPublisher, *, keep_s: float) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._keep_s = keep_s
+
+    async def take(self, msgs: list[Msg]) -> None:
+        """Record and publish submitted requests; each is acked once that is done (a request
+        that cannot be decoded is terminated: it can never run)."""
+        for msg in msgs:
+            try:
+                request = decode_request(msg.data, encoding_of(msg.headers))
+            except msgspec.DecodeError as exc:
+                log.warning("async submission on NATS refused: %s", exc)
+                await msg.term()
+                continue
+            await self._take_one(request)
+            await msg.ack()
+
+    async def _take_one(self, request: InferenceRequest) -> None:
+        data = encode(request)
+        callback = request.metadata.get(names.CALLBACK_URL_METADATA)
+        await ar.insert(
+            self._pool,
+            request_id=request.id,
+            tenant=request.tenant,
+            endpoint=NATS_ENDPOINT,
+            model=request.model,
+            request=data,
+            callback_url=callback,
+        )
+        if callback and await endpoint_by_url(self._pool, request.tenant, callback) is None:
+            await self._fail(
+                request.id,
+                ErrorCode.INVALID_REQUEST,
+                f"callback_url {callback[:200]!r} is not a webhook endpoint of tenant "
+                f"{request.tenant!r}: register it first (POST /v1/webhooks)",
+            )
+            return
+        await self.publish([(request, data)])
+
+    async def publish(self, requests: list[tuple[InferenceRequest, bytes]]) -> None:
+        outcomes = await self._publisher.publish([dispatch_message(r, d) for r, d in requests])
+        for (request, _), outcome in zip(requests, outcomes, strict=True):
+            if outcome is Outcome.STORED:
+                await ar.mark_dispatched(self._pool, request.id)
+            elif outcome is Outcome.NO_STREAM:
+                await self._fail(
+                    request.id, ErrorCode.UNKNOWN_MODEL, f"model {request.model!r} does not exist"
+                )
+            elif outcome is Outcome.REFUSED:
+                await self._fail(request.id, ErrorCode.INVALID_REQUEST, "refused by the queue")
+            # RETRY: stays queued; `requeue` publishes it again later.
+
+    async def _fail(self, request_id: str, code: ErrorCode, message: str) -> None:
+        reply = encode(ErrorResult(id=request_id, code=code, message=message))
+        async with self._pool.acquire() as conn, conn.transaction():
+            await ar.store_results(conn, [(request_id, False, reply)], self._keep_s)
+
+    async def requeue(self, older_than_s: float) -> int:
+        """Publish again the requests still `queued` after `older_than_s`."""
+        rows = await ar.stale_queued(self._pool, older_than_s)
+        if rows:
+            await self.publish([(decode_request(r.request), r.request) for r in rows])
+            log.info("published %d async requests left queued", len(rows))
+        return len(rows)

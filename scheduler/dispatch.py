@@ -1,0 +1,115 @@
+"""Moving validated batch items onto the model streams, at batch priority, a bounded window
+at a time.
+
+Per model, at most `in_flight` items are published and unanswered (over all its batches,
+oldest batch first), so the batch consumer never holds a large backlog and a new batch of
+another tenant does not wait behind a whole stream. Items are published in index order and
+the batch's cursor (`dispatched`) advances over the prefix JetStream stored; an item published
+twice (the scheduler died before moving the cursor) has the same `Nats-Msg-Id` and is dropped
+by JetStream within the duplicate window, and its result is stored once in any case.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from scheduler.metrics import SchedulerMetrics
+from scheduler.publisher import BulkPublisher, Message, Outcome
+from scheduler.store import batches as bs
+from schemas import names
+from schemas.codec import encode
+from schemas.errors import ErrorCode
+from schemas.messages import ErrorResult
+from schemas.names import Header, Priority, ResultKind
+
+log = logging.getLogger(__name__)
+
+
+class BatchDispatcher:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: BulkPublisher,
+        metrics: SchedulerMetrics,
+        *,
+        in_flight: int,
+        max_publish: int = 1024,
+    ) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._metrics = metrics
+        self._window = in_flight
+        self._max_publish = max_publish
+        #: While items are in flight, publish only when this many fit (fewer, larger rounds).
+        self._min_publish = max(1, in_flight // 8)
+
+    async def run_once(self) -> int:
+        """Publish what the windows allow; returns how many items were stored."""
+        busy = await bs.in_flight_by_model(self._pool)
+        total = 0
+        for batch in await bs.dispatchable(self._pool):
+            assert batch.model is not None
+            in_flight = busy.get(batch.model, 0)
+            free = self._window - in_flight
+            wanted = min(self._min_publish, batch.total - batch.dispatched)
+            if free <= 0 or (in_flight and free < wanted):
+                continue
+            sent = await self._publish(batch, min(free, self._max_publish))
+            busy[batch.model] = busy.get(batch.model, 0) + sent
+            total += sent
+        return total
+
+    async def _publish(self, batch: bs.BatchRow, count: int) -> int:
+        assert batch.model is not None
+        items = await bs.items_from(self._pool, batch.id, batch.dispatched, count)
+        if not items:
+            return 0
+        subject = names.request_subject(batch.model, Priority.BATCH)
+        reply_to = names.results_subject(ResultKind.BATCH, batch.id)
+        outcomes = await self._publisher.publish(
+            [
+                Message(
+                    subject,
+                    data,
+                    {
+                        Header.MSG_ID.value: bs.item_request_id(batch.id, idx),
+                        Header.REPLY_TO.value: reply_to,
+                    },
+                )
+                for idx, data in items
+            ]
+        )
+        cursor = batch.dispatched
+        refused: list[tuple[str, int, bool, bytes]] = []
+        for (idx, _data), outcome in zip(items, outcomes, strict=True):
+            if outcome is Outcome.RETRY:
+                break
+            if outcome is not Outcome.STORED:  # the item fails; the batch goes on
+                refused.append((batch.id, idx, False, _refusal(batch, idx, outcome)))
+            cursor = idx + 1
+        if refused:
+            await bs.store_results(self._pool, refused)
+            log.warning("batch %s: %d items refused by JetStream", batch.id, len(refused))
+        stored = cursor - batch.dispatched
+        if stored:
+            await bs.advance_cursor(self._pool, batch.id, cursor)
+            self._metrics.items_dispatched.inc(stored)
+        return stored
+
+
+def _refusal(batch: bs.BatchRow, idx: int, outcome: Outcome) -> bytes:
+    if outcome is Outcome.NO_STREAM:
+        error = ErrorResult(
+            id=bs.item_request_id(batch.id, idx),
+            code=ErrorCode.UNKNOWN_MODEL,
+            message=f"The model '{batch.model}' no longer exists.",
+        )
+    else:
+        error = ErrorResult(
+            id=bs.item_request_id(batch.id, idx),
+            code=ErrorCode.INVALID_REQUEST,
+            message="The request was refused by the queue (too large).",
+        )
+    return encode(error)

@@ -1,0 +1,297 @@
+"""`jetserve scheduler`: one active instance, any number of standbys, all state in Postgres.
+
+The active instance holds a session advisory lock on a dedicated connection
+(`pg_try_advisory_lock`); standbys retry every `lock_retry_s`. If that connection fails, the
+instance stops acting at once (its loops are cancelled) and competes for the lock again; the
+lock is released by the server when the session ends, so a standby takes over. Nothing lives
+only in memory: a new active instance finds batches by status, resumes dispatching at each
+batch's cursor, re-collects results still in the results stream, and re-writes batches it
+finds sealed.
+
+Loops of the active instance, each woken by work or every `poll_s`:
+
+    validate    new batches: input file -> items (or failed, with line errors)
+    dispatch    items -> model streams, at batch priority, bounded in-flight window per model
+    collect     results stream -> Postgres (idempotent), then ack
+    intake      async requests over NATS -> Postgres -> model streams
+    finalize    finished / cancelled / expired batches -> output and error files -> end status
+    webhooks    the outbox -> signed POSTs, with backoff; dead after the retry period
+    housekeep   re-publish stranded async requests, delete expired results and stale uploads,
+                refresh the gauges
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from scheduler.async_intake import AsyncIntake
+from scheduler.codec import Codec
+from scheduler.collector import ResultCollector
+from scheduler.config import SchedulerConfig
+from scheduler.dispatch import BatchDispatcher
+from scheduler.finalize import Finalizer
+from scheduler.metrics import SchedulerMetrics
+from scheduler.models import ModelDirectory
+from scheduler.publisher import BulkPublisher
+from scheduler.store import async_requests as ar
+from scheduler.store import batches as bs
+from scheduler.store import webhooks as wh
+from scheduler.store.files import delete_stale_uploads
+from scheduler.store.migrate import migrate_dsn
+from scheduler.store.pool import NOTIFY_CHANNEL, create_pool
+from scheduler.streams import provision
+from scheduler.validate import validate
+from scheduler.webhooks import RetryPolicy, WebhookDeliverer
+from schemas import names
+
+log = logging.getLogger(__name__)
+
+#: The scheduler's advisory lock key ("jetsched"); the migrator uses another.
+LOCK_KEY = 0x6A65747363686564
+HOUSEKEEPING_S = 5.0
+
+
+class LockLost(Exception):
+    """The connection holding the scheduler lock failed: stop acting."""
+
+
+class Scheduler:
+    def __init__(
+        self, config: SchedulerConfig, codec: Codec, metrics: SchedulerMetrics | None = None
+    ) -> None:
+        self.config = config
+        self.codec = codec
+        self.metrics = metrics or SchedulerMetrics()
+        self.nc: NATS | None = None
+        self.active = False
+        self._wake: dict[str, asyncio.Event] = {}
+
+    def ready(self) -> bool:
+        """Connected (active or standby): standbys are ready too, so rollouts do not stall."""
+        return self.nc is not None and self.nc.is_connected
+
+    async def run(self, stop: asyncio.Event) -> None:
+        c = self.config
+        await migrate_dsn(c.database_url)
+        self.nc = await nats.connect(
+            c.nats_url,
+            name="jetserve-scheduler",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+        )
+        pool = await create_pool(c.database_url, min_size=2, max_size=8, reset=False)
+        try:
+            while not stop.is_set():
+                lock = await self._take_lock(stop)
+                if lock is None:
+                    break
+                try:
+                    await self._act(pool, lock, stop)
+                except LockLost:
+                    log.error("lost the scheduler lock's connection: standing by")
+                except Exception:
+                    log.exception("the active scheduler failed: standing by")
+                    await _sleep(stop, c.lock_retry_s)
+                finally:
+                    self.active = False
+                    self.metrics.active.set(0)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(lock.close(), 5)
+        finally:
+            await pool.close()
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+
+    async def _take_lock(self, stop: asyncio.Event) -> asyncpg.Connection | None:
+        waiting_logged = False
+        while not stop.is_set():
+            try:
+                conn = await asyncpg.connect(self.config.database_url)
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("cannot reach Postgres for the scheduler lock: %s", exc)
+                await _sleep(stop, self.config.lock_retry_s)
+                continue
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
+                log.info("holding the scheduler lock: active")
+                return conn
+            await conn.close()
+            if not waiting_logged:
+                log.info("another scheduler is active: standing by")
+                waiting_logged = True
+            await _sleep(stop, self.config.lock_retry_s)
+        return None
+
+    def wake(self, *loops: str) -> None:
+        for name in loops or tuple(self._wake):
+            event = self._wake.get(name)
+            if event is not None:
+                event.set()
+
+    async def _act(self, pool: asyncpg.Pool, lock: asyncpg.Connection, stop: asyncio.Event) -> None:
+        c = self.config
+        assert self.nc is not None
+        nc = self.nc
+        js = nc.jetstream()
+        await provision(js, duplicate_window_s=c.duplicate_window_s)
+        publisher = BulkPublisher(nc)
+        await publisher.start()
+        directory = ModelDirectory(nc)
+        dispatcher = BatchDispatcher(pool, publisher, self.metrics, in_flight=c.batch_in_flight)
+        collector = ResultCollector(
+            pool,
+            self.metrics,
+            async_keep_s=c.async_keep_s,
+            on_batch_results=lambda: self.wake("dispatch", "finalize"),
+        )
+        intake = AsyncIntake(pool, publisher, keep_s=c.async_keep_s)
+        finalizer = Finalizer(pool, nc, self.codec, cancel_grace_s=c.cancel_grace_s)
+        deliverer = WebhookDeliverer(
+            pool,
+            self.metrics,
+            policy=RetryPolicy(
+                c.webhook_retry_period_s, c.webhook_backoff_base_s, c.webhook_backoff_max_s
+            ),
+            timeout_s=c.webhook_timeout_s,
+            allow_private=c.webhooks_allow_private,
+        )
+        self._wake = {n: asyncio.Event() for n in ("validate", "dispatch", "finalize", "webhooks")}
+        await lock.add_listener(NOTIFY_CHANNEL, lambda *_: self.wake())
+        results = await js.pull_subscribe_bind(
+            durable=names.RESULTS_CONSUMER, stream=names.RESULTS_STREAM
+        )
+        submitted = await js.pull_subscribe_bind(
+            durable=names.ASYNC_CONSUMER, stream=names.ASYNC_STREAM
+        )
+
+        async def validate_pass() -> bool:
+            found = await bs.to_validate(pool)
+            for batch in found:
+                if await validate(pool, batch, self.codec, directory.models):
+                    self.wake("dispatch")
+                else:
+                    self.wake("finalize", "webhooks")
+            return bool(found)
+
+        async def dispatch_pass() -> bool:
+            return await dispatcher.run_once() > 0
+
+        async def finalize_pass() -> bool:
+            ended = await finalizer.run_once()
+            if ended:
+                self.wake("webhooks")
+            return False
+
+        async def collect_pass() -> bool:
+            msgs = await _fetch(results, 512, c.poll_s)
+            if msgs:
+                await collector.store(msgs)
+                for msg in msgs:
+                    await msg.ack()
+                self.wake("webhooks")
+            return bool(msgs)
+
+        async def intake_pass() -> bool:
+            msgs = await _fetch(submitted, 64, max(c.poll_s, 1.0))
+            if msgs:
+                await intake.take(msgs)
+            return bool(msgs)
+
+        async def webhooks_pass() -> bool:
+            return await deliverer.run_once() > 0
+
+        async def housekeeping_pass() -> bool:
+            await intake.requeue(c.async_requeue_s)
+            await ar.delete_expired(pool)
+            await delete_stale_uploads(pool, 3600.0)
+            for batch_id in await bs.ended_with_rows(pool):
+                await bs.delete_ended_rows(pool, batch_id)
+            await self._refresh_gauges(pool)
+            await _sleep(stop, HOUSEKEEPING_S)
+            return False
+
+        self.active = True
+        self.metrics.active.set(1)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._watch_lock(lock, stop))
+                for name, work in (
+                    ("validate", validate_pass),
+                    ("dispatch", dispatch_pass),
+                    ("finalize", finalize_pass),
+                    ("webhooks", webhooks_pass),
+                    ("collect", collect_pass),
+                    ("intake", intake_pass),
+                    ("housekeep", housekeeping_pass),
+                ):
+                    group.create_task(self._loop(name, work, stop), name=f"scheduler-{name}")
+        finally:
+            await deliverer.close()
+            with contextlib.suppress(Exception):
+                await results.unsubscribe()
+                await submitted.unsubscribe()
+
+    async def _loop(
+        self, name: str, work: Callable[[], Awaitable[bool]], stop: asyncio.Event
+    ) -> None:
+        """Run `work` until stopped: again at once while it finds work, else when woken or
+        after `poll_s`. An error is logged and retried after a pause."""
+        timer = self.metrics.loop_duration.labels(name)
+        event = self._wake.get(name)
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                busy = await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler loop %s failed; retrying", name)
+                await _sleep(stop, max(1.0, self.config.poll_s))
+                continue
+            timer.observe(time.perf_counter() - started)
+            if busy:
+                await asyncio.sleep(0)
+                continue
+            if event is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), self.config.poll_s)
+                event.clear()
+
+    async def _watch_lock(self, lock: asyncpg.Connection, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await _sleep(stop, 1.0)
+            try:
+                await asyncio.wait_for(lock.fetchval("SELECT 1"), 5.0)
+            except (Exception, TimeoutError) as exc:
+                raise LockLost(str(exc)) from None
+
+    async def _refresh_gauges(self, pool: asyncpg.Pool) -> None:
+        m = self.metrics
+        for status, n in (await bs.counts_by_status(pool)).items():
+            m.batches.labels(status).set(n)
+        for state, n in (await bs.counts_by_state(pool)).items():
+            m.batch_items.labels(state).set(n)
+        for status, n in (await ar.counts_by_status(pool)).items():
+            m.async_requests.labels(status).set(n)
+        for state, n in (await wh.counts_by_state(pool)).items():
+            m.webhook_outbox.labels(state).set(n)
+
+
+async def _fetch(sub: object, batch: int, timeout_s: float) -> list[Msg]:
+    try:
+        return await sub.fetch(batch, timeout=timeout_s)  # type: ignore[attr-defined,no-any-return]
+    except (TimeoutError, nats.errors.TimeoutError):
+        return []
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

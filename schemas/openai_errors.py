@@ -1,0 +1,97 @@
+"""Errors in OpenAI's HTTP shape: `{"error": {"message", "type", "param", "code"}}`.
+
+The error body is part of the HTTP contract, shared by every route the bridge serves (the
+OpenAI-compatible routes in `producer/http` and the batch/file routes in `scheduler/api`), so
+it lives here. `ApiError` is the one exception those routes raise; the app renders it.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING_RE = re.compile(r"missing required field `([^`]+)`")
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(msgspec.Struct, frozen=True):
+    error: ErrorBody
+
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+_encoder = msgspec.json.Encoder()
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def envelope(self) -> ErrorEnvelope:
+        kind = _TYPES.get(
+            self.status, "server_error" if self.status >= 500 else "invalid_request_error"
+        )
+        return ErrorEnvelope(ErrorBody(self.message, kind, self.param, self.code))
+
+    def body(self) -> bytes:
+        return _encoder.encode(self.envelope())
+
+
+def invalid(message: str, param: str | None, code: str = "invalid_request") -> ApiError:
+    return ApiError(400, message, code=code, param=param)
+
+
+def not_found(what: str, object_id: str, param: str | None = None) -> ApiError:
+    return ApiError(
+        404, f"No such {what}: '{object_id[:200]}'", code=f"{what}_not_found", param=param
+    )
+
+
+def decode_error_param(exc: msgspec.DecodeError) -> str | None:
+    """The field a msgspec validation error names (`$.a.b` -> `a.b`), else None."""
+    text = str(exc)
+    path = _PATH_RE.search(text)
+    prefix = path.group(1) if path else ""
+    missing = _MISSING_RE.search(text)
+    if missing:
+        return f"{prefix}.{missing.group(1)}" if prefix else missing.group(1)
+    return prefix or None
+
+
+def from_decode_error(exc: msgspec.DecodeError) -> ApiError:
+    """A body msgspec refused: the parameter comes from its `$.field` path."""
+    text = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        return invalid(f"invalid JSON body: {text}", None)
+    return invalid(text, decode_error_param(exc))

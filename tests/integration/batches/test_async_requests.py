@@ -1,0 +1,143 @@
+"""Async single requests: over HTTP (202 + id, then poll, with a callback webhook) and over
+NATS (`jetserve.async.submit` with a `callback_url`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import nats
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from producer.client import make_request
+from schemas import names
+from schemas.codec import encode
+
+from .conftest import ECHO, BatchStack, Receiver
+from .test_webhooks import register, unregister, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _poll(stack: BatchStack, request_id: str, tenant: str = "alpha") -> dict[str, Any]:
+    headers = {"authorization": f"Bearer {stack.keys[tenant]}"}
+    end = time.monotonic() + 30
+    while True:
+        body = httpx.get(f"{stack.v1}/async/requests/{request_id}", headers=headers).json()
+        if body.get("status") in ("completed", "failed"):
+            return dict(body)
+        assert time.monotonic() < end, body
+        time.sleep(0.05)
+
+
+def test_http_submit_poll_and_callback(batch_stack: BatchStack, receiver: Receiver) -> None:
+    endpoint = register(batch_stack, receiver.url, events=["batch.failed"])
+    headers = {"authorization": f"Bearer {batch_stack.keys['alpha']}"}
+    try:
+        body = {"model": ECHO, "messages": [{"role": "user", "content": "later, please"}]}
+        accepted = httpx.post(
+            f"{batch_stack.v1}/async/chat/completions",
+            headers={**headers, "x-jetserve-callback-url": receiver.url},
+            json=body,
+        )
+        assert accepted.status_code == 202, accepted.text
+        request_id = accepted.json()["id"]
+        assert accepted.json()["status"] in ("queued", "in_progress", "completed")
+        done = _poll(batch_stack, request_id)
+        assert done["status"] == "completed"
+        assert done["expires_at"] > done["completed_at"]
+        response = done["response"]
+        assert response["status_code"] == 200
+        sync = httpx.post(f"{batch_stack.v1}/chat/completions", headers=headers, json=body).json()
+        assert response["body"]["object"] == sync["object"] == "chat.completion"
+        assert response["body"]["choices"] == sync["choices"]
+        assert response["body"]["usage"] == sync["usage"]
+        # The callback: the registered endpoint gets the event, whatever it subscribed to.
+        wait_for(lambda: len(receiver.posts) >= 1)
+        headers_in, payload, _ = receiver.posts[0]
+        event = Webhook(endpoint["secret"]).verify(payload, headers_in)
+        assert event["type"] == "request.completed"
+        assert event["data"]["id"] == request_id
+        # Another tenant cannot see it.
+        other = httpx.get(
+            f"{batch_stack.v1}/async/requests/{request_id}",
+            headers={"authorization": f"Bearer {batch_stack.keys['beta']}"},
+        )
+        assert other.status_code == 404
+    finally:
+        unregister(batch_stack, endpoint["id"])
+
+
+def test_http_refusals(batch_stack: BatchStack) -> None:
+    headers = {"authorization": f"Bearer {batch_stack.keys['alpha']}"}
+    unknown = httpx.post(
+        f"{batch_stack.v1}/async/chat/completions",
+        headers=headers,
+        json={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "model_not_found"
+    bad = httpx.post(
+        f"{batch_stack.v1}/async/chat/completions",
+        headers=headers,
+        json={"model": ECHO, "messages": [], "temperature": 9},
+    )
+    assert bad.status_code == 400
+    unregistered = httpx.post(
+        f"{batch_stack.v1}/async/chat/completions",
+        headers={**headers, "x-jetserve-callback-url": "http://127.0.0.1:9/nowhere"},
+        json={"model": ECHO, "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert unregistered.status_code == 400
+    assert unregistered.json()["error"]["code"] == "callback_url_not_registered"
+    assert (
+        batch_stack.query("SELECT count(*) AS n FROM async_requests WHERE model <> $1", ECHO)[0][
+            "n"
+        ]
+        == 0
+    )
+
+
+def test_nats_submit_with_callback(batch_stack: BatchStack, receiver: Receiver) -> None:
+    endpoint = register(batch_stack, receiver.url, events=["request.completed"])
+    request_id = f"nats-{uuid.uuid4().hex[:12]}"
+    try:
+
+        async def submit() -> None:
+            nc = await nats.connect(batch_stack.nats_url)
+            try:
+                request = make_request(
+                    ECHO,
+                    "predict",
+                    {"x": 1},
+                    request_id=request_id,
+                    tenant="alpha",
+                    metadata={names.CALLBACK_URL_METADATA: receiver.url},
+                )
+                ack = await nc.jetstream().publish(
+                    names.ASYNC_SUBMIT_SUBJECT,
+                    encode(request),
+                    headers={"Nats-Msg-Id": request_id},
+                )
+                assert ack.stream == names.ASYNC_STREAM
+            finally:
+                await nc.close()
+
+        asyncio.run(submit())
+        done = _poll(batch_stack, request_id)
+        assert done["status"] == "completed"
+        assert done["endpoint"] == "nats"
+        result = done["response"]["body"]
+        assert result["type"] == "result.v1"
+        assert result["output"] == {"x": 1}
+        wait_for(lambda: len(receiver.posts) >= 1)
+        event = Webhook(endpoint["secret"]).verify(receiver.posts[0][1], receiver.posts[0][0])
+        assert event["data"]["id"] == request_id
+        assert json.loads(receiver.posts[0][1])["type"] == "request.completed"
+    finally:
+        unregister(batch_stack, endpoint["id"])
