@@ -222,7 +222,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batched-tokens", type=int, default=512)
+    parser.add_argument("--batched-tokens", type=int, default=1024)
     parser.add_argument("--sequential", type=int, default=8)
     parser.add_argument("--hf-batch-tokens", default="256,512,1024")
     parser.add_argument("--worker", action="store_true")

@@ -100,22 +100,32 @@ def ragged_attention(
             assert step.decode_tokens is not None
             out[step.decode_tokens] = dec[step.decode_rows]
 
+    gqa = heads != kv_heads
     for p in step.prefills:
-        end = p.pos_start + p.num_tokens
-        qp = query[:, :, p.token_start : p.token_start + p.num_tokens]  # [1, H, n, D]
-        kp = k_cache[p.row : p.row + 1, :, :, :end].transpose(-1, -2)
-        vp = v_cache[p.row : p.row + 1, :, :end]
+        t0, t1 = p.token_start, p.token_start + p.num_tokens
+        qp = query[:, :, t0:t1]  # [1, H, n, D]
         if p.pos_start == 0:
+            # A prompt's first chunk attends only to itself: use the fresh keys/values
+            # directly (contiguous per head; the transposed cached keys would push SDPA off
+            # its flash kernel, 2x slower).
             o = F.scaled_dot_product_attention(
-                qp, kp, vp, is_causal=True, scale=scale, enable_gqa=heads != kv_heads
+                qp,
+                key[:, :, t0:t1],
+                value[:, :, t0:t1],
+                is_causal=True,
+                scale=scale,
+                enable_gqa=gqa,
             )
         else:
+            end = p.pos_start + p.num_tokens
+            kp = k_cache[p.row : p.row + 1, :, :, :end].transpose(-1, -2).contiguous()
+            vp = v_cache[p.row : p.row + 1, :, :end]
             rows = torch.arange(p.pos_start, end, device=q.device)[:, None]
             mask = torch.arange(end, device=q.device)[None, :] <= rows
             o = F.scaled_dot_product_attention(
-                qp, kp, vp, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads
+                qp, kp, vp, attn_mask=mask, scale=scale, enable_gqa=gqa
             )
-        out[p.token_start : p.token_start + p.num_tokens] = o[0].transpose(0, 1)
+        out[t0:t1] = o[0].transpose(0, 1)
     return out.unsqueeze(0), None
 
 
