@@ -17,7 +17,9 @@ Layout (one stream per model, so each model has its own limits, backlog bound an
 
 Model names and request ids become subject tokens, so both are restricted to
 `[A-Za-z0-9_-]`: nothing a user sends can become a wildcard (`*`, `>`), a token separator
-(`.`) or whitespace.
+(`.`) or whitespace. A reply subject (`Jetserve-Reply-To`) is chosen by the publisher and
+published to by the worker, with the worker's permissions: `validate_reply_subject` keeps it
+a literal subject outside the system (`$...`) and jetserve's own request/control subjects.
 """
 
 from __future__ import annotations
@@ -79,6 +81,31 @@ def validate_request_id(request_id: str) -> str:
     if not isinstance(request_id, str) or not _REQUEST_ID_RE.fullmatch(request_id):
         raise InvalidName(f"invalid request id {request_id!r}: use 1-128 of A-Z a-z 0-9 _ -")
     return request_id
+
+
+#: Visible ASCII, no wildcard characters; tokens are checked apart.
+_REPLY_SUBJECT_RE = re.compile(r"^[!-)+-=?-~]{1,256}$")
+
+
+def validate_reply_subject(subject: str) -> str:
+    """Return `subject` if a worker may publish replies there, else raise `InvalidName`.
+
+    A literal subject of 1-256 visible ASCII characters, no empty token, no wildcard, not
+    under `$` (the JetStream/KV/system APIs), and, inside `jetserve.`, only the durable
+    result and idempotent reply subjects (never a request, cancel, ping or dead-letter
+    subject of some model)."""
+    if not isinstance(subject, str) or not _REPLY_SUBJECT_RE.fullmatch(subject):
+        raise InvalidName(
+            f"invalid reply subject {subject!r}: use 1-256 visible ASCII characters, "
+            "no `*`, `>` or whitespace"
+        )
+    if "" in subject.split(".") or subject.startswith("$"):
+        raise InvalidName(f"invalid reply subject {subject!r}: empty token or `$` subject")
+    if subject.startswith(f"{ROOT}.") and not subject.startswith(
+        (f"{RESULTS_PREFIX}.", f"{IDEMPOTENT_REPLY_PREFIX}.")
+    ):
+        raise InvalidName(f"invalid reply subject {subject!r}: reserved for jetserve")
+    return subject
 
 
 def stream_name(model: str) -> str:

@@ -237,3 +237,38 @@ async def test_shutdown_cancel_hands_the_message_back() -> None:
         await task
     assert msg.calls == [("nak", None)]
     assert s.publisher.results == []
+
+
+@pytest.mark.parametrize(
+    "reply_to",
+    [
+        "spy.*",
+        "spy.>",
+        "a b",
+        "a\tb",
+        "a..b",
+        ".a",
+        "$JS.API.STREAM.PURGE.jetserve-req-m",
+        "$KV.jetserve-idempotent-results.idem-x",
+        "jetserve.req.other.online",
+        "jetserve.cancel.m.r2",
+        "x" * 257,
+        "_INBOX.\u200bx",
+    ],
+)
+async def test_a_reply_subject_no_one_may_publish_to_is_terminated_unrun(reply_to: str) -> None:
+    s = Setup()
+    msg = await s.handle(FakeMsg(body(), {"Jetserve-Reply-To": reply_to}))
+    assert msg.actions == ["term"]
+    assert s.publisher.results == []
+    assert s.backend.started == []
+
+
+@pytest.mark.parametrize(
+    "reply_to",
+    ["_INBOX.abc.r1", "my.replies", "jetserve.results.batch.b1", "jetserve.reply.idem.x"],
+)
+async def test_literal_reply_subjects_are_answered(reply_to: str) -> None:
+    s = Setup()
+    msg = await s.handle(FakeMsg(body(), {"Jetserve-Reply-To": reply_to}))
+    assert msg.actions == ["ack"]

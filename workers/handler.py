@@ -5,6 +5,7 @@ final (or error) result to the reply subject, then acks. What happens to the mes
 failure is decided by `errors.disposition()`:
 
     bad input / cancelled / deadline passed   -> ErrorResult, term
+    a reply subject no one may publish to      -> term, no reply (nowhere safe to send it)
     model failure, attempts left              -> nak with backoff (redelivered, maybe elsewhere)
     model failure on the last attempt          -> dead-letter stream, ErrorResult, term
     delivered more than `max_attempts` times   -> dead-letter without running (a request that
@@ -26,7 +27,7 @@ import msgspec
 from schemas.codec import DecodeError, decode_request, encoding_of
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest, Timings, TokenLogprobs
-from schemas.names import Encoding, Header, dlq_subject
+from schemas.names import Encoding, Header, InvalidName, dlq_subject, validate_reply_subject
 from workers.backend import Backend, Completion
 from workers.cancels import CancelRegistry
 from workers.errors import (
@@ -127,6 +128,12 @@ class Handler:
         attempt, stored = _delivery_info(msg, pulled)
         headers = msg.headers or {}
         reply_to = headers.get(Header.REPLY_TO)
+        if reply_to:
+            try:
+                validate_reply_subject(reply_to)
+            except InvalidName:
+                await self._unanswerable(msg)
+                return
         try:
             encoding = encoding_of(headers)
         except DecodeError as exc:
@@ -284,6 +291,14 @@ class Handler:
         await msg.term()
         self._count["error"].inc()
         self._metrics.errors.labels(self._model, code.value).inc()
+
+    async def _unanswerable(self, msg: Delivery) -> None:
+        """The reply subject is not one a worker may publish to (a wildcard, whitespace, a
+        system or jetserve control subject): terminate without running or replying."""
+        log.warning("request %r refused: invalid %s", _guess_id(msg), Header.REPLY_TO.value)
+        await msg.term()
+        self._count["error"].inc()
+        self._metrics.errors.labels(self._model, ErrorCode.INVALID_REQUEST.value).inc()
 
     async def _dead_letter(
         self, msg: Delivery, sink: Sink, request_id: str, attempt: int, reason: str
