@@ -55,6 +55,20 @@ class KeyStoreAuth:
         return None if key is None else Principal(key.tenant, key.id)
 
 
+def database_unavailable_errors() -> tuple[type[Exception], ...]:
+    """What asyncpg raises while PostgreSQL is down, restarting or unreachable: the bridge
+    answers these 503 (retry later), not 500."""
+    import asyncpg
+
+    return (
+        OSError,  # refused, reset, unreachable (ConnectionError, TimeoutError are OSErrors)
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.AdminShutdownError,
+        asyncpg.InterfaceError,
+    )
+
+
 def build_authenticator(config: BridgeConfig, pools: LazyPool | None) -> Authenticator:
     if config.auth is AuthMode.OFF:
         return OpenAuth()
@@ -158,7 +172,13 @@ async def serve(
         pools = LazyPool(config.database_url)
     authenticator = build_authenticator(config, pools)
     batch = BatchApi(config, authenticator, pools, allow_private_webhooks, file_limits)
-    app = create_app(config, authenticator, on_startup=batch.on_startup, routes=batch.routes())
+    app = create_app(
+        config,
+        authenticator,
+        on_startup=batch.on_startup,
+        routes=batch.routes(),
+        unavailable=database_unavailable_errors() if pools is not None else (),
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             app,

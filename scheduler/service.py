@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 #: The scheduler's advisory lock key ("jetsched"); the migrator uses another.
 LOCK_KEY = 0x6A65747363686564
 HOUSEKEEPING_S = 5.0
+#: Results that could not be stored come back after this long (not after ack_wait, 30 s).
+RESULTS_RETRY_S = 1.0
 
 
 class LockLost(Exception):
@@ -193,7 +195,13 @@ class Scheduler:
         async def collect_pass() -> bool:
             msgs = await _fetch(results, 512, c.poll_s)
             if msgs:
-                await collector.store(msgs)
+                try:
+                    await collector.store(msgs)
+                except BaseException:
+                    # Not stored (the database is down, or this instance is stopping): hand
+                    # them back now, so they are not held until the consumer's ack_wait.
+                    await _nak_all(msgs, RESULTS_RETRY_S)
+                    raise
                 for msg in msgs:
                     await msg.ack()
                 self.wake("webhooks")
@@ -290,6 +298,12 @@ async def _fetch(sub: object, batch: int, timeout_s: float) -> list[Msg]:
         return await sub.fetch(batch, timeout=timeout_s)  # type: ignore[attr-defined,no-any-return]
     except (TimeoutError, nats.errors.TimeoutError):
         return []
+
+
+async def _nak_all(msgs: list[Msg], delay_s: float) -> None:
+    for msg in msgs:
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=delay_s)
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

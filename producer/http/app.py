@@ -65,9 +65,12 @@ def create_app(
     metrics: BridgeMetrics | None = None,
     on_startup: Callable[[Client], Awaitable[None]] | None = None,
     routes: Sequence[ControllerRouterHandler] = (),
+    unavailable: Sequence[type[Exception]] = (),
 ) -> ASGIApp:
     """`on_startup(client)` runs once connected (the NATS client the routes publish with);
-    `routes` are served beside the OpenAI routes, with the same errors and metrics."""
+    `routes` are served beside the OpenAI routes, with the same errors and metrics.
+    `unavailable`: exceptions that mean a backing service is down (e.g. the database's
+    connection errors), answered 503 `service_unavailable` with `Retry-After`, not 500."""
     metrics = metrics or BridgeMetrics()
     holder = _Holder()
 
@@ -171,6 +174,7 @@ def create_app(
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
+            **{cls: _unavailable(config.retry_after_s) for cls in unavailable},
             Exception: _internal_error,
         },
         request_max_body_size=config.max_body_bytes,
@@ -236,6 +240,27 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     else:
         error = ApiError(status, str(exc.detail), code=None)
     return _api_error(request, error)
+
+
+def _unavailable(
+    retry_after_s: int,
+) -> Callable[[Request[Any, Any, Any], Exception], Response[Any]]:
+    def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        log.warning(
+            "%s %s: a backing service is unavailable: %s",
+            request.method,
+            request.url.path,
+            type(exc).__name__,
+        )
+        error = ApiError(
+            503,
+            "A backing service is unavailable; retry later.",
+            code="service_unavailable",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+        return _api_error(request, error)
+
+    return handle
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

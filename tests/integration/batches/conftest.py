@@ -12,6 +12,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,6 +57,9 @@ class BatchStack:
     schedulers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     metrics_port: int = 0
     clients: list[openai.OpenAI] = field(default_factory=list)
+    #: Worker processes (those started with the stack, then any `start_worker` added).
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    worker_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def v1(self) -> str:
@@ -71,6 +75,15 @@ class BatchStack:
     def start_scheduler(self, **env: str) -> subprocess.Popen[bytes]:
         proc = _launch(["scheduler"], {**self.scheduler_env, **env}, self.logs / "scheduler.log")
         self.schedulers.append(proc)
+        return proc
+
+    def start_worker(self, model: str, cls: str, *options: str) -> subprocess.Popen[bytes]:
+        proc = _launch(
+            ["worker", "--model", model, "--class", cls, *[f"--option={o}" for o in options]],
+            self.worker_env,
+            self.logs / f"worker-{model}.log",
+        )
+        self.workers.append(proc)
         return proc
 
     def scheduler_log(self) -> str:
@@ -138,19 +151,34 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], models: list[str
     raise TimeoutError(f"bridge at {url} not ready with all workers")
 
 
-@pytest.fixture(scope="session")
-def batch_stack(
-    nats_server: NatsServer, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+#: The session stack's workers: (model, class, options).
+SESSION_WORKERS: list[tuple[str, str, list[str]]] = [
+    (ECHO, "echo", []),
+    (SLOW, "tests.models:SlowChatModel", ["capacity=4"]),
+    (PRIO, "tests.models:SlowChatModel", ["capacity=8"]),
+]
+
+
+@contextmanager
+def launch_stack(
+    nats_url: str,
+    admin_dsn: str,
+    logs: Path,
+    workers: list[tuple[str, str, list[str]]],
+    *,
+    scheduler_env: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
 ) -> Iterator[BatchStack]:
+    """A bridge, a scheduler and worker processes on the given servers, with a fresh database
+    (keys for tenants `alpha` and `beta`) in the given PostgreSQL."""
     from scheduler.store.keys import create_key
     from scheduler.store.migrate import migrate_dsn
 
-    logs = tmp_path_factory.mktemp("batches")
     database = f"batches_{uuid.uuid4().hex[:8]}"
-    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{database}"
+    dsn = admin_dsn.rsplit("/", 1)[0] + f"/{database}"
 
     async def prepare() -> dict[str, str]:
-        admin = await asyncpg.connect(postgres.dsn)
+        admin = await asyncpg.connect(admin_dsn)
         try:
             await admin.execute(f"CREATE DATABASE {database}")
         finally:
@@ -168,22 +196,18 @@ def batch_stack(
         "JETSERVE_WEBHOOKS_ALLOW_PRIVATE": "true",
         "JETSERVE_ACK_WAIT_S": "5",
     }
-    workers = [
-        (ECHO, "echo", []),
-        (SLOW, "tests.models:SlowChatModel", ["capacity=4"]),
-        (PRIO, "tests.models:SlowChatModel", ["capacity=8"]),
-    ]
+    workers_env = child_env(nats_url, **{**common, **(worker_env or {})})
     procs = [
         _launch(
             ["worker", "--model", m, "--class", cls, *[f"--option={o}" for o in opts]],
-            child_env(nats_server.url, **common),
+            workers_env,
             logs / f"worker-{m}.log",
         )
         for m, cls, opts in workers
     ]
     port = free_port()
     bridge_env = child_env(
-        nats_server.url,
+        nats_url,
         **common,
         JETSERVE_AUTH="required",
         JETSERVE_KEY_CACHE_TTL_S="0",
@@ -195,34 +219,40 @@ def batch_stack(
     stack = BatchStack(
         url=f"http://127.0.0.1:{port}",
         dsn=dsn,
-        nats_url=nats_server.url,
+        nats_url=nats_url,
         keys=keys,
         logs=logs,
         scheduler_env=child_env(
-            nats_server.url,
-            **common,
-            JETSERVE_SCHEDULER_POLL_S="0.1",
-            JETSERVE_BATCH_IN_FLIGHT="64",
-            JETSERVE_BATCH_CANCEL_GRACE_S="3",
-            JETSERVE_WEBHOOK_RETRY_PERIOD_S=str(WEBHOOK_RETRY_PERIOD_S),
-            JETSERVE_WEBHOOK_BACKOFF_BASE_S="0.2",
-            JETSERVE_WEBHOOK_BACKOFF_MAX_S="1",
-            JETSERVE_SCHEDULER_LOCK_RETRY_S="0.3",
-            JETSERVE_SCHEDULER_METRICS_PORT=str(metrics_port),
+            nats_url,
+            **{
+                **common,
+                "JETSERVE_SCHEDULER_POLL_S": "0.1",
+                "JETSERVE_BATCH_IN_FLIGHT": "64",
+                "JETSERVE_BATCH_CANCEL_GRACE_S": "3",
+                "JETSERVE_WEBHOOK_RETRY_PERIOD_S": str(WEBHOOK_RETRY_PERIOD_S),
+                "JETSERVE_WEBHOOK_BACKOFF_BASE_S": "0.2",
+                "JETSERVE_WEBHOOK_BACKOFF_MAX_S": "1",
+                "JETSERVE_SCHEDULER_LOCK_RETRY_S": "0.3",
+                "JETSERVE_SCHEDULER_METRICS_PORT": str(metrics_port),
+                **(scheduler_env or {}),
+            },
         ),
         metrics_port=metrics_port,
+        workers=procs[:-1],
+        worker_env=workers_env,
     )
     stack.start_scheduler()
     try:
-        _wait_ready(stack.url, procs + stack.schedulers, [ECHO, SLOW, PRIO])
+        _wait_ready(stack.url, procs + stack.schedulers, [m for m, _, _ in workers])
         yield stack
     finally:
         for client in stack.clients:
             client.close()
-        for proc in procs + stack.schedulers:
+        every = [*procs, *stack.workers[len(procs) - 1 :], *stack.schedulers]
+        for proc in every:
             if proc.poll() is None:
                 proc.terminate()
-        for proc in procs + stack.schedulers:
+        for proc in every:
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
@@ -230,11 +260,22 @@ def batch_stack(
                 proc.wait()
 
 
+@pytest.fixture(scope="session")
+def batch_stack(
+    nats_server: NatsServer, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BatchStack]:
+    logs = tmp_path_factory.mktemp("batches")
+    with launch_stack(nats_server.url, postgres.dsn, logs, SESSION_WORKERS) as stack:
+        yield stack
+
+
 class Receiver:
     """A webhook receiver on 127.0.0.1: records every POST (headers, body); answers the first
     `fail_first` POSTs of each webhook-id with 500, the rest with `status`."""
 
-    def __init__(self, *, fail_first: int = 0, status: int = 200) -> None:
+    def __init__(
+        self, *, fail_first: int = 0, status: int = 200, port: int = 0, path: str = ""
+    ) -> None:
         self.fail_first = fail_first
         self.status = status
         self.posts: list[tuple[dict[str, str], bytes, int]] = []
@@ -260,10 +301,11 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/{uuid.uuid4().hex[:6]}"
+        path = path or f"/hook/{uuid.uuid4().hex[:6]}"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
 
     def close(self) -> None:
         self.server.shutdown()
