@@ -42,10 +42,13 @@ class Presence:
                 future.set_result(False)
 
     async def _ping(self, model: str) -> bool:
-        """True when at least one worker answers (the first answer is enough)."""
+        """True when at least one worker answers (the first answer is enough). While the
+        connection to NATS is down nobody can answer: that says nothing about the workers,
+        so it counts as alive (the request's deadline still bounds the wait, and a request
+        stored before the outage is served after it)."""
         with contextlib.suppress(NoRespondersError, NatsTimeoutError, TimeoutError):
             msg = await self._nc.request(
                 names.ping_subject(model), b"", timeout=self._ping_timeout_s
             )
             return bool(msg.data)
-        return False
+        return not self._nc.is_connected
