@@ -102,7 +102,9 @@ async def test_nats_restart_under_load_nats_path(
     # Every acknowledged request ran to completion (a redelivered one may run twice).
     await _until(lambda: accepted <= set(_completions(record)), 30)
     print(f"FIGURE nats-restart: NATS path, server crashed for {DOWN_S} s: {dict(outcomes)}")
-    assert set(outcomes) <= {"ok", "not accepted (retryable)"}
+    # A reply published in the instant before the client's subscription is restored can be
+    # lost (core NATS): that caller times out (retryable), though its request did run.
+    assert set(outcomes) <= {"ok", "not accepted (retryable)", "accepted, no reply in 10 s"}
     assert outcomes["ok"] >= len(accepted) // 2
     assert sum(outcomes.values()) == int(RATE_PER_S * DURATION_S)
     await client.close()
