@@ -25,7 +25,10 @@ class SlowModel(Model):
         return int(self.options.get("capacity", 8))
 
     async def predict(self, batch: Sequence[ModelInput]) -> Sequence[Any]:
-        delay = max(float(i.payload.get("sleep_s", 0)) for i in batch)
+        delay = max(
+            float(i.payload.get("sleep_s", 0)) if isinstance(i.payload, dict) else 0.0
+            for i in batch
+        )
         await asyncio.sleep(delay)
         record = self.options.get("record")
         if record:
@@ -40,7 +43,9 @@ def _append(path: Path, text: str) -> None:
 
 
 class CrashModel(Model):
-    """Kills its own process (like a segfault) when the payload says `crash`."""
+    """Kills its own process (like a segfault) when the payload says `crash`; sleeps
+    `sleep_s` first when the payload says so (to have other requests in flight); appends
+    each id it finishes to the file named by the option `record`."""
 
     kinds: ClassVar[frozenset[str]] = frozenset({"predict"})
     max_batch_size: ClassVar[int] = 1
@@ -48,7 +53,22 @@ class CrashModel(Model):
     async def predict(self, batch: Sequence[ModelInput]) -> Sequence[Any]:
         if any(isinstance(i.payload, dict) and i.payload.get("crash") for i in batch):
             os._exit(17)
+        delay = max(
+            float(i.payload.get("sleep_s", 0)) if isinstance(i.payload, dict) else 0.0
+            for i in batch
+        )
+        await asyncio.sleep(delay)
+        record = self.options.get("record")
+        if record:
+            lines = "".join(f"{item.id} {os.getpid()}\n" for item in batch)
+            await asyncio.to_thread(_append, Path(record), lines)
         return [i.payload for i in batch]
+
+
+class WideCrashModel(CrashModel):
+    """CrashModel running up to 8 requests at once (others are in flight when it crashes)."""
+
+    max_concurrent_batches: ClassVar[int] = 8
 
 
 class FailingModel(Model):
