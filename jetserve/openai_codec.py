@@ -15,7 +15,7 @@ from producer.http.errors import from_error_result
 from producer.http.handlers import CHAT, COMPLETION, EMBEDDING, Endpoint
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
 from schemas.names import Priority
-from schemas.openai_errors import ApiError, from_decode_error
+from schemas.openai_errors import BODY_ERRORS, ApiError, from_decode_error
 
 _ENDPOINTS: dict[str, Endpoint] = {
     "/v1/chat/completions": CHAT,
@@ -43,7 +43,7 @@ class OpenAICodec:
         ep = _ENDPOINTS[endpoint]
         try:
             parsed: Any = ep.decoder.decode(body)
-        except msgspec.DecodeError as exc:
+        except BODY_ERRORS as exc:
             raise from_decode_error(exc) from None
         request: InferenceRequest = ep.to_request(
             parsed,

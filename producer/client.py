@@ -32,6 +32,7 @@ from producer.errors import (
     ModelNotFound,
     RequestFailed,
     RequestTimeout,
+    RequestTooLarge,
     Unavailable,
 )
 from schemas import names
@@ -245,6 +246,11 @@ class Client:
                 pass
             except nats.errors.ConnectionClosedError:
                 raise Unavailable("NATS connection closed") from None
+            except nats.errors.MaxPayloadError:
+                raise RequestTooLarge(
+                    f"request {request.id} ({len(data)} bytes) is larger than the NATS "
+                    f"server accepts ({self.nc.max_payload} bytes)"
+                ) from None
             finally:
                 if self._acks.get(ack_token) is future:
                     del self._acks[ack_token]
@@ -268,7 +274,7 @@ class Client:
             if ack.error.err_code in _STREAM_FULL_CODES:
                 raise BacklogFull(f"model {request.model!r} backlog is full")
             if ack.error.err_code == _MSG_TOO_BIG:
-                raise InvalidRequest(f"request {request.id} is larger than the stream allows")
+                raise RequestTooLarge(f"request {request.id} is larger than the stream allows")
             if ack.error.code == 503:
                 raise _RetryPublish()  # JetStream temporarily unavailable
             raise Unavailable(f"JetStream refused request {request.id}: {ack.error.description}")

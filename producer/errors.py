@@ -30,6 +30,11 @@ class InvalidRequest(JetserveError):
     code = ErrorCode.INVALID_REQUEST
 
 
+class RequestTooLarge(InvalidRequest):
+    """Larger than NATS (`max_payload`) or the model's stream (`max_msg_size`) accepts;
+    nothing was stored."""
+
+
 class ModelNotFound(JetserveError):
     """No stream exists for the model (it was never provisioned)."""
 

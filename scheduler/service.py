@@ -49,7 +49,7 @@ from scheduler.store.files import delete_stale_uploads
 from scheduler.store.migrate import migrate_dsn
 from scheduler.store.pool import NOTIFY_CHANNEL, create_pool
 from scheduler.streams import provision
-from scheduler.validate import validate
+from scheduler.validate import fail_unvalidated, validate
 from scheduler.webhooks import RetryPolicy, WebhookDeliverer
 from schemas import names
 
@@ -177,7 +177,15 @@ class Scheduler:
         async def validate_pass() -> bool:
             found = await bs.to_validate(pool)
             for batch in found:
-                if await validate(pool, batch, self.codec, directory.models):
+                try:
+                    started = await validate(pool, batch, self.codec, directory.models)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    raise  # the database: the loop retries
+                except Exception:
+                    log.exception("batch %s could not be validated: failing it", batch.id)
+                    await fail_unvalidated(pool, batch)
+                    started = False
+                if started:
                     self.wake("dispatch")
                 else:
                     self.wake("finalize", "webhooks")

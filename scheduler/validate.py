@@ -159,6 +159,19 @@ async def validate(
         return True
 
 
+async def fail_unvalidated(pool: asyncpg.Pool, batch: BatchRow) -> None:
+    """Fail a batch whose validation raised (a bug, not the database): one bad file must
+    not stop every other tenant's batches from being validated."""
+    error = {
+        "code": "validation_error",
+        "message": "The input file could not be validated.",
+        "param": "input_file_id",
+        "line": None,
+    }
+    async with pool.acquire() as conn:
+        await _fail(conn, batch, [error])
+
+
 async def _fail(conn: asyncpg.Connection, batch: BatchRow, errors: list[dict[str, Any]]) -> None:
     async with conn.transaction():
         if await bs.fail_batch(conn, batch.id, errors):
@@ -173,6 +186,9 @@ def _check_line(raw: bytes, line: int, endpoint: str, errors: LineErrors) -> _Li
         return None
     except msgspec.DecodeError as exc:
         errors.add(line, "invalid_json_line", f"The line is not valid JSON: {exc}")
+        return None
+    except UnicodeDecodeError as exc:  # msgspec raises this, not a DecodeError
+        errors.add(line, "invalid_json_line", f"The line is not valid UTF-8: {exc.reason}")
         return None
     if not parsed.custom_id or len(parsed.custom_id) > MAX_CUSTOM_ID_CHARS:
         errors.add(

@@ -46,15 +46,22 @@ def encode(obj: Any, encoding: Encoding = Encoding.JSON) -> bytes:
 
 
 def decode_request(data: bytes, encoding: Encoding = Encoding.JSON) -> InferenceRequest:
-    if encoding is Encoding.MSGPACK:
-        return _request_msgpack.decode(data)
-    return _request_json.decode(data)
+    """Raises DecodeError for anything that is not a valid request (invalid UTF-8 too)."""
+    try:
+        if encoding is Encoding.MSGPACK:
+            return _request_msgpack.decode(data)
+        return _request_json.decode(data)
+    except UnicodeDecodeError as exc:  # msgspec raises this for strings, not a DecodeError
+        raise msgspec.DecodeError(f"invalid UTF-8 in a string: {exc.reason}") from None
 
 
 def decode_reply(data: bytes, encoding: Encoding = Encoding.JSON) -> Reply:
-    if encoding is Encoding.MSGPACK:
-        return _reply_msgpack.decode(data)
-    return _reply_json.decode(data)
+    try:
+        if encoding is Encoding.MSGPACK:
+            return _reply_msgpack.decode(data)
+        return _reply_json.decode(data)
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"invalid UTF-8 in a string: {exc.reason}") from None
 
 
 def decode_cancel(data: bytes) -> CancelRequest:

@@ -89,8 +89,15 @@ def decode_error_param(exc: msgspec.DecodeError) -> str | None:
     return prefix or None
 
 
-def from_decode_error(exc: msgspec.DecodeError) -> ApiError:
+#: What decoding an untrusted body can raise: msgspec raises UnicodeDecodeError, not a
+#: DecodeError, for a string that is not valid UTF-8.
+BODY_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)
+
+
+def from_decode_error(exc: msgspec.DecodeError | UnicodeDecodeError) -> ApiError:
     """A body msgspec refused: the parameter comes from its `$.field` path."""
+    if isinstance(exc, UnicodeDecodeError):
+        return invalid(f"the body is not valid UTF-8: {exc.reason}", None)
     text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):
         return invalid(f"invalid JSON body: {text}", None)

@@ -272,3 +272,11 @@ async def test_literal_reply_subjects_are_answered(reply_to: str) -> None:
     s = Setup()
     msg = await s.handle(FakeMsg(body(), {"Jetserve-Reply-To": reply_to}))
     assert msg.actions == ["ack"]
+
+
+async def test_a_string_that_is_not_utf8_is_refused_not_crashed_on() -> None:
+    s = Setup()
+    msg = await s.handle(FakeMsg(body(payload="x").replace(b'"x"', b'"\xff"'), REPLY))
+    assert msg.actions == ["term"]
+    assert s.only_error().code is ErrorCode.INVALID_REQUEST
+    assert "UTF-8" in s.only_error().message

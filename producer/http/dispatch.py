@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from producer.client import Client, Pending
-from producer.errors import InvalidRequest, JetserveError
+from producer.errors import InvalidRequest, JetserveError, RequestTooLarge
 from producer.http.errors import (
     ApiError,
     deadline_exceeded,
@@ -167,6 +167,8 @@ class Dispatcher:
         """Publish; map refusals (unknown model, full backlog, NATS down) to ApiError."""
         try:
             return await self.client.start(request, streaming=streaming, reply_to=reply_to)
+        except RequestTooLarge as exc:
+            raise ApiError(413, exc.message, code="request_too_large") from None
         except InvalidRequest as exc:
             raise invalid(exc.message, None) from None
         except JetserveError as exc:

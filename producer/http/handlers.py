@@ -140,7 +140,7 @@ class Bridge:
         body = await read_body()
         try:
             parsed = endpoint.decoder.decode(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise from_decode_error(exc) from None
         timeout_s = self._timeout_s(headers)
         key = headers.get(IDEMPOTENCY_HEADER)

@@ -25,7 +25,7 @@ from scheduler.api.objects import BatchList, batch_object, page
 from scheduler.store import batches as bs
 from scheduler.store.batches import TERMINAL, BatchStatus
 from scheduler.store.files import get_file
-from schemas.openai_errors import ApiError, from_decode_error, invalid, not_found
+from schemas.openai_errors import BODY_ERRORS, ApiError, from_decode_error, invalid, not_found
 
 _WINDOW_RE = re.compile(r"^(\d{1,6})([smh])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
@@ -64,7 +64,7 @@ def batch_routes(deps: Deps) -> list[ControllerRouterHandler]:
         raw = await read_body(request.receive, deps.max_body_bytes)
         try:
             body = _decode_create(raw)
-        except msgspec.DecodeError as exc:
+        except BODY_ERRORS as exc:
             raise from_decode_error(exc) from None
         if body.endpoint not in deps.codec.endpoints:
             raise invalid(f"endpoint must be one of {sorted(deps.codec.endpoints)}.", "endpoint")

@@ -25,7 +25,7 @@ from scheduler.api.deps import JSON, Deps, read_body
 from scheduler.api.objects import Deleted, WebhookEndpointList, endpoint_object
 from scheduler.store import webhooks as wh
 from scheduler.urlguard import UrlRefused, check_url
-from schemas.openai_errors import from_decode_error, invalid, not_found
+from schemas.openai_errors import BODY_ERRORS, from_decode_error, invalid, not_found
 
 _encode = msgspec.json.encode
 
@@ -55,7 +55,7 @@ def webhook_routes(deps: Deps) -> list[ControllerRouterHandler]:
         tenant = await deps.authenticate(request.headers)
         try:
             body = _decode_create(await read_body(request.receive, deps.max_body_bytes))
-        except msgspec.DecodeError as exc:
+        except BODY_ERRORS as exc:
             raise from_decode_error(exc) from None
         events = body.events if body.events is not None else list(wh.ALL_EVENTS)
         unknown = sorted(set(events) - set(wh.ALL_EVENTS))

@@ -8,17 +8,73 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
 import pytest
 
 from jetserve.servers import NatsServer, PostgresServer, free_port
 
-from ..conftest import REPO, child_env
+from ..conftest import REPO, child_env, wait_for_workers
+
+
+@pytest.fixture
+def bridge_on(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start a bridge process (auth off, no database) on a NATS URL: `bridge_on(url, **env)`
+    returns its URL once it answers /healthz."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(nats_url: str, **extra: str) -> str:
+        port = free_port()
+        env = child_env(
+            nats_url,
+            **{
+                "JETSERVE_AUTH": "off",
+                "JETSERVE_NO_WORKER_TIMEOUT_S": "2",
+                "JETSERVE_HTTP_TIMEOUT_S": "20",
+                **extra,
+            },
+        )
+        with (tmp_path / "bridge.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "jetserve", "bridge", "--port", str(port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        end = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "bridge.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return url
+            except OSError:
+                pass
+            assert time.monotonic() < end, "the bridge did not start"
+            time.sleep(0.1)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
 
 ECHO = "bridge-echo"
+#: The tiny random Llama with a small context (`llm_worker`), for prompts too long for it.
+LLM = f"small-llm-{uuid.uuid4().hex[:6]}"
+LLM_CONTEXT = 64
+LONG_PROMPT = "many words " * 200
 SLOW = "bridge-slow"
 MINILM = "bridge-minilm"
 
@@ -161,3 +217,49 @@ def bridge_stack(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture(scope="session")
+def llm_worker(
+    nats_server: NatsServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A worker process serving the tiny random Llama with a 64-token context, on the session
+    nats-server (so `bridge_stack` and `batch_stack` reach it)."""
+    folder = tmp_path_factory.mktemp("small-context-llm")
+    models = folder / "models.toml"
+    models.write_text(
+        f'[[models]]\nname = "{LLM}"\nengine = "llm"\npath = "{tiny_model_dir}"\n'
+        f'dtype = "float32"\ncapacity = 4\n\n[models.options]\nkv_cache_mib = 4\n'
+        f"max_model_len = {LLM_CONTEXT}\n"
+    )
+    with (folder / "worker.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jetserve",
+                "worker",
+                "--model",
+                LLM,
+                "--models-file",
+                str(models),
+            ],
+            env=child_env(nats_server.url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+    async def ready() -> None:
+        nc = await nats.connect(nats_server.url)
+        try:
+            await wait_for_workers(nc, LLM, 1, timeout_s=90)
+        finally:
+            await nc.close()
+
+    asyncio.run(ready())
+    yield LLM
+    alive = proc.poll() is None
+    proc.terminate()
+    proc.wait(30)
+    assert alive, "the LLM worker died during the session"

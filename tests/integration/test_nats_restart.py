@@ -6,23 +6,21 @@ retryable error within a bounded time, never a hang."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from jetserve.servers import NatsServer, free_port
+from jetserve.servers import NatsServer
 from producer.client import Client, make_request
 from producer.errors import Unavailable
 from schemas.messages import ErrorResult
 
-from ..conftest import REPO, child_env, wait_for_workers
+from ..conftest import wait_for_workers
 from .test_faults import _completions
 
 pytestmark = pytest.mark.integration
@@ -110,46 +108,11 @@ async def test_nats_restart_under_load_nats_path(
     await client.close()
 
 
-@pytest.fixture
-def bridge_on(tmp_path: Path) -> Iterator[Callable[[str], str]]:
-    """Start a bridge process (auth off, no database) on a NATS URL; returns its URL."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(nats_url: str) -> str:
-        port = free_port()
-        env = child_env(
-            nats_url,
-            JETSERVE_AUTH="off",
-            JETSERVE_NO_WORKER_TIMEOUT_S="2",
-            JETSERVE_HTTP_TIMEOUT_S="20",
-        )
-        with (tmp_path / "bridge.log").open("ab") as out:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "jetserve", "bridge", "--port", str(port)],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=REPO,
-                )
-            )
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 async def test_nats_restart_under_load_http_path(
     own_nats: NatsServer,
     model_name: str,
     start_worker: Any,
-    bridge_on: Callable[[str], str],
+    bridge_on: Callable[..., str],
     tmp_path: Path,
 ) -> None:
     record = tmp_path / "done.txt"
