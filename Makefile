@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.jetserve-installed
 PYTEST_ARGS ?=
 
-.PHONY: up test test-slow lint install bench bench-http bench-batch clean
+.PHONY: up test test-slow lint install bench bench-http bench-batch loadgen soak clean
 
 up: $(STAMP)
 	$(BIN)/jetserve up $(ARGS)
@@ -44,6 +44,15 @@ bench-http: $(STAMP)
 # A 50,000-line batch end to end against the echo model; the scheduler's peak RSS.
 bench-batch: $(STAMP)
 	$(BIN)/python -m loadtest.batch_bench
+
+# Open-loop load (HTTP and NATS, online and batch) against its own stack: a JSON report and a
+# PNG of latency and backlog over time in loadgen-out/. ARGS adds options (see --help).
+loadgen: $(STAMP)
+	$(BIN)/python -m loadtest.loadgen --out loadgen-out $(ARGS)
+
+# The same load for 10 minutes, with every process's RSS at start and end.
+soak: $(STAMP)
+	$(BIN)/python -m loadtest.loadgen --soak --duration-s 600 --out loadgen-out/soak $(ARGS)
 
 clean:
 	rm -rf .jetserve .mypy_cache .ruff_cache .pytest_cache

@@ -152,6 +152,8 @@ class Run:
         self.http: httpx.AsyncClient | None = None
         self.client: Any = None
         self.mix = parse_mix(args.mix)
+        self.echo = args.echo_model
+        self.tiny = args.stream_model
 
     def now(self) -> float:
         return time.monotonic() - self.start
@@ -176,14 +178,14 @@ class Run:
 
     async def http_chat(self, sample: Sample) -> str:
         assert self.http is not None
-        body = {"model": ECHO, "messages": [{"role": "user", "content": "Hello, load!"}]}
+        body = {"model": self.echo, "messages": [{"role": "user", "content": "Hello, load!"}]}
         r = await self.http.post("/v1/chat/completions", json=body)
         return "ok" if r.status_code == 200 else _http_code(r)
 
     async def http_stream(self, sample: Sample) -> str:
         assert self.http is not None
         body = {
-            "model": TINY,
+            "model": self.tiny,
             "messages": [{"role": "user", "content": "Tell me something."}],
             "stream": True,
             "max_tokens": self.args.stream_tokens,
@@ -216,7 +218,7 @@ class Run:
 
         priority = Priority.BATCH if batch else Priority.ONLINE
         result = await self.client.request(
-            ECHO, "predict", {"x": 1}, timeout_s=self.args.timeout_s, priority=priority
+            self.echo, "predict", {"x": 1}, timeout_s=self.args.timeout_s, priority=priority
         )
         return "ok" if result.output == {"x": 1} else "wrong_output"
 
@@ -226,7 +228,7 @@ class Run:
         last: float | None = None
         params = {"max_tokens": self.args.stream_tokens, "temperature": 0, "ignore_eos": True}
         async for item in self.client.stream(
-            TINY, "completion", {"prompt": "Once upon"}, parameters=params
+            self.tiny, "completion", {"prompt": "Once upon"}, parameters=params
         ):
             if isinstance(item, StreamChunk) and item.delta:
                 now = self.now()
@@ -245,7 +247,10 @@ class Run:
                     "custom_id": f"r{i}",
                     "method": "POST",
                     "url": "/v1/chat/completions",
-                    "body": {"model": ECHO, "messages": [{"role": "user", "content": f"n{i}"}]},
+                    "body": {
+                        "model": self.echo,
+                        "messages": [{"role": "user", "content": f"n{i}"}],
+                    },
                 }
             )
             + "\n"
@@ -338,7 +343,7 @@ class Run:
         while not stop.is_set():
             pending: dict[str, int] = {}
             held: dict[str, int] = {}
-            for model in (ECHO, TINY):
+            for model in (self.echo, self.tiny):
                 for consumer in ("online", "batch"):
                     with contextlib.suppress(Exception):
                         info = await js.consumer_info(names.stream_name(model), consumer)
@@ -354,8 +359,9 @@ class Run:
         a = self.args
         limits = httpx.Limits(max_connections=a.max_in_flight, max_keepalive_connections=256)
         self.client = await Client.connect(self.target.nats_url)
+        headers = {"Authorization": f"Bearer {a.api_key}"} if a.api_key else {}
         async with httpx.AsyncClient(
-            base_url=self.target.http_url, timeout=a.timeout_s, limits=limits
+            base_url=self.target.http_url, timeout=a.timeout_s, limits=limits, headers=headers
         ) as http:
             self.http = http
             stop = asyncio.Event()
@@ -394,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"relative weights of {', '.join(KINDS)}",
     )
     p.add_argument("--stream-tokens", type=int, default=32)
+    p.add_argument("--echo-model", default=ECHO, help="model of the non-stream kinds")
+    p.add_argument("--stream-model", default=TINY, help="model of the stream kinds")
+    p.add_argument("--api-key", help="bearer key, for a bridge with auth on")
     p.add_argument("--batch-api-every-s", type=float, default=10.0, help="0: no Batches API")
     p.add_argument("--batch-api-lines", type=int, default=200)
     p.add_argument("--timeout-s", type=float, default=30.0)
@@ -432,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         sent_until = asyncio.run(run.run())
         rss_end = rss_of(target.processes) if a.soak else {}
     report = {
-        "config": {k: v for k, v in vars(a).items() if k not in ("out",)},
+        "config": {k: v for k, v in vars(a).items() if k not in ("out", "api_key")},
         "sent_for_s": round(sent_until, 2),
         "summary": summarize(run.samples, sent_until),
         "backlog": [vars(b) for b in run.backlog],

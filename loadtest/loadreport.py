@@ -165,7 +165,16 @@ def plot(samples: Iterable[Sample], backlog: list[BacklogSample], path: Path, ti
     times = [b.at_s for b in backlog]
     keys = sorted({k for b in backlog for k in b.pending})
     for key in keys:
-        bottom.plot(times, [b.pending.get(key, 0) for b in backlog], label=f"{key} waiting")
+        line = bottom.plot(times, [b.pending.get(key, 0) for b in backlog], label=f"{key} waiting")
+        held = [b.ack_pending.get(key, 0) for b in backlog]
+        if any(held):
+            bottom.plot(
+                times,
+                held,
+                linestyle=":",
+                color=line[0].get_color(),
+                label=f"{key} held by workers",
+            )
     bottom.plot(
         times, [b.in_flight for b in backlog], linestyle="--", color="grey", label="in flight"
     )
