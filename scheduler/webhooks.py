@@ -15,6 +15,7 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -116,7 +117,9 @@ class WebhookDeliverer:
         left_s = self._policy.period_s - age_s
         if left_s <= 0:
             self._metrics.webhook_deliveries.labels("dead").inc()
-            log.warning("webhook %s to %s dead after %d attempts", d.id, d.url, d.attempts + 1)
+            # The host only: a webhook URL's path or query often carries a token.
+            host = urlsplit(d.url).hostname
+            log.warning("webhook %s to %s dead after %d attempts", d.id, host, d.attempts + 1)
             await record_attempt(
                 conn, d.id, state=DeliveryState.DEAD, status=status, error=error, retry_in_s=0
             )

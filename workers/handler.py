@@ -272,16 +272,22 @@ class Handler:
             code = exc.code if isinstance(exc, PermanentError) else ErrorCode.INVALID_REQUEST
             await self._reject(msg, sink, code, message)
         elif action is Disposition.STOP:
-            log.error("engine dead while running %s: %s", request.id, message)
+            log.error("engine dead while running %s: %s", request.id, type(exc).__name__)
             await msg.nak()
             self._count["handed_back"].inc()
             self._on_engine_dead(exc)
         elif attempt >= self._max_attempts:
             await self._dead_letter(msg, sink, request.id, attempt, message)
         else:
+            # The model's message may quote its input: by default only its type is logged
+            # (it reaches the requester, and the dead-letter headers if it comes to that).
             log.warning(
-                "request %s failed on attempt %d (will retry): %s", request.id, attempt, message
+                "request %s failed on attempt %d (will retry): %s",
+                request.id,
+                attempt,
+                type(exc).__name__,
             )
+            log.debug("request %s: %s", request.id, message)
             await msg.nak(delay=retry_delay_s(attempt))
             self._count["retry"].inc()
 

@@ -19,6 +19,7 @@ import pytest
 from jetserve.servers import NatsServer, PostgresServer, free_port
 
 from ..conftest import REPO, child_env, wait_for_workers
+from .batches.conftest import SESSION_WORKERS, BatchStack, launch_stack
 
 
 @pytest.fixture
@@ -140,6 +141,17 @@ def _worker(
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
+
+
+@pytest.fixture(scope="session")
+def batch_stack(
+    nats_server: NatsServer, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BatchStack]:
+    """A bridge, a scheduler and the batch tests' workers (`tests/integration/batches/`), with
+    their own database in the session's PostgreSQL."""
+    logs = tmp_path_factory.mktemp("batches")
+    with launch_stack(nats_server.url, postgres.dsn, logs, SESSION_WORKERS) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

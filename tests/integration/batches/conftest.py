@@ -22,7 +22,7 @@ import asyncpg
 import openai
 import pytest
 
-from jetserve.servers import NatsServer, PostgresServer, free_port
+from jetserve.servers import free_port
 
 from ...conftest import REPO, child_env
 
@@ -258,15 +258,6 @@ def launch_stack(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-@pytest.fixture(scope="session")
-def batch_stack(
-    nats_server: NatsServer, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BatchStack]:
-    logs = tmp_path_factory.mktemp("batches")
-    with launch_stack(nats_server.url, postgres.dsn, logs, SESSION_WORKERS) as stack:
-        yield stack
 
 
 class Receiver:
