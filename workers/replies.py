@@ -167,5 +167,24 @@ class ReplySink:
             else:
                 await self._js.publish(self.subject, data, headers=headers)
         else:
+            if not self._nc.is_connected:
+                await _after_reconnect(self._nc)
             # The requester chose the encoding; core replies carry no headers (hot path).
             await self._nc.publish(self.subject, data)
+
+
+#: After a reconnect, how long replies wait for requesters to re-subscribe.
+RESUBSCRIBE_GRACE_S = 1.0
+
+
+async def _after_reconnect(nc: NATS, timeout_s: float = 30.0) -> None:
+    """Hold a core reply made while NATS was unreachable until the connection is back and
+    requesters have had time to re-subscribe: published at once (nats-py flushes its buffer
+    the moment it reconnects), it would race their subscriptions and be lost, though the
+    request is acked. Bounded: after `timeout_s` it is published anyway."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    # nats-py signals a reconnect by a callback the worker owns, not an event: poll.
+    while not nc.is_connected and loop.time() < end:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(RESUBSCRIBE_GRACE_S)

@@ -100,9 +100,11 @@ async def test_nats_restart_under_load_nats_path(
     # Every acknowledged request ran to completion (a redelivered one may run twice).
     await _until(lambda: accepted <= set(_completions(record)), 30)
     print(f"FIGURE nats-restart: NATS path, server crashed for {DOWN_S} s: {dict(outcomes)}")
-    # A reply published in the instant before the client's subscription is restored can be
-    # lost (core NATS): that caller times out (retryable), though its request did run.
     assert set(outcomes) <= {"ok", "not accepted (retryable)", "accepted, no reply in 10 s"}
+    # Workers hold replies made during the outage until requesters have re-subscribed
+    # (without that, 16 of 160 were lost in a run on a busy machine). A core NATS reply can
+    # still be lost to a client's own disconnect: that caller times out (retryable).
+    assert outcomes["accepted, no reply in 10 s"] <= 2
     assert outcomes["ok"] >= len(accepted) // 2
     assert sum(outcomes.values()) == int(RATE_PER_S * DURATION_S)
     await client.close()
@@ -150,6 +152,9 @@ async def test_nats_restart_under_load_http_path(
         assert {status for status, _ in outcomes} <= {200, 503, 504}
         # The worker was alive throughout: an outage of NATS is not "no workers".
         assert (503, "no_workers") not in outcomes
+        # Replies made during the outage wait for the bridge to re-subscribe (16 of 160 were
+        # lost, answered 504 at the deadline, before workers did so).
+        assert outcomes[(504, "deadline_exceeded")] <= 2
         assert outcomes[(200, None)] >= sum(outcomes.values()) // 2
         # Serving again after the restart.
         after = await http.post(
