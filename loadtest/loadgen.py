@@ -149,6 +149,8 @@ class Run:
         self.backlog: list[BacklogSample] = []
         self.in_flight = 0
         self.start = 0.0
+        #: Soak: RSS of every process once the warm-up has passed.
+        self.rss_warm: dict[str, float] = {}
         self.http: httpx.AsyncClient | None = None
         self.client: Any = None
         self.mix = parse_mix(args.mix)
@@ -368,6 +370,7 @@ class Run:
             tasks: set[asyncio.Task[None]] = set()
             self.start = time.monotonic()
             sampler = asyncio.create_task(self.sample_backlog(stop))
+            warm = asyncio.create_task(self._rss_after_warmup())
             load = self.closed_loop(tasks) if a.arrival == "closed" else self.arrivals(tasks)
             await asyncio.gather(load, self.batches(tasks))
             sent_until = self.now()
@@ -375,8 +378,14 @@ class Run:
                 await asyncio.wait(set(tasks), timeout=a.timeout_s + 5)
             stop.set()
             await sampler
+            warm.cancel()
         await self.client.close()
         return sent_until
+
+    async def _rss_after_warmup(self) -> None:
+        if self.args.soak:
+            await asyncio.sleep(self.args.warmup_s)
+            self.rss_warm = await asyncio.to_thread(rss_of, self.target.processes)
 
 
 def _http_code(r: httpx.Response) -> str:
@@ -411,8 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--soak", action="store_true", help="also report every process's RSS")
     p.add_argument(
-        "--rss-bound-mb", type=float, default=30.0, help="soak: allowed RSS growth per process"
+        "--rss-bound-mb",
+        type=float,
+        default=30.0,
+        help="soak: allowed RSS growth per process from the end of the warm-up to the end",
     )
+    p.add_argument("--warmup-s", type=float, default=60.0, help="soak: warm-up before the bound")
     p.add_argument("--workers", type=int, default=1, help="replicas per model (own stack)")
     p.add_argument("--stack-json", help="use a running `jetserve up` (its stack.json)")
     p.add_argument("--http-url")
@@ -447,8 +460,14 @@ def main(argv: list[str] | None = None) -> int:
         "backlog": [vars(b) for b in run.backlog],
     }
     if a.soak:
-        growth = rss_growth(rss_start, rss_end)
-        report["rss_mb"] = {"start": rss_start, "end": rss_end, "growth": growth}
+        warm = run.rss_warm or rss_start
+        growth = rss_growth(warm, rss_end)
+        report["rss_mb"] = {
+            "start": rss_start,
+            "after_warmup": warm,
+            "end": rss_end,
+            "growth_after_warmup": growth,
+        }
         report["rss_bound_mb"] = a.rss_bound_mb
         report["rss_flat"] = all(g <= a.rss_bound_mb for g in growth.values())
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -482,10 +501,13 @@ def _print(report: dict[str, Any], out: Path) -> None:
         print(f"  backlog: peak {peak} waiting in the streams")
     if "rss_mb" in report:
         rss = report["rss_mb"]
-        print(f"  RSS (MB), start -> end (bound +{report['rss_bound_mb']:g} MB per process):")
+        print(
+            f"  RSS (MB): start, after the warm-up, end (bound: +{report['rss_bound_mb']:g} MB "
+            "per process after the warm-up):"
+        )
         for name, start in rss["start"].items():
-            end = rss["end"].get(name)
-            print(f"    {name:<28} {start:>8.1f} -> {end if end is not None else '-':>8}")
+            warm, end = rss["after_warmup"].get(name), rss["end"].get(name)
+            print(f"    {name:<28} {start:>8.1f} {warm!s:>8} {end!s:>8}")
         print(f"  memory flat: {'yes' if report['rss_flat'] else 'NO'}")
     sys.stdout.flush()
 

@@ -109,8 +109,20 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def pss_mb(pid: int) -> float | None:
+    """Proportional set size: shared pages split among the processes sharing them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def rss_of(processes: Mapping[str, int]) -> dict[str, float]:
-    """RSS in MB of each named process; PostgreSQL's also as the sum over its backends."""
+    """RSS in MB of each named process; PostgreSQL's also as the PSS summed over the
+    postmaster and its backends (their RSS would count shared buffers once per backend)."""
     out: dict[str, float] = {}
     for name, pid in processes.items():
         value = rss_mb(pid)
@@ -118,10 +130,8 @@ def rss_of(processes: Mapping[str, int]) -> dict[str, float]:
             continue
         out[name] = round(value, 1)
         if name == "postgres":
-            backends = [rss_mb(c) for c in children(pid)]
-            out["postgres (all backends)"] = round(
-                value + sum(b for b in backends if b is not None), 1
-            )
+            pss = [pss_mb(p) for p in (pid, *children(pid))]
+            out["postgres + backends (PSS)"] = round(sum(p for p in pss if p is not None), 1)
     return out
 
 

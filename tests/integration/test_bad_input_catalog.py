@@ -169,6 +169,14 @@ def test_the_catalog_is_complete() -> None:
     # Each case tested here is a parameter of a test below (its id is the parameter id).
     assert tested_here <= set(_HERE_IDS), sorted(tested_here - set(_HERE_IDS))
     assert here  # the module has its tests
+    # docs/RELIABILITY.md lists every case.
+    doc = (REPO / "docs" / "RELIABILITY.md").read_text()
+    assert [c.id for c in CATALOG if f"`{c.id}`" not in doc] == []
+    ways = {w: sum(1 for c in CATALOG if c.way == w) for w in ("nats", "http", "batch")}
+    print(
+        f"FIGURE catalog: {len(CATALOG)} cases ({ways['nats']} NATS, {ways['http']} HTTP, "
+        f"{ways['batch']} batch), {len(tested_here)} tested in this module"
+    )
 
 
 _HERE_IDS: list[str] = []

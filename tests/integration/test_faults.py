@@ -68,6 +68,7 @@ async def test_sigkill_with_requests_in_flight_loses_nothing(
     results = await asyncio.wait_for(asyncio.gather(*pending), 60)
     assert [r.id for r in results] == [r.id for r in requests]
     assert set(_completions(record)) == {r.id for r in requests}
+    print("FIGURE online-sigkill: 20 requests, 8 in flight at the SIGKILL; 20/20 completed")
     await client.close()
 
 
@@ -148,6 +149,7 @@ async def test_poison_request_is_dead_lettered_and_others_are_served(
         await poisoned
     assert info.value.code is ErrorCode.DEAD_LETTERED
     assert crashes == 2
+    print("FIGURE poison: 2 crashes, dead-lettered on delivery 3; 20 requests after it served")
 
     # Other requests are served, by the restarted worker, as before.
     oks = await asyncio.gather(
@@ -281,6 +283,10 @@ async def test_sigterm_of_an_llm_worker_mid_stream_finishes_within_the_drain_tim
     assert "".join(c.delta for c in chunks) == final.output["text"]
     assert final.usage.completion_tokens == LONG["max_tokens"]
     assert final.finish_reason == "length"
+    print(
+        f"FIGURE llm-drain: SIGTERM after 5 of {len(chunks)} chunks; finished by the draining "
+        f"worker in {time.monotonic() - started:.1f} s (drain timeout 30 s), exit 0"
+    )
     await client.close()
 
 
@@ -309,6 +315,12 @@ async def test_sigterm_of_an_llm_worker_past_the_drain_timeout_hands_the_stream_
     assert [c.seq for c in chunks] == list(range(len(chunks)))
     assert "".join(c.delta for c in chunks) == final.output["text"]
     assert final.usage.completion_tokens == LONG["max_tokens"]
+    first_attempt = sum(1 for c in chunks if c.attempt == 1)
+    print(
+        f"FIGURE llm-handover: drain timeout 0.2 s; {first_attempt} chunks from the stopped "
+        f"worker, {len(chunks) - first_attempt} from the next; one stream of "
+        f"{final.usage.completion_tokens} tokens, nothing repeated or missing"
+    )
     await client.close()
 
 
