@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from producer.client import Client
-from producer.http.auth import Authenticator, CachedAuthenticator, OpenAuth, Principal, bearer_token
+from producer.http.auth import (
+    Authenticator,
+    CachedAuthenticator,
+    OpenAuth,
+    Principal,
+    require_principal,
+)
 from producer.http.config import AuthMode, BridgeConfig
 from schemas.messages import InferenceRequest
 from schemas.openai_errors import ApiError
@@ -85,16 +91,7 @@ class BatchApi:
         self.client = client
 
     async def authenticate(self, headers: Mapping[str, str]) -> str:
-        secret = bearer_token(headers.get("authorization"))
-        principal = await self.authenticator.authenticate(secret or "")
-        if principal is None:
-            message = (
-                "Missing API key: send `Authorization: Bearer <key>`."
-                if secret is None
-                else "Invalid API key."
-            )
-            raise ApiError(401, message, code="invalid_api_key")
-        return principal.tenant
+        return (await require_principal(self.authenticator, headers.get("authorization"))).tenant
 
     async def pool(self) -> Any:
         if self.pools is None:
