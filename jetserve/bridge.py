@@ -117,6 +117,7 @@ class BatchApi:
 
     def routes(self) -> list[Any]:
         from jetserve.openai_codec import OpenAICodec
+        from producer.http.app import read_body
         from scheduler.api import routes
         from scheduler.api.deps import Deps
 
@@ -125,6 +126,7 @@ class BatchApi:
             pool=self.pool,
             codec=OpenAICodec(),
             submit=self.submit,
+            read_body=read_body,
             allow_private_webhooks=self.allow_private_webhooks,
             max_body_bytes=self.config.max_body_bytes,
         )
