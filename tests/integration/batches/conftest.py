@@ -28,6 +28,8 @@ from ...conftest import REPO, child_env
 ECHO = "b-echo"
 SLOW = "b-slow"
 PRIO = "b-prio"
+#: The tiny random LLM on the engine (structured output in batch lines).
+LLM = "b-llm"
 #: The webhook retry period of the test scheduler (the default is 72 h).
 WEBHOOK_RETRY_PERIOD_S = 4.0
 MAX_FILE_LINES = 5000
@@ -140,7 +142,10 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], models: list[str
 
 @pytest.fixture(scope="session")
 def batch_stack(
-    nats_server: NatsServer, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+    nats_server: NatsServer,
+    postgres: PostgresServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dir: Path,
 ) -> Iterator[BatchStack]:
     from scheduler.store.keys import create_key
     from scheduler.store.migrate import migrate_dsn
@@ -181,6 +186,19 @@ def batch_stack(
         )
         for m, cls, opts in workers
     ]
+    llm_models = logs / "llm-models.toml"
+    llm_models.write_text(
+        f'[[models]]\nname = "{LLM}"\nengine = "llm"\npath = "{tiny_model_dir}"\n'
+        'dtype = "float32"\ncapacity = 16\n[models.options]\nkv_cache_mib = 32\n'
+        "max_model_len = 1024\n"
+    )
+    procs.append(
+        _launch(
+            ["worker", "--model", LLM, "--models-file", str(llm_models)],
+            child_env(nats_server.url, **common),
+            logs / f"worker-{LLM}.log",
+        )
+    )
     port = free_port()
     bridge_env = child_env(
         nats_server.url,
@@ -214,7 +232,7 @@ def batch_stack(
     )
     stack.start_scheduler()
     try:
-        _wait_ready(stack.url, procs + stack.schedulers, [ECHO, SLOW, PRIO])
+        _wait_ready(stack.url, procs + stack.schedulers, [ECHO, SLOW, PRIO, LLM])
         yield stack
     finally:
         for client in stack.clients:
