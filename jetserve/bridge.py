@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from producer.client import Client
-from producer.http.auth import Authenticator, CachedAuthenticator, OpenAuth, Principal, bearer_token
+from producer.http.auth import (
+    Authenticator,
+    CachedAuthenticator,
+    OpenAuth,
+    Principal,
+    require_principal,
+)
 from producer.http.config import AuthMode, BridgeConfig
 from schemas.messages import InferenceRequest
 from schemas.openai_errors import ApiError
@@ -99,16 +105,7 @@ class BatchApi:
         self.client = client
 
     async def authenticate(self, headers: Mapping[str, str]) -> str:
-        secret = bearer_token(headers.get("authorization"))
-        principal = await self.authenticator.authenticate(secret or "")
-        if principal is None:
-            message = (
-                "Missing API key: send `Authorization: Bearer <key>`."
-                if secret is None
-                else "Invalid API key."
-            )
-            raise ApiError(401, message, code="invalid_api_key")
-        return principal.tenant
+        return (await require_principal(self.authenticator, headers.get("authorization"))).tenant
 
     async def pool(self) -> Any:
         if self.pools is None:
@@ -136,6 +133,7 @@ class BatchApi:
 
     def routes(self) -> list[Any]:
         from jetserve.openai_codec import OpenAICodec
+        from producer.http.app import read_body
         from scheduler.api import routes
         from scheduler.api.deps import Deps
 
@@ -144,6 +142,7 @@ class BatchApi:
             pool=self.pool,
             codec=OpenAICodec(),
             submit=self.submit,
+            read_body=read_body,
             allow_private_webhooks=self.allow_private_webhooks,
             max_body_bytes=self.config.max_body_bytes,
         )

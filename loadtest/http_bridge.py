@@ -62,15 +62,31 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def nats_server_pid(url: str) -> int | None:
+    """The pid of the local nats-server listening on `url`'s port (for CPU accounting)."""
+    port = url.rsplit(":", 1)[-1]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"nats-server") and port.encode() in args:
+            return int(entry.name)
+    return None
+
+
 def wrk(
-    url: str, connections: int, duration_s: float, script: Path | None, pid: int
+    url: str, connections: int, duration_s: float, script: Path | None, pids: dict[str, int]
 ) -> dict[str, float]:
+    """`pids`: processes whose CPU per request to report; "bridge" is required."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{round(duration_s)}s", "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
-    cpu_before = _cpu_s(pid)
+    before = {name: _cpu_s(pid) for name, pid in pids.items()}
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
-    cpu = _cpu_s(pid) - cpu_before
+    cpu = {name: _cpu_s(pid) - before[name] for name, pid in pids.items()}
     figures = {
         "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
@@ -81,7 +97,8 @@ def wrk(
     errors = re.search(r"Socket errors: (.*)", out)
     if bad or errors:
         raise RuntimeError(f"wrk saw failures against {url}:\n{out}")
-    figures["bridge_cpu_us_per_req"] = cpu / figures["requests"] * 1e6
+    for name, seconds in cpu.items():
+        figures[f"{name}_cpu_us_per_req"] = seconds / figures["requests"] * 1e6
     return figures
 
 
@@ -136,10 +153,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 "healthz": (f"{base}/healthz", None),
                 "chat": (f"{base}/v1/chat/completions", script),
             }
+            pids = {"bridge": bridge.pid, "worker": worker.pid}
+            nats_pid = nats_server_pid(url)
+            if nats_pid is not None:
+                pids["nats"] = nats_pid
             figures = {}
             for name, (target, lua) in targets.items():
-                wrk(target, args.connections, 2, lua, bridge.pid)  # warm-up
-                figures[name] = wrk(target, args.connections, args.duration_s, lua, bridge.pid)
+                wrk(target, args.connections, 2, lua, pids)  # warm-up
+                figures[name] = wrk(target, args.connections, args.duration_s, lua, pids)
         finally:
             for proc in (bridge, worker):
                 proc.terminate()
@@ -158,9 +179,15 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         ("POST /v1/chat/completions (echo)", chat),
     )
     for name, f in rows:
+        others = "  ".join(
+            f"{who} {f[f'{who}_cpu_us_per_req']:4.0f}"
+            for who in ("worker", "nats")
+            if f"{who}_cpu_us_per_req" in f
+        )
         print(
             f"  {name:34s} {f['req_per_s']:8.0f} req/s  p50 {f['p50_ms']:6.2f} ms  "
-            f"p99 {f['p99_ms']:6.2f} ms  bridge CPU {f['bridge_cpu_us_per_req']:5.0f} us/req"
+            f"p99 {f['p99_ms']:6.2f} ms  CPU us/req: bridge {f['bridge_cpu_us_per_req']:4.0f}"
+            f"  {others}"
         )
     print(f"  ratio chat / trivial               {result['ratio']:8.2f}   (target >= 0.50)")
     print(f"  ratio chat / healthz               {result['ratio_vs_healthz']:8.2f}")

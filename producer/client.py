@@ -132,6 +132,11 @@ def dedup_id(request: InferenceRequest) -> str:
     return request.id
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class Pending:
     """One request in flight: where its replies go, and where it is stored.
 
@@ -232,13 +237,15 @@ class Client:
         ack_token = f"{next(self._ack_ids):x}"
         ack_to = f"{self._prefix}.{ack_token}.ack"
         give_up = time.monotonic() + self._publish_timeout_s
+        loop = asyncio.get_running_loop()
         while True:
-            future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[Msg] = loop.create_future()
             self._acks[ack_token] = future
+            # A bare timer, not asyncio.timeout(): this runs for every request (hot path).
+            timer = loop.call_later(max(0.05, give_up - time.monotonic()), _expire, future)
             try:
                 await self.nc.publish(subject, data, reply=ack_to, headers=headers)
-                async with asyncio.timeout(max(0.05, give_up - time.monotonic())):
-                    msg = await future
+                msg = await future
                 return self._accepted(request, msg)
             except _RetryPublish:
                 pass
@@ -252,6 +259,7 @@ class Client:
                     f"server accepts ({self.nc.max_payload} bytes)"
                 ) from None
             finally:
+                timer.cancel()
                 if self._acks.get(ack_token) is future:
                     del self._acks[ack_token]
             if time.monotonic() >= give_up:

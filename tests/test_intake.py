@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
-from workers.intake import PullPlan, PullState, plan_pulls
+from workers.intake import Intake, PullPlan, PullState, plan_pulls
 
 BASE = PullState(
     capacity=16,
@@ -75,7 +78,7 @@ def test_reserve_is_topped_up_not_exceeded() -> None:
 async def test_a_batch_whose_callers_all_left_is_cancelled() -> None:
     import asyncio
     from collections.abc import Sequence
-    from typing import Any, ClassVar
+    from typing import ClassVar
 
     from schemas.params import SamplingParams
     from workers.batcher import DynamicBatcher
@@ -101,3 +104,110 @@ async def test_a_batch_whose_callers_all_left_is_cancelled() -> None:
     caller.cancel()
     await asyncio.wait_for(cancelled.wait(), 2)
     await batcher.stop()
+
+
+# -- quarantine: redelivered messages run alone -------------------------------------------
+
+
+class _Consumer:
+    """A pull consumer that never pulls (messages are handed to the intake directly)."""
+
+    outstanding = 0
+
+    def __init__(self, on_msg: Callable[[Any], None], on_end: Callable[[str], None]) -> None:
+        self.on_msg = on_msg
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def pull(self, batch: int, expires_s: float) -> None: ...
+
+    async def withdraw(self) -> None: ...
+
+    def forget_expired(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+class _Msg:
+    def __init__(self, name: str, delivered: int) -> None:
+        self.name = name
+        self.reply = f"$JS.ACK.s.online.{delivered}.1.1.1700000000000000000.0"
+        self.naks = 0
+
+    async def nak(self) -> None:
+        self.naks += 1
+
+    async def in_progress(self) -> None: ...
+
+
+async def _quarantine_run(order: list[str]) -> tuple[Intake, dict[str, asyncio.Event], Any]:
+    gates: dict[str, asyncio.Event] = {}
+    running: set[str] = set()
+    overlaps: list[tuple[str, set[str]]] = []
+
+    async def handle(msg: Any) -> None:
+        running.add(msg.name)
+        overlaps.append((msg.name, set(running)))
+        order.append(msg.name)
+        gate = gates.setdefault(msg.name, asyncio.Event())
+        await gate.wait()
+        running.discard(msg.name)
+
+    consumers: list[_Consumer] = []
+
+    def factory(on_msg: Callable[[Any], None], on_end: Callable[[str], None]) -> Any:
+        consumers.append(_Consumer(on_msg, on_end))
+        return consumers[-1]
+
+    intake = Intake(
+        online=factory, batch=factory, capacity=lambda: 8, handle=handle, in_progress_every_s=60.0
+    )
+    await intake.start()
+    return intake, gates, (consumers, overlaps)
+
+
+async def _release(gates: dict[str, asyncio.Event], name: str) -> None:
+    gates.setdefault(name, asyncio.Event()).set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_redelivered_message_runs_alone() -> None:
+    order: list[str] = []
+    intake, gates, (consumers, overlaps) = await _quarantine_run(order)
+    deliver = consumers[0].on_msg
+    deliver(_Msg("a", 1))
+    deliver(_Msg("b", 1))
+    deliver(_Msg("suspect", 2))  # a worker died holding it
+    deliver(_Msg("c", 1))  # arrives while the suspect waits: held back
+    await asyncio.sleep(0)
+    assert order == ["a", "b"]
+    assert intake.in_flight == 4
+    await _release(gates, "a")
+    assert order == ["a", "b"]  # b still runs: the suspect waits for it
+    await _release(gates, "b")
+    assert order == ["a", "b", "suspect"]
+    await _release(gates, "suspect")
+    assert order == ["a", "b", "suspect", "c"]
+    assert ("suspect", {"suspect"}) in overlaps  # nothing ran beside it
+    await _release(gates, "c")
+    assert await intake.wait_idle(1.0)
+    await intake.close()
+
+
+async def test_closing_hands_back_held_messages() -> None:
+    order: list[str] = []
+    intake, gates, (consumers, _) = await _quarantine_run(order)
+    deliver = consumers[0].on_msg
+    deliver(_Msg("a", 1))
+    suspect, held = _Msg("suspect", 3), _Msg("c", 1)
+    deliver(suspect)
+    deliver(held)
+    await asyncio.sleep(0)
+    await intake.close()
+    assert (suspect.naks, held.naks) == (1, 1)
+    assert intake.in_flight == 1  # "a" still runs; the drain waits for it
+    await _release(gates, "a")
+    assert await intake.wait_idle(1.0)

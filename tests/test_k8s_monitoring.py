@@ -12,6 +12,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from jetserve.k8s import OVERLAYS, RenderOptions, render_file
+from producer.http.metrics import BridgeMetrics
+from scheduler.metrics import SchedulerMetrics
 from workers.metrics import WorkerMetrics
 
 from .k8s_check import K8S, REPO, load_all
@@ -22,18 +24,25 @@ NATS_EXPORTER = {"nats_consumer_num_pending", "nats_consumer_num_ack_pending"}
 NATS_EXPORTER |= {"nats_stream_total_messages"}
 
 
-def _worker_series() -> set[str]:
-    """Every series name the worker exports, as Prometheus stores it."""
+def _series() -> set[str]:
+    """Every series name the worker, the bridge and the scheduler export, as Prometheus
+    stores them."""
     suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
-    metrics = WorkerMetrics(CollectorRegistry())
-    return {
-        family.name + suffix
-        for family in metrics.registry.collect()
-        for suffix in suffixes[family.type]
-    }
+    names: set[str] = set()
+    for metrics in (
+        WorkerMetrics(CollectorRegistry()),
+        BridgeMetrics(CollectorRegistry()),
+        SchedulerMetrics(CollectorRegistry()),
+    ):
+        names |= {
+            family.name + suffix
+            for family in metrics.registry.collect()
+            for suffix in suffixes[family.type]
+        }
+    return names
 
 
-KNOWN = _worker_series() | NATS_EXPORTER
+KNOWN = _series() | NATS_EXPORTER
 
 
 def _selectors(expr: str) -> set[str]:
@@ -60,6 +69,9 @@ def test_alert_rules_parse_and_use_real_metrics() -> None:
         "JetserveNoWorkers",
         "JetserveDeadLetters",
         "JetserveDeadLetterStreamGrowing",
+        "JetserveNoActiveScheduler",
+        "JetserveWebhooksDead",
+        "JetserveHTTPServerErrors",
     }
     used: set[str] = set()
     for rule in rules:
@@ -77,6 +89,12 @@ def test_alert_rules_parse_and_use_real_metrics() -> None:
         r["expr"] for r in rules if r["alert"] == "JetserveDeadLetters"
     )
     assert "unless on (model)" in no_workers["expr"]
+    # ... and the bridge's and the scheduler's.
+    assert {
+        "jetserve_scheduler_active",
+        "jetserve_webhook_deliveries_total",
+        "jetserve_http_requests_total",
+    } <= used
 
 
 def _dashboard() -> dict[str, Any]:

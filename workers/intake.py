@@ -7,6 +7,11 @@ Priority: online first. While the online consumer has a backlog, all free capaci
 to it. While it is idle, a small reserve of credit stays waiting on it (so an online request is
 delivered the moment it is published) and the rest of the free capacity goes to the batch
 consumer. `plan_pulls` is that policy as a pure function.
+
+Quarantine: a redelivered message (its worker died or timed out holding it) runs alone. The
+intake stops pulling, lets what is running finish, runs the suspect by itself, then goes on.
+If the suspect is what kills workers, it never takes innocent requests down with it again:
+those lose at most one delivery (the first crash), never reaching `max_attempts`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +107,13 @@ class Intake:
         self._in_progress_every_s = in_progress_every_s
         self._reserve_setting = online_reserve
         self._in_flight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
+        #: Redelivered messages waiting to run alone, and first deliveries held meanwhile.
+        self._suspects: deque[Msg] = deque()
+        self._held: deque[Msg] = deque()
+        #: Messages held (not running), by id(msg): (msg, since) - for in-progress signals.
+        self._waiting: dict[int, tuple[Msg, float]] = {}
+        #: The suspect running alone.
+        self._alone: asyncio.Task[None] | None = None
         self._online_backlog = False
         self._open = False
         self._wake = asyncio.Event()
@@ -110,7 +123,8 @@ class Intake:
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        """Messages this worker holds: running, or waiting for a suspect to run alone."""
+        return len(self._in_flight) + len(self._waiting)
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
@@ -131,12 +145,21 @@ class Intake:
         self._kick()
 
     async def close(self) -> None:
-        """Stop pulling. A message still delivered for outstanding credit is handed back."""
+        """Stop pulling. A message still delivered for outstanding credit, or held back by
+        the quarantine, is handed back."""
         self._open = False
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for queue in (self._suspects, self._held):
+            while queue:
+                msg = queue.popleft()
+                self._waiting.pop(id(msg), None)
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+        if not self._in_flight:
+            self._idle.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing is in flight; False if the timeout passed first."""
@@ -162,31 +185,63 @@ class Intake:
         if not self._open:
             asyncio.get_running_loop().create_task(msg.nak())
             return
+        info = ack_info(msg.reply)
         if priority is Priority.ONLINE:
-            info = ack_info(msg.reply)
             self._online_backlog = info is not None and info.pending > 0
             self._kick()  # top the online credit up again
+        self._idle.clear()
+        if info is not None and info.delivered > 1:
+            self._hold(msg, self._suspects)
+        elif self._suspects or self._alone is not None:
+            self._hold(msg, self._held)
+        else:
+            self._start(msg)
+        self._advance()
+
+    def _hold(self, msg: Msg, queue: deque[Msg]) -> None:
+        queue.append(msg)
+        self._waiting[id(msg)] = (msg, time.monotonic())
+
+    def _start(self, msg: Msg) -> asyncio.Task[None]:
+        self._waiting.pop(id(msg), None)
         task = asyncio.get_running_loop().create_task(self._handle(msg))
         self._in_flight[task] = (msg, time.monotonic())
-        self._idle.clear()
         task.add_done_callback(self._done)
+        return task
+
+    def _advance(self) -> None:
+        """Run the next suspect alone once nothing else runs; else release held messages."""
+        if self._alone is not None:
+            return
+        if self._suspects:
+            if not self._in_flight:
+                self._alone = self._start(self._suspects.popleft())
+            return
+        while self._held:
+            self._start(self._held.popleft())
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
-        if not self._in_flight:
-            self._idle.set()
+        if task is self._alone:
+            self._alone = None
         if not task.cancelled() and task.exception() is not None:
             log.error("message handler failed", exc_info=task.exception())
+        if self._open:
+            self._advance()
+        if not self._in_flight and not self._waiting:
+            self._idle.set()
         self._kick()
 
     def _state(self) -> PullState:
         capacity = self._capacity()
+        if self._suspects or self._alone is not None:
+            capacity = min(capacity, self.in_flight)  # quarantine: pull nothing more
         reserve = self._reserve_setting
         if reserve is None:
             reserve = max(1, capacity // 4)
         return PullState(
             capacity=capacity,
-            in_flight=len(self._in_flight),
+            in_flight=self.in_flight,
             online_outstanding=self._online.outstanding,
             batch_outstanding=self._batch.outstanding,
             online_backlog=self._online_backlog,
@@ -221,7 +276,7 @@ class Intake:
         while True:
             await asyncio.sleep(every)
             now = time.monotonic()
-            for msg, started in list(self._in_flight.values()):
+            for msg, started in [*self._in_flight.values(), *self._waiting.values()]:
                 if now - started >= every:
                     with contextlib.suppress(Exception):
                         await msg.in_progress()

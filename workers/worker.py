@@ -296,5 +296,7 @@ async def serve(spec: ModelSpec, config: WorkerConfig) -> int:
 
 
 def main(spec: ModelSpec, env: Mapping[str, str]) -> int:
+    import uvloop  # a faster event loop for the per-message path, as in the bridge
+
     config = WorkerConfig.from_env(env)
-    return asyncio.run(serve(spec, config))
+    return uvloop.run(serve(spec, config))

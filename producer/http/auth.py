@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from schemas.openai_errors import ApiError
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -84,3 +86,17 @@ def bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+async def require_principal(auth: Authenticator, authorization: str | None) -> Principal:
+    """The caller of a request with this `Authorization` header, or a 401 `ApiError`."""
+    secret = bearer_token(authorization)
+    principal = await auth.authenticate(secret or "")
+    if principal is None:
+        message = (
+            "Missing API key: send `Authorization: Bearer <key>`."
+            if secret is None
+            else "Invalid API key."
+        )
+        raise ApiError(401, message, code="invalid_api_key")
+    return principal

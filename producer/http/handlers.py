@@ -25,7 +25,7 @@ import msgspec
 from producer.client import Client
 from producer.http import convert
 from producer.http import openai_types as oa
-from producer.http.auth import Authenticator, Principal, bearer_token
+from producer.http.auth import Authenticator, Principal, require_principal
 from producer.http.config import BridgeConfig
 from producer.http.dispatch import Call, ClientGone, Dispatcher
 from producer.http.errors import ApiError, from_decode_error, invalid
@@ -101,16 +101,7 @@ class Bridge:
         return self.dispatcher.presence
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
-        secret = bearer_token(headers.get("authorization"))
-        principal = await self.auth.authenticate(secret or "")
-        if principal is None:
-            message = (
-                "Missing API key: send `Authorization: Bearer <key>`."
-                if secret is None
-                else "Invalid API key."
-            )
-            raise ApiError(401, message, code="invalid_api_key")
-        return principal
+        return await require_principal(self.auth, headers.get("authorization"))
 
     def _timeout_s(self, headers: Mapping[str, str]) -> float:
         raw = headers.get(TIMEOUT_HEADER)

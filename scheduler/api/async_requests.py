@@ -21,7 +21,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.types import ControllerRouterHandler
 
-from scheduler.api.deps import JSON, Deps, read_body
+from scheduler.api.deps import JSON, Deps
 from scheduler.api.objects import AsyncRequestObject, ErrorObject, ResponseObject, async_base
 from scheduler.store import async_requests as ar
 from scheduler.store.async_requests import AsyncRow
@@ -43,7 +43,7 @@ _REFUSED = {400, 404, 413, 429}
 def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
     async def submit(request: Request[Any, Any, Any], endpoint: str) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
-        body = await read_body(request.receive, deps.max_body_bytes)
+        body = await deps.read_body(request.receive, deps.max_body_bytes)
         request_id = ar.new_async_id()
         wire = deps.codec.request(
             endpoint,

@@ -20,7 +20,7 @@ from litestar import Request, Response, get, post
 from litestar.types import ControllerRouterHandler
 from msgspec import Meta
 
-from scheduler.api.deps import JSON, Deps, notify_scheduler, query_limit, read_body
+from scheduler.api.deps import JSON, Deps, notify_scheduler, query_limit
 from scheduler.api.objects import BatchList, batch_object, page
 from scheduler.store import batches as bs
 from scheduler.store.batches import TERMINAL, BatchStatus
@@ -61,7 +61,7 @@ def batch_routes(deps: Deps) -> list[ControllerRouterHandler]:
     @post("/v1/batches", status_code=200, summary="Create a batch")
     async def create(request: Request[Any, Any, Any]) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
-        raw = await read_body(request.receive, deps.max_body_bytes)
+        raw = await deps.read_body(request.receive, deps.max_body_bytes)
         try:
             body = _decode_create(raw)
         except BODY_ERRORS as exc:

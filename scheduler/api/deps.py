@@ -14,7 +14,7 @@ from scheduler.codec import Codec
 from scheduler.store.files import MAX_FILE_BYTES, MAX_FILE_LINES
 from scheduler.store.pool import NOTIFY_CHANNEL
 from schemas.messages import InferenceRequest
-from schemas.openai_errors import ApiError, invalid
+from schemas.openai_errors import invalid
 
 JSON = "application/json"
 
@@ -29,6 +29,8 @@ class Deps:
     #: Publish a request (with its encoded body) to its model's stream, replies to the durable
     #: subject given; raises ApiError (404 unknown model, 429 backlog full, 503 unavailable).
     submit: Callable[[InferenceRequest, bytes, str], Awaitable[None]]
+    #: The request body from an ASGI `receive`, 413 past the limit (the bridge's own reader).
+    read_body: Callable[[Callable[[], Awaitable[Any]], int], Awaitable[bytes]]
     allow_private_webhooks: bool = False
     max_body_bytes: int = 1024 * 1024
     max_file_bytes: int = MAX_FILE_BYTES
@@ -45,29 +47,6 @@ def query_limit(raw: str | None, *, default: int, maximum: int) -> int:
     if not 1 <= value <= maximum:
         raise invalid(f"limit must be an integer from 1 to {maximum}.", "limit")
     return value
-
-
-async def read_body(receive: Callable[[], Awaitable[Any]], limit_bytes: int) -> bytes:
-    """The request body; 413 as soon as more than `limit_bytes` have arrived."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ApiError(
-                400, "The client disconnected while sending the body.", code="incomplete_body"
-            )
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit_bytes:
-            raise ApiError(
-                413,
-                f"The request body is larger than {limit_bytes} bytes.",
-                code="request_too_large",
-            )
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def notify_scheduler(pool: asyncpg.Pool) -> None:

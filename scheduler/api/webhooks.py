@@ -21,7 +21,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.types import ControllerRouterHandler
 from msgspec import Meta
 
-from scheduler.api.deps import JSON, Deps, read_body
+from scheduler.api.deps import JSON, Deps
 from scheduler.api.objects import Deleted, WebhookEndpointList, endpoint_object
 from scheduler.store import webhooks as wh
 from scheduler.urlguard import UrlRefused, check_url
@@ -54,7 +54,7 @@ def webhook_routes(deps: Deps) -> list[ControllerRouterHandler]:
     async def create(request: Request[Any, Any, Any]) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
         try:
-            body = _decode_create(await read_body(request.receive, deps.max_body_bytes))
+            body = _decode_create(await deps.read_body(request.receive, deps.max_body_bytes))
         except BODY_ERRORS as exc:
             raise from_decode_error(exc) from None
         events = body.events if body.events is not None else list(wh.ALL_EVENTS)

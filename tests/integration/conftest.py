@@ -145,12 +145,17 @@ def _worker(
 
 @pytest.fixture(scope="session")
 def batch_stack(
-    nats_server: NatsServer, postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+    nats_server: NatsServer,
+    postgres: PostgresServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dir: Path,
 ) -> Iterator[BatchStack]:
     """A bridge, a scheduler and the batch tests' workers (`tests/integration/batches/`), with
     their own database in the session's PostgreSQL."""
     logs = tmp_path_factory.mktemp("batches")
-    with launch_stack(nats_server.url, postgres.dsn, logs, SESSION_WORKERS) as stack:
+    with launch_stack(
+        nats_server.url, postgres.dsn, logs, SESSION_WORKERS, llm_model_dir=tiny_model_dir
+    ) as stack:
         yield stack
 
 

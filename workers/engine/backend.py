@@ -37,7 +37,11 @@ _STOP = object()
 
 @dataclass
 class _Waiter:
+    #: Every step's output is relayed (streams, log-probabilities); otherwise only the last.
+    relay_all: bool
     queue: asyncio.Queue[Output | BaseException] = field(default_factory=asyncio.Queue)
+    #: Wall time of the first token, set by the engine thread.
+    first_token_at: float | None = None
 
 
 class EngineBackend:
@@ -85,7 +89,8 @@ class EngineBackend:
         assert isinstance(payload, ChatPayload | CompletionPayload)
         plan, ids, constraint = await asyncio.to_thread(self.prepare, payload)
         engine_request = self.engine_request(request, ids, constraint)
-        waiter = _Waiter()
+        params = request.parameters
+        waiter = _Waiter(relay_all=request.stream or params.logprobs or params.top_logprobs > 0)
         self._waiters[request.id] = waiter
         self._commands.put(("add", engine_request))
         try:
@@ -141,15 +146,12 @@ class EngineBackend:
         want_logprobs = request.parameters.logprobs or request.parameters.top_logprobs > 0
         logprobs: list[TokenLogprobs] = []
         calls = structured.ToolCallStream() if plan.tool_mode != "none" else None
-        first_token_at: float | None = None
         while True:
             item = await waiter.queue.get()
             if isinstance(item, BaseException):
                 if isinstance(item, PermanentError):
                     raise item
                 raise EngineDeadError(f"engine died: {item!r}")
-            if item.token_ids and first_token_at is None:
-                first_token_at = time.time()
             chunk_lp = self._logprobs(item.choices) if want_logprobs else None
             if chunk_lp:
                 logprobs.extend(chunk_lp)
@@ -157,7 +159,7 @@ class EngineBackend:
             if delta or chunk_lp or call_deltas:
                 await emit(delta, item.token_ids, chunk_lp, call_deltas or None)
             if item.finish is not None:
-                return self._completion(item, plan, calls, logprobs, first_token_at)
+                return self._completion(item, plan, calls, logprobs, waiter.first_token_at)
 
     def _completion(
         self,
@@ -218,12 +220,29 @@ class EngineBackend:
                 self._capacity = engine.capacity()
                 sched = engine.scheduler
                 self._stats = BackendStats(len(sched.running), sched.num_waiting, sched.kv_usage())
-                if outputs:
-                    self._post(self._dispatch, outputs)
+                relay = self._relayed(outputs)
+                if relay:
+                    self._post(self._dispatch, relay)
         except BaseException as exc:
             log.exception("engine thread died")
             self._dead = exc
             self._post(self._fail_all, exc)
+
+    def _relayed(self, outputs: list[Output]) -> list[Output]:
+        """(Engine thread.) The outputs the event loop needs: every one of a request that
+        relays all, else only the last; first-token times are recorded here instead, so a
+        non-streaming request costs the event loop nothing per token."""
+        relay = []
+        now = time.time()
+        for out in outputs:
+            waiter = self._waiters.get(out.id)
+            if waiter is None:
+                continue
+            if waiter.first_token_at is None and out.token_ids:
+                waiter.first_token_at = now
+            if out.finish is not None or waiter.relay_all:
+                relay.append(out)
+        return relay
 
     def _take_commands(self, block: bool) -> bool:
         """Apply queued commands; False once asked to stop."""

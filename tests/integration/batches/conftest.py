@@ -29,6 +29,8 @@ from ...conftest import REPO, child_env
 ECHO = "b-echo"
 SLOW = "b-slow"
 PRIO = "b-prio"
+#: The tiny random LLM on the engine (structured output in batch lines).
+LLM = "b-llm"
 #: The webhook retry period of the test scheduler (the default is 72 h).
 WEBHOOK_RETRY_PERIOD_S = 4.0
 MAX_FILE_LINES = 5000
@@ -168,6 +170,7 @@ def launch_stack(
     *,
     scheduler_env: dict[str, str] | None = None,
     worker_env: dict[str, str] | None = None,
+    llm_model_dir: Path | None = None,
 ) -> Iterator[BatchStack]:
     """A bridge, a scheduler and worker processes on the given servers, with a fresh database
     (keys for tenants `alpha` and `beta`) in the given PostgreSQL."""
@@ -205,6 +208,20 @@ def launch_stack(
         )
         for m, cls, opts in workers
     ]
+    if llm_model_dir is not None:
+        llm_models = logs / "llm-models.toml"
+        llm_models.write_text(
+            f'[[models]]\nname = "{LLM}"\nengine = "llm"\npath = "{llm_model_dir}"\n'
+            'dtype = "float32"\ncapacity = 16\n[models.options]\nkv_cache_mib = 32\n'
+            "max_model_len = 1024\n"
+        )
+        procs.append(
+            _launch(
+                ["worker", "--model", LLM, "--models-file", str(llm_models)],
+                workers_env,
+                logs / f"worker-{LLM}.log",
+            )
+        )
     port = free_port()
     bridge_env = child_env(
         nats_url,
@@ -243,7 +260,8 @@ def launch_stack(
     )
     stack.start_scheduler()
     try:
-        _wait_ready(stack.url, procs + stack.schedulers, [m for m, _, _ in workers])
+        models = [m for m, _, _ in workers] + ([LLM] if llm_model_dir else [])
+        _wait_ready(stack.url, procs + stack.schedulers, models)
         yield stack
     finally:
         for client in stack.clients:
