@@ -32,6 +32,7 @@ import asyncpg
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from scheduler.async_intake import AsyncIntake
 from scheduler.codec import Codec
@@ -251,9 +252,14 @@ class Scheduler:
                     group.create_task(self._loop(name, work, stop), name=f"scheduler-{name}")
         finally:
             await deliverer.close()
-            with contextlib.suppress(Exception):
-                await results.unsubscribe()
-                await submitted.unsubscribe()
+            # The last fetch's pull request outlives the fetch by up to its timeout: what the
+            # server delivers meanwhile (or what a cancelled fetch left) waits in the
+            # subscription. Hand it back now, or it is held until the consumer's ack_wait.
+            await asyncio.sleep(max(c.poll_s, 1.0) + 0.1)
+            for sub in (results, submitted):
+                await _hand_back_undelivered(sub, RESULTS_RETRY_S)
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def _loop(
         self, name: str, work: Callable[[], Awaitable[bool]], stop: asyncio.Event
@@ -306,6 +312,23 @@ async def _fetch(sub: object, batch: int, timeout_s: float) -> list[Msg]:
         return await sub.fetch(batch, timeout=timeout_s)  # type: ignore[attr-defined,no-any-return]
     except (TimeoutError, nats.errors.TimeoutError):
         return []
+
+
+async def _hand_back_undelivered(sub: JetStreamContext.PullSubscription, delay_s: float) -> None:
+    """Nak the messages waiting in a pull subscription that no fetch will take. (nats-py keeps
+    them in the subscription's queue for the next fetch; this reads that queue.)"""
+    core = getattr(sub, "_sub", None)
+    queue = getattr(core, "_pending_queue", None)
+    if queue is None:
+        return
+    msgs = []
+    while not queue.empty():
+        msg = queue.get_nowait()
+        if not JetStreamContext.is_status_msg(msg):
+            msgs.append(msg)
+    await _nak_all(msgs, delay_s)
+    if msgs:
+        log.info("handed back %d undelivered messages", len(msgs))
 
 
 async def _nak_all(msgs: list[Msg], delay_s: float) -> None:
