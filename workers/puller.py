@@ -14,11 +14,13 @@ The server fills pull requests oldest first, so credit is tracked per request in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -31,6 +33,10 @@ _PENDING_MSGS = "Nats-Pending-Messages"
 #: A request whose end status never arrived (lost in a reconnect) is forgotten this long after
 #: its expiry.
 _GRACE_S = 1.0
+
+
+def _status(msg: Msg) -> str | None:
+    return msg.headers.get(_STATUS) if msg.headers else None
 
 
 @dataclass
@@ -54,18 +60,31 @@ class PullConsumer:
         self._on_message = on_message
         self._on_request_end = on_request_end
         self._requests: deque[_PullRequest] = deque()
-        self._sub: object | None = None
+        self._sub: Any = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self.name = consumer
 
     async def start(self) -> None:
+        inbox = self._inbox
+
+        async def deliver(msg: Msg) -> None:
+            if inbox == self._inbox:
+                self._deliver(msg)
+            elif not _status(msg):
+                # On an inbox given up by `withdraw`: no credit to count, still ours to run.
+                self._on_message(msg)
+
         # The delivery inbox sees at most `outstanding` messages: no pending limit needed.
         self._sub = await self._nc.subscribe(
-            self._inbox, cb=self._deliver, pending_msgs_limit=-1, pending_bytes_limit=-1
+            inbox, cb=deliver, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
 
     async def stop(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await self.retired()
         if self._sub is not None:
-            await self._sub.unsubscribe()  # type: ignore[attr-defined]
+            await self._sub.unsubscribe()
             self._sub = None
 
     @property
@@ -92,19 +111,41 @@ class PullConsumer:
         self._requests.clear()
 
     async def withdraw(self) -> None:
-        """Take back all outstanding credit now: move to a fresh delivery inbox. The server
-        drops pull requests whose reply subject has no interest, so the old requests end.
-        (A message already on its way to the old inbox is redelivered after ack_wait.)"""
+        """Take back all outstanding credit now: later pull requests go to a fresh delivery
+        inbox, and the credit of the old ones no longer counts.
+
+        The old inbox is not unsubscribed at once. A server drops pull requests whose reply
+        subject lost interest, but one it had already begun to fill counts the message as
+        delivered even when the unsubscribe wins the race, and that message then waits
+        unacked for the consumer's ack_wait (and is charged a delivery). So the old inbox stays
+        open until its requests expire (batch pulls are short), and what still arrives on it
+        is handed over like any other message: for that long a worker may hold a little more
+        than its capacity."""
         if self._sub is None or not self._requests:
             return
         old = self._sub
+        until = max(r.expires_at for r in self._requests) + _GRACE_S
         self._inbox = self._nc.new_inbox()
         self._requests.clear()
         await self.start()
-        await old.unsubscribe()  # type: ignore[attr-defined]
+        task = asyncio.get_running_loop().create_task(self._retire(old, until))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
-    async def _deliver(self, msg: Msg) -> None:
-        status = msg.headers.get(_STATUS) if msg.headers else None
+    async def retired(self) -> None:
+        """Wait until every inbox given up by `withdraw` is closed."""
+        while self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _retire(self, sub: Any, until: float) -> None:
+        try:
+            await asyncio.sleep(until - asyncio.get_running_loop().time())
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _deliver(self, msg: Msg) -> None:
+        status = _status(msg)
         if status is None:
             if self._requests:
                 head = self._requests[0]
