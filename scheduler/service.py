@@ -283,8 +283,11 @@ class Scheduler:
                 await asyncio.sleep(0)
                 continue
             if event is not None:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                # arrives as the event is set, and the loop would outlive its task group.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), self.config.poll_s)
+                    async with asyncio.timeout(self.config.poll_s):
+                        await event.wait()
                 event.clear()
 
     async def _watch_lock(self, lock: asyncpg.Connection, stop: asyncio.Event) -> None:
@@ -339,4 +342,5 @@ async def _nak_all(msgs: list[Msg], delay_s: float) -> None:
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()

@@ -211,3 +211,17 @@ async def test_closing_hands_back_held_messages() -> None:
     assert intake.in_flight == 1  # "a" still runs; the drain waits for it
     await _release(gates, "a")
     assert await intake.wait_idle(1.0)
+
+
+async def test_close_ends_the_pull_loop_even_when_woken_as_it_is_cancelled() -> None:
+    # A wake-up landing in the same loop turn as close()'s cancel: `asyncio.wait_for` on
+    # Python 3.11 returns the event's result and drops the cancel, so the pull loop ran on and
+    # close() never returned (a worker SIGTERMed just after traffic hung until SIGKILL).
+    for _ in range(20):
+        intake, _, _ = await _quarantine_run([])
+        for _ in range(3):
+            await asyncio.sleep(0)  # the pull loop waits for a wake-up
+        intake._kick()
+        closing = asyncio.create_task(intake.close())
+        done, _ = await asyncio.wait({closing}, timeout=5)
+        assert closing in done, "close() did not return"

@@ -50,7 +50,10 @@ class DynamicBatcher:
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+                    # that arrives as the awaited item does, and the stopped loop runs on.
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
                 except TimeoutError:
                     break
             # Drop inputs whose caller went away (cancelled) while waiting.

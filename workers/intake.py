@@ -164,7 +164,8 @@ class Intake:
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing is in flight; False if the timeout passed first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True
@@ -250,7 +251,7 @@ class Intake:
         )
 
     async def _pull_loop(self) -> None:
-        while True:
+        while self._open:
             self._online.forget_expired()
             self._batch.forget_expired()
             plan = plan_pulls(self._state())
@@ -268,7 +269,10 @@ class Intake:
                 await asyncio.sleep(0.2)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 0.5)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                # arrives as the event is set, and this loop would outlive `close()`.
+                async with asyncio.timeout(0.5):
+                    await self._wake.wait()
 
     async def _in_progress_loop(self) -> None:
         """Tell JetStream that long-running messages are still being worked on."""
