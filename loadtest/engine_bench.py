@@ -13,8 +13,11 @@ ignored so every system generates exactly the same number of tokens.
   the best of a few `max_batch_tokens` settings (printed);
 - sequential: `model.generate()` one request at a time, over the first `--sequential`
   requests (its rate does not depend on how many);
-- raw bound: timed decode forward passes of the plain model with a DynamicCache at batch 64
-  and the workload's mean context length: no scheduling, no sampling, no attention waste;
+- raw bound: timed decode forward passes of the plain model (StaticCache, the workload's mean
+  context length; no scheduling, no sampling, no prefill, no attention waste) at the batch
+  size of each step the engine ran, interpolated from a grid of batch sizes: the target's
+  figure. Also printed: the same at batch 64 on every step (Dynamic- and StaticCache), which
+  no run reaches, since the batch shrinks as requests finish;
 - with `--worker`: the full worker path (NATS in, worker process with the engine, results
   out) on the same workload, against the engine alone.
 
@@ -55,7 +58,8 @@ def make_workload(vocab: int, requests: int, seed: int, special: set[int]) -> Wo
 
 def bench_engine(
     model: Any, tokenizer: Any, work: Workload, max_seqs: int, batched_tokens: int
-) -> float:
+) -> tuple[float, list[int]]:
+    """Tokens/s, and the engine's batch size at each step (tokens sampled in the step)."""
     from workers.engine.engine import Engine, EngineConfig
     from workers.engine.model_runner import ModelRunner
     from workers.engine.sequence import EngineRequest
@@ -73,16 +77,24 @@ def bench_engine(
         ),
     )
     params = SamplingParams(temperature=0.0, ignore_eos=True)
+    # Warm-up (kernels for the step shapes, the allocator), untimed: the other systems run
+    # after this one in the same process and find the model warm.
+    for i, prompt in enumerate(work.prompts[:8]):
+        engine.add(EngineRequest(id=f"w{i}", prompt_token_ids=prompt, params=params, max_tokens=8))
+    while engine.has_work():
+        engine.step()
     start = time.perf_counter()
     for i, (prompt, n) in enumerate(zip(work.prompts, work.new_tokens, strict=True)):
         engine.add(EngineRequest(id=f"r{i}", prompt_token_ids=prompt, params=params, max_tokens=n))
     produced = 0
+    sizes: list[int] = []
     while engine.has_work():
-        produced += sum(len(o.token_ids) for o in engine.step())
+        sizes.append(sum(len(o.token_ids) for o in engine.step()))
+        produced += sizes[-1]
     elapsed = time.perf_counter() - start
     assert produced == work.total_new, (produced, work.total_new)
     model.set_attn_implementation("sdpa")
-    return produced / elapsed
+    return produced / elapsed, [n for n in sizes if n]
 
 
 def bench_hf_cb(model: Any, work: Workload, batch_tokens: int) -> float:
@@ -131,7 +143,13 @@ def bench_sequential(model: Any, work: Workload, count: int) -> float:
     return produced / (time.perf_counter() - start)
 
 
-def bench_raw_decode(model: Any, work: Workload, batch: int, steps: int = 24) -> dict[str, float]:
+def bench_raw_decode(
+    model: Any,
+    work: Workload,
+    batch: int,
+    steps: int = 24,
+    caches: tuple[str, ...] = ("dynamic", "static"),
+) -> dict[str, float]:
     """Decode forward passes only, at `batch` and the workload's mean context: with
     transformers' DynamicCache (what `generate` uses) and with its StaticCache (no per-step
     concatenation). The bound is the faster of the two."""
@@ -143,7 +161,7 @@ def bench_raw_decode(model: Any, work: Workload, batch: int, steps: int = 24) ->
     )
     rates = {}
     with torch.inference_mode():
-        for name in ("dynamic", "static"):
+        for name in caches:
             if name == "dynamic":
                 cache: Any = DynamicCache(config=model.config)
             else:
@@ -169,6 +187,25 @@ def bench_raw_decode(model: Any, work: Workload, batch: int, steps: int = 24) ->
                 pos += 1
             rates[name] = batch * steps / (time.perf_counter() - start)
     return rates
+
+
+def raw_at_engine_sizes(model: Any, work: Workload, sizes: list[int]) -> tuple[float, float]:
+    """The raw bound for the steps the engine actually ran: each step's plain decode forward
+    pass at that step's batch size (StaticCache), timed at a grid of batch sizes and
+    interpolated. Returns (tokens/s, the token-weighted mean batch size)."""
+    top = max(sizes)
+    grid = sorted({b for b in (1, 2, 4, 8, 16, 24, 32, 48, 64) if b < top} | {top})
+    step_s = {b: b / bench_raw_decode(model, work, b, 12, ("static",))["static"] for b in grid}
+
+    def time_of(b: int) -> float:
+        hi = next(g for g in grid if g >= b)
+        lo = max((g for g in grid if g <= b), default=hi)
+        if hi == lo:
+            return step_s[hi]
+        return step_s[lo] + (step_s[hi] - step_s[lo]) * (b - lo) / (hi - lo)
+
+    total = sum(sizes)
+    return total / sum(time_of(b) for b in sizes), sum(b * b for b in sizes) / total
 
 
 def bench_rss(model: Any, tokenizer: Any, requests: int, seed: int) -> tuple[float, float]:
@@ -252,7 +289,7 @@ def main() -> None:
     )
 
     figures: dict[str, float] = {}
-    figures["engine"] = bench_engine(model, tokenizer, work, 64, args.batched_tokens)
+    figures["engine"], sizes = bench_engine(model, tokenizer, work, 64, args.batched_tokens)
     print(f"  jetserve engine                {figures['engine']:9.1f} tok/s", flush=True)
     hf = {}
     for bt in (int(x) for x in args.hf_batch_tokens.split(",")):
@@ -266,6 +303,12 @@ def main() -> None:
     figures["raw_decode"] = max(raw.values())
     for name, rate in raw.items():
         print(f"  raw batched decode, {name:7s} cache (batch 64) {rate:9.1f} tok/s", flush=True)
+    figures["raw_engine_sizes"], mean_batch = raw_at_engine_sizes(model, work, sizes)
+    print(
+        f"  raw batched decode at the engine's own batch sizes ({len(sizes)} steps, "
+        f"mean {mean_batch:.1f}) {figures['raw_engine_sizes']:9.1f} tok/s",
+        flush=True,
+    )
     if args.worker:
         from loadtest.engine_worker import bench_worker
 
@@ -282,8 +325,12 @@ def main() -> None:
     )
     print(f"  engine / sequential        {e / figures['sequential']:6.2f}  (target >= 5)")
     print(
-        f"  engine / raw decode bound  {e / figures['raw_decode']:6.2f}  (target >= 0.60; "
-        "the faster cache)"
+        f"  engine / raw decode bound  {e / figures['raw_engine_sizes']:6.2f}  (target >= 0.60; "
+        "the same steps' batch sizes, decode only)"
+    )
+    print(
+        f"  engine / raw at batch 64   {e / figures['raw_decode']:6.2f}  (every step full: "
+        "the batch shrinks as requests finish, so no run reaches it)"
     )
     if "worker" in figures:
         print(f"  worker path / engine       {figures['worker'] / e:6.2f}  (target >= 0.90)")
