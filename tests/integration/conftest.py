@@ -10,6 +10,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,6 +237,36 @@ def bridge_stack(
                 proc.wait()
 
 
+@contextmanager
+def worker_process(
+    nats_url: str, model: str, args: list[str], log: Path, ready_s: float = 60
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`jetserve worker --model MODEL ARGS` as a process, once it serves; stopped (SIGTERM,
+    then waited for) on exit."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jetserve", "worker", "--model", model, *args],
+            env=child_env(nats_url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+    async def ready() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            await wait_for_workers(nc, model, 1, timeout_s=ready_s)
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(ready())
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 @pytest.fixture(scope="session")
 def llm_worker(
     nats_server: NatsServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -249,34 +280,9 @@ def llm_worker(
         f'dtype = "float32"\ncapacity = 4\n\n[models.options]\nkv_cache_mib = 4\n'
         f"max_model_len = {LLM_CONTEXT}\n"
     )
-    with (folder / "worker.log").open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jetserve",
-                "worker",
-                "--model",
-                LLM,
-                "--models-file",
-                str(models),
-            ],
-            env=child_env(nats_server.url),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-    async def ready() -> None:
-        nc = await nats.connect(nats_server.url)
-        try:
-            await wait_for_workers(nc, LLM, 1, timeout_s=90)
-        finally:
-            await nc.close()
-
-    asyncio.run(ready())
-    yield LLM
-    alive = proc.poll() is None
-    proc.terminate()
-    proc.wait(30)
+    with worker_process(
+        nats_server.url, LLM, ["--models-file", str(models)], folder / "worker.log", 90
+    ) as proc:
+        yield LLM
+        alive = proc.poll() is None
     assert alive, "the LLM worker died during the session"

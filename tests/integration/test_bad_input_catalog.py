@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,8 +35,8 @@ from producer.client import Client
 from producer.errors import InvalidRequest, RequestTooLarge
 from schemas import names
 
-from ..conftest import REPO, child_env, wait_for_workers
-from .conftest import ECHO, LONG_PROMPT, SLOW, BridgeStack
+from ..conftest import REPO
+from .conftest import ECHO, LONG_PROMPT, SLOW, BridgeStack, worker_process
 
 pytestmark = pytest.mark.integration
 
@@ -203,37 +201,10 @@ def cat_worker(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
     """A worker process (SlowModel) for the NATS cases; yields its completion record."""
     logs = tmp_path_factory.mktemp("catalog")
     record = logs / "runs.txt"
-    with (logs / "worker.log").open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jetserve",
-                "worker",
-                "--model",
-                CAT,
-                "--class",
-                "tests.models:SlowModel",
-                f"--option=record={record}",
-            ],
-            env=child_env(nats_server.url),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-    async def ready() -> None:
-        nc = await nats.connect(nats_server.url)
-        try:
-            await wait_for_workers(nc, CAT, 1, timeout_s=60)
-        finally:
-            await nc.close()
-
-    asyncio.run(ready())
-    yield record
-    assert proc.poll() is None, "the worker died during the catalog"
-    proc.terminate()
-    proc.wait(30)
+    args = ["--class", "tests.models:SlowModel", f"--option=record={record}"]
+    with worker_process(nats_server.url, CAT, args, logs / "worker.log") as proc:
+        yield record
+        assert proc.poll() is None, "the worker died during the catalog"
 
 
 @asynccontextmanager
