@@ -21,6 +21,12 @@ ignored so every system generates exactly the same number of tokens.
 - with `--worker`: the full worker path (NATS in, worker process with the engine, results
   out) on the same workload, against the engine alone.
 
+The engine, the raw bound at its batch sizes and the worker path run in `--rounds` (3)
+rounds, one after the other in each round; their ratios are the medians of the rounds'
+ratios, so that a machine whose speed drifts during the run (a shared 2-core machine does)
+moves both sides of a ratio together. transformers' CB, sequential `generate` and the raw
+bound at batch 64 run once, after the rounds, against the median engine figure.
+
 Tokens/s are generated tokens divided by wall time from first submission to last token.
 """
 
@@ -30,6 +36,7 @@ import argparse
 import asyncio
 import random
 import resource
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -253,6 +260,48 @@ def _rss_mib() -> float:
     return float("nan")
 
 
+def run_rounds(
+    args: argparse.Namespace, model: Any, tokenizer: Any, work: Workload
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """The engine, the raw bound at the batch sizes that engine run used and (`--worker`) the
+    worker path, one after the other, `--rounds` times: each round's ratios compare figures
+    taken a minute apart, so a machine that speeds up or slows down over the run (this one
+    does) moves numerator and denominator together. Returns the median figures and each
+    round's ratios."""
+    from loadtest.engine_worker import WorkerPath
+
+    rates: dict[str, list[float]] = {"engine": [], "raw_engine_sizes": [], "worker": []}
+    ratios: dict[str, list[float]] = {"raw": [], "worker": []}
+    with asyncio.Runner() as loop:
+        path = None
+        if args.worker:
+            path = WorkerPath(args.model, args.dtype, args.batched_tokens)
+            loop.run(path.__aenter__())
+        try:
+            for r in range(args.rounds):
+                engine, sizes = bench_engine(model, tokenizer, work, 64, args.batched_tokens)
+                raw, mean_batch = raw_at_engine_sizes(model, work, sizes)
+                rates["engine"].append(engine)
+                rates["raw_engine_sizes"].append(raw)
+                ratios["raw"].append(engine / raw)
+                line = (
+                    f"  round {r + 1}: engine {engine:7.1f} tok/s, raw at its batch sizes "
+                    f"({len(sizes)} steps, mean {mean_batch:.1f}) {raw:7.1f} ({engine / raw:.2f})"
+                )
+                if path is not None:
+                    worker = loop.run(path.run(work))
+                    rates["worker"].append(worker)
+                    ratios["worker"].append(worker / engine)
+                    line += f", worker path {worker:7.1f} ({worker / engine:.2f})"
+                print(line, flush=True)
+        finally:
+            if path is not None:
+                loop.run(path.__aexit__(None, None, None))
+    figures = {k: statistics.median(v) for k, v in rates.items() if v}
+    print(f"  jetserve engine (median)       {figures['engine']:9.1f} tok/s", flush=True)
+    return figures, ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin:tiny-bench")
@@ -263,6 +312,9 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=8)
     parser.add_argument("--hf-batch-tokens", default="256,512,1024")
     parser.add_argument("--worker", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="engine / raw bound / worker path rounds"
+    )
     parser.add_argument(
         "--rss-requests",
         type=int,
@@ -288,9 +340,7 @@ def main() -> None:
         f"{sum(len(p) for p in work.prompts)} tokens"
     )
 
-    figures: dict[str, float] = {}
-    figures["engine"], sizes = bench_engine(model, tokenizer, work, 64, args.batched_tokens)
-    print(f"  jetserve engine                {figures['engine']:9.1f} tok/s", flush=True)
+    figures, per_round = run_rounds(args, model, tokenizer, work)
     hf = {}
     for bt in (int(x) for x in args.hf_batch_tokens.split(",")):
         hf[bt] = bench_hf_cb(model, work, bt)
@@ -303,37 +353,27 @@ def main() -> None:
     figures["raw_decode"] = max(raw.values())
     for name, rate in raw.items():
         print(f"  raw batched decode, {name:7s} cache (batch 64) {rate:9.1f} tok/s", flush=True)
-    figures["raw_engine_sizes"], mean_batch = raw_at_engine_sizes(model, work, sizes)
-    print(
-        f"  raw batched decode at the engine's own batch sizes ({len(sizes)} steps, "
-        f"mean {mean_batch:.1f}) {figures['raw_engine_sizes']:9.1f} tok/s",
-        flush=True,
-    )
-    if args.worker:
-        from loadtest.engine_worker import bench_worker
-
-        figures["worker"] = asyncio.run(
-            bench_worker(args.model, args.dtype, work, args.batched_tokens)
-        )
-        print(f"  full worker path (NATS)        {figures['worker']:9.1f} tok/s", flush=True)
 
     e = figures["engine"]
-    print("ratios (same run):")
+    print(f"ratios (engine: the median of {args.rounds} rounds, {e:.1f} tok/s):")
     print(
         f"  engine / transformers CB   {e / figures['transformers_cb']:6.2f}  (target >= 1.5; "
         f"best CB setting max_batch_tokens={best})"
     )
     print(f"  engine / sequential        {e / figures['sequential']:6.2f}  (target >= 5)")
     print(
-        f"  engine / raw decode bound  {e / figures['raw_engine_sizes']:6.2f}  (target >= 0.60; "
-        "the same steps' batch sizes, decode only)"
+        f"  engine / raw decode bound  {statistics.median(per_round['raw']):6.2f}  (target >= "
+        "0.60; median of the rounds' ratios; the same steps' batch sizes, decode only)"
     )
     print(
         f"  engine / raw at batch 64   {e / figures['raw_decode']:6.2f}  (every step full: "
         "the batch shrinks as requests finish, so no run reaches it)"
     )
-    if "worker" in figures:
-        print(f"  worker path / engine       {figures['worker'] / e:6.2f}  (target >= 0.90)")
+    if per_round.get("worker"):
+        print(
+            f"  worker path / engine       {statistics.median(per_round['worker']):6.2f}  "
+            "(target >= 0.90; median of the rounds' ratios)"
+        )
     if args.rss_requests:
         first, last = bench_rss(model, tokenizer, args.rss_requests, args.seed)
         print(
