@@ -7,11 +7,15 @@
 
         def load(self) -> None:
             self.net = load_my_net(self.options["path"])
+            self.pool = single_thread_executor("sentiment")  # workers.threads
 
         async def predict(self, batch: Sequence[ModelInput]) -> Sequence[Any]:
-            return await asyncio.to_thread(self.net.run, [i.payload for i in batch])
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.pool, self.net.run, [i.payload for i in batch])
 
-`load()` runs once, in a thread, before the worker pulls anything. `predict()` gets a batch of
+`load()` runs once, in a thread of its own, before the worker pulls anything. Blocking work in
+`predict()` belongs on one long-lived thread of the model's own (for torch, one OpenMP team:
+see `workers.threads`), not on asyncio's shared pool. `predict()` gets a batch of
 up to `max_batch_size` inputs gathered for at most `max_batch_wait_ms`, and returns one output
 per input, in order: a JSON-able value, a `ModelOutput`, or an exception instance for an input
 that failed on its own (`PermanentError` for bad input; anything else is retried).

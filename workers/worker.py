@@ -36,6 +36,7 @@ from workers.provision import QueueSettings, provision_model
 from workers.puller import PullConsumer
 from workers.replies import DurablePublisher, ReplySink
 from workers.sdk import resolve_model_class
+from workers.threads import in_own_thread
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ async def serve(spec: ModelSpec, config: WorkerConfig) -> int:
         await probes.start("0.0.0.0", config.metrics_port)
         log.info("metrics and probes on :%d", probes.port)
     try:
-        backend = await asyncio.to_thread(build_backend, spec)
+        backend = await in_own_thread(build_backend, spec)
         if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
             return 0
         worker = Worker(spec, config, backend, metrics)

@@ -19,6 +19,7 @@ from collections.abc import Sequence as Seq
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from schemas.errors import ErrorCode
@@ -105,7 +106,9 @@ class MaskComputer:
     def _fill(self, constraints: list[Constraint]) -> torch.Tensor:
         # What llguidance.torch.fill_next_token_bitmask does (that module compiles a kernel
         # with torch.compile at import, which this path does not need).
-        bitmask = torch.full((len(constraints), self._words), -1, dtype=torch.int32)
+        # numpy, not torch.full: a parallel torch fill would make this thread a second
+        # OpenMP master beside the engine's (see workers/threads.py).
+        bitmask = torch.from_numpy(np.full((len(constraints), self._words), -1, dtype=np.int32))
         row_bytes = self._words * 4
         for i, c in enumerate(constraints):
             c.matcher.unsafe_compute_mask_ptr(bitmask[i].data_ptr(), row_bytes)

@@ -20,6 +20,7 @@ from schemas.messages import Usage
 from schemas.payloads import EmbeddingPayload
 from workers.errors import PermanentError
 from workers.sdk import Model, ModelInput, ModelOutput
+from workers.threads import single_thread_executor
 
 #: Tokens per input: longer inputs are truncated (the model was trained on <= 256).
 MAX_INPUT_TOKENS = 256
@@ -53,6 +54,8 @@ class MiniLMEmbedder(Model):
         if threads:
             torch.set_num_threads(int(threads))
         self._torch = torch
+        # All inference on one thread (see workers/threads.py).
+        self._thread = single_thread_executor("embed")
         self._tokenizer = AutoTokenizer.from_pretrained(path)
         self._model = AutoModel.from_pretrained(path).eval()
 
@@ -87,7 +90,8 @@ class MiniLMEmbedder(Model):
             spans.append((len(texts), len(texts) + len(inputs)))
             texts.extend(inputs)
         if texts:
-            vectors, counts = await asyncio.to_thread(self._embed, texts)
+            loop = asyncio.get_running_loop()
+            vectors, counts = await loop.run_in_executor(self._thread, self._embed, texts)
         span = iter(spans)
         for i, out in enumerate(outputs):
             if out is not None:
