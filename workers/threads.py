@@ -4,7 +4,7 @@ Every thread that runs a parallel torch operator becomes an OpenMP master with i
 of worker threads, kept for as long as that thread lives. Once a process holds more OpenMP
 threads than CPUs, libgomp stops letting idle workers spin and puts them to sleep after each
 parallel region, so every later region pays a wake-up: on a 2-core machine the engine ran
-about 20% slower (its worker thread busy 67% of the time instead of 97%) while the pool
+about 20% slower (the process kept 1.67 of 2 CPUs busy instead of 1.95) while the pool
 thread that had loaded the model stayed alive.
 
 So: torch work that happens once (loading) runs on a thread that ends with it
