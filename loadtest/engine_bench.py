@@ -262,15 +262,15 @@ def _rss_mib() -> float:
 
 def run_rounds(
     args: argparse.Namespace, model: Any, tokenizer: Any, work: Workload
-) -> tuple[dict[str, float], dict[str, list[float]]]:
+) -> tuple[float, dict[str, list[float]]]:
     """The engine, the raw bound at the batch sizes that engine run used and (`--worker`) the
-    worker path, one after the other, `--rounds` times: each round's ratios compare figures
-    taken a minute apart, so a machine that speeds up or slows down over the run (this one
-    does) moves numerator and denominator together. Returns the median figures and each
-    round's ratios."""
+    worker path, one right after the other, `--rounds` times: each round's ratios compare
+    figures taken close together, so a machine that speeds up or slows down over the run
+    (this one does) moves numerator and denominator together. Returns the median engine
+    figure and each round's ratios."""
     from loadtest.engine_worker import WorkerPath
 
-    rates: dict[str, list[float]] = {"engine": [], "raw_engine_sizes": [], "worker": []}
+    engines: list[float] = []
     ratios: dict[str, list[float]] = {"raw": [], "worker": []}
     with asyncio.Runner() as loop:
         path = None
@@ -281,8 +281,7 @@ def run_rounds(
             for r in range(args.rounds):
                 engine, sizes = bench_engine(model, tokenizer, work, 64, args.batched_tokens)
                 raw, mean_batch = raw_at_engine_sizes(model, work, sizes)
-                rates["engine"].append(engine)
-                rates["raw_engine_sizes"].append(raw)
+                engines.append(engine)
                 ratios["raw"].append(engine / raw)
                 line = (
                     f"  round {r + 1}: engine {engine:7.1f} tok/s, raw at its batch sizes "
@@ -290,16 +289,15 @@ def run_rounds(
                 )
                 if path is not None:
                     worker = loop.run(path.run(work))
-                    rates["worker"].append(worker)
                     ratios["worker"].append(worker / engine)
                     line += f", worker path {worker:7.1f} ({worker / engine:.2f})"
                 print(line, flush=True)
         finally:
             if path is not None:
                 loop.run(path.__aexit__(None, None, None))
-    figures = {k: statistics.median(v) for k, v in rates.items() if v}
-    print(f"  jetserve engine (median)       {figures['engine']:9.1f} tok/s", flush=True)
-    return figures, ratios
+    engine = statistics.median(engines)
+    print(f"  jetserve engine (median)       {engine:9.1f} tok/s", flush=True)
+    return engine, ratios
 
 
 def main() -> None:
@@ -340,7 +338,8 @@ def main() -> None:
         f"{sum(len(p) for p in work.prompts)} tokens"
     )
 
-    figures, per_round = run_rounds(args, model, tokenizer, work)
+    engine, per_round = run_rounds(args, model, tokenizer, work)
+    figures = {"engine": engine}
     hf = {}
     for bt in (int(x) for x in args.hf_batch_tokens.split(",")):
         hf[bt] = bench_hf_cb(model, work, bt)
