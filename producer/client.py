@@ -360,6 +360,9 @@ class Client:
         return on_reply
 
     async def _release(self, pending: Pending) -> None:
+        # A waiter's `notify` usually refers back to it (a cycle): left in place, every
+        # request would be garbage only the cyclic collector frees.
+        pending.notify = None
         if self._waiters.get(pending.request.id) is pending:
             del self._waiters[pending.request.id]
         if pending._sub is not None:
