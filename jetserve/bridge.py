@@ -9,6 +9,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from jetserve.heap import settle
 from producer.client import Client
 from producer.http.auth import (
     Authenticator,
@@ -173,10 +174,15 @@ async def serve(
         pools = LazyPool(config.database_url)
     authenticator = build_authenticator(config, pools)
     batch = BatchApi(config, authenticator, pools, allow_private_webhooks, file_limits)
+
+    async def on_startup(client: Client) -> None:
+        await batch.on_startup(client)
+        settle()  # the app and its clients are built: what follows is per request
+
     app = create_app(
         config,
         authenticator,
-        on_startup=batch.on_startup,
+        on_startup=on_startup,
         routes=batch.routes(),
         unavailable=database_unavailable_errors() if pools is not None else (),
     )

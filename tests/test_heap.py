@@ -1,0 +1,42 @@
+"""`jetserve.heap.settle`: the collector settings of a long-running server process."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from jetserve.heap import YOUNG_THRESHOLD, settle
+
+
+@pytest.fixture
+def restored_collector() -> Iterator[None]:
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+@pytest.mark.usefixtures("restored_collector")
+def test_settle_hides_what_exists_and_still_collects_later_cycles() -> None:
+    before = Node()
+    settle()
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+    assert gc.get_freeze_count() > 0
+    # What existed at start-up is out of the collector's sight ...
+    assert not any(o is before for o in gc.get_objects())
+    # ... and garbage made afterwards is still found.
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    assert gone() is not None  # a cycle: reference counting alone does not free it
+    gc.collect()
+    assert gone() is None
