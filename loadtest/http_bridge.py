@@ -11,15 +11,20 @@ bridge process, at the same fixed concurrency, each after a warm-up:
 1. `POST /bench/echo` with the chat body: the trivial endpoint. The same framework route,
    body reading and JSON response as the OpenAI routes, no NATS;
 2. `GET /healthz`: the cheapest route there is (no body), for reference;
-3. `POST /v1/chat/completions` for the echo model: HTTP -> JetStream -> worker process ->
+3. `POST /bench/chat`: the chat endpoint's own code (body decoding, conversion, the call, the
+   OpenAI response) answered in-process as the echo model would: what the OpenAI handling
+   costs, without the queue;
+4. `POST /v1/chat/completions` for the echo model: HTTP -> JetStream -> worker process ->
    reply subject -> HTTP, the same ~150-byte body.
 
-The three run in rounds (trivial, healthz, chat; again and again) against the same processes,
+The four run in rounds (trivial, healthz, chat without NATS, chat) against the same processes,
 and the figures are the rounds' medians: this machine's speed drifts by tens of percent
 within a minute, and a ratio taken from side-by-side runs of one round is what drift moves
 least. Prints req/s, p50/p99, the CPU per request of the bridge, the worker and nats-server,
-each round's ratio chat / trivial (the target is >= 0.5), and the median ratios chat / trivial
-and chat / healthz.
+how often per request the bridge was preempted (involuntary context switches: on a small
+machine the chat run puts the load generator, the bridge, the worker and nats-server on the
+same cores), each round's ratio chat / trivial (the target is >= 0.5), and the median ratios
+chat / trivial, chat without NATS / trivial and chat / healthz.
 """
 
 from __future__ import annotations
@@ -64,6 +69,19 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _preemptions(pid: int) -> int:
+    """Involuntary context switches of all the process's threads so far."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        match = re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.MULTILINE)
+        total += int(match.group(1)) if match else 0
+    return total
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -93,8 +111,10 @@ def wrk(
         cmd += ["-s", str(script)]
     quiesce(pids)
     before = {name: _cpu_s(pid) for name, pid in pids.items()}
+    switched = _preemptions(pids["bridge"])
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
     cpu = {name: _cpu_s(pid) - before[name] for name, pid in pids.items()}
+    switched = _preemptions(pids["bridge"]) - switched
     figures = {
         "req_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
@@ -107,6 +127,7 @@ def wrk(
         raise RuntimeError(f"wrk saw failures against {url}:\n{out}")
     for name, seconds in cpu.items():
         figures[f"{name}_cpu_us_per_req"] = seconds / figures["requests"] * 1e6
+    figures["bridge_preempted_per_req"] = switched / figures["requests"]
     return figures
 
 
@@ -171,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             targets = {
                 "trivial": (f"{base}/bench/echo", script),
                 "healthz": (f"{base}/healthz", None),
+                "inproc": (f"{base}/bench/chat", script),
                 "chat": (f"{base}/v1/chat/completions", script),
             }
             pids = {"bridge": bridge.pid, "worker": worker.pid}
@@ -202,6 +224,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["ratio_vs_healthz"] = statistics.median(
         r["chat"]["req_per_s"] / r["healthz"]["req_per_s"] for r in rounds
     )
+    result["ratio_inproc"] = statistics.median(
+        r["inproc"]["req_per_s"] / r["trivial"]["req_per_s"] for r in rounds
+    )
     chat, trivial, healthz = figures["chat"], figures["trivial"], figures["healthz"]
     c = args.connections
     print(
@@ -211,6 +236,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = (
         ("POST /bench/echo (trivial)", trivial),
         ("GET /healthz", healthz),
+        ("POST /bench/chat (no NATS)", figures["inproc"]),
         ("POST /v1/chat/completions (echo)", chat),
     )
     for name, f in rows:
@@ -222,11 +248,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(
             f"  {name:34s} {f['req_per_s']:8.0f} req/s  p50 {f['p50_ms']:6.2f} ms  "
             f"p99 {f['p99_ms']:6.2f} ms  CPU us/req: bridge {f['bridge_cpu_us_per_req']:4.0f}"
-            f"  {others}"
+            f"  {others}  bridge preempted {f['bridge_preempted_per_req']:4.2f}/req"
         )
     rounds_text = ", ".join(f"{r:.2f}" for r in per_round)
     print(f"  ratio chat / trivial, each round   {rounds_text}")
     print(f"  ratio chat / trivial               {result['ratio']:8.2f}   (target >= 0.50)")
+    print(f"  ratio chat without NATS / trivial  {result['ratio_inproc']:8.2f}")
     print(f"  ratio chat / healthz               {result['ratio_vs_healthz']:8.2f}")
     return result
 

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from producer.client import Client
 from producer.http import openai_types as oa
 from producer.http.auth import Authenticator
+from producer.http.bench import EchoDispatcher
 from producer.http.config import BridgeConfig
 from producer.http.disconnect import DisconnectWatch
 from producer.http.dispatch import Call, Dispatcher
@@ -51,11 +52,14 @@ _DOCUMENTED = (
 
 class _Holder:
     bridge: Bridge | None = None
+    #: The same, answering in-process (`/bench/chat`), when the bench routes are on.
+    bench: Bridge | None = None
 
-    def get(self) -> Bridge:
-        if self.bridge is None:
+    def get(self, bench: bool = False) -> Bridge:
+        bridge = self.bench if bench else self.bridge
+        if bridge is None:
             raise ApiError(503, "The bridge is starting.", code="starting")
-        return self.bridge
+        return bridge
 
 
 def create_app(
@@ -86,18 +90,30 @@ def create_app(
             retry_after_s=config.retry_after_s,
         )
         kv = await open_bucket(client.js, config.duplicate_window_s)
-        holder.bridge = Bridge(config, authenticator, dispatcher, Idempotency(dispatcher, kv))
+        idempotency = Idempotency(dispatcher, kv)
+        holder.bridge = Bridge(config, authenticator, dispatcher, idempotency)
+        if config.echo_route:
+            local = EchoDispatcher(
+                client,
+                presence,
+                metrics,
+                no_worker_timeout_s=config.no_worker_timeout_s,
+                retry_after_s=config.retry_after_s,
+            )
+            holder.bench = Bridge(config, authenticator, local, idempotency)
         if on_startup is not None:
             await on_startup(client)
         log.info("bridge connected to NATS, auth %s", config.auth.value)
         try:
             yield
         finally:
-            holder.bridge = None
+            holder.bridge = holder.bench = None
             await dispatcher.close()
             await client.close()
 
-    async def serve(request: Request[Any, Any, Any], endpoint: Endpoint) -> Response[Any]:
+    async def serve(
+        request: Request[Any, Any, Any], endpoint: Endpoint, bench: bool = False
+    ) -> Response[Any]:
         def watch(call: Call) -> Callable[[], None]:
             return DisconnectWatch(request.receive, call.client_gone).stop
 
@@ -105,7 +121,7 @@ def create_app(
             return await read_body(request.receive, config.max_body_bytes)
 
         headers = wanted_headers(request.scope["headers"])
-        reply = await holder.get().post(endpoint, body, headers, watch)
+        reply = await holder.get(bench).post(endpoint, body, headers, watch)
         if reply.stream is not None:
             return Stream(reply.stream, media_type="text/event-stream", headers=SSE_HEADERS)
         return Response(
@@ -155,6 +171,12 @@ def create_app(
         body = await read_body(request.receive, config.max_body_bytes)
         return Response(body, media_type=JSON)
 
+    @post("/bench/chat", status_code=200, include_in_schema=False)
+    async def bench_chat(request: Request[Any, Any, Any]) -> Response[Any]:
+        """The benchmark's middle endpoint: `/v1/chat/completions` answered in-process as the
+        echo model would, without NATS (`producer.http.bench`)."""
+        return await serve(request, CHAT, bench=True)
+
     handlers: list[ControllerRouterHandler] = [
         chat,
         completions,
@@ -167,7 +189,7 @@ def create_app(
         *routes,
     ]
     if config.echo_route:
-        handlers.append(echo)
+        handlers += [echo, bench_chat]
     app = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],

@@ -47,7 +47,8 @@ class BridgeConfig:
     retry_after_s: int = 1
     #: How long idempotent results are kept; the streams' JetStream duplicate window.
     duplicate_window_s: float = 120.0
-    #: Serve `POST /bench/echo` (returns its body): the trivial endpoint of the benchmark.
+    #: Serve the benchmark's `POST /bench/echo` (returns its body: the trivial endpoint) and
+    #: `POST /bench/chat` (the chat endpoint answered in-process, without NATS).
     echo_route: bool = False
 
     @classmethod

@@ -15,6 +15,7 @@ ROUTES = (
     "/metrics",
     "/openapi.json",
     "/bench/echo",
+    "/bench/chat",
 )
 
 _BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
