@@ -27,6 +27,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from jetserve.heap import settle
     from workers.config import ModelSpec, find_model, load_models_file
     from workers.worker import main as worker_main
 
@@ -38,7 +39,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     else:
         spec = find_model(load_models_file(_models_file(args)), args.model)
-    return worker_main(spec, os.environ)
+    # Once the model is loaded: the loaded model and start-up objects out of the collector's
+    # sight, young collections less often (as in the bridge; `jetserve/heap.py`).
+    return worker_main(spec, os.environ, on_serving=settle)
 
 
 def _option(text: str) -> tuple[str, object]:

@@ -12,6 +12,10 @@ as pre-forking servers do) and raises the young threshold, so a collection runs 
 can have built up, not on every burst of arrivals. Reference cycles are still collected: the
 request path creates none (tests/integration/test_bridge_calls.py), so the objects a
 collection walks are only what other paths leave.
+
+The bridge settles once started, a worker once its model is loaded and it pulls requests
+(`jetserve worker`: `Worker(on_serving=settle)`). In the echo worker, side by side with one
+that does not (8 rounds on one bridge and nats-server), CPU per request 159 -> 150 us (medians).
 """
 
 from __future__ import annotations

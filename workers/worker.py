@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import nats
 from nats.aio.client import Client as NATS
@@ -85,8 +85,11 @@ class Worker:
         config: WorkerConfig,
         backend: Backend,
         metrics: WorkerMetrics | None = None,
+        on_serving: Callable[[], None] | None = None,
     ) -> None:
+        """`on_serving()` runs once the model is loaded and the worker pulls requests."""
         self.spec = spec
+        self._on_serving = on_serving
         self.config = config
         self.backend = backend
         self.metrics = metrics or WorkerMetrics()
@@ -162,6 +165,8 @@ class Worker:
         log.info(
             "worker %s serving %s (capacity %d)", self.worker_id, model, self.backend.capacity()
         )
+        if self._on_serving is not None:
+            self._on_serving()
         gauge = asyncio.create_task(self._gauge_loop(js))
         await self._stop.wait()
         gauge.cancel()
@@ -259,7 +264,9 @@ class Worker:
         log.warning("NATS error: %s", exc)
 
 
-async def serve(spec: ModelSpec, config: WorkerConfig) -> int:
+async def serve(
+    spec: ModelSpec, config: WorkerConfig, on_serving: Callable[[], None] | None = None
+) -> int:
     """Load the model, then serve until told to stop. The probe endpoint is up from the start,
     so Kubernetes sees a live-but-unready pod while a large model loads."""
     metrics = WorkerMetrics()
@@ -288,7 +295,7 @@ async def serve(spec: ModelSpec, config: WorkerConfig) -> int:
         backend = await in_own_thread(build_backend, spec)
         if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
             return 0
-        worker = Worker(spec, config, backend, metrics)
+        worker = Worker(spec, config, backend, metrics, on_serving)
         workers.append(worker)
         return await worker.run()
     finally:
@@ -296,8 +303,10 @@ async def serve(spec: ModelSpec, config: WorkerConfig) -> int:
             await probes.close()
 
 
-def main(spec: ModelSpec, env: Mapping[str, str]) -> int:
+def main(
+    spec: ModelSpec, env: Mapping[str, str], on_serving: Callable[[], None] | None = None
+) -> int:
     import uvloop  # a faster event loop for the per-message path, as in the bridge
 
     config = WorkerConfig.from_env(env)
-    return uvloop.run(serve(spec, config))
+    return uvloop.run(serve(spec, config, on_serving))
