@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
 import uuid
@@ -35,6 +36,7 @@ from producer.errors import (
     RequestTooLarge,
     Unavailable,
 )
+from producer.timers import CoarseTimers
 from schemas import names
 from schemas.codec import decode_reply, encode
 from schemas.messages import (
@@ -186,6 +188,7 @@ class Client:
         self._ack_ids = itertools.count()
         self._subjects: dict[tuple[str, Priority], str] = {}
         self._sub: Any = None
+        self._timers = CoarseTimers()
 
     @classmethod
     async def connect(cls, url: str = "nats://127.0.0.1:4222", **options: Any) -> Client:
@@ -241,8 +244,10 @@ class Client:
         while True:
             future: asyncio.Future[Msg] = loop.create_future()
             self._acks[ack_token] = future
-            # A bare timer, not asyncio.timeout(): this runs for every request (hot path).
-            timer = loop.call_later(max(0.05, give_up - time.monotonic()), _expire, future)
+            # A coarse timer, not asyncio.timeout(): this runs for every request (hot path).
+            timer = self._timers.call_later(
+                max(0.05, give_up - time.monotonic()), functools.partial(_expire, future)
+            )
             try:
                 await self.nc.publish(subject, data, reply=ack_to, headers=headers)
                 msg = await future
@@ -259,7 +264,7 @@ class Client:
                     f"server accepts ({self.nc.max_payload} bytes)"
                 ) from None
             finally:
-                timer.cancel()
+                self._timers.cancel(timer)
                 if self._acks.get(ack_token) is future:
                     del self._acks[ack_token]
             if time.monotonic() >= give_up:

@@ -115,7 +115,7 @@ def create_app(
         request: Request[Any, Any, Any], endpoint: Endpoint, bench: bool = False
     ) -> Response[Any]:
         def watch(call: Call) -> Callable[[], None]:
-            return DisconnectWatch(request.receive, call.client_gone).stop
+            return DisconnectWatch(request.receive, call.client_gone, call.timers).stop
 
         async def body() -> bytes:
             return await read_body(request.receive, config.max_body_bytes)

@@ -32,6 +32,7 @@ from producer.http.errors import (
 )
 from producer.http.metrics import BridgeMetrics
 from producer.http.presence import Presence
+from producer.timers import CoarseTimers
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest, StreamChunk
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class Call:
         self._passed = 0
         pending.notify = self._notify
 
+    @property
+    def timers(self) -> CoarseTimers:
+        return self._d.timers
+
     def client_gone(self) -> None:
         """The HTTP client disconnected: the waiter raises `ClientGone`."""
         self._gone = True
@@ -81,11 +86,11 @@ class Call:
         """Until a reply arrives or the loop time `until`, whichever is first. Cancelling
         the caller never cancels the reply future."""
         wake = self._wake = self._loop.create_future()
-        timer = self._loop.call_at(until, self._notify)
+        timer = self._d.timers.call_at(until, self._notify)
         try:
             await wake
         finally:
-            timer.cancel()
+            self._d.timers.cancel(timer)
             self._wake = None
 
     async def next(self) -> Event:
@@ -154,6 +159,8 @@ class Dispatcher:
         self.metrics = metrics
         self.no_worker_timeout_s = no_worker_timeout_s
         self.retry_after_s = retry_after_s
+        #: The calls' waits and disconnect watches (coarse: a deadline may be ~50 ms late).
+        self.timers = CoarseTimers()
         self._background: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Any) -> None:
