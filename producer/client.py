@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 from producer.errors import (
     BacklogFull,
     InvalidRequest,
+    JetserveError,
     ModelNotFound,
     RequestFailed,
     RequestTimeout,
@@ -73,6 +74,10 @@ _pub_ack = msgspec.json.Decoder(_PubAck)
 
 class _RetryPublish(Exception):
     """The publish may not have been stored: publish again (same de-duplication id)."""
+
+
+#: A publish that failed these ways may be repeated (the same de-duplication id).
+_RETRY = (_RetryPublish, TimeoutError, ConnectionError, nats.errors.OutboundBufferLimitError)
 
 
 _DEFAULT_TIMEOUT_S = 60.0
@@ -143,10 +148,20 @@ class Pending:
     """One request in flight: where its replies go, and where it is stored.
 
     `done` resolves with the terminal reply; `chunks` (streaming requests only) receives
-    chunks in arrival order. `accepted` is set once JetStream has stored the request.
+    chunks in arrival order. `accepted` is set once JetStream has stored the request;
+    `refused` (requests started with `Client.begin`) when it will not be stored.
     """
 
-    __slots__ = ("_sub", "accepted", "chunks", "done", "notify", "request")
+    __slots__ = (
+        "_sub",
+        "accepted",
+        "accepted_at",
+        "chunks",
+        "done",
+        "notify",
+        "refused",
+        "request",
+    )
 
     def __init__(self, request: InferenceRequest, streaming: bool) -> None:
         self.request = request
@@ -155,6 +170,9 @@ class Pending:
         )
         self.chunks: asyncio.Queue[StreamChunk] | None = asyncio.Queue() if streaming else None
         self.accepted: Accepted | None = None
+        #: The event loop's time when `accepted` was set.
+        self.accepted_at = 0.0
+        self.refused: JetserveError | None = None
         #: A dedicated subscription, when the reply subject is not the client's inbox.
         self._sub: Any = None
         #: Called after every reply delivered (for waiters that watch several things).
@@ -171,6 +189,15 @@ class Pending:
             return
         if self.notify is not None:
             self.notify()
+
+    def refuse(self, error: JetserveError) -> None:
+        self.refused = error
+        if self.notify is not None:
+            self.notify()
+
+
+#: One publish to retry: subject, data, headers, when to give up (time.monotonic()).
+_Attempt = tuple[str, bytes, dict[str, str], float]
 
 
 class Client:
@@ -189,6 +216,7 @@ class Client:
         self._subjects: dict[tuple[str, Priority], str] = {}
         self._sub: Any = None
         self._timers = CoarseTimers()
+        self._retries: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, url: str = "nats://127.0.0.1:4222", **options: Any) -> Client:
@@ -224,16 +252,7 @@ class Client:
 
         The PubAck comes to the client's own inbox (`<inbox>.<n>.ack`), beside the replies:
         one subscription, no per-publish request machinery (the hot path)."""
-        headers = {Header.MSG_ID.value: dedup_id(request)}
-        if reply_to:
-            headers[Header.REPLY_TO.value] = reply_to
-        if self._encoding is not Encoding.JSON:
-            headers[Header.ENCODING.value] = self._encoding.value
-        subject = self._subjects.get((request.model, request.priority))
-        if subject is None:
-            subject = names.request_subject(request.model, request.priority)
-            self._subjects[(request.model, request.priority)] = subject
-        data = encode(request, self._encoding)
+        subject, data, headers = self._message(request, reply_to)
         await self._ensure_inbox()
         # Keyed per publish, not per request id: retries of one idempotent request may be in
         # flight at once.
@@ -249,20 +268,11 @@ class Client:
                 max(0.05, give_up - time.monotonic()), functools.partial(_expire, future)
             )
             try:
-                await self.nc.publish(subject, data, reply=ack_to, headers=headers)
+                await self._publish(request, subject, data, ack_to, headers)
                 msg = await future
                 return self._accepted(request, msg)
-            except _RetryPublish:
+            except _RETRY:
                 pass
-            except (TimeoutError, ConnectionError, nats.errors.OutboundBufferLimitError):
-                pass
-            except nats.errors.ConnectionClosedError:
-                raise Unavailable("NATS connection closed") from None
-            except nats.errors.MaxPayloadError:
-                raise RequestTooLarge(
-                    f"request {request.id} ({len(data)} bytes) is larger than the NATS "
-                    f"server accepts ({self.nc.max_payload} bytes)"
-                ) from None
             finally:
                 self._timers.cancel(timer)
                 if self._acks.get(ack_token) is future:
@@ -270,6 +280,121 @@ class Client:
             if time.monotonic() >= give_up:
                 raise Unavailable(f"request {request.id} not acknowledged by NATS in time")
             await asyncio.sleep(0.1)
+
+    def _message(
+        self, request: InferenceRequest, reply_to: str | None
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """Subject, payload and headers of the request's publish."""
+        headers = {Header.MSG_ID.value: dedup_id(request)}
+        if reply_to:
+            headers[Header.REPLY_TO.value] = reply_to
+        if self._encoding is not Encoding.JSON:
+            headers[Header.ENCODING.value] = self._encoding.value
+        subject = self._subjects.get((request.model, request.priority))
+        if subject is None:
+            subject = names.request_subject(request.model, request.priority)
+            self._subjects[(request.model, request.priority)] = subject
+        return subject, encode(request, self._encoding), headers
+
+    async def _publish(
+        self,
+        request: InferenceRequest,
+        subject: str,
+        data: bytes,
+        ack_to: str,
+        headers: dict[str, str],
+    ) -> None:
+        """One publish. Raises one of `_RETRY` when it may be retried."""
+        try:
+            await self.nc.publish(subject, data, reply=ack_to, headers=headers)
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("NATS connection closed") from None
+        except nats.errors.MaxPayloadError:
+            raise RequestTooLarge(
+                f"request {request.id} ({len(data)} bytes) is larger than the NATS "
+                f"server accepts ({self.nc.max_payload} bytes)"
+            ) from None
+
+    async def begin(self, request: InferenceRequest, *, streaming: bool) -> Pending:
+        """Like `start` (replies to the client's inbox), but returns once published, not once
+        stored: the PubAck is handled when it arrives, setting `pending.accepted`, or
+        `pending.refused` (unknown model, full backlog, too large, not stored in time) and
+        calling `pending.notify`. A publish that is not acknowledged is retried (the same
+        de-duplication id) until `publish_timeout_s`. For callers that wait on the pending
+        reply anyway (the HTTP bridge): their task is woken once per request, not twice."""
+        await self._ensure_inbox()
+        if request.id in self._waiters:
+            raise InvalidRequest(f"request id {request.id!r} is already in flight")
+        pending = Pending(request, streaming)
+        self._waiters[request.id] = pending
+        subject, data, headers = self._message(request, self.reply_subject(request.id))
+        attempt = (subject, data, headers, time.monotonic() + self._publish_timeout_s)
+        try:
+            await self._publish_watched(pending, attempt)
+        except BaseException:
+            await self._release(pending)
+            raise
+        return pending
+
+    async def _publish_watched(self, pending: Pending, attempt: _Attempt) -> None:
+        subject, data, headers, give_up = attempt
+        token = f"{next(self._ack_ids):x}"
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._acks[token] = future
+        timer = self._timers.call_later(
+            max(0.05, give_up - time.monotonic()), functools.partial(_expire, future)
+        )
+        future.add_done_callback(functools.partial(self._on_ack, pending, attempt, token, timer))
+        ack_to = f"{self._prefix}.{token}.ack"
+        try:
+            await self._publish(pending.request, subject, data, ack_to, headers)
+        except _RETRY as exc:
+            if not future.done():
+                future.set_exception(exc)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def _on_ack(
+        self,
+        pending: Pending,
+        attempt: _Attempt,
+        token: str,
+        timer: int,
+        future: asyncio.Future[Msg],
+    ) -> None:
+        self._timers.cancel(timer)
+        if self._acks.get(token) is future:
+            del self._acks[token]
+        request = pending.request
+        if future.cancelled() or self._waiters.get(request.id) is not pending:
+            return  # released meanwhile: nobody waits for the outcome
+        error: JetserveError
+        try:
+            if (exc := future.exception()) is not None:
+                raise exc
+            pending.accepted = self._accepted(request, future.result())
+            pending.accepted_at = asyncio.get_running_loop().time()
+            return
+        except _RETRY:
+            if time.monotonic() < attempt[3]:
+                task = asyncio.get_running_loop().create_task(self._republish(pending, attempt))
+                self._retries.add(task)
+                task.add_done_callback(self._retries.discard)
+                return
+            error = Unavailable(f"request {request.id} not acknowledged by NATS in time")
+        except JetserveError as exc:
+            error = exc
+        pending.refuse(error)
+
+    async def _republish(self, pending: Pending, attempt: _Attempt) -> None:
+        await asyncio.sleep(0.1)
+        if self._waiters.get(pending.request.id) is not pending:
+            return
+        try:
+            await self._publish_watched(pending, attempt)
+        except JetserveError as exc:
+            pending.refuse(exc)
 
     def _accepted(self, request: InferenceRequest, msg: Msg) -> Accepted:
         if not msg.data:
@@ -348,6 +473,7 @@ class Client:
             pending._sub = await self.nc.subscribe(reply_to, cb=self._dedicated(pending))
         try:
             pending.accepted = await self.submit(request, reply_to=reply_to)
+            pending.accepted_at = asyncio.get_running_loop().time()
         except BaseException:
             await self._release(pending)
             raise
@@ -382,7 +508,7 @@ class Client:
         if pending.done.done():
             return
         pending.done.cancel()
-        if cancel and self.nc.is_connected:
+        if cancel and pending.refused is None and self.nc.is_connected:
             seq = pending.accepted.seq if pending.accepted else None
             with contextlib.suppress(Exception):
                 await self.cancel(pending.request.model, pending.request.id, stream_seq=seq)

@@ -4,8 +4,11 @@
     item = await call.next()      # StreamChunk ..., then FinalResult; raises ApiError
     await call.close()            # always; cancels upstream if no terminal reply came
 
-Waiting is bounded twice. The deadline (`timeout_s`, also the request's `deadline_ms`) ends
-in 504. Every `no_worker_timeout_s` without a reply, the model's workers are pinged; when
+Publishing does not wait for the PubAck (`Client.begin`): a refusal (unknown model, full
+backlog, not stored in time) comes out of `call.next()` like a reply, so the caller's task is
+woken once per request. Waiting is bounded twice. The deadline (`timeout_s`, also the
+request's `deadline_ms`) ends in 504. Every `no_worker_timeout_s` without a reply, counted
+from when the request was stored, the model's workers are pinged; when
 none answers, the request is cancelled and deleted from the stream (it must not run later,
 when a worker starts) and the caller gets 503. Whatever the reason upstream work is
 abandoned (deadline, no workers, the client went away), `Client.finish` cancels it, so a
@@ -98,6 +101,8 @@ class Call:
         while True:
             if self._gone:
                 raise ClientGone()
+            if pending.refused is not None:  # not stored (unknown model, full backlog, ...)
+                raise self._d.refusal(pending.refused, self.request)
             if pending.chunks is not None and not pending.chunks.empty():
                 chunk = pending.chunks.get_nowait()
                 self._attempt = max(self._attempt, chunk.attempt)
@@ -111,7 +116,14 @@ class Call:
             if now >= self._deadline:
                 self._d.metrics.cancels.labels("deadline").inc()
                 raise deadline_exceeded()
-            if now >= self._next_check:
+            if now >= self._next_check and (
+                pending.accepted is None or now < pending.accepted_at + self._d.no_worker_timeout_s
+            ):
+                # Workers are looked for `no_worker_timeout_s` after the request was stored;
+                # until it is (NATS away, the publish retried), the publish timeout applies.
+                start = now if pending.accepted is None else pending.accepted_at
+                self._next_check = start + self._d.no_worker_timeout_s
+            elif now >= self._next_check:
                 if not await self._d.presence.any_worker(self.request.model):
                     self._d.metrics.cancels.labels("no_workers").inc()
                     raise no_workers(self.request.model, self._d.no_worker_timeout_s)
@@ -168,28 +180,45 @@ class Dispatcher:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def refusal(self, exc: JetserveError, request: InferenceRequest) -> ApiError:
+        """A request not taken (unknown model, full backlog, NATS down) as its HTTP error."""
+        if isinstance(exc, RequestTooLarge):
+            return ApiError(413, exc.message, code="request_too_large")
+        if isinstance(exc, InvalidRequest):
+            return invalid(exc.message, None)
+        return from_producer_error(exc, request.model, self.retry_after_s)
+
     async def start(
         self, request: InferenceRequest, *, streaming: bool, reply_to: str | None = None
     ) -> Pending:
-        """Publish; map refusals (unknown model, full backlog, NATS down) to ApiError."""
+        """Publish and wait until stored; refusals raised as ApiError."""
         try:
             return await self.client.start(request, streaming=streaming, reply_to=reply_to)
-        except RequestTooLarge as exc:
-            raise ApiError(413, exc.message, code="request_too_large") from None
-        except InvalidRequest as exc:
-            raise invalid(exc.message, None) from None
         except JetserveError as exc:
-            raise from_producer_error(exc, request.model, self.retry_after_s) from None
-        except Exception as exc:  # e.g. a body over the server's max_payload
-            if "payload" in str(exc).lower() or "size" in str(exc).lower():
-                raise ApiError(413, "The request is too large.", code="request_too_large") from None
-            raise
+            raise self.refusal(exc, request) from None
+        except Exception as exc:
+            raise _too_large(exc) from None
 
     async def open(self, request: InferenceRequest, *, streaming: bool, timeout_s: float) -> Call:
-        pending = await self.start(request, streaming=streaming)
+        """Publish; the call raises the refusal if the request is not stored, its reply
+        otherwise (one wait for both: `Client.begin`)."""
+        try:
+            pending = await self.client.begin(request, streaming=streaming)
+        except JetserveError as exc:
+            raise self.refusal(exc, request) from None
+        except Exception as exc:
+            raise _too_large(exc) from None
         return Call(self, pending, asyncio.get_running_loop().time() + timeout_s)
 
     async def close(self) -> None:
         for task in list(self._background):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
+
+
+def _too_large(exc: Exception) -> Exception:
+    """nats-py's own size errors (e.g. a body over the server's max_payload) as 413; anything
+    else unchanged."""
+    if "payload" in str(exc).lower() or "size" in str(exc).lower():
+        return ApiError(413, "The request is too large.", code="request_too_large")
+    return exc

@@ -222,3 +222,43 @@ async def test_worker_never_holds_more_than_its_capacity(
     info = await js.consumer_info(names.stream_name(model_name), "online")
     assert info.num_ack_pending == 4
     assert info.num_pending == 16
+
+
+async def test_begin_returns_before_the_ack_and_records_it(
+    nc: NATS, model_name: str, inproc_worker: Any
+) -> None:
+    await inproc_worker(model_name)
+    client = Client(nc)
+    pending = await client.begin(make_request(model_name, "predict", 7), streaming=False)
+    result = await asyncio.wait_for(pending.done, 10)
+    assert isinstance(result, FinalResult)
+    assert result.output == 7
+    assert pending.accepted is not None
+    assert pending.accepted.stream == names.stream_name(model_name)
+    assert pending.refused is None
+    await client.finish(pending)
+    await client.close()
+
+
+async def test_begin_reports_refusals_on_the_pending(
+    nc: NATS, model_name: str, inproc_worker: Any
+) -> None:
+    w = await inproc_worker(model_name, max_backlog=1)
+    await w.stop()
+    client = Client(nc)
+
+    async def refusal(request: Any) -> Exception | None:
+        woke = asyncio.Event()
+        pending = await client.begin(request, streaming=False)
+        pending.notify = woke.set
+        await asyncio.wait_for(woke.wait(), 10)
+        await client.finish(pending)
+        return pending.refused
+
+    assert isinstance(await refusal(make_request("no-such-model", "predict", 1)), ModelNotFound)
+    first = await client.begin(make_request(model_name, "predict", 1), streaming=False)
+    # The server takes one connection's publishes in order: the first fills the backlog.
+    assert isinstance(await refusal(make_request(model_name, "predict", 2)), BacklogFull)
+    assert first.accepted is not None  # its PubAck came first
+    await client.finish(first, cancel=False)
+    await client.close()
