@@ -18,7 +18,6 @@ import itertools
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -37,6 +36,7 @@ from producer.errors import (
     RequestTooLarge,
     Unavailable,
 )
+from producer.pending import Accepted, Pending
 from producer.timers import CoarseTimers
 from schemas import names
 from schemas.codec import decode_reply, encode
@@ -81,15 +81,6 @@ _RETRY = (_RetryPublish, TimeoutError, ConnectionError, nats.errors.OutboundBuff
 
 
 _DEFAULT_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class Accepted:
-    id: str
-    stream: str
-    seq: int
-    #: True when a request with the same id/idempotency key was already stored.
-    duplicate: bool
 
 
 def new_request_id() -> str:
@@ -142,58 +133,6 @@ def dedup_id(request: InferenceRequest) -> str:
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
-
-
-class Pending:
-    """One request in flight: where its replies go, and where it is stored.
-
-    `done` resolves with the terminal reply; `chunks` (streaming requests only) receives
-    chunks in arrival order. `accepted` is set once JetStream has stored the request;
-    `refused` (requests started with `Client.begin`) when it will not be stored.
-    """
-
-    __slots__ = (
-        "_sub",
-        "accepted",
-        "accepted_at",
-        "chunks",
-        "done",
-        "notify",
-        "refused",
-        "request",
-    )
-
-    def __init__(self, request: InferenceRequest, streaming: bool) -> None:
-        self.request = request
-        self.done: asyncio.Future[FinalResult | ErrorResult] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.chunks: asyncio.Queue[StreamChunk] | None = asyncio.Queue() if streaming else None
-        self.accepted: Accepted | None = None
-        #: The event loop's time when `accepted` was set.
-        self.accepted_at = 0.0
-        self.refused: JetserveError | None = None
-        #: A dedicated subscription, when the reply subject is not the client's inbox.
-        self._sub: Any = None
-        #: Called after every reply delivered (for waiters that watch several things).
-        self.notify: Callable[[], None] | None = None
-
-    def deliver(self, reply: StreamChunk | FinalResult | ErrorResult) -> None:
-        if isinstance(reply, StreamChunk):
-            if self.chunks is None:
-                return
-            self.chunks.put_nowait(reply)
-        elif not self.done.done():
-            self.done.set_result(reply)
-        else:
-            return
-        if self.notify is not None:
-            self.notify()
-
-    def refuse(self, error: JetserveError) -> None:
-        self.refused = error
-        if self.notify is not None:
-            self.notify()
 
 
 #: One publish to retry: subject, data, headers, when to give up (time.monotonic()).

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from producer.client import Pending
 from producer.http.dispatch import Call, Dispatcher
+from producer.pending import Pending
 from schemas.messages import FinalResult, InferenceRequest, Usage
 from schemas.payloads import ChatPayload, CompletionPayload
 

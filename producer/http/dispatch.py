@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from producer.client import Client, Pending
+from producer.client import Client
 from producer.errors import InvalidRequest, JetserveError, RequestTooLarge
 from producer.http.errors import (
     ApiError,
@@ -35,6 +35,7 @@ from producer.http.errors import (
 )
 from producer.http.metrics import BridgeMetrics
 from producer.http.presence import Presence
+from producer.pending import Pending
 from producer.timers import CoarseTimers
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest, StreamChunk
 

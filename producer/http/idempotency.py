@@ -30,9 +30,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from producer.client import Pending
 from producer.http.dispatch import Call, Dispatcher
 from producer.http.errors import ApiError, from_error_result
+from producer.pending import Pending
 from schemas import names
 from schemas.codec import encode
 from schemas.errors import ErrorCode

@@ -11,10 +11,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
-from producer.client import Client, Pending, make_request
+from producer.client import Client, make_request
 from producer.http.dispatch import Call, Dispatcher
 from producer.http.metrics import BridgeMetrics
 from producer.http.presence import Presence
+from producer.pending import Pending
 from schemas.messages import FinalResult, StreamChunk
 
 pytestmark = pytest.mark.integration
