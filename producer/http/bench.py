@@ -3,7 +3,8 @@ the OpenAI response) answered in-process, as the echo model would answer, withou
 
 Served only with `JETSERVE_HTTP_ECHO_ROUTE=1`, beside `/bench/echo`. Between the trivial
 endpoint and `/v1/chat/completions` it splits the benchmark's gap in two: what the OpenAI
-handling costs the bridge, and what the round trip through NATS costs it.
+handling costs the bridge, and what the round trip through NATS costs it. (A request with an
+`Idempotency-Key` still goes through the queue: the key's bookkeeping lives there.)
 """
 
 from __future__ import annotations
