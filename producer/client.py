@@ -198,14 +198,8 @@ class Client:
         ack_token = f"{next(self._ack_ids):x}"
         ack_to = f"{self._prefix}.{ack_token}.ack"
         give_up = time.monotonic() + self._publish_timeout_s
-        loop = asyncio.get_running_loop()
         while True:
-            future: asyncio.Future[Msg] = loop.create_future()
-            self._acks[ack_token] = future
-            # A coarse timer, not asyncio.timeout(): this runs for every request (hot path).
-            timer = self._timers.call_later(
-                max(0.05, give_up - time.monotonic()), functools.partial(_expire, future)
-            )
+            future, timer = self._expect_ack(ack_token, give_up)
             try:
                 await self._publish(request, subject, data, ack_to, headers)
                 msg = await future
@@ -275,14 +269,21 @@ class Client:
             raise
         return pending
 
-    async def _publish_watched(self, pending: Pending, attempt: _Attempt) -> None:
-        subject, data, headers, give_up = attempt
-        token = f"{next(self._ack_ids):x}"
+    def _expect_ack(self, token: str, give_up: float) -> tuple[asyncio.Future[Msg], int]:
+        """The future the PubAck on `<inbox>.<token>.ack` resolves (TimeoutError at
+        `give_up`), and its timer. A coarse timer, not asyncio.timeout(): this runs for every
+        request (the hot path)."""
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._acks[token] = future
         timer = self._timers.call_later(
             max(0.05, give_up - time.monotonic()), functools.partial(_expire, future)
         )
+        return future, timer
+
+    async def _publish_watched(self, pending: Pending, attempt: _Attempt) -> None:
+        subject, data, headers, give_up = attempt
+        token = f"{next(self._ack_ids):x}"
+        future, timer = self._expect_ack(token, give_up)
         future.add_done_callback(functools.partial(self._on_ack, pending, attempt, token, timer))
         ack_to = f"{self._prefix}.{token}.ack"
         try:

@@ -117,19 +117,19 @@ class Call:
             if now >= self._deadline:
                 self._d.metrics.cancels.labels("deadline").inc()
                 raise deadline_exceeded()
-            if now >= self._next_check and (
-                pending.accepted is None or now < pending.accepted_at + self._d.no_worker_timeout_s
-            ):
-                # Workers are looked for `no_worker_timeout_s` after the request was stored;
-                # until it is (NATS away, the publish retried), the publish timeout applies.
-                start = now if pending.accepted is None else pending.accepted_at
-                self._next_check = start + self._d.no_worker_timeout_s
-            elif now >= self._next_check:
-                if not await self._d.presence.any_worker(self.request.model):
-                    self._d.metrics.cancels.labels("no_workers").inc()
-                    raise no_workers(self.request.model, self._d.no_worker_timeout_s)
-                self._next_check = self._loop.time() + self._d.no_worker_timeout_s
-                continue
+            if now >= self._next_check:
+                wait_s = self._d.no_worker_timeout_s
+                # Workers are looked for `wait_s` after the request was stored; until it is
+                # (NATS away, the publish retried), the publish timeout applies.
+                stored = pending.accepted_at if pending.accepted is not None else None
+                if stored is None or now < stored + wait_s:
+                    self._next_check = (now if stored is None else stored) + wait_s
+                else:
+                    if not await self._d.presence.any_worker(self.request.model):
+                        self._d.metrics.cancels.labels("no_workers").inc()
+                        raise no_workers(self.request.model, wait_s)
+                    self._next_check = self._loop.time() + wait_s
+                    continue
             await self._sleep(min(self._deadline, self._next_check))
 
     def _final(self, reply: FinalResult | ErrorResult) -> FinalResult:
