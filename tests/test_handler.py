@@ -280,3 +280,15 @@ async def test_a_string_that_is_not_utf8_is_refused_not_crashed_on() -> None:
     assert msg.actions == ["term"]
     assert s.only_error().code is ErrorCode.INVALID_REQUEST
     assert "UTF-8" in s.only_error().message
+
+
+async def test_a_backends_own_timeout_is_a_failure_not_the_deadline() -> None:
+    def stalls(req: InferenceRequest, emit: ChunkSink) -> None:
+        raise TimeoutError("upstream feature store timed out")
+
+    s = Setup(FakeBackend(stalls))
+    msg = await s.handle(
+        FakeMsg(body(deadline_ms=int(time.time() * 1000) + 60_000), REPLY, delivered=1)
+    )
+    assert msg.calls == [("nak", 0.5)]  # retried like any other model failure
+    assert s.publisher.results == []

@@ -197,29 +197,26 @@ class Handler:
         emit = sink.chunk if request.stream else _discard
         task = asyncio.current_task()
         assert task is not None
-        self._cancels.register(request.id, task)
+        # A backend that handles deadlines itself (the engine) finishes first and returns
+        # partial output; the registry's cancel half a second later is the backstop.
+        backstop = None if request.deadline_ms is None else request.deadline_ms / 1000 + 0.5
+        self._cancels.register(request.id, task, backstop)
         try:
-            if request.deadline_ms is None:
-                completion = await self._backend.run(request, emit)
-            else:
-                # A backend that handles deadlines itself (the engine) finishes first and
-                # returns partial output; this bound is the backstop.
-                timeout_s = request.deadline_ms / 1000 - self._clock() + 0.5
-                async with asyncio.timeout(timeout_s):
-                    completion = await self._backend.run(request, emit)
+            completion = await self._backend.run(request, emit)
         except asyncio.CancelledError:
             if self._cancels.is_cancelled(request.id):
                 task.uncancel()
                 await self._reject(msg, sink, ErrorCode.CANCELLED, "cancelled by the requester")
+                return
+            if self._cancels.expired(request.id):
+                task.uncancel()
+                await self._reject(msg, sink, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
                 return
             # The worker is shutting down and the drain timed out: hand the message back.
             with contextlib.suppress(Exception):
                 await msg.nak()
             self._count["handed_back"].inc()
             raise
-        except TimeoutError:
-            await self._reject(msg, sink, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
-            return
         except Exception as exc:
             await self._failed(msg, sink, request, attempt, exc)
             return
