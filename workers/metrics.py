@@ -3,11 +3,16 @@ where named. Names follow the Prometheus/vLLM style (`jetserve_worker_*`, base u
 
 Who sets what: the handler sets the request counters and latency histograms; the worker sets
 in-flight, capacity and the queue gauges; an engine backend sets the running/waiting/KV-cache
-gauges (an SDK model has no such state and leaves them unset)."""
+gauges (an SDK model has no such state and leaves them unset).
+
+What the handler updates for every request is kept by `loop_metrics` (plain numbers, read at
+scrape time): updated from the event loop thread only."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from workers.loop_metrics import LoopCounter, LoopHistogram
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -34,7 +39,7 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
         self.registry = r
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "jetserve_worker_requests",
             "Requests finished, by outcome (ok, error, retry, dead_letter, handed_back)",
             ["model", "outcome"],
@@ -43,38 +48,38 @@ class WorkerMetrics:
         self.errors = Counter(
             "jetserve_worker_errors", "Error results sent, by code", ["model", "code"], registry=r
         )
-        self.queue_time = Histogram(
+        self.queue_time = LoopHistogram(
             "jetserve_worker_queue_time_seconds",
             "Stored in JetStream -> taken by a worker",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.ttft = Histogram(
+        self.ttft = LoopHistogram(
             "jetserve_worker_time_to_first_token_seconds",
             "Created -> first output token",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.tpot = Histogram(
+        self.tpot = LoopHistogram(
             "jetserve_worker_inter_token_latency_seconds",
             "Mean time per output token after the first",
             ["model"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28),
             registry=r,
         )
-        self.e2e = Histogram(
+        self.e2e = LoopHistogram(
             "jetserve_worker_e2e_request_latency_seconds",
             "Created -> final result sent",
             ["model"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.prompt_tokens = Counter(
+        self.prompt_tokens = LoopCounter(
             "jetserve_worker_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
         )
-        self.generation_tokens = Counter(
+        self.generation_tokens = LoopCounter(
             "jetserve_worker_generation_tokens", "Tokens generated", ["model"], registry=r
         )
         self.in_flight = Gauge(
