@@ -99,11 +99,9 @@ def validate_reply_subject(subject: str) -> str:
             f"invalid reply subject {subject!r}: use 1-256 visible ASCII characters, "
             "no `*`, `>` or whitespace"
         )
-    if "" in subject.split(".") or subject.startswith("$"):
+    if ".." in subject or subject[0] in ".$" or subject[-1] == ".":
         raise InvalidName(f"invalid reply subject {subject!r}: empty token or `$` subject")
-    if subject.startswith(f"{ROOT}.") and not subject.startswith(
-        (f"{RESULTS_PREFIX}.", f"{IDEMPOTENT_REPLY_PREFIX}.")
-    ):
+    if subject.startswith(_ROOT_DOT) and not subject.startswith(_REPLY_PREFIXES):
         raise InvalidName(f"invalid reply subject {subject!r}: reserved for jetserve")
     return subject
 
@@ -211,6 +209,9 @@ def model_from_stream_name(stream: str) -> str | None:
 #: the duplicate window: a retried POST gets the stored answer instead of running again.
 IDEMPOTENCY_BUCKET = f"{ROOT}-idempotent-results"
 IDEMPOTENT_REPLY_PREFIX = f"{ROOT}.reply.idem"
+#: What `validate_reply_subject` allows inside `jetserve.` (checked per request).
+_ROOT_DOT = f"{ROOT}."
+_REPLY_PREFIXES = (f"{RESULTS_PREFIX}.", f"{IDEMPOTENT_REPLY_PREFIX}.")
 
 
 def idempotent_reply_subject(token: str) -> str:

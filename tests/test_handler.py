@@ -248,6 +248,7 @@ async def test_shutdown_cancel_hands_the_message_back() -> None:
         "a\tb",
         "a..b",
         ".a",
+        "a.",
         "$JS.API.STREAM.PURGE.jetserve-req-m",
         "$KV.jetserve-idempotent-results.idem-x",
         "jetserve.req.other.online",

@@ -7,6 +7,7 @@ datetime (nats-py's `Msg.metadata` does; this is on the per-message path).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 
@@ -18,6 +19,8 @@ class AckInfo(NamedTuple):
     pending: int
 
 
+# Cached: the intake and then the handler read the same message's subject.
+@functools.lru_cache(maxsize=1024)
 def ack_info(reply: str | None) -> AckInfo | None:
     if not reply or not reply.startswith("$JS.ACK."):
         return None
