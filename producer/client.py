@@ -137,6 +137,8 @@ def _expire(future: asyncio.Future[Any]) -> None:
 
 #: One publish to retry: subject, data, headers, when to give up (time.monotonic()).
 _Attempt = tuple[str, bytes, dict[str, str], float]
+#: A publish of `begin` waiting for its PubAck: the request, the publish, its timer.
+_Watched = tuple[Pending, _Attempt, int]
 
 
 class Client:
@@ -151,6 +153,8 @@ class Client:
         self._waiters: dict[str, Pending] = {}
         #: publish token -> the future of its PubAck (while `submit` waits for it)
         self._acks: dict[str, asyncio.Future[Msg]] = {}
+        #: publish token -> what `begin` published, while its PubAck is awaited
+        self._watched: dict[str, _Watched] = {}
         self._ack_ids = itertools.count()
         self._subjects: dict[tuple[str, Priority], str] = {}
         self._sub: Any = None
@@ -281,51 +285,62 @@ class Client:
         return future, timer
 
     async def _publish_watched(self, pending: Pending, attempt: _Attempt) -> None:
+        """Publish; the PubAck is handled by `_acked` the moment it arrives (no future or
+        callback per publish), its absence by `give_up` by `_ack_timed_out`."""
         subject, data, headers, give_up = attempt
         token = f"{next(self._ack_ids):x}"
-        future, timer = self._expect_ack(token, give_up)
-        future.add_done_callback(functools.partial(self._on_ack, pending, attempt, token, timer))
+        timer = self._timers.call_later(
+            max(0.05, give_up - time.monotonic()), functools.partial(self._ack_timed_out, token)
+        )
+        self._watched[token] = (pending, attempt, timer)
         ack_to = f"{self._prefix}.{token}.ack"
         try:
             await self._publish(pending.request, subject, data, ack_to, headers)
-        except _RETRY as exc:
-            if not future.done():
-                future.set_exception(exc)
+        except _RETRY:
+            if self._unwatch(token) is not None:
+                self._retry_or_refuse(pending, attempt)
         except BaseException:
-            future.cancel()
+            self._unwatch(token)
             raise
 
-    def _on_ack(
-        self,
-        pending: Pending,
-        attempt: _Attempt,
-        token: str,
-        timer: int,
-        future: asyncio.Future[Msg],
-    ) -> None:
+    def _unwatch(self, token: str) -> _Watched | None:
+        watched = self._watched.pop(token, None)
+        if watched is not None:
+            self._timers.cancel(watched[2])
+        return watched
+
+    def _ack_timed_out(self, token: str) -> None:
+        watched = self._watched.pop(token, None)
+        if watched is not None:
+            self._retry_or_refuse(watched[0], watched[1])
+
+    def _acked(self, watched: _Watched, msg: Msg) -> None:
+        pending, attempt, timer = watched
         self._timers.cancel(timer)
-        if self._acks.get(token) is future:
-            del self._acks[token]
         request = pending.request
-        if future.cancelled() or self._waiters.get(request.id) is not pending:
+        if self._waiters.get(request.id) is not pending:
             return  # released meanwhile: nobody waits for the outcome
-        error: JetserveError
         try:
-            if (exc := future.exception()) is not None:
-                raise exc
-            pending.accepted = self._accepted(request, future.result())
-            pending.accepted_at = asyncio.get_running_loop().time()
-            return
+            pending.accepted = self._accepted(request, msg)
         except _RETRY:
-            if time.monotonic() < attempt[3]:
-                task = asyncio.get_running_loop().create_task(self._republish(pending, attempt))
-                self._retries.add(task)
-                task.add_done_callback(self._retries.discard)
-                return
-            error = Unavailable(f"request {request.id} not acknowledged by NATS in time")
+            self._retry_or_refuse(pending, attempt)
+            return
         except JetserveError as exc:
-            error = exc
-        pending.refuse(error)
+            pending.refuse(exc)
+            return
+        pending.accepted_at = asyncio.get_running_loop().time()
+
+    def _retry_or_refuse(self, pending: Pending, attempt: _Attempt) -> None:
+        """The publish may not have been stored: publish again until `give_up`."""
+        request = pending.request
+        if self._waiters.get(request.id) is not pending:
+            return
+        if time.monotonic() < attempt[3]:
+            task = asyncio.get_running_loop().create_task(self._republish(pending, attempt))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return
+        pending.refuse(Unavailable(f"request {request.id} not acknowledged by NATS in time"))
 
     async def _republish(self, pending: Pending, attempt: _Attempt) -> None:
         await asyncio.sleep(0.1)
@@ -371,7 +386,12 @@ class Client:
     async def _on_reply(self, msg: Msg) -> None:
         rest = msg.subject[len(self._prefix) + 1 :]
         if rest.endswith(".ack"):
-            ack = self._acks.get(rest[:-4])
+            token = rest[:-4]
+            watched = self._watched.pop(token, None)
+            if watched is not None:
+                self._acked(watched, msg)
+                return
+            ack = self._acks.get(token)
             if ack is not None and not ack.done():
                 ack.set_result(msg)
             return

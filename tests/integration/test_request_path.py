@@ -14,7 +14,13 @@ from nats.aio.client import Client as NATS
 
 from jetserve.servers import NatsServer
 from producer.client import Client, make_request
-from producer.errors import BacklogFull, InvalidRequest, ModelNotFound, RequestFailed
+from producer.errors import (
+    BacklogFull,
+    InvalidRequest,
+    ModelNotFound,
+    RequestFailed,
+    Unavailable,
+)
 from schemas import names
 from schemas.errors import ErrorCode
 from schemas.messages import FinalResult, StreamChunk
@@ -262,3 +268,29 @@ async def test_begin_reports_refusals_on_the_pending(
     assert first.accepted is not None  # its PubAck came first
     await client.finish(first, cancel=False)
     await client.close()
+
+
+async def test_begin_refuses_a_request_never_acknowledged_at_the_publish_timeout(
+    nc: NATS,
+) -> None:
+    """Something listens on the subject but no stream stores it: no PubAck ever comes. The
+    request is refused as unavailable once the publish timeout has passed, not before."""
+    seen: list[str] = []
+
+    async def swallow(msg: Any) -> None:
+        seen.append((msg.headers or {}).get("Nats-Msg-Id", ""))
+
+    sub = await nc.subscribe(names.request_subject("ghost"), cb=swallow)
+    client = Client(nc, publish_timeout_s=0.6)
+    woke = asyncio.Event()
+    started = asyncio.get_running_loop().time()
+    pending = await client.begin(make_request("ghost", "predict", 1), streaming=False)
+    pending.notify = woke.set
+    await asyncio.wait_for(woke.wait(), 10)
+    assert asyncio.get_running_loop().time() - started >= 0.55
+    assert isinstance(pending.refused, Unavailable)
+    assert pending.accepted is None
+    assert seen == [pending.request.id]
+    await client.finish(pending)
+    await client.close()
+    await sub.unsubscribe()
