@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from producer.errors import JetserveError
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest, StreamChunk
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(msgspec.Struct, frozen=True):
+    """Where JetStream stored a request. (A Struct, not a frozen dataclass: built for every
+    request, ~7 times cheaper.)"""
+
     id: str
     stream: str
     seq: int
