@@ -32,7 +32,7 @@ class DynamicBatcher:
     async def submit(self, item: ModelInput) -> Any:
         """The model's output for `item` (or raise the exception the model returned for it)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        self._queue.put_nowait((item, future))  # unbounded: never waits
         return await future
 
     async def _gather_loop(self) -> None:
