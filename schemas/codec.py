@@ -23,12 +23,14 @@ _reply_msgpack: msgspec.msgpack.Decoder[Reply] = msgspec.msgpack.Decoder(Reply)
 _cancel_json = msgspec.json.Decoder(CancelRequest)
 _worker_json = msgspec.json.Decoder(WorkerInfo)
 
+_ENCODING_HEADER = Header.ENCODING.value  # a plain str key: cheaper than the enum member
+
 DecodeError = msgspec.DecodeError  # includes msgspec.ValidationError
 
 
 def encoding_of(headers: Mapping[str, str] | None) -> Encoding:
     """The body encoding named by the headers; JSON when absent. Unknown values raise."""
-    value = (headers or {}).get(Header.ENCODING)
+    value = (headers or {}).get(_ENCODING_HEADER)
     if value is None or value == "":
         return Encoding.JSON
     try:

@@ -42,6 +42,9 @@ from workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
+#: A plain string: looking a StrEnum member up in a dict costs ~3 times as much.
+_REPLY_TO = Header.REPLY_TO.value
+
 
 class Delivery(Protocol):
     """The parts of a JetStream message the handler uses (nats-py's `Msg` has them)."""
@@ -127,7 +130,7 @@ class Handler:
         pulled = self._clock()
         attempt, stored = _delivery_info(msg, pulled)
         headers = msg.headers or {}
-        reply_to = headers.get(Header.REPLY_TO)
+        reply_to = headers.get(_REPLY_TO)
         if reply_to:
             try:
                 validate_reply_subject(reply_to)
