@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import secrets
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -151,7 +152,8 @@ class Client:
         self.js = nc.jetstream(timeout=publish_timeout_s)
         self._encoding = encoding
         self._publish_timeout_s = publish_timeout_s
-        self._prefix = f"_INBOX.jetserve.{uuid.uuid4().hex}"
+        # 64 random bits name this client's inbox; short, as it is in every request's headers.
+        self._prefix = f"_INBOX.jetserve.{secrets.token_hex(8)}"
         self._waiters: dict[str, Pending] = {}
         #: publish token -> the future of its PubAck (while `submit` waits for it)
         self._acks: dict[str, asyncio.Future[Msg]] = {}

@@ -8,6 +8,7 @@ objects. Only `n = 1` is served.
 from __future__ import annotations
 
 import base64
+import functools
 import struct
 from typing import Any
 
@@ -33,9 +34,13 @@ def finish_reason(value: str | None) -> str | None:
 def check_model(model: str) -> str:
     """A model name that can be a subject token; anything else cannot exist: 404."""
     try:
-        return validate_model_name(model)
+        return _valid_model_name(model)
     except InvalidName:
         raise model_not_found(model) from None
+
+
+#: Names already checked (every request names one; invalid ones raise and are not kept).
+_valid_model_name = functools.lru_cache(maxsize=1024)(validate_model_name)
 
 
 def _common_checks(body: oa._Sampling) -> None:
