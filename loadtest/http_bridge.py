@@ -1,6 +1,6 @@
 """Benchmark: the HTTP bridge's chat endpoint against a trivial endpoint of the same server.
 
-    python -m loadtest.http_bridge [--connections 64] [--duration-s 5] [--rounds 3]
+    python -m loadtest.http_bridge [--connections 64] [--duration-s 5] [--rounds 5]
                                    [--json out.json]
 
 Needs `wrk` (Debian: `apt-get install -y wrk`), a C load generator that is not the
@@ -250,9 +250,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"p99 {f['p99_ms']:6.2f} ms  CPU us/req: bridge {f['bridge_cpu_us_per_req']:4.0f}"
             f"  {others}  bridge preempted {f['bridge_preempted_per_req']:4.2f}/req"
         )
-    rounds_text = ", ".join(f"{r:.2f}" for r in per_round)
+    rounds_text = ", ".join(f"{r:.3f}" for r in per_round)
     print(f"  ratio chat / trivial, each round   {rounds_text}")
-    print(f"  ratio chat / trivial               {result['ratio']:8.2f}   (target >= 0.50)")
+    print(f"  ratio chat / trivial               {result['ratio']:8.3f}   (target >= 0.50)")
     print(f"  ratio chat without NATS / trivial  {result['ratio_inproc']:8.2f}")
     print(f"  ratio chat / healthz               {result['ratio_vs_healthz']:8.2f}")
     return result
@@ -262,7 +262,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration-s", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     result = run(args)
