@@ -320,8 +320,7 @@ class Client:
             self._retry_or_refuse(watched[0], watched[1])
 
     def _acked(self, watched: _Watched, msg: Msg) -> None:
-        pending, attempt, timer = watched
-        self._timers.cancel(timer)
+        pending, attempt, _ = watched
         request = pending.request
         if self._waiters.get(request.id) is not pending:
             return  # released meanwhile: nobody waits for the outcome
@@ -392,7 +391,7 @@ class Client:
         rest = msg.subject[len(self._prefix) + 1 :]
         if rest.endswith(".ack"):
             token = rest[:-4]
-            watched = self._watched.pop(token, None)
+            watched = self._unwatch(token)
             if watched is not None:
                 self._acked(watched, msg)
                 return
