@@ -74,7 +74,7 @@ class CancelRegistry:
         return True
 
     def expire_overdue(self, now_s: float) -> int:
-        """Cancel the running requests whose deadline is before `now_s`; how many."""
+        """Cancel the running requests whose deadline is at or before `now_s`; how many."""
         overdue = [rid for rid, deadline in self._deadlines.items() if deadline <= now_s]
         for rid in overdue:
             del self._deadlines[rid]

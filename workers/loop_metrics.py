@@ -13,12 +13,15 @@ the loop), so no lock is needed.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+ChildT = TypeVar("ChildT")
 
 
 class _CounterChild:
@@ -47,27 +50,38 @@ class _HistogramChild:
         self.sum += amount
 
 
-def _check(name: str, labelnames: tuple[str, ...], values: tuple[str, ...]) -> None:
-    if len(values) != len(labelnames):
-        raise ValueError(f"{name} takes labels {labelnames}, got {values}")
+class _Labelled(Collector, Generic[ChildT]):
+    """A metric family: one child per label set, made on first use."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        make_child: Callable[[], ChildT],
+    ) -> None:
+        self._name, self._doc, self._labelnames = name, documentation, tuple(labelnames)
+        self._make_child = make_child
+        self._children: dict[tuple[str, ...], ChildT] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> ChildT:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
+            child = self._children[values] = self._make_child()
+        return child
 
 
-class LoopCounter(Collector):
+class LoopCounter(_Labelled[_CounterChild]):
     """A labelled counter: `counter.labels(*values).inc(n)`."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
-        self._name, self._doc, self._labelnames = name, documentation, tuple(labelnames)
-        self._children: dict[tuple[str, ...], _CounterChild] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> _CounterChild:
-        child = self._children.get(values)
-        if child is None:
-            _check(self._name, self._labelnames, values)
-            child = self._children[values] = _CounterChild()
-        return child
+        super().__init__(name, documentation, labelnames, registry, _CounterChild)
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._doc, labels=self._labelnames)
@@ -76,7 +90,7 @@ class LoopCounter(Collector):
         yield family
 
 
-class LoopHistogram(Collector):
+class LoopHistogram(_Labelled[_HistogramChild]):
     """A labelled histogram: `histogram.labels(*values).observe(x)`."""
 
     def __init__(
@@ -87,17 +101,9 @@ class LoopHistogram(Collector):
         registry: CollectorRegistry,
         buckets: Sequence[float],
     ) -> None:
-        self._name, self._doc, self._labelnames = name, documentation, tuple(labelnames)
-        self._bounds = tuple(sorted(float(b) for b in buckets if b != float("inf")))
-        self._children: dict[tuple[str, ...], _HistogramChild] = {}
-        registry.register(self)
-
-    def labels(self, *values: str) -> _HistogramChild:
-        child = self._children.get(values)
-        if child is None:
-            _check(self._name, self._labelnames, values)
-            child = self._children[values] = _HistogramChild(self._bounds)
-        return child
+        bounds = tuple(sorted(float(b) for b in buckets if b != float("inf")))
+        self._bounds = bounds
+        super().__init__(name, documentation, labelnames, registry, lambda: _HistogramChild(bounds))
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
