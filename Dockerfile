@@ -14,6 +14,7 @@ COPY producer producer
 COPY workers workers
 COPY scheduler scheduler
 COPY schemas schemas
+COPY natsio natsio
 RUN pip install . && useradd --uid 10001 --user-group --no-create-home jetserve
 # The pods run as this user (runAsNonRoot in k8s/).
 USER 10001:10001

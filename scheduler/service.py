@@ -34,6 +34,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from natsio.connection import connect
+from natsio.directory import ModelDirectory
+from natsio.inbox import AckInbox
 from scheduler.async_intake import AsyncIntake
 from scheduler.codec import Codec
 from scheduler.collector import ResultCollector
@@ -41,8 +44,6 @@ from scheduler.config import SchedulerConfig
 from scheduler.dispatch import BatchDispatcher
 from scheduler.finalize import Finalizer
 from scheduler.metrics import SchedulerMetrics
-from scheduler.models import ModelDirectory
-from scheduler.publisher import BulkPublisher
 from scheduler.store import async_requests as ar
 from scheduler.store import batches as bs
 from scheduler.store import webhooks as wh
@@ -85,12 +86,7 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         c = self.config
         await migrate_dsn(c.database_url)
-        self.nc = await nats.connect(
-            c.nats_url,
-            name="jetserve-scheduler",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-        )
+        self.nc = await connect(c.nats_url, name="jetserve-scheduler")
         pool = await create_pool(c.database_url, min_size=2, max_size=8, reset=False)
         try:
             while not stop.is_set():
@@ -145,7 +141,7 @@ class Scheduler:
         nc = self.nc
         js = nc.jetstream()
         await provision(js, duplicate_window_s=c.duplicate_window_s)
-        publisher = BulkPublisher(nc)
+        publisher = AckInbox(nc, names.SCHEDULER_INBOX)
         await publisher.start()
         directory = ModelDirectory(nc)
         dispatcher = BatchDispatcher(pool, publisher, self.metrics, in_flight=c.batch_in_flight)

@@ -10,48 +10,18 @@ active.
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
+from natsio.streams import durable_consumer, ensure_stream
 from schemas import names
 
-
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    assert config.name is not None
-    try:
-        await js.stream_info(config.name)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-            return
-        except BadRequestError as exc:  # created concurrently
-            if exc.err_code != 10058:
-                raise
-    await js.update_stream(config)
-
-
-def _consumer(name: str, subject: str, ack_wait_s: float) -> ConsumerConfig:
-    return ConsumerConfig(
-        name=name,
-        durable_name=name,
-        filter_subject=subject,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait_s,
-        max_deliver=-1,
-        max_ack_pending=-1,
-    )
+#: Acknowledgement wait of the scheduler's consumers; they redeliver without end (a result
+#: must reach the database).
+_ACK_WAIT_S = 30.0
 
 
 async def provision(js: JetStreamContext, *, duplicate_window_s: float, replicas: int = 1) -> None:
-    await _ensure_stream(
+    await ensure_stream(
         js,
         StreamConfig(
             name=names.RESULTS_STREAM,
@@ -64,9 +34,12 @@ async def provision(js: JetStreamContext, *, duplicate_window_s: float, replicas
         ),
     )
     await js.add_consumer(
-        names.RESULTS_STREAM, _consumer(names.RESULTS_CONSUMER, names.RESULTS_SUBJECTS, 30.0)
+        names.RESULTS_STREAM,
+        durable_consumer(
+            names.RESULTS_CONSUMER, names.RESULTS_SUBJECTS, ack_wait_s=_ACK_WAIT_S, max_deliver=-1
+        ),
     )
-    await _ensure_stream(
+    await ensure_stream(
         js,
         StreamConfig(
             name=names.ASYNC_STREAM,
@@ -80,5 +53,8 @@ async def provision(js: JetStreamContext, *, duplicate_window_s: float, replicas
         ),
     )
     await js.add_consumer(
-        names.ASYNC_STREAM, _consumer(names.ASYNC_CONSUMER, names.ASYNC_SUBMIT_SUBJECT, 30.0)
+        names.ASYNC_STREAM,
+        durable_consumer(
+            names.ASYNC_CONSUMER, names.ASYNC_SUBMIT_SUBJECT, ack_wait_s=_ACK_WAIT_S, max_deliver=-1
+        ),
     )

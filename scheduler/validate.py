@@ -9,7 +9,7 @@ duplicates. Errors are collected per line, as OpenAI reports them (`code`, `mess
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import asyncpg
@@ -58,7 +58,7 @@ async def validate(
     pool: asyncpg.Pool,
     batch: BatchRow,
     codec: Codec,
-    models: Callable[[], Awaitable[set[str]]],
+    models: Callable[[], Awaitable[Collection[str]]],
 ) -> bool:
     """Validate and store the items of a `validating` batch; True when it went in progress."""
     errors = LineErrors()

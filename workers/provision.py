@@ -19,8 +19,8 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
 
+from natsio.streams import ensure_stream
 from schemas import names
 from schemas.names import Priority
 
@@ -70,29 +70,15 @@ def consumer_config(model: str, priority: Priority, s: QueueSettings) -> Consume
     )
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    assert config.name is not None
-    try:
-        await js.stream_info(config.name)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-            return
-        except BadRequestError as exc:  # created concurrently by another replica
-            if exc.err_code != 10058:
-                raise
-    await js.update_stream(config)
-
-
 async def provision_model(js: JetStreamContext, model: str, settings: QueueSettings) -> None:
-    await _ensure_stream(js, model_stream_config(model, settings))
+    await ensure_stream(js, model_stream_config(model, settings))
     for priority in Priority:
         await js.add_consumer(names.stream_name(model), consumer_config(model, priority, settings))
     await provision_dead_letters(js, settings.replicas)
 
 
 async def provision_dead_letters(js: JetStreamContext, replicas: int = 1) -> None:
-    await _ensure_stream(
+    await ensure_stream(
         js,
         StreamConfig(
             name=names.DLQ_STREAM,

@@ -16,11 +16,11 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from natsio.connection import connect
 from schemas import names
 from schemas.codec import decode_cancel, encode
 from schemas.messages import WorkerInfo
@@ -120,11 +120,9 @@ class Worker:
 
     async def run(self) -> int:
         model = self.spec.name
-        nc = await nats.connect(
+        nc = await connect(
             self.config.nats_url,
             name=f"jetserve-worker-{model}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
             reconnected_cb=self._reconnected,
             disconnected_cb=self._disconnected,
             error_cb=self._nats_error,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import re
 import secrets
@@ -22,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from natsio.directory import ModelDirectory
 from producer.client import Client
 from producer.http import convert
 from producer.http import openai_types as oa
@@ -32,7 +32,6 @@ from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
 from producer.http.presence import Presence
 from producer.http.sse import DONE, event
-from schemas import names
 from schemas.messages import FinalResult, InferenceRequest, StreamChunk
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class Bridge:
         self.auth = authenticator
         self.dispatcher = dispatcher
         self.idempotency = idempotency
-        self._models: tuple[float, list[str]] = (0.0, [])
+        self._directory = ModelDirectory(dispatcher.client.nc, ttl_s=2.0)
         # Request ids: a random per-process prefix and a counter (unique, and cheaper than
         # uuid4 on the hot path).
         self._id_prefix = secrets.token_hex(8)
@@ -236,24 +235,7 @@ class Bridge:
 
     async def models(self) -> list[str]:
         """Models with a request stream (JetStream's stream names API), cached 2 s."""
-        now = time.monotonic()
-        if self._models[0] > now:
-            return self._models[1]
-        found: list[str] = []
-        offset = 0
-        while True:
-            request = {"offset": offset, "subject": f"{names.ROOT}.req.>"}
-            msg = await self.client.nc.request(
-                "$JS.API.STREAM.NAMES", json.dumps(request).encode(), timeout=5
-            )
-            page = json.loads(msg.data)
-            streams = page.get("streams") or []
-            found += [m for s in streams if (m := names.model_from_stream_name(s))]
-            offset += len(streams)
-            if not streams or offset >= int(page.get("total", 0)):
-                break
-        self._models = (now + 2.0, sorted(found))
-        return self._models[1]
+        return await self._directory.models()
 
     async def model_list(self) -> bytes:
         created = int(time.time())
