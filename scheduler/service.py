@@ -29,7 +29,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -37,6 +36,7 @@ from nats.js import JetStreamContext
 from natsio.connection import connect
 from natsio.directory import ModelDirectory
 from natsio.inbox import AckInbox
+from natsio.pull import fetch, undelivered
 from scheduler.async_intake import AsyncIntake
 from scheduler.codec import Codec
 from scheduler.collector import ResultCollector
@@ -198,7 +198,7 @@ class Scheduler:
             return False
 
         async def collect_pass() -> bool:
-            msgs = await _fetch(results, 512, c.poll_s)
+            msgs = await fetch(results, 512, c.poll_s)
             if msgs:
                 try:
                     await collector.store(msgs)
@@ -213,7 +213,7 @@ class Scheduler:
             return bool(msgs)
 
         async def intake_pass() -> bool:
-            msgs = await _fetch(submitted, 64, max(c.poll_s, 1.0))
+            msgs = await fetch(submitted, 64, max(c.poll_s, 1.0))
             if msgs:
                 await intake.take(msgs)
             return bool(msgs)
@@ -306,25 +306,9 @@ class Scheduler:
             m.webhook_outbox.labels(state).set(n)
 
 
-async def _fetch(sub: object, batch: int, timeout_s: float) -> list[Msg]:
-    try:
-        return await sub.fetch(batch, timeout=timeout_s)  # type: ignore[attr-defined,no-any-return]
-    except (TimeoutError, nats.errors.TimeoutError):
-        return []
-
-
 async def _hand_back_undelivered(sub: JetStreamContext.PullSubscription, delay_s: float) -> None:
-    """Nak the messages waiting in a pull subscription that no fetch will take. (nats-py keeps
-    them in the subscription's queue for the next fetch; this reads that queue.)"""
-    core = getattr(sub, "_sub", None)
-    queue = getattr(core, "_pending_queue", None)
-    if queue is None:
-        return
-    msgs = []
-    while not queue.empty():
-        msg = queue.get_nowait()
-        if not JetStreamContext.is_status_msg(msg):
-            msgs.append(msg)
+    """Nak the messages waiting in a pull subscription that no fetch will take."""
+    msgs = undelivered(sub)
     await _nak_all(msgs, delay_s)
     if msgs:
         log.info("handed back %d undelivered messages", len(msgs))
