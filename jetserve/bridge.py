@@ -118,17 +118,13 @@ class BatchApi:
         return await self.pools.get()
 
     async def submit(self, request: InferenceRequest, data: bytes, reply_to: str) -> None:
-        from producer.errors import InvalidRequest, JetserveError, RequestTooLarge
-        from producer.http.errors import from_producer_error, invalid
+        from producer.errors import JetserveError
+        from producer.http.errors import from_producer_error
 
         if self.client is None:
             raise ApiError(503, "The bridge is starting.", code="starting")
         try:
             await self.client.submit(request, reply_to=reply_to)
-        except RequestTooLarge as exc:
-            raise ApiError(413, exc.message, code="request_too_large") from None
-        except InvalidRequest as exc:
-            raise invalid(exc.message, None) from None
         except JetserveError as exc:
             raise from_producer_error(exc, request.model, self.config.retry_after_s) from None
 

@@ -24,13 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 from producer.client import Client
-from producer.errors import InvalidRequest, JetserveError, RequestTooLarge
+from producer.errors import JetserveError
 from producer.http.errors import (
     ApiError,
     deadline_exceeded,
     from_error_result,
     from_producer_error,
-    invalid,
     no_workers,
 )
 from producer.http.metrics import BridgeMetrics
@@ -183,10 +182,6 @@ class Dispatcher:
 
     def refusal(self, exc: JetserveError, request: InferenceRequest) -> ApiError:
         """A request not taken (unknown model, full backlog, NATS down) as its HTTP error."""
-        if isinstance(exc, RequestTooLarge):
-            return ApiError(413, exc.message, code="request_too_large")
-        if isinstance(exc, InvalidRequest):
-            return invalid(exc.message, None)
         return from_producer_error(exc, request.model, self.retry_after_s)
 
     async def start(
@@ -197,8 +192,6 @@ class Dispatcher:
             return await self.client.start(request, streaming=streaming, reply_to=reply_to)
         except JetserveError as exc:
             raise self.refusal(exc, request) from None
-        except Exception as exc:
-            raise _too_large(exc) from None
 
     async def open(self, request: InferenceRequest, *, streaming: bool, timeout_s: float) -> Call:
         """Publish; the call raises the refusal if the request is not stored, its reply
@@ -207,19 +200,9 @@ class Dispatcher:
             pending = await self.client.begin(request, streaming=streaming)
         except JetserveError as exc:
             raise self.refusal(exc, request) from None
-        except Exception as exc:
-            raise _too_large(exc) from None
         return Call(self, pending, asyncio.get_running_loop().time() + timeout_s)
 
     async def close(self) -> None:
         for task in list(self._background):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
-
-
-def _too_large(exc: Exception) -> Exception:
-    """nats-py's own size errors (e.g. a body over the server's max_payload) as 413; anything
-    else unchanged."""
-    if "payload" in str(exc).lower() or "size" in str(exc).lower():
-        return ApiError(413, "The request is too large.", code="request_too_large")
-    return exc
