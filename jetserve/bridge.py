@@ -130,7 +130,7 @@ class BatchApi:
 
     def routes(self) -> list[Any]:
         from jetserve.openai_codec import OpenAICodec
-        from producer.http.app import read_body
+        from producer.http.body import read_body
         from scheduler.api import routes
         from scheduler.api.deps import Deps
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -28,11 +28,13 @@ from producer.client import Client
 from producer.http import openai_types as oa
 from producer.http.auth import Authenticator
 from producer.http.bench import EchoDispatcher
+from producer.http.body import read_body, wanted_headers
 from producer.http.config import BridgeConfig
 from producer.http.disconnect import DisconnectWatch
 from producer.http.dispatch import Call, Dispatcher
+from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, Endpoint
 from producer.http.errors import ApiError, ErrorEnvelope
-from producer.http.handlers import CHAT, COMPLETION, EMBEDDING, Bridge, Endpoint
+from producer.http.handlers import Bridge
 from producer.http.idempotency import Idempotency, open_bucket
 from producer.http.metrics import ROUTES, BridgeMetrics
 from producer.http.presence import Presence
@@ -204,39 +206,6 @@ def create_app(
         logging_config=None,
     )
     return MetricsMiddleware(app, metrics)
-
-
-#: The request headers the POST routes read (lower case, as ASGI delivers them).
-_WANTED = {b"authorization", b"idempotency-key", b"x-jetserve-timeout-s"}
-
-
-def wanted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """One pass over the raw headers for the few the bridge reads (hot path)."""
-    return {k.decode(): v.decode("latin-1") for k, v in raw if k in _WANTED}
-
-
-async def read_body(receive: Receive, limit_bytes: int) -> bytes:
-    """The request body; 413 as soon as more than `limit_bytes` have arrived (a huge body is
-    never buffered whole)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ApiError(
-                400, "The client disconnected while sending the body.", code="incomplete_body"
-            )
-        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
-        size += len(chunk)
-        if size > limit_bytes:
-            raise ApiError(
-                413,
-                f"The request body is larger than {limit_bytes} bytes.",
-                code="request_too_large",
-            )
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:

@@ -16,8 +16,6 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
@@ -28,11 +26,19 @@ from producer.http import openai_types as oa
 from producer.http.auth import Authenticator, Principal, require_principal
 from producer.http.config import BridgeConfig
 from producer.http.dispatch import Call, ClientGone, Dispatcher
+from producer.http.endpoints import (
+    CHAT,
+    Endpoint,
+    chat_chunk,
+    response,
+    text_chunk,
+    usage_chunk,
+)
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
 from producer.http.presence import Presence
 from producer.http.sse import DONE, event
-from schemas.messages import FinalResult, InferenceRequest, StreamChunk
+from schemas.messages import FinalResult, StreamChunk
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,6 @@ TIMEOUT_HEADER = "x-jetserve-timeout-s"
 IDEMPOTENCY_HEADER = "idempotency-key"
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _encoder = msgspec.json.Encoder()
-CHUNK = "chat.completion.chunk"
-TEXT = "text_completion"
 
 
 class Reply(msgspec.Struct):
@@ -52,22 +56,6 @@ class Reply(msgspec.Struct):
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """What differs between the three POST endpoints."""
-
-    decoder: msgspec.json.Decoder[Any]
-    to_request: Callable[..., InferenceRequest]
-    id_prefix: str
-
-
-CHAT = Endpoint(msgspec.json.Decoder(oa.ChatCompletionRequest), convert.chat_request, "chatcmpl-")
-COMPLETION = Endpoint(
-    msgspec.json.Decoder(oa.CompletionRequest), convert.completion_request, "cmpl-"
-)
-EMBEDDING = Endpoint(msgspec.json.Decoder(oa.EmbeddingRequest), convert.embedding_request, "emb-")
 
 
 class Bridge:
@@ -179,9 +167,7 @@ class Bridge:
             result = first if isinstance(first, FinalResult) else await call.result()
         finally:
             await call.close()
-        return Reply(
-            body=_encoder.encode(_response(endpoint, parsed, result, response_id, created))
-        )
+        return Reply(body=_encoder.encode(response(endpoint, parsed, result, response_id, created)))
 
     async def _sse(
         self,
@@ -194,12 +180,12 @@ class Bridge:
     ) -> AsyncIterator[bytes]:
         chat = endpoint is CHAT
         model = call.request.model
-        frame = _chat_chunk if chat else _text_chunk
+        frame = chat_chunk if chat else text_chunk
         streamed = False
         try:
             if chat:
                 yield event(
-                    _chat_chunk(response_id, created, model, oa.Delta(role="assistant", content=""))
+                    chat_chunk(response_id, created, model, oa.Delta(role="assistant", content=""))
                 )
             item = first
             calls_streamed = False
@@ -210,18 +196,18 @@ class Bridge:
                 if chat and item.tool_calls:
                     calls_streamed = True
                     delta = oa.Delta(tool_calls=convert.tool_call_deltas(item.tool_calls))
-                    yield event(_chat_chunk(response_id, created, model, delta))
+                    yield event(chat_chunk(response_id, created, model, delta))
                 item = await call.next()
             text, _, tool_calls = convert.text_of(item)
             if text and not streamed:  # not relayed in chunks (an idempotent retry)
                 yield event(frame(response_id, created, model, text))
             if chat and tool_calls and not calls_streamed:
                 delta = oa.Delta(tool_calls=convert.tool_call_deltas(tool_calls))
-                yield event(_chat_chunk(response_id, created, model, delta))
+                yield event(chat_chunk(response_id, created, model, delta))
             reason = convert.finish_reason(item.finish_reason)
             yield event(frame(response_id, created, model, None, reason))
             if include_usage:
-                yield event(_usage_chunk(chat, response_id, created, model, item))
+                yield event(usage_chunk(chat, response_id, created, model, item))
         except ApiError as exc:
             log.info("stream %s ended with %d %s", response_id, exc.status, exc.code)
             yield b"data: " + exc.body() + b"\n\n"
@@ -257,37 +243,3 @@ class Bridge:
 
 def _nothing() -> None:
     return None
-
-
-def _response(
-    endpoint: Endpoint, parsed: Any, result: FinalResult, response_id: str, created: int
-) -> Any:
-    if endpoint is CHAT:
-        return convert.chat_response(result, response_id, created)
-    if endpoint is COMPLETION:
-        return convert.completion_response(result, response_id, created)
-    return convert.embedding_response(result, parsed.encoding_format)
-
-
-def _chat_chunk(
-    rid: str, created: int, model: str, delta: oa.Delta | str | None, reason: str | None = None
-) -> oa.ChatCompletionChunk:
-    if not isinstance(delta, oa.Delta):
-        delta = oa.Delta(content=delta)
-    return oa.ChatCompletionChunk(
-        rid, CHUNK, created, model, [oa.ChatChunkChoice(0, delta, None, reason)]
-    )
-
-
-def _text_chunk(
-    rid: str, created: int, model: str, text: str | None, reason: str | None = None
-) -> oa.Completion:
-    return oa.Completion(
-        rid, TEXT, created, model, [oa.CompletionChoice(0, text or "", None, reason)]
-    )
-
-
-def _usage_chunk(chat: bool, rid: str, created: int, model: str, result: FinalResult) -> Any:
-    if chat:
-        return oa.ChatCompletionChunk(rid, CHUNK, created, model, [], convert.usage(result))
-    return oa.Completion(rid, TEXT, created, model, [], convert.usage(result))
