@@ -19,6 +19,7 @@ from producer.http.auth import (
     require_principal,
 )
 from producer.http.config import AuthMode, BridgeConfig
+from producer.http.handlers import Bridge
 from schemas.messages import InferenceRequest
 from schemas.openai_errors import ApiError
 
@@ -102,8 +103,8 @@ class BatchApi:
         self.allow_private_webhooks = allow_private_webhooks
         self.client: Client | None = None
 
-    async def on_startup(self, client: Client) -> None:
-        self.client = client
+    async def on_startup(self, bridge: Bridge) -> None:
+        self.client = bridge.client
 
     async def authenticate(self, headers: Mapping[str, str]) -> str:
         return (await require_principal(self.authenticator, headers.get("authorization"))).tenant
@@ -170,16 +171,25 @@ async def serve(
         pools = LazyPool(config.database_url)
     authenticator = build_authenticator(config, pools)
     batch = BatchApi(config, authenticator, pools, allow_private_webhooks, file_limits)
+    routes = batch.routes()
+    bench = None
+    if config.echo_route:  # the HTTP benchmark's routes (loadtest/http_bridge.py)
+        from producer.http.bench import BenchRoutes
 
-    async def on_startup(client: Client) -> None:
-        await batch.on_startup(client)
+        bench = BenchRoutes(config.max_body_bytes)
+        routes += bench.routes()
+
+    async def on_startup(bridge: Bridge) -> None:
+        await batch.on_startup(bridge)
+        if bench is not None:
+            await bench.on_startup(bridge)
         settle()  # the app and its clients are built: what follows is per request
 
     app = create_app(
         config,
         authenticator,
         on_startup=on_startup,
-        routes=batch.routes(),
+        routes=routes,
         unavailable=database_unavailable_errors() if pools is not None else (),
     )
     server = uvicorn.Server(

@@ -134,6 +134,10 @@ class Client:
         if self._owns_connection:
             await self.nc.drain()
 
+    @property
+    def is_connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
     def reply_subject(self, request_id: str) -> str:
         return f"{self._prefix}.{request_id}"
 

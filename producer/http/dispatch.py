@@ -114,7 +114,7 @@ class Call:
                 return self._final(pending.done.result())
             now = self._loop.time()
             if now >= self._deadline:
-                self._d.metrics.cancels.labels("deadline").inc()
+                self._d.cancelled("deadline")
                 raise deadline_exceeded()
             if now >= self._next_check:
                 wait_s = self._d.no_worker_timeout_s
@@ -124,8 +124,8 @@ class Call:
                 if stored is None or now < stored + wait_s:
                     self._next_check = (now if stored is None else stored) + wait_s
                 else:
-                    if not await self._d.presence.any_worker(self.request.model):
-                        self._d.metrics.cancels.labels("no_workers").inc()
+                    if not await self._d.any_worker(self.request.model):
+                        self._d.cancelled("no_workers")
                         raise no_workers(self.request.model, wait_s)
                     self._next_check = self._loop.time() + wait_s
                     continue
@@ -147,12 +147,12 @@ class Call:
 
     async def close(self) -> None:
         """Stop listening; cancel upstream unless the terminal reply came."""
-        await self._d.client.finish(self.pending, cancel=not self.finished)
+        await self._d.finish(self.pending, cancel=not self.finished)
 
     def abandon(self) -> None:
         """`close()` from a task being cancelled (the client went away): run it apart."""
         if not self.finished:
-            self._d.metrics.cancels.labels("disconnect").inc()
+            self._d.cancelled("disconnect")
         self._d.spawn(self.close())
 
 
@@ -174,6 +174,18 @@ class Dispatcher:
         #: The calls' waits and disconnect watches (coarse: a deadline may be ~50 ms late).
         self.timers = CoarseTimers()
         self._background: set[asyncio.Task[Any]] = set()
+
+    async def any_worker(self, model: str) -> bool:
+        """Whether a worker of `model` is alive (`Presence`, cached)."""
+        return await self.presence.any_worker(model)
+
+    def cancelled(self, reason: str) -> None:
+        """Count a request given up upstream (`deadline`, `no_workers`, `disconnect`)."""
+        self.metrics.cancels.labels(reason).inc()
+
+    async def finish(self, pending: Pending, *, cancel: bool) -> None:
+        """`Client.finish`: stop listening; cancel upstream if `cancel`."""
+        await self.client.finish(pending, cancel=cancel)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

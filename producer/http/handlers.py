@@ -36,7 +36,6 @@ from producer.http.endpoints import (
 )
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
-from producer.http.presence import Presence
 from producer.http.sse import DONE, event
 from schemas.messages import FinalResult, StreamChunk
 
@@ -65,14 +64,17 @@ class Bridge:
         self,
         config: BridgeConfig,
         authenticator: Authenticator,
+        client: Client,
         dispatcher: Dispatcher,
         idempotency: Idempotency,
     ) -> None:
         self.config = config
         self.auth = authenticator
+        #: The NATS client the requests are published with.
+        self.client = client
         self.dispatcher = dispatcher
         self.idempotency = idempotency
-        self._directory = ModelDirectory(dispatcher.client.nc, ttl_s=2.0)
+        self._directory = ModelDirectory(client.nc, ttl_s=2.0)
         # Request ids: a random per-process prefix and a counter (unique, and cheaper than
         # uuid4 on the hot path).
         self._id_prefix = secrets.token_hex(8)
@@ -81,13 +83,9 @@ class Bridge:
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 
-    @property
-    def client(self) -> Client:
-        return self.dispatcher.client
-
-    @property
-    def presence(self) -> Presence:
-        return self.dispatcher.presence
+    def with_dispatcher(self, dispatcher: Dispatcher) -> Bridge:
+        """The same bridge, its calls opened by `dispatcher` (the benchmark's in-process one)."""
+        return Bridge(self.config, self.auth, self.client, dispatcher, self.idempotency)
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         return await require_principal(self.auth, headers.get("authorization"))
@@ -231,11 +229,11 @@ class Bridge:
     async def readiness(self) -> tuple[bool, bytes]:
         """Ready when NATS is connected. Workers are reported, not required: a model scaled to
         zero still accepts requests (they queue until a worker starts)."""
-        connected = self.client.nc.is_connected
+        connected = self.client.is_connected
         workers: dict[str, bool] = {}
         if connected:
             models = await self.models()
-            answers = await asyncio.gather(*[self.presence.any_worker(m) for m in models])
+            answers = await asyncio.gather(*[self.dispatcher.any_worker(m) for m in models])
             workers = dict(zip(models, answers, strict=True))
         body = {"nats_connected": connected, "workers": workers}
         return connected, _encoder.encode(body)

@@ -119,7 +119,7 @@ class IdempotentCall(Call):
     def _store_error(self, reply: FinalResult | ErrorResult) -> None:
         if isinstance(reply, ErrorResult) and reply.code not in _NOT_STORED:
             stored = Stored(self.created_s or 0, reply)
-            self._idem.dispatcher.spawn(self._idem.put(self._key, stored))
+            self._d.spawn(self._idem.put(self._key, stored))
 
     async def next(self) -> FinalResult:
         while True:
@@ -132,7 +132,7 @@ class IdempotentCall(Call):
     def abandon(self) -> None:
         if self.finished:
             return
-        self._idem.dispatcher.spawn(self._finish_detached())
+        self._d.spawn(self._finish_detached())
 
     async def _finish_detached(self) -> None:
         with contextlib.suppress(ApiError):
@@ -141,10 +141,10 @@ class IdempotentCall(Call):
 
 
 class Idempotency:
-    def __init__(self, dispatcher: Dispatcher, kv: KeyValue) -> None:
+    def __init__(self, dispatcher: Dispatcher, kv: KeyValue, js: JetStreamContext) -> None:
         self.dispatcher = dispatcher
         self._kv = kv
-        self._js: JetStreamContext = dispatcher.client.js
+        self._js = js
 
     async def get(self, key: str) -> Stored | None:
         try:
@@ -197,12 +197,12 @@ class Idempotency:
             await asyncio.sleep(_STORE_GRACE_S)
             stored = await self.get(base)
             if stored is not None:
-                await self.dispatcher.client.finish(pending, cancel=False)
+                await self.dispatcher.finish(pending, cancel=False)
                 return StoredCall(request, stored)
             if pending.done.done():  # the reply itself arrived meanwhile
                 return call
             # Abandoned: run it again under a de-duplication id of the next generation.
-            await self.dispatcher.client.finish(pending, cancel=False)
+            await self.dispatcher.finish(pending, cancel=False)
             generation = f"{base}-{accepted.seq}"
             request = msgspec.structs.replace(request, id=generation, idempotency_key=generation)
         return call
