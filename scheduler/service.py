@@ -68,7 +68,7 @@ class LockLost(Exception):
     """The connection holding the scheduler lock failed: stop acting."""
 
 
-class Scheduler:
+class BatchScheduler:
     def __init__(
         self, config: SchedulerConfig, codec: Codec, metrics: SchedulerMetrics | None = None
     ) -> None:

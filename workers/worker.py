@@ -59,9 +59,9 @@ class NatsPublisher:
 def build_backend(spec: ModelSpec) -> Backend:
     """Instantiate and load the model (blocking: call from a thread)."""
     if spec.engine == "llm":
-        from workers.engine.backend import build_engine_backend  # torch: only when needed
+        from workers.engine.adapter import build_engine_adapter  # torch: only when needed
 
-        return build_engine_backend(spec)
+        return build_engine_adapter(spec)
     model = resolve_model_class(spec.model_class)(spec.name, spec.options)
     model.load()
     return SdkBackend(model, spec.capacity)

@@ -22,8 +22,8 @@ from litestar.types import ASGIApp, ControllerRouterHandler
 
 from producer.client import Client
 from producer.http.auth import Authenticator
+from producer.http.calls import Calls
 from producer.http.config import BridgeConfig
-from producer.http.dispatch import Dispatcher
 from producer.http.error_responses import exception_handlers
 from producer.http.handlers import Bridge
 from producer.http.idempotency import Idempotency, open_bucket
@@ -84,7 +84,7 @@ async def connected(
     """The bridge and its parts, connected to NATS; closed on exit."""
     client = await Client.connect(config.nats_url, name="jetserve-bridge")
     presence = Presence(client.nc, ttl_s=min(1.0, config.no_worker_timeout_s))
-    dispatcher = Dispatcher(
+    calls = Calls(
         client,
         presence,
         metrics,
@@ -93,8 +93,8 @@ async def connected(
     )
     kv = await open_bucket(client.js, config.duplicate_window_s)
     try:
-        idempotency = Idempotency(dispatcher, kv, client.js)
-        yield Bridge(config, authenticator, client, dispatcher, idempotency)
+        idempotency = Idempotency(calls, kv, client.js)
+        yield Bridge(config, authenticator, client, calls, idempotency)
     finally:
-        await dispatcher.close()
+        await calls.close()
         await client.close()

@@ -20,7 +20,7 @@ from litestar import Request, Response, post
 from litestar.types import ControllerRouterHandler
 
 from producer.http.body import read_body, wanted_headers
-from producer.http.dispatch import Call, Dispatcher
+from producer.http.calls import Call, Calls
 from producer.http.endpoints import CHAT
 from producer.http.handlers import Bridge
 from producer.http.routes import JSON, BridgeHolder, serve
@@ -43,7 +43,7 @@ def echo_result(request: InferenceRequest) -> FinalResult:
     return FinalResult(request.id, request.model, {"text": text}, "stop", usage)
 
 
-class EchoDispatcher(Dispatcher):
+class EchoCalls(Calls):
     """Opens calls whose terminal reply is already there; nothing is published."""
 
     async def open(self, request: InferenceRequest, *, streaming: bool, timeout_s: float) -> Call:
@@ -52,14 +52,14 @@ class EchoDispatcher(Dispatcher):
         return Call(self, pending, asyncio.get_running_loop().time() + timeout_s)
 
     @classmethod
-    def like(cls, dispatcher: Dispatcher) -> EchoDispatcher:
-        """One with the same client, presence, metrics and settings as `dispatcher`."""
+    def like(cls, calls: Calls) -> EchoCalls:
+        """One with the same client, presence, metrics and settings as `calls`."""
         return cls(
-            dispatcher.client,
-            dispatcher.presence,
-            dispatcher.metrics,
-            no_worker_timeout_s=dispatcher.no_worker_timeout_s,
-            retry_after_s=dispatcher.retry_after_s,
+            calls.client,
+            calls.presence,
+            calls.metrics,
+            no_worker_timeout_s=calls.no_worker_timeout_s,
+            retry_after_s=calls.retry_after_s,
         )
 
 
@@ -70,7 +70,7 @@ class BenchRoutes:
 
     async def on_startup(self, bridge: Bridge) -> None:
         """Serve `/bench/chat` with `bridge`, its calls answered in-process."""
-        self._holder.bridge = bridge.with_dispatcher(EchoDispatcher.like(bridge.dispatcher))
+        self._holder.bridge = bridge.with_calls(EchoCalls.like(bridge.calls))
 
     def routes(self) -> list[ControllerRouterHandler]:
         holder, limit = self._holder, self._max_body_bytes

@@ -24,8 +24,8 @@ from producer.client import Client
 from producer.http import convert
 from producer.http import openai_types as oa
 from producer.http.auth import Authenticator, Principal, require_principal
+from producer.http.calls import Call, Calls, ClientGone
 from producer.http.config import BridgeConfig
-from producer.http.dispatch import Call, ClientGone, Dispatcher
 from producer.http.endpoints import (
     CHAT,
     Endpoint,
@@ -65,14 +65,14 @@ class Bridge:
         config: BridgeConfig,
         authenticator: Authenticator,
         client: Client,
-        dispatcher: Dispatcher,
+        calls: Calls,
         idempotency: Idempotency,
     ) -> None:
         self.config = config
         self.auth = authenticator
         #: The NATS client the requests are published with.
         self.client = client
-        self.dispatcher = dispatcher
+        self.calls = calls
         self.idempotency = idempotency
         self._directory = ModelDirectory(client.nc, ttl_s=2.0)
         # Request ids: a random per-process prefix and a counter (unique, and cheaper than
@@ -83,9 +83,9 @@ class Bridge:
     def _new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 
-    def with_dispatcher(self, dispatcher: Dispatcher) -> Bridge:
-        """The same bridge, its calls opened by `dispatcher` (the benchmark's in-process one)."""
-        return Bridge(self.config, self.auth, self.client, dispatcher, self.idempotency)
+    def with_calls(self, calls: Calls) -> Bridge:
+        """The same bridge, its calls opened by `calls` (the benchmark's in-process one)."""
+        return Bridge(self.config, self.auth, self.client, calls, self.idempotency)
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         return await require_principal(self.auth, headers.get("authorization"))
@@ -140,7 +140,7 @@ class Bridge:
         if key:
             call = await self.idempotency.open(request, streaming=streaming, timeout_s=timeout_s)
         else:
-            call = await self.dispatcher.open(request, streaming=streaming, timeout_s=timeout_s)
+            call = await self.calls.open(request, streaming=streaming, timeout_s=timeout_s)
         stop_watch = on_gone(call) if isinstance(call, Call) else _nothing
         try:
             first = await call.next()
@@ -212,7 +212,7 @@ class Bridge:
         finally:
             # Also runs when the client disconnects mid-stream (the response is cancelled).
             if call.finished:
-                self.dispatcher.spawn(call.close())
+                self.calls.spawn(call.close())
             else:
                 call.abandon()
         yield DONE
@@ -233,7 +233,7 @@ class Bridge:
         workers: dict[str, bool] = {}
         if connected:
             models = await self.models()
-            answers = await asyncio.gather(*[self.dispatcher.any_worker(m) for m in models])
+            answers = await asyncio.gather(*[self.calls.any_worker(m) for m in models])
             workers = dict(zip(models, answers, strict=True))
         body = {"nats_connected": connected, "workers": workers}
         return connected, _encoder.encode(body)

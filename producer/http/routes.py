@@ -16,8 +16,8 @@ from litestar.types import ControllerRouterHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from producer.http.body import read_body, wanted_headers
+from producer.http.calls import Call
 from producer.http.disconnect import DisconnectWatch
-from producer.http.dispatch import Call
 from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, Endpoint
 from producer.http.errors import ApiError
 from producer.http.handlers import Bridge

@@ -1,6 +1,6 @@
 """One HTTP request's life on the queue: publish, wait, give up.
 
-    call = await dispatcher.open(request, streaming=..., timeout_s=...)
+    call = await calls.open(request, streaming=..., timeout_s=...)
     item = await call.next()      # StreamChunk ..., then FinalResult; raises ApiError
     await call.close()            # always; cancels upstream if no terminal reply came
 
@@ -52,17 +52,17 @@ class Call:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        calls: Calls,
         pending: Pending,
         deadline: float,
         on_final: Callable[[FinalResult | ErrorResult], None] | None = None,
     ) -> None:
-        self._d = dispatcher
+        self._d = calls
         self.pending = pending
         self.request = pending.request
         self._deadline = deadline
         self._loop = asyncio.get_running_loop()
-        self._next_check = self._loop.time() + dispatcher.no_worker_timeout_s
+        self._next_check = self._loop.time() + calls.no_worker_timeout_s
         self._on_final = on_final
         self._wake: asyncio.Future[None] | None = None
         self.finished = False
@@ -156,7 +156,10 @@ class Call:
         self._d.spawn(self.close())
 
 
-class Dispatcher:
+class Calls:
+    """Opens the bridge's calls (`open`, `start`), and owns what they share: the client,
+    the worker presence check, the coarse timers, background tasks."""
+
     def __init__(
         self,
         client: Client,
