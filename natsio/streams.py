@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError, NotFoundError
 
 #: JetStream API error code: a stream of that name exists (created concurrently).
@@ -23,6 +32,29 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             if exc.err_code != STREAM_NAME_IN_USE_CODE:
                 raise
     await js.update_stream(config)
+
+
+def work_queue_stream(
+    name: str,
+    subjects: list[str],
+    description: str,
+    *,
+    duplicate_window_s: float,
+    replicas: int,
+    **config: Any,
+) -> StreamConfig:
+    """A file-backed work-queue stream (a message is gone once acked); `config` adds or
+    overrides fields."""
+    return StreamConfig(
+        name=name,
+        description=description,
+        subjects=subjects,
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=duplicate_window_s,
+        num_replicas=replicas,
+        **config,
+    )
 
 
 def durable_consumer(

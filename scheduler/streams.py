@@ -10,51 +10,44 @@ active.
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
-from natsio.streams import durable_consumer, ensure_stream
+from natsio.streams import durable_consumer, ensure_stream, work_queue_stream
 from schemas import names
 
 #: Acknowledgement wait of the scheduler's consumers; they redeliver without end (a result
 #: must reach the database).
 _ACK_WAIT_S = 30.0
 
+#: stream, its subject, its consumer, description, other stream settings
+_QUEUES: list[tuple[str, str, str, str, dict[str, int]]] = [
+    (
+        names.RESULTS_STREAM,
+        names.RESULTS_SUBJECTS,
+        names.RESULTS_CONSUMER,
+        "jetserve results of batch items and async requests",
+        {},
+    ),
+    (
+        names.ASYNC_STREAM,
+        names.ASYNC_SUBMIT_SUBJECT,
+        names.ASYNC_CONSUMER,
+        "jetserve async requests submitted over NATS",
+        {"max_msg_size": 1024 * 1024},
+    ),
+]
+
 
 async def provision(js: JetStreamContext, *, duplicate_window_s: float, replicas: int = 1) -> None:
-    await ensure_stream(
-        js,
-        StreamConfig(
-            name=names.RESULTS_STREAM,
-            description="jetserve results of batch items and async requests",
-            subjects=[names.RESULTS_SUBJECTS],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=duplicate_window_s,
-            num_replicas=replicas,
-        ),
-    )
-    await js.add_consumer(
-        names.RESULTS_STREAM,
-        durable_consumer(
-            names.RESULTS_CONSUMER, names.RESULTS_SUBJECTS, ack_wait_s=_ACK_WAIT_S, max_deliver=-1
-        ),
-    )
-    await ensure_stream(
-        js,
-        StreamConfig(
-            name=names.ASYNC_STREAM,
-            description="jetserve async requests submitted over NATS",
-            subjects=[names.ASYNC_SUBMIT_SUBJECT],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=duplicate_window_s,
-            max_msg_size=1024 * 1024,
-            num_replicas=replicas,
-        ),
-    )
-    await js.add_consumer(
-        names.ASYNC_STREAM,
-        durable_consumer(
-            names.ASYNC_CONSUMER, names.ASYNC_SUBMIT_SUBJECT, ack_wait_s=_ACK_WAIT_S, max_deliver=-1
-        ),
-    )
+    for stream, subject, consumer, description, settings in _QUEUES:
+        config = work_queue_stream(
+            stream,
+            [subject],
+            description,
+            duplicate_window_s=duplicate_window_s,
+            replicas=replicas,
+            **settings,
+        )
+        await ensure_stream(js, config)
+        await js.add_consumer(
+            stream, durable_consumer(consumer, subject, ack_wait_s=_ACK_WAIT_S, max_deliver=-1)
+        )

@@ -20,7 +20,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from natsio.streams import ensure_stream
+from natsio.streams import ensure_stream, work_queue_stream
 from schemas import names
 from schemas.names import Priority
 
@@ -37,18 +37,16 @@ class QueueSettings:
 
 
 def model_stream_config(model: str, s: QueueSettings) -> StreamConfig:
-    return StreamConfig(
-        name=names.stream_name(model),
-        description=f"jetserve requests for model {model}",
-        subjects=names.request_subjects(model),
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
+    return work_queue_stream(
+        names.stream_name(model),
+        names.request_subjects(model),
+        f"jetserve requests for model {model}",
+        duplicate_window_s=s.duplicate_window_s,
+        replicas=s.replicas,
         max_msgs=s.max_backlog,
         # A full backlog refuses new publishes (the client sees a 429), never drops old ones.
         discard=DiscardPolicy.NEW,
         max_msg_size=s.max_msg_bytes,
-        duplicate_window=s.duplicate_window_s,
-        num_replicas=s.replicas,
     )
 
 
