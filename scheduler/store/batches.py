@@ -198,14 +198,15 @@ async def _select(db: Db, where_order: str, *args: Any) -> list[BatchRow]:
     return [_row(r) for r in rows]
 
 
+_TO_VALIDATE = (
+    "NOT sealed AND in_progress_at IS NULL AND status IN ('validating', 'cancelling') "
+    "ORDER BY created_at LIMIT $1"
+)
+
+
 async def to_validate(db: Db, limit: int = 10) -> list[BatchRow]:
     """Batches waiting for validation (also those cancelled before it ran)."""
-    return await _select(
-        db,
-        "NOT sealed AND in_progress_at IS NULL AND status IN ('validating', 'cancelling') "
-        "ORDER BY created_at LIMIT $1",
-        limit,
-    )
+    return await _select(db, _TO_VALIDATE, limit)
 
 
 async def start_batch(db: Db, batch_id: str, model: str | None, total: int) -> None:
@@ -247,14 +248,14 @@ async def in_flight_by_model(db: Db) -> dict[str, int]:
     return {r["model"]: r["n"] for r in rows}
 
 
+_DISPATCHABLE = (
+    "status = 'in_progress' AND NOT sealed AND dispatched < total ORDER BY created_at, id LIMIT $1"
+)
+
+
 async def dispatchable(db: Db, limit: int = 100) -> list[BatchRow]:
     """In-progress batches with items left to publish, oldest first."""
-    return await _select(
-        db,
-        "status = 'in_progress' AND NOT sealed AND dispatched < total "
-        "ORDER BY created_at, id LIMIT $1",
-        limit,
-    )
+    return await _select(db, _DISPATCHABLE, limit)
 
 
 async def items_from(db: Db, batch_id: str, start: int, count: int) -> list[tuple[int, bytes]]:
