@@ -20,6 +20,7 @@ from producer.http.auth import (
 )
 from producer.http.config import AuthMode, BridgeConfig
 from producer.http.handlers import Bridge
+from schemas import names
 from schemas.messages import InferenceRequest
 from schemas.openai_errors import ApiError
 
@@ -107,7 +108,9 @@ class BatchApi:
         self.client = bridge.client
 
     async def authenticate(self, headers: Mapping[str, str]) -> str:
-        return (await require_principal(self.authenticator, headers.get("authorization"))).tenant
+        return (
+            await require_principal(self.authenticator, headers.get(names.HTTP_AUTHORIZATION))
+        ).tenant
 
     async def pool(self) -> Any:
         if self.pools is None:

@@ -79,6 +79,14 @@ def pull_subject(stream: str, consumer: str) -> str:
     return f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
 
 
+#: HTTP request headers the bridge and the batch API read (lower case, as ASGI gives them).
+HTTP_AUTHORIZATION = "authorization"
+HTTP_IDEMPOTENCY_KEY = "idempotency-key"
+#: The client's own deadline for the request, in seconds.
+HTTP_TIMEOUT = "x-jetserve-timeout-s"
+#: Async requests: the webhook endpoint to notify when the result is stored.
+HTTP_CALLBACK_URL = "x-jetserve-callback-url"
+
 #: Inbox prefixes of jetserve's shared-inbox subscriptions (a random token follows each).
 INBOX_ROOT = "_INBOX"
 #: A producer client's inbox: replies on `<inbox>.<id>`, PubAcks on `<inbox>.<n>.ack`.

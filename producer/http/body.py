@@ -8,9 +8,12 @@ from collections.abc import Iterable
 from litestar.types import Receive
 
 from producer.http.errors import ApiError
+from schemas import names
 
 #: The request headers the POST routes read (lower case, as ASGI delivers them).
-_WANTED = {b"authorization", b"idempotency-key", b"x-jetserve-timeout-s"}
+_WANTED = {
+    h.encode() for h in (names.HTTP_AUTHORIZATION, names.HTTP_IDEMPOTENCY_KEY, names.HTTP_TIMEOUT)
+}
 
 
 def wanted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -37,12 +37,14 @@ from producer.http.endpoints import (
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
 from producer.http.sse import DONE, event
+from schemas import names
 from schemas.messages import FinalResult, StreamChunk
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_HEADER = "x-jetserve-timeout-s"
-IDEMPOTENCY_HEADER = "idempotency-key"
+TIMEOUT_HEADER = names.HTTP_TIMEOUT
+IDEMPOTENCY_HEADER = names.HTTP_IDEMPOTENCY_KEY
+AUTHORIZATION_HEADER = names.HTTP_AUTHORIZATION
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _encoder = msgspec.json.Encoder()
 
@@ -88,7 +90,7 @@ class Bridge:
         return Bridge(self.config, self.auth, self.client, calls, self.idempotency)
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
-        return await require_principal(self.auth, headers.get("authorization"))
+        return await require_principal(self.auth, headers.get(AUTHORIZATION_HEADER))
 
     def _timeout_s(self, headers: Mapping[str, str]) -> float:
         raw = headers.get(TIMEOUT_HEADER)
