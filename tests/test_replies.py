@@ -37,7 +37,7 @@ async def _listen(nc: NATS, subject: str) -> list[Msg]:
 async def test_chunks_then_the_result_on_a_core_subject(nc: NATS, encoding: Encoding) -> None:
     subject = f"_INBOX.test.{uuid.uuid4().hex}"
     got = await _listen(nc, subject)
-    sink = ReplySink(nc, nc.jetstream(), subject, encoding, "r1", attempt=2)
+    sink = ReplySink(nc, subject, encoding, "r1", 2, DurablePublisher(nc))
     await sink.chunk("a")
     await sink.chunk("b", token_ids=[7])
     await sink.final(FinalResult("r1", "m", {"text": "ab"}, "stop"))
@@ -53,7 +53,7 @@ async def test_chunks_then_the_result_on_a_core_subject(nc: NATS, encoding: Enco
 
 
 async def test_no_reply_subject_publishes_nothing(nc: NATS) -> None:
-    sink = ReplySink(nc, nc.jetstream(), None, Encoding.JSON, "r1", attempt=0)
+    sink = ReplySink(nc, None, Encoding.JSON, "r1", 0, DurablePublisher(nc))
     await sink.chunk("a")
     await sink.final(FinalResult("r1", "m", {"text": "a"}, "stop"))  # no error either
 
@@ -69,7 +69,7 @@ async def test_a_durable_reply_is_stored_once(own_nats: NatsServer) -> None:
     durable = DurablePublisher(nc, timeout_s=2.0)
     before = (await js.stream_info(names.RESULTS_STREAM)).state.messages
     for attempt in (0, 1):  # the request ran twice (redelivered): its result is stored once
-        sink = ReplySink(nc, js, subject, Encoding.JSON, rid, attempt, durable)
+        sink = ReplySink(nc, subject, Encoding.JSON, rid, attempt, durable)
         await sink.chunk("not relayed")
         await sink.final(FinalResult(rid, "m", {"text": "x"}, "stop"))
     assert (await js.stream_info(names.RESULTS_STREAM)).state.messages == before + 1

@@ -11,7 +11,6 @@ import asyncio
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
 
 from natsio.acks import Outcome, describe
 from natsio.inbox import AckInbox
@@ -57,15 +56,14 @@ class ReplySink:
     def __init__(
         self,
         nc: NATS,
-        js: JetStreamContext,
         subject: str | None,
         encoding: Encoding,
         request_id: str,
         attempt: int,
-        durable: DurablePublisher | None = None,
+        durable: DurablePublisher,
     ) -> None:
+        """`durable`: the worker's one publisher of durable replies (its shared inbox)."""
         self._nc = nc
-        self._js = js
         self.subject = subject or None
         self._encoding = encoding
         self.request_id = request_id
@@ -107,10 +105,7 @@ class ReplySink:
                 Header.ENCODING.value: self._encoding.value,
                 Header.MSG_ID.value: f"result-{self.request_id}",
             }
-            if self._durable_publisher is not None:
-                await self._durable_publisher.publish(self.subject, data, headers)
-            else:
-                await self._js.publish(self.subject, data, headers=headers)
+            await self._durable_publisher.publish(self.subject, data, headers)
         else:
             if not self._nc.is_connected:
                 await _after_reconnect(self._nc)

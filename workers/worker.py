@@ -50,7 +50,7 @@ class NatsPublisher:
     def sink(
         self, subject: str | None, encoding: Encoding, request_id: str, attempt: int
     ) -> ReplySink:
-        return ReplySink(self._nc, self._js, subject, encoding, request_id, attempt, self._durable)
+        return ReplySink(self._nc, subject, encoding, request_id, attempt, self._durable)
 
     async def dead_letter(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         await self._js.publish(subject, data, headers=headers)
