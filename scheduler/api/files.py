@@ -20,7 +20,7 @@ from litestar.response import Stream
 from litestar.types import ControllerRouterHandler
 
 from scheduler.api.deps import JSON, Deps, query_limit
-from scheduler.api.objects import Deleted, FileList, file_object, page
+from scheduler.api.objects import Deleted, file_object, list_page
 from scheduler.api.upload import receive_upload
 from scheduler.store import files as fs
 from schemas.openai_errors import invalid, not_found
@@ -89,10 +89,7 @@ def file_routes(deps: Deps) -> list[ControllerRouterHandler]:
             limit=limit,
             ascending=order == "asc",
         )
-        rows, more = page(rows, limit)
-        data = [file_object(r) for r in rows]
-        body = FileList(data, data[0].id if data else None, data[-1].id if data else None, more)
-        return Response(_encode(body), media_type=JSON)
+        return Response(_encode(list_page(rows, limit, file_object)), media_type=JSON)
 
     @get("/v1/files/{file_id:str}", summary="Retrieve a file's metadata")
     async def retrieve(request: Request[Any, Any, Any], file_id: str) -> Response[Any]:
