@@ -13,6 +13,7 @@ from scheduler.store.async_requests import AsyncRow
 from scheduler.store.batches import BatchRow
 from scheduler.store.files import FileRow
 from scheduler.store.webhooks import Endpoint
+from schemas.openai_errors import not_found
 
 
 class _Listed(Protocol):
@@ -170,6 +171,13 @@ def batch_object(b: BatchRow) -> BatchObject:
         metadata=b.metadata,
         model=b.model,
     )
+
+
+def deleted(found: bool, what: str, object_id: str, param: str) -> Deleted:
+    """OpenAI's answer to a DELETE; 404 naming `param` if there was nothing to delete."""
+    if not found:
+        raise not_found(what, object_id, param)
+    return Deleted(object_id, what)
 
 
 def list_page(rows: list[R], limit: int, to_object: Callable[[R], T]) -> ListPage[T]:
