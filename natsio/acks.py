@@ -71,7 +71,9 @@ _decode = msgspec.json.Decoder(PubAck).decode
 def classify(msg: Msg, *, connected: bool = True) -> tuple[Outcome, PubAck | None]:
     """The outcome of the publish `msg` answers, and the PubAck when there is one.
     `connected`: whether the connection was up; a 503 "no responders" that comes while
-    it was not (a reconnect under way) says nothing about the stream, so publish again."""
+    it was not (a reconnect under way) says nothing about the stream, so publish again.
+    (A caller on the hot path may classify with the default and check the connection only
+    when the outcome is `NO_STREAM`: the same answer.)"""
     if not msg.data:
         if (msg.headers or {}).get(STATUS_HEADER) == NO_RESPONDERS_STATUS and connected:
             return Outcome.NO_STREAM, None

@@ -25,7 +25,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from natsio.acks import Outcome, PubAck
+from natsio.acks import Outcome, PubAck, classify
 from natsio.inbox import AckInbox
 from producer.errors import (
     BacklogFull,
@@ -99,23 +99,28 @@ class AckTracker:
         self._retries: set[asyncio.Task[None]] = set()
 
     async def publish(
-        self, owner: Publication, subject: str, data: bytes, headers: dict[str, str]
+        self,
+        owner: Publication,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str],
+        give_up: float | None = None,
     ) -> None:
-        """Publish; `owner.stored` or `owner.refuse` is called once the outcome is known.
-        Raises (nothing published) when the request can never be published: the connection
-        is closed (`Unavailable`), or the message is larger than the server allows
+        """Publish; `owner.stored` or `owner.refuse` is called once the outcome is known,
+        at the latest at `give_up` (time.monotonic(); by default `publish_timeout_s` from
+        now). Raises (nothing published) when the request can never be published: the
+        connection is closed (`Unavailable`), or the message is larger than the server allows
         (`RequestTooLarge`)."""
-        give_up = time.monotonic() + self.publish_timeout_s
-        await self._publish(owner, (subject, data, headers, give_up))
-
-    async def _publish(self, owner: Publication, attempt: _Attempt) -> None:
+        if give_up is None:
+            delay_s = self.publish_timeout_s
+            give_up = time.monotonic() + delay_s
+        else:
+            delay_s = max(0.05, give_up - time.monotonic())
+        attempt = (subject, data, headers, give_up)
         inbox = self.inbox
-        subject, data, headers, give_up = attempt
         token = inbox.token()
         # A coarse timer, not asyncio.timeout(): this runs for every request (the hot path).
-        key = self._timers.call_later(
-            max(0.05, give_up - time.monotonic()), functools.partial(self._ack_timed_out, token)
-        )
+        key = self._timers.call_later(delay_s, functools.partial(self._ack_timed_out, token))
         ack_to = inbox.expect(token, (owner, attempt, key))
         try:
             await inbox.nc.publish(subject, data, reply=ack_to, headers=headers)
@@ -137,11 +142,13 @@ class AckTracker:
         self._timers.cancel(key)
         if not owner.live:
             return  # nobody waits for the outcome any more
-        outcome, ack = self.inbox.classify(msg)
+        outcome, ack = classify(msg)
         if outcome is Outcome.STORED:
             assert ack is not None
             owner.stored(Accepted(owner.request.id, ack.stream, ack.seq, ack.duplicate))
-        elif outcome is Outcome.RETRY:
+        elif outcome is Outcome.RETRY or (
+            outcome is Outcome.NO_STREAM and not self.inbox.nc.is_connected
+        ):
             self._retry_or_refuse(owner, attempt)
         else:
             owner.refuse(refusal(outcome, ack, owner.request))
@@ -167,7 +174,7 @@ class AckTracker:
         if not owner.live:
             return
         try:
-            await self._publish(owner, attempt)
+            await self.publish(owner, *attempt)
         except JetserveError as exc:
             owner.refuse(exc)
 
