@@ -71,7 +71,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         nc = await nats.connect(config.nats_url)
         js = nc.jetstream()
         for spec in load_models_file(_models_file(args)):
-            await provision_model(js, spec.name, queue_settings(config))
+            await provision_model(js, spec.name, queue_settings(config, spec))
             print(f"provisioned {spec.name}")
         await nc.close()
 

@@ -51,8 +51,20 @@ class ModelSpec(
     max_replicas: Annotated[int, Meta(ge=1)] = 4
     #: Replicas `jetserve up` starts locally.
     local_replicas: Annotated[int, Meta(ge=0)] = 1
-    #: GPUs per replica in Kubernetes (0: CPU only).
+    #: GPUs per replica in Kubernetes (0: CPU only; at most 1 until the engine shards).
     gpus: Annotated[int, Meta(ge=0)] = 0
+    #: Kubernetes sizing of one replica (requests; the memory limit equals the request, and
+    #: with GPUs the CPU limit too). None: by engine (sdk 0.5 cores / 1024 MiB, llm 2 / 4096).
+    cpu_cores: Annotated[float, Meta(gt=0)] | None = None
+    memory_mib: Annotated[int, Meta(ge=64)] | None = None
+    #: The writable model cache a replica gets (converted weights, e.g. SmolLM2's 517 MB).
+    model_cache_mib: Annotated[int, Meta(ge=16)] = 1024
+    #: On scale-down: time to finish in-flight requests before handing the rest back. The
+    #: pod's grace period is derived from it (jetserve/k8s.py). None: JETSERVE_DRAIN_TIMEOUT_S.
+    drain_timeout_s: Annotated[float, Meta(ge=0)] | None = None
+    #: Bytes the model's stream may hold (JetStream `max_bytes`): one model's backlog cannot
+    #: fill the storage all models share. Publishes beyond it are refused.
+    max_stream_mib: Annotated[int, Meta(ge=1)] = 1024
     #: Passed to the model class / engine.
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
