@@ -110,8 +110,11 @@ class WorkerConfig:
     #: Pull credit kept waiting on the online consumer while it is idle, so an online request
     #: never waits behind batch pulls; None: a quarter of the capacity.
     online_reserve: int | None = None
-    #: Port for /metrics, /healthz, /readyz, /drain (workers/probes.py); 0: a free port; -1: none.
+    #: Port for /metrics, /healthz, /readyz (workers/probes.py); 0: a free port; -1: none.
     metrics_port: int = -1
+    #: Port on 127.0.0.1 that also serves /drain (the preStop hook, run inside the pod);
+    #: -1: none (SIGTERM drains all the same).
+    drain_port: int = -1
     #: How often the worker reads its consumers' info for the queue-depth gauges.
     queue_poll_s: float = 5.0
 
@@ -129,5 +132,6 @@ class WorkerConfig:
             stream_replicas=get_int(env, "JETSERVE_STREAM_REPLICAS", 1, minimum=1),
             online_reserve=None if reserve < 0 else reserve,
             metrics_port=get_int(env, "JETSERVE_WORKER_METRICS_PORT", -1, minimum=-1),
+            drain_port=get_int(env, "JETSERVE_WORKER_DRAIN_PORT", -1, minimum=-1),
             queue_poll_s=get_float(env, "JETSERVE_QUEUE_POLL_S", 5.0, minimum=0.1),
         )

@@ -87,6 +87,13 @@ def plan_pulls(s: PullState) -> PullPlan:
     return PullPlan(online, batch, withdraw)
 
 
+def online_reserve(capacity: int, setting: int | None = None) -> int:
+    """Credit kept on the idle online consumer: the setting, else a quarter of the capacity
+    (at least 1). Batch work fills `capacity - online_reserve` (KEDA's target, jetserve/k8s)."""
+    reserve = max(1, capacity // 4) if setting is None else setting
+    return min(reserve, capacity)
+
+
 MessageHandler = Callable[[Msg], Coroutine[Any, Any, None]]
 
 
@@ -273,16 +280,14 @@ class Intake:
         capacity = self._capacity()
         if self._suspects or self._alone is not None:
             capacity = min(capacity, self.in_flight)  # quarantine: pull nothing more
-        reserve = self._reserve_setting
-        if reserve is None:
-            reserve = max(1, capacity // 4)
+        reserve = online_reserve(capacity, self._reserve_setting)
         return PullState(
             capacity=capacity,
             in_flight=self.in_flight,
             online_outstanding=self._online.outstanding,
             batch_outstanding=self._batch.outstanding,
             online_backlog=self._online_backlog,
-            online_reserve=min(reserve, capacity),
+            online_reserve=reserve,
             min_pull=max(1, capacity // 8),
         )
 

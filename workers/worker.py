@@ -297,11 +297,18 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
-    probes: ProbeServer | None = None
+    servers: list[ProbeServer] = []
     if config.metrics_port >= 0:
-        probes = ProbeServer(metrics.registry, readiness, on_drain=request_stop)
+        probes = ProbeServer(metrics.registry, readiness)
         await probes.start("0.0.0.0", config.metrics_port)
+        servers.append(probes)
         log.info("metrics and probes on :%d", probes.port)
+    if config.drain_port >= 0:
+        # /drain only on the pod's loopback: another pod cannot drain this worker.
+        local = ProbeServer(metrics.registry, readiness, on_drain=request_stop)
+        await local.start("127.0.0.1", config.drain_port)
+        servers.append(local)
+        log.info("drain endpoint on 127.0.0.1:%d", local.port)
     try:
         backend = await in_own_thread(build_backend, spec)
         if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
@@ -310,8 +317,8 @@ async def serve(
         workers.append(worker)
         return await worker.run()
     finally:
-        if probes is not None:
-            await probes.close()
+        for server in servers:
+            await server.close()
 
 
 def main(
