@@ -87,7 +87,7 @@ def desired_replicas(scaled_object: dict[str, object], lags: dict[str, int], cur
     spec: Any = scaled_object["spec"]
     modifiers = spec["advanced"]["scalingModifiers"]
     assert modifiers.get("metricType", "AverageValue") == "AverageValue"
-    by_name = {t["name"]: lags[t["metadata"]["consumer"]] for t in spec["triggers"]}
+    by_name = {str(t["name"]): float(lags[t["metadata"]["consumer"]]) for t in spec["triggers"]}
     value = evaluate_formula(modifiers["formula"], by_name)
     target = float(modifiers["target"])
     low, high = int(spec.get("minReplicaCount", 0)), int(spec["maxReplicaCount"])
