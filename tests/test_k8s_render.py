@@ -288,6 +288,8 @@ def test_worker_deployment_and_scaling(models_file: Path, tmp_path: Path) -> Non
         ),
         (f'[[models]]\nname = "{"x" * 60}"\ncapacity = 1\n', "shorten"),
         ('[[models]]\nname = "ends-with-dash-"\ncapacity = 1\n', "label value"),
+        # Billed for N GPUs, using one: refused until the engine shards.
+        ('[[models]]\nname = "a"\ncapacity = 1\ngpus = 2\n', "does not shard"),
     ],
 )
 def test_render_refuses_what_cannot_be_deployed(tmp_path: Path, models: str, error: str) -> None:
