@@ -205,13 +205,19 @@ class Intake:
             self._online_backlog = info is not None and info.pending > 0
             self._kick()  # top the online credit up again
         self._idle.clear()
-        if info is not None and info.delivered > 1 and self._handbacks is not None:
-            self._waiting[id(msg)] = (msg, time.monotonic())
-            check = asyncio.get_running_loop().create_task(self._classify(msg, info.delivered))
-            self._checks.add(check)
-            check.add_done_callback(self._checks.discard)
-            return
-        self._place(msg, suspect=info is not None and info.delivered > 1)
+        if info is not None and info.delivered > 1:
+            if self._handbacks is not None:  # redeliveries only: were they handed back?
+                self._waiting[id(msg)] = (msg, time.monotonic())
+                check = asyncio.get_running_loop().create_task(self._classify(msg, info.delivered))
+                self._checks.add(check)
+                check.add_done_callback(self._checks.discard)
+                return
+            self._hold(msg, self._suspects)
+        elif self._suspects or self._alone is not None:
+            self._hold(msg, self._held)
+        else:
+            self._start(msg)
+        self._advance()
 
     def _place(self, msg: Msg, suspect: bool) -> None:
         if suspect:
