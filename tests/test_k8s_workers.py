@@ -146,7 +146,7 @@ def test_stream_size_is_a_models_file_setting_with_a_default(tmp_path: Path) -> 
         "max_stream_mib = 64\n"
     )
     a, b = load_models_file(path)
-    assert a.max_stream_mib == 1024
+    assert a.max_stream_mib == 256
     assert b.max_stream_mib == 64
     # Each worker mounts its own entry, with the setting.
     own = next(d for d in _docs(path) if d["metadata"]["name"].startswith("jetserve-worker-b-"))

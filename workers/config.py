@@ -63,8 +63,10 @@ class ModelSpec(
     #: pod's grace period is derived from it (jetserve/k8s.py). None: JETSERVE_DRAIN_TIMEOUT_S.
     drain_timeout_s: Annotated[float, Meta(ge=0)] | None = None
     #: Bytes the model's stream may hold (JetStream `max_bytes`): one model's backlog cannot
-    #: fill the storage all models share. Publishes beyond it are refused.
-    max_stream_mib: Annotated[int, Meta(ge=1)] = 1024
+    #: fill the storage all models share. Publishes beyond it are refused. JetStream reserves
+    #: it (times the replicas) from the servers' storage when the stream is made: the sum over
+    #: all models must fit the NATS volumes.
+    max_stream_mib: Annotated[int, Meta(ge=1)] = 256
     #: Passed to the model class / engine.
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
