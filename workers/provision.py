@@ -20,6 +20,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
+from nats.js.errors import BadRequestError, NotFoundError
 
 from natsio.streams import ensure_stream, work_queue_stream
 from schemas import names
