@@ -137,3 +137,23 @@ class WorkerInfo(msgspec.Struct, frozen=True, tag="worker.v1", tag_field="type")
 
 
 Reply = StreamChunk | FinalResult | ErrorResult
+
+
+class DeliveryRecord(
+    msgspec.Struct, frozen=True, tag="delivery-record.v1", tag_field="type", omit_defaults=True
+):
+    """What workers know of one request message's deliveries: the value kept per message in
+    the KV bucket `names.HANDBACK_BUCKET` (workers/handbacks.py). Delivery numbers are
+    JetStream's delivery counts (1-based)."""
+
+    #: Deliveries that do not count as attempts: hand-backs of draining workers, and deliveries
+    #: that ended in a crash while the message was not running alone.
+    free: int = 0
+    #: The last delivery whose end is accounted for (handed back, failed, or resolved as a
+    #: crash when the next delivery arrived).
+    ended: int = 0
+    #: The last delivery that ran in a quarantine group, and that group's size (1: alone).
+    run: int = 0
+    group: int = 0
+    #: The largest group the message may run in next; 0: not a suspect of a group crash.
+    bound: int = 0

@@ -254,7 +254,9 @@ def idempotent_reply_subject(token: str) -> str:
     return f"{IDEMPOTENT_REPLY_PREFIX}.{validate_request_id(token)}"
 
 
-#: NATS KV bucket of hand-backs: per request message (key `<stream>.<stream sequence>`), how
-#: many of its deliveries were handed back unrun by a draining worker. The dead-letter
-#: decision counts deliveries minus these (workers/handbacks.py).
+#: NATS KV bucket of delivery records (`messages.DeliveryRecord`): per request message (key
+#: `<stream>.<stream sequence>`), its deliveries that do not count as attempts (handed back
+#: unrun by a draining worker, or ended by a crash while it was not running alone) and its
+#: quarantine group. The dead-letter decision counts deliveries minus these
+#: (workers/handbacks.py).
 HANDBACK_BUCKET = f"{ROOT}-handbacks"

@@ -71,6 +71,12 @@ class WideCrashModel(CrashModel):
     max_concurrent_batches: ClassVar[int] = 8
 
 
+class WiderCrashModel(CrashModel):
+    """CrashModel running up to 32 requests at once (capacity 33)."""
+
+    max_concurrent_batches: ClassVar[int] = 32
+
+
 class FailingModel(Model):
     """Raises on payloads that say `fail`, per input."""
 

@@ -166,7 +166,12 @@ async def _quarantine_run(order: list[str]) -> tuple[Intake, dict[str, asyncio.E
         return consumers[-1]
 
     intake = Intake(
-        online=factory, batch=factory, capacity=lambda: 8, handle=handle, in_progress_every_s=60.0
+        online=factory,
+        batch=factory,
+        capacity=lambda: 8,
+        handle=handle,
+        in_progress_every_s=60.0,
+        group_settle_s=0.0,
     )
     await intake.start()
     return intake, gates, (consumers, overlaps)
@@ -174,7 +179,7 @@ async def _quarantine_run(order: list[str]) -> tuple[Intake, dict[str, asyncio.E
 
 async def _release(gates: dict[str, asyncio.Event], name: str) -> None:
     gates.setdefault(name, asyncio.Event()).set()
-    for _ in range(5):
+    for _ in range(20):
         await asyncio.sleep(0)
 
 
@@ -280,6 +285,7 @@ async def test_a_message_only_handed_back_is_no_suspect() -> None:
         handle=handle,
         in_progress_every_s=60.0,
         handbacks=handbacks,
+        group_settle_s=0.0,
     )
     await intake.start()
 
@@ -288,9 +294,9 @@ async def test_a_message_only_handed_back_is_no_suspect() -> None:
         m.reply = f"$JS.ACK.s.online.{delivered}.{stream_seq}.1.1700000000000000000.0"
         return m
 
-    first = msg("handed-back", 1, stream_seq=7)
-    assert await handbacks.record(first)  # a draining worker gave it back, twice
-    assert await handbacks.record(first)
+    # a draining worker gave it back, twice
+    assert await handbacks.record(msg("handed-back", 1, stream_seq=7))
+    assert await handbacks.record(msg("handed-back", 2, stream_seq=7))
     deliver = consumers[0].on_msg
     deliver(msg("a", 1, stream_seq=6))
     deliver(msg("handed-back", 3, stream_seq=7))  # third delivery, two hand-backs: attempt 1

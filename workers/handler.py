@@ -8,9 +8,10 @@ failure is decided by `errors.disposition()`:
     a reply subject no one may publish to      -> term, no reply (nowhere safe to send it)
     model failure, attempts left              -> nak with backoff (redelivered, maybe elsewhere)
     model failure on the last attempt          -> dead-letter stream, ErrorResult, term
-    delivered more than `max_attempts` times   -> dead-letter without running (a request that
-                                                  crashed the process on every attempt); hand-
-                                                  backs of draining workers do not count
+    more than `max_attempts` attempts          -> dead-letter without running (a request that
+                                                  crashed the process each time it ran alone);
+                                                  hand-backs of draining workers and crashes
+                                                  beside other work do not count
                                                   (workers/handbacks.py)
     engine dead                               -> nak at once, worker stops
 """
@@ -311,6 +312,8 @@ class Handler:
                 type(exc).__name__,
             )
             log.debug("request %s: %s", request.id, message)
+            if self._handbacks is not None:  # an attempt that ended, not a crash
+                await self._handbacks.failed(msg)  # type: ignore[arg-type]
             await msg.nak(delay=retry_delay_s(attempt))
             self._count["retry"].inc()
 

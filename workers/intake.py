@@ -8,12 +8,16 @@ to it. While it is idle, a small reserve of credit stays waiting on it (so an on
 delivered the moment it is published) and the rest of the free capacity goes to the batch
 consumer. `plan_pulls` is that policy as a pure function.
 
-Quarantine: a redelivered message (its worker died or timed out holding it) runs alone. The
-intake stops pulling, lets what is running finish, runs the suspect by itself, then goes on.
-If the suspect is what kills workers, it never takes innocent requests down with it again:
-those lose at most one delivery (the first crash), never reaching `max_attempts`. A message
-redelivered only because draining workers handed it back (workers/handbacks.py: one KV read,
-for redeliveries only) is no suspect and runs like a first delivery.
+Quarantine: a redelivered message whose earlier delivery ended in a crash (its worker died or
+its `ack_wait` ran out) is a suspect. Suspects run in groups, with nothing else running
+meanwhile: the intake lets what is running finish, then runs the next group (first deliveries
+pulled meanwhile wait). A group is at most half the suspects that crashed together, and a
+group that crashes again splits in halves, so a poison request among `n` is isolated after
+about log2(n) crashes and the others are served in a few groups, not one by one. Only a crash
+while a message ran alone counts as its attempt (workers/handbacks.py keeps that count, per
+message, in a KV bucket), so the requests beside a poison one are never dead-lettered with
+it. A message redelivered only because a draining worker handed it back, or after a model
+failure, is no suspect and runs like a first delivery.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from schemas.names import Priority
-from workers.handbacks import HandBacks
+from workers.handbacks import HandBacks, Verdict
 from workers.jsmeta import ack_info
 from workers.puller import PullConsumer
 
@@ -39,6 +43,9 @@ log = logging.getLogger(__name__)
 #: Pull requests stay open this long; credit of a request that found nothing returns after it.
 ONLINE_EXPIRES_S = 5.0
 BATCH_EXPIRES_S = 1.0
+#: A quarantine group is chosen this long after its first suspect could run: the suspects that
+#: crashed together are redelivered together, in a few pull responses.
+GROUP_SETTLE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,23 @@ def online_reserve(capacity: int, setting: int | None = None) -> int:
     return min(reserve, capacity)
 
 
+def next_group(suspects: list[tuple[Msg, int]], capacity: int) -> list[Msg]:
+    """The next quarantine group, from the front of `suspects` ((message, bound) in arrival
+    order): as many as every member's bound allows, at most `capacity`. A suspect without a
+    bound (its crash was beside other work, not in a group) may join a group of half the
+    unbounded suspects waiting (1 when it is alone: the old rule, run alone)."""
+    unbounded = sum(1 for _, bound in suspects if bound == 0)
+    default = max(1, (unbounded + 1) // 2)
+    limit = max(1, capacity)
+    group: list[Msg] = []
+    for msg, bound in suspects:
+        limit = min(limit, bound or default)
+        if len(group) >= limit:
+            break
+        group.append(msg)
+    return group
+
+
 MessageHandler = Callable[[Msg], Coroutine[Any, Any, None]]
 
 
@@ -110,6 +134,7 @@ class Intake:
         in_progress_every_s: float,
         online_reserve: int | None = None,
         handbacks: HandBacks | None = None,
+        group_settle_s: float = GROUP_SETTLE_S,
     ) -> None:
         self._online = online(lambda m: self._accept(m, Priority.ONLINE), self._online_ended)
         self._batch = batch(lambda m: self._accept(m, Priority.BATCH), lambda _s: self._kick())
@@ -118,16 +143,20 @@ class Intake:
         self._in_progress_every_s = in_progress_every_s
         self._reserve_setting = online_reserve
         self._handbacks = handbacks
+        self._group_settle_s = group_settle_s
         #: Redeliveries whose hand-backs are being looked up (held in `_waiting` meanwhile).
         self._checks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
-        #: Redelivered messages waiting to run alone, and first deliveries held meanwhile.
-        self._suspects: deque[Msg] = deque()
+        #: Suspects waiting for their quarantine group: (message, largest group it may join;
+        #: 0: any), and the other messages held meanwhile.
+        self._suspects: deque[tuple[Msg, int]] = deque()
         self._held: deque[Msg] = deque()
         #: Messages held (not running), by id(msg): (msg, since) - for in-progress signals.
         self._waiting: dict[int, tuple[Msg, float]] = {}
-        #: The suspect running alone.
-        self._alone: asyncio.Task[None] | None = None
+        #: The quarantine group being recorded (`_group_forming`) or running.
+        self._group: set[asyncio.Task[None]] = set()
+        self._group_forming = False
+        self._grouping: asyncio.Task[None] | None = None
         self._online_backlog = False
         self._open = False
         self._wake = asyncio.Event()
@@ -162,16 +191,17 @@ class Intake:
         """Stop pulling. A message still delivered for outstanding credit, or held back by
         the quarantine, is handed back."""
         self._open = False
-        for task in self._tasks:
+        for task in [*self._tasks, *([self._grouping] if self._grouping else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for queue in (self._suspects, self._held):
-            while queue:
-                msg = queue.popleft()
-                self._waiting.pop(id(msg), None)
-                with contextlib.suppress(Exception):
-                    await self._hand_back(msg)
+        held = [m for m, _ in self._suspects] + list(self._held)
+        self._suspects.clear()
+        self._held.clear()
+        for msg in held:
+            self._waiting.pop(id(msg), None)
+            with contextlib.suppress(Exception):
+                await self._hand_back(msg)
         if not self._in_flight and not self._waiting:
             self._idle.set()
 
@@ -206,35 +236,37 @@ class Intake:
             self._kick()  # top the online credit up again
         self._idle.clear()
         if info is not None and info.delivered > 1:
-            if self._handbacks is not None:  # redeliveries only: were they handed back?
+            if self._handbacks is not None:  # redeliveries only: why was it redelivered?
                 self._waiting[id(msg)] = (msg, time.monotonic())
                 check = asyncio.get_running_loop().create_task(self._classify(msg, info.delivered))
                 self._checks.add(check)
                 check.add_done_callback(self._checks.discard)
                 return
-            self._hold(msg, self._suspects)
-        elif self._suspects or self._alone is not None:
+            self._place(msg, Verdict(info.delivered, True, 1))  # no records: each runs alone
+        else:
+            self._place(msg, None)
+
+    def _place(self, msg: Msg, verdict: Verdict | None) -> None:
+        if verdict is not None and verdict.suspect:
+            self._suspects.append((msg, verdict.bound))
+            self._waiting[id(msg)] = (msg, time.monotonic())
+        elif self._quarantined:
             self._hold(msg, self._held)
         else:
             self._start(msg)
         self._advance()
 
-    def _place(self, msg: Msg, suspect: bool) -> None:
-        if suspect:
-            self._hold(msg, self._suspects)
-        elif self._suspects or self._alone is not None:
-            self._hold(msg, self._held)
-        else:
-            self._start(msg)
-        self._advance()
+    @property
+    def _quarantined(self) -> bool:
+        return bool(self._suspects or self._group or self._group_forming)
 
     async def _classify(self, msg: Msg, delivered: int) -> None:
-        """A redelivery: a suspect only if some earlier delivery was not handed back."""
         assert self._handbacks is not None
-        attempt = await self._handbacks.attempt(msg, delivered)
+        verdict = await self._handbacks.classify(msg, delivered)
         self._waiting.pop(id(msg), None)
+        self._checks.discard(asyncio.current_task())
         if self._open:
-            self._place(msg, suspect=attempt > 1)
+            self._place(msg, verdict)
         else:
             with contextlib.suppress(Exception):
                 await self._hand_back(msg)
@@ -260,20 +292,58 @@ class Intake:
         return task
 
     def _advance(self) -> None:
-        """Run the next suspect alone once nothing else runs; else release held messages."""
-        if self._alone is not None:
+        """Start the next quarantine group once nothing else runs; else release held
+        messages."""
+        if self._group or self._group_forming:
             return
         if self._suspects:
             if not self._in_flight:
-                self._alone = self._start(self._suspects.popleft())
+                self._group_forming = True
+                self._grouping = asyncio.get_running_loop().create_task(self._run_group())
             return
         while self._held:
             self._start(self._held.popleft())
 
+    async def _run_group(self) -> None:
+        """Choose the next group, record it on each member (so that a crash is charged
+        right), then run it."""
+        group: list[Msg] = []
+        cancelled = False
+        try:
+            # Suspects that crashed together arrive together: let the rest of them come in
+            # (and be looked up) before choosing.
+            await asyncio.sleep(self._group_settle_s)
+            while self._checks and self._open:
+                await asyncio.wait(set(self._checks))
+            group = next_group(list(self._suspects), self._capacity())
+            for _ in group:
+                self._suspects.popleft()
+            if self._handbacks is not None:
+                handbacks = self._handbacks
+                await asyncio.gather(*(handbacks.started(m, len(group)) for m in group))
+            if self._open:
+                for msg in group:
+                    self._group.add(self._start(msg))
+                group = []
+        except asyncio.CancelledError:
+            cancelled = True  # closing: close() hands back what is held
+            raise
+        finally:
+            self._group_forming = False
+            self._grouping = None
+            for msg in group:  # closed meanwhile
+                self._waiting.pop(id(msg), None)
+                with contextlib.suppress(Exception):
+                    await self._hand_back(msg)
+            if self._open and not cancelled:
+                self._advance()
+            if not self._in_flight and not self._waiting:
+                self._idle.set()
+            self._kick()
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
-        if task is self._alone:
-            self._alone = None
+        self._group.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("message handler failed", exc_info=task.exception())
         if self._open:
@@ -283,9 +353,9 @@ class Intake:
         self._kick()
 
     def _state(self) -> PullState:
+        # In quarantine the worker still pulls up to its capacity: more suspects join the next
+        # group, and first deliveries wait for the suspects (held, kept alive).
         capacity = self._capacity()
-        if self._suspects or self._alone is not None:
-            capacity = min(capacity, self.in_flight)  # quarantine: pull nothing more
         reserve = online_reserve(capacity, self._reserve_setting)
         return PullState(
             capacity=capacity,

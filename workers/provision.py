@@ -25,13 +25,14 @@ from nats.js.errors import BadRequestError, NotFoundError
 from natsio.streams import ensure_stream, work_queue_stream
 from schemas import names
 from schemas.names import Priority
-from workers.handbacks import MAX_HANDBACKS
+from workers.handbacks import MAX_CRASH_DELIVERIES, MAX_HANDBACKS
 from workers.handbacks import TTL_S as HANDBACK_TTL_S
 
 
 def max_deliveries(max_attempts: int) -> int:
-    """The consumers' `max_deliver`: the attempts, the dead-lettering delivery, hand-backs."""
-    return max_attempts + 1 + MAX_HANDBACKS
+    """The consumers' `max_deliver`: the attempts, the dead-lettering delivery, hand-backs and
+    crashes that did not count (workers/handbacks.py)."""
+    return max_attempts + 1 + MAX_HANDBACKS + MAX_CRASH_DELIVERIES
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class QueueSettings:
     duplicate_window_s: float = 120.0
     ack_wait_s: float = 15.0
     #: Deliveries that may run the model; the server allows one more, which dead-letters,
-    #: and `MAX_HANDBACKS` more that draining workers hand back (workers/handbacks.py).
+    #: and `MAX_HANDBACKS` + `MAX_CRASH_DELIVERIES` more that do not count
+    #: (workers/handbacks.py).
     max_attempts: int = 3
     replicas: int = 1
     #: Bytes the stream holds at most (publishes beyond are refused); -1: no limit.

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
 from producer.client import Client, make_request
 from schemas import names
-from schemas.messages import FinalResult
+from schemas.messages import DeliveryRecord, FinalResult
 from workers.handbacks import message_key
 from workers.provision import max_deliveries
 
@@ -60,7 +61,8 @@ async def test_a_request_handed_back_by_successive_draining_workers_still_runs(
     stream = names.stream_name(model_name)
     keys = [k for k in await kv.keys() if k.startswith(stream + ".")]
     assert len(keys) == 1
-    assert (await kv.get(keys[0])).value == str(hand_backs).encode()
+    record = msgspec.json.decode((await kv.get(keys[0])).value or b"", type=DeliveryRecord)
+    assert (record.free, record.ended) == (hand_backs, hand_backs)
     # The consumer leaves room for hand-backs beyond the attempts.
     info = await js.consumer_info(stream, "online")
     assert info.config.max_deliver == max_deliveries(max_attempts)
