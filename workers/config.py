@@ -97,8 +97,11 @@ def find_model(specs: list[ModelSpec], name: str) -> ModelSpec:
 @dataclass(frozen=True)
 class WorkerConfig:
     nats_url: str = DEFAULT_NATS_URL
-    #: JetStream redelivers a message this long after its last ack/in-progress signal.
-    ack_wait_s: float = 15.0
+    #: JetStream redelivers a message this long after its last ack/in-progress signal: what a
+    #: dead worker's requests wait before another worker gets them. Work in flight is kept
+    #: alive by an in-progress signal every third of it (one small publish per message a
+    #: second, only for messages held longer than that).
+    ack_wait_s: float = 3.0
     #: Deliveries that may run the model; the next one dead-letters the message.
     max_attempts: int = 3
     #: On SIGTERM: time to finish in-flight work before handing the rest back. Keep it below
@@ -125,7 +128,7 @@ class WorkerConfig:
         reserve = get_int(env, "JETSERVE_ONLINE_RESERVE", -1)
         return cls(
             nats_url=get_str(env, NATS_URL, DEFAULT_NATS_URL),
-            ack_wait_s=get_float(env, "JETSERVE_ACK_WAIT_S", 15.0, minimum=0.5),
+            ack_wait_s=get_float(env, "JETSERVE_ACK_WAIT_S", 3.0, minimum=0.5),
             max_attempts=get_int(env, "JETSERVE_MAX_ATTEMPTS", 3, minimum=1),
             drain_timeout_s=get_float(env, "JETSERVE_DRAIN_TIMEOUT_S", 20.0, minimum=0.0),
             max_backlog=get_int(env, "JETSERVE_MAX_BACKLOG", 100_000, minimum=1),

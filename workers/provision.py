@@ -40,7 +40,7 @@ class QueueSettings:
     max_backlog: int = 100_000
     max_msg_bytes: int = 1024 * 1024
     duplicate_window_s: float = 120.0
-    ack_wait_s: float = 15.0
+    ack_wait_s: float = 3.0
     #: Deliveries that may run the model; the server allows one more, which dead-letters,
     #: and `MAX_HANDBACKS` + `MAX_CRASH_DELIVERIES` more that do not count
     #: (workers/handbacks.py).
