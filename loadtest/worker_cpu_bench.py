@@ -1,0 +1,120 @@
+"""Worker CPU per request at steady state, this tree against a baseline tree, side by side.
+
+Two `jetserve worker` processes on one nats-server, each serving its own model with the test
+model `tests.models:SlowModel` (capacity 64): one runs this tree's code, one a baseline tree's
+(e.g. `git archive <commit> | tar -x -C /tmp/base`), each with its own defaults (ack_wait
+included). In alternating rounds each gets the same requests with 64 in flight; a request
+is held `--hold-s` by the model (0: the per-message path alone; 2: long enough for the
+in-progress signals). CPU is the worker's threads' run time from /proc (schedstat).
+
+    .venv/bin/python -m loadtest.worker_cpu_bench --baseline /tmp/base --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from loadtest.common import REPO, nats_server
+from producer.client import Client, make_request
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time of all the process's threads (schedstat: nanoseconds, not clock ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
+def start(tree: Path, url: str, model: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(tree), JETSERVE_NATS_URL=url)
+    env["JETSERVE_LOG_LEVEL"] = "WARNING"
+    args = ["-m", "jetserve", "worker", "--model", model, "--class", "tests.models:SlowModel"]
+    args.append("--option=capacity=64")
+    return subprocess.Popen([sys.executable, *args], env=env, cwd=tree)
+
+
+async def load(client: Client, model: str, count: int, hold_s: float) -> None:
+    gate = asyncio.Semaphore(64)
+
+    async def one(i: int) -> None:
+        async with gate:
+            r = make_request(model, "predict", {"sleep_s": hold_s, "i": i})
+            await client.request_obj(r, 120)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with nats_server() as url:
+        procs = {
+            "base": start(args.baseline, url, "cpu-base"),
+            "this": start(REPO, url, "cpu-this"),
+        }
+        client = await Client.connect(url)
+        for name in procs:
+            for _ in range(300):
+                try:
+                    await client.request(f"cpu-{name}", "predict", 0, timeout_s=2)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+            await load(client, f"cpu-{name}", 500, 0.0)  # warm-up
+        ratios = []
+        for i in range(args.rounds):
+            per: dict[str, float] = {}
+            for name in ("base", "this") if i % 2 == 0 else ("this", "base"):
+                before = cpu_s(procs[name].pid)
+                await load(client, f"cpu-{name}", args.requests, args.hold_s)
+                await asyncio.sleep(0.2)
+                per[name] = (cpu_s(procs[name].pid) - before) / args.requests * 1e6
+            ratios.append(per["this"] / per["base"])
+            print(
+                f"round {i + 1}: base {per['base']:.0f} us/request, this {per['this']:.0f} "
+                f"us/request, ratio {ratios[-1]:.3f}",
+                flush=True,
+            )
+        print(
+            f"this/base CPU per request (hold {args.hold_s} s): "
+            f"median {statistics.median(ratios):.3f}, "
+            f"range {min(ratios):.3f} .. {max(ratios):.3f} over {len(ratios)} rounds"
+        )
+        await client.close()
+        for p in procs.values():
+            p.terminate()
+            p.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--hold-s", type=float, default=0.0)
+    args = parser.parse_args()
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in ln
+        ),
+        "",
+    )
+    print(
+        f"CPU {cpu} ({os.cpu_count()} cores); echo-like test model, no torch (dtype n/a); "
+        f"1 Python thread per worker loop"
+    )
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
