@@ -134,6 +134,9 @@ class WorkerInfo(msgspec.Struct, frozen=True, tag="worker.v1", tag_field="type")
     in_flight: int
     kinds: list[str]
     draining: bool = False
+    #: `loading`: the model is still loading (requests queue and are served once it is
+    #: ready); `serving`; `draining`.
+    state: Literal["loading", "serving", "draining"] = "serving"
 
 
 Reply = StreamChunk | FinalResult | ErrorResult

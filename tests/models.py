@@ -77,6 +77,15 @@ class WiderCrashModel(CrashModel):
     max_concurrent_batches: ClassVar[int] = 32
 
 
+class SlowLoadModel(SlowModel):
+    """SlowModel whose load takes `load_s` seconds (option)."""
+
+    def load(self) -> None:
+        import time
+
+        time.sleep(float(self.options.get("load_s", 3.0)))
+
+
 class FailingModel(Model):
     """Raises on payloads that say `fail`, per input."""
 

@@ -31,6 +31,7 @@ from workers.config import ModelSpec, WorkerConfig
 from workers.handbacks import HandBacks
 from workers.handler import Handler
 from workers.intake import Intake
+from workers.loading import Loading
 from workers.metrics import WorkerMetrics
 from workers.probes import ProbeServer, Readiness
 from workers.provision import QueueSettings, max_deliveries, provision_model
@@ -258,6 +259,7 @@ class Worker:
             in_flight=self._intake.in_flight if self._intake else 0,
             kinds=sorted(self.backend.kinds),
             draining=self._draining,
+            state="draining" if self._draining else "serving",
         )
         await msg.respond(encode(info))
 
@@ -308,7 +310,9 @@ async def serve(
         servers.append(local)
         log.info("drain endpoint on 127.0.0.1:%d", local.port)
     try:
-        backend = await in_own_thread(build_backend, spec)
+        # Streams and consumers exist, and pings are answered (`loading`), while it loads.
+        async with Loading(spec, config, queue_settings(config, spec)):
+            backend = await in_own_thread(build_backend, spec)
         if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
             return 0
         worker = Worker(spec, config, backend, metrics, on_serving)
