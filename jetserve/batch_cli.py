@@ -28,12 +28,10 @@ def _base_url() -> str:
     url = os.environ.get("JETSERVE_URL")
     if url:
         return url.rstrip("/")
-    info = Path(os.environ.get("JETSERVE_DATA_DIR", ".jetserve")) / "stack.json"
-    if info.exists():
-        http_url = json.loads(info.read_text()).get("http_url")
-        if http_url:
-            return str(http_url).rstrip("/")
-    return "http://127.0.0.1:8000"
+    from jetserve.local_stack import stack_value
+
+    http_url = stack_value("http_url")
+    return http_url.rstrip("/") if http_url else "http://127.0.0.1:8000"
 
 
 def _client() -> httpx.Client:

@@ -39,9 +39,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     else:
         spec = find_model(load_models_file(_models_file(args)), args.model)
-    # Once the model is loaded: the loaded model and start-up objects out of the collector's
-    # sight, young collections less often (as in the bridge; `jetserve/heap.py`).
-    return worker_main(spec, os.environ, on_serving=settle)
+    ready_file = os.environ.get("JETSERVE_READY_FILE")
+
+    def on_serving() -> None:
+        # The loaded model and start-up objects out of the collector's sight, young
+        # collections less often (as in the bridge; `jetserve/heap.py`).
+        settle()
+        if ready_file:  # `jetserve up` watches it (the model's state)
+            Path(ready_file).touch()
+
+    return worker_main(spec, os.environ, on_serving=on_serving)
 
 
 def _option(text: str) -> tuple[str, object]:
@@ -142,6 +149,12 @@ def _keys(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _wait(args: argparse.Namespace) -> int:
+    from jetserve.wait_cli import cmd_wait
+
+    return cmd_wait(args)
+
+
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     from workers.engine.tiny import make_tiny_model
 
@@ -166,6 +179,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--models-file")
     p.add_argument("--data-dir", help="default .jetserve (JETSERVE_DATA_DIR)")
     p.add_argument("--workers", type=int, help="replicas per model (overrides the file)")
+
+    p = add(
+        "wait",
+        _wait,
+        "wait until every model of the running local stack has a live worker (exit 0), or "
+        "exit 1 naming a model that failed or is still loading at the timeout",
+    )
+    p.add_argument("--data-dir", help="default .jetserve (JETSERVE_DATA_DIR)")
+    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=3,
+        help="give up on a model whose worker failed this many times in a row",
+    )
 
     p = add("worker", cmd_worker, "serve one model from its NATS stream")
     p.add_argument("--model", required=True)

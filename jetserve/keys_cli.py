@@ -12,11 +12,13 @@ from schemas.settings import DATABASE_URL, ConfigError
 
 
 def _dsn() -> str:
-    dsn = os.environ.get(DATABASE_URL)
+    from jetserve.local_stack import stack_value
+
+    dsn = os.environ.get(DATABASE_URL) or stack_value("database_url")
     if not dsn:
         raise ConfigError(
-            f"{DATABASE_URL} is not set (`jetserve up` prints it, and writes it to "
-            ".jetserve/stack.json)"
+            f"{DATABASE_URL} is not set and no local stack is running (`jetserve up` writes "
+            "it to .jetserve/stack.json, where this command finds it)"
         )
     return dsn
 

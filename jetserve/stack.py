@@ -10,6 +10,7 @@ SIGINT/SIGTERM stop the children first (workers drain), then the servers. Writes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from types import FrameType
 
 from jetserve.servers import NatsServer, PostgresServer, free_port
 from schemas.settings import DATABASE_URL, NATS_URL, get_int, get_str
-from workers.config import load_models_file
+from workers.config import ModelSpec, load_models_file
 
 log = logging.getLogger("jetserve.stack")
 
@@ -75,8 +76,16 @@ class Child:
         env: Mapping[str, str],
         log_dir: Path,
         stop_timeout_s: float = 30.0,
+        model: str | None = None,
     ) -> None:
         self.name = name
+        #: The model a worker child serves; it touches `ready_file` once serving.
+        self.model = model
+        self.ready_file = log_dir / f"{name}.ready" if model else None
+        self.started_at = 0.0
+        self.started_wall = 0.0
+        #: Exits since the child last became ready.
+        self.failures = 0
         self.argv = argv
         self.env = dict(env)
         self.log_path = log_dir / f"{name}.log"
@@ -86,10 +95,16 @@ class Child:
         self._next_start = 0.0
 
     def start(self) -> None:
+        env = self.env
+        if self.ready_file is not None:
+            self.ready_file.unlink(missing_ok=True)
+            env = dict(env, JETSERVE_READY_FILE=str(self.ready_file))
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.argv,
-                env=self.env,
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -102,6 +117,11 @@ class Child:
             return
         now = time.monotonic()
         if self._next_start == 0.0:
+            if self.ready:
+                self.failures = 0
+            self.failures += 1
+            if self.ready_file is not None:
+                self.ready_file.unlink(missing_ok=True)
             delay = min(30.0, 0.5 * 2 ** min(self.restarts, 6))
             log.warning(
                 "%s exited with %s; restarting in %.1fs (see %s)",
@@ -115,6 +135,28 @@ class Child:
             self.restarts += 1
             self._next_start = 0.0
             self.start()
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_file is not None and self.ready_file.exists()
+
+    def state(self) -> dict[str, object]:
+        """This worker child's state: loading, ready, or restarting (with the log's last line)."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                assert self.ready_file is not None
+                ready_in_s = self.ready_file.stat().st_mtime - self.started_wall
+                return {"state": "ready", "ready_in_s": round(ready_in_s, 1)}
+            except (AssertionError, OSError):
+                pass  # not (yet) ready
+            return {"state": "loading", "for_s": round(time.monotonic() - self.started_at, 1)}
+        code = self.proc.returncode if self.proc is not None else None
+        return {
+            "state": "restarting",
+            "exit_code": code,
+            "failures": self.failures,
+            "last_log_line": _last_line(self.log_path),
+        }
 
     def signal_stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -196,9 +238,12 @@ class Stack:
                         ],
                         env,
                         logs,
+                        model=spec.name,
                     )
                 )
         self.info["models"] = [s.name for s in specs]
+        # Every model's queue exists before "up": a request for a model still loading waits.
+        asyncio.run(_provision(str(self.info["nats_url"]), specs, env))
         port = self.options.http_port or free_port()
         # Local use: webhooks may target this machine (a receiver on localhost).
         env.setdefault("JETSERVE_WEBHOOKS_ALLOW_PRIVATE", "true")
@@ -211,6 +256,19 @@ class Stack:
         self.info["auth"] = self.options.auth
         for child in self.children:
             child.start()
+
+    def model_states(self) -> dict[str, dict[str, object]]:
+        """Per model: ready once any of its workers serves; else loading, else restarting."""
+        states: dict[str, dict[str, object]] = {}
+        rank = {"ready": 0, "loading": 1, "restarting": 2}
+        for child in self.children:
+            if child.model is None:
+                continue
+            state = child.state()
+            best = states.get(child.model)
+            if best is None or rank[str(state["state"])] < rank[str(best["state"])]:
+                states[child.model] = state
+        return states
 
     def processes(self) -> dict[str, int]:
         procs = {c.name: c.proc.pid for c in self.children if c.proc is not None}
@@ -250,11 +308,17 @@ def run_stack(options: StackOptions) -> int:
     try:
         stack.start_servers()
         stack.start_children()
+        shown: dict[str, str] = {}
+        stack.info["model_states"] = stack.model_states()
         path = stack.write_info()
         _announce(stack, path)
         while not stopping:
             for child in stack.children:
                 child.check()
+            states = stack.model_states()
+            if _report_changes(states, shown):
+                stack.info["model_states"] = states
+                stack.write_info()
             time.sleep(0.2)
     finally:
         print("jetserve: stopping ...", file=sys.stderr, flush=True)
@@ -277,12 +341,62 @@ def _announce(stack: Stack, path: Path) -> None:
         f"  stack info    {path}",
         f"  logs          {stack.options.data_dir / 'logs'}",
     ]
+    # The CLIs find the stack from stack.json in .jetserve, else JETSERVE_DATA_DIR.
+    data_dir = stack.options.data_dir
+    where = "" if data_dir == Path(".jetserve").resolve() else f"JETSERVE_DATA_DIR={data_dir} "
     if i.get("http_url") and i.get("auth") != "off":
         lines += [
             "Get an API key (printed once) in another shell:",
-            f"  JETSERVE_DATABASE_URL={i['database_url']} .venv/bin/jetserve keys create "
-            "--tenant me",
+            f"  {where}.venv/bin/jetserve keys create --tenant me",
             "  (or run with JETSERVE_AUTH=off for local use without keys)",
         ]
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
+
+
+def _report_changes(states: dict[str, dict[str, object]], shown: dict[str, str]) -> bool:
+    """Print each model whose state changed since last shown; True if any did."""
+    changed = False
+    for model, state in states.items():
+        name = str(state["state"])
+        key = f"{name}:{state.get('failures', '')}"
+        if shown.get(model) == key:
+            continue
+        shown[model] = key
+        changed = True
+        if name == "ready":
+            print(f"jetserve: {model} ready in {state['ready_in_s']} s", flush=True)
+        elif name == "loading":
+            print(f"jetserve: {model} loading", flush=True)
+        else:
+            print(
+                f"jetserve: {model} failed (exit {state['exit_code']}), restarting: "
+                f"{state['last_log_line']}",
+                flush=True,
+            )
+    return changed
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - 4096))
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+async def _provision(nats_url: str, specs: list[ModelSpec], env: Mapping[str, str]) -> None:
+    from natsio.connection import connect
+    from workers.config import WorkerConfig
+    from workers.provision import provision_model
+    from workers.worker import queue_settings
+
+    config = WorkerConfig.from_env(env)
+    nc = await connect(nats_url, name="jetserve-up")
+    try:
+        for spec in specs:
+            await provision_model(nc.jetstream(), spec.name, queue_settings(config, spec))
+    finally:
+        await nc.close()
