@@ -140,6 +140,15 @@ def _batch(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _dlq(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from jetserve import dlq_cli
+
+        return int(getattr(dlq_cli, name)(args))
+
+    return run
+
+
 def _keys(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from jetserve import keys_cli
@@ -313,6 +322,28 @@ def _parser() -> argparse.ArgumentParser:
     p = ksub.add_parser("revoke", help="revoke a key by its id (key_...)")
     p.set_defaults(func=_keys("cmd_keys_revoke"))
     p.add_argument("key_id")
+
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay, purge")
+    qsub = dlq.add_subparsers(dest="dlq_command", required=True)
+
+    def dlq_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        p = qsub.add_parser(name, help=help_)
+        p.set_defaults(func=_dlq(f"cmd_{name}"))
+        p.add_argument("--nats-url", help="default JETSERVE_NATS_URL, else the local stack's")
+        return p
+
+    p = dlq_cmd("list", "list dead letters (id, model, request id, attempts, error)")
+    p.add_argument("--model")
+    p.add_argument("--json", action="store_true")
+    p = dlq_cmd("show", "one dead letter: the request, the error headers, the attempts")
+    p.add_argument("id", type=int)
+    p = dlq_cmd("replay", "publish dead letters again (new message id, fresh deadline)")
+    p.add_argument("id", type=int, nargs="?")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--model")
+    p = dlq_cmd("purge", "delete dead letters for good (of one model)")
+    p.add_argument("--model")
+    p.add_argument("--yes", action="store_true")
 
     db = sub.add_parser("db", help="the Postgres store")
     dsub = db.add_subparsers(dest="db_command", required=True)
