@@ -158,6 +158,15 @@ def _keys(name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def _status(args: argparse.Namespace) -> int:
+    from jetserve.status import cmd_status
+
+    try:
+        return cmd_status(args)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _wait(args: argparse.Namespace) -> int:
     from jetserve.wait_cli import cmd_wait
 
@@ -203,6 +212,17 @@ def _parser() -> argparse.ArgumentParser:
         default=3,
         help="give up on a model whose worker failed this many times in a row",
     )
+
+    p = add(
+        "status",
+        _status,
+        "per model workers, queues, in flight, oldest request, dead letters; batches; scheduler",
+    )
+    p.add_argument("--nats-url", help="default JETSERVE_NATS_URL, else the local stack's")
+    p.add_argument("--database-url", help="default JETSERVE_DATABASE_URL, else the local stack's")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true", help="redraw in place until Ctrl-C")
+    p.add_argument("--interval-s", type=float, default=2.0)
 
     p = add("worker", cmd_worker, "serve one model from its NATS stream")
     p.add_argument("--model", required=True)

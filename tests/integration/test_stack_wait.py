@@ -119,6 +119,18 @@ def test_wait_names_the_model_that_cannot_load_and_passes_once_all_serve(tmp_pat
             time.sleep(0.5)
         assert ok.returncode == 0, ok.stderr
         assert "1 models ready (echo)" in ok.stdout
+        # `jetserve status` finds NATS and PostgreSQL from stack.json by itself.
+        end = time.monotonic() + 30
+        while True:
+            shown = _run(["status", "--json"], env, 60)
+            assert shown.returncode == 0, shown.stderr
+            status = json.loads(shown.stdout)
+            if status["scheduler"] == "active" or time.monotonic() > end:
+                break
+            time.sleep(0.5)
+        assert status["scheduler"] == "active"
+        assert status["batches"] == []
+        assert status["models"]["echo"]["workers"] == 1
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
