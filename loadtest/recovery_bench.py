@@ -56,7 +56,9 @@ class Supervised:
         self.proc.wait(60)
 
 
-async def one_run(client: Client, sup: Supervised, kill_after_s: float | None) -> dict[str, float]:
+async def one_run(client: Client, sup: Supervised, kill_after: int | None) -> dict[str, float]:
+    """48 requests at once; with `kill_after`, SIGKILL the worker once that many are answered
+    (the rest, up to the capacity of 32, in flight)."""
     params = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
     requests = [
         make_request(
@@ -65,25 +67,28 @@ async def one_run(client: Client, sup: Supervised, kill_after_s: float | None) -
         for i in range(48)
     ]
     answered: list[float] = []
+    reached = asyncio.Event()
 
     async def ask(r: InferenceRequest) -> None:
         result = await client.request_obj(r, 300)
         assert isinstance(result, FinalResult)
         assert result.usage.completion_tokens == 48
         answered.append(time.perf_counter())
+        if len(answered) == kill_after:
+            reached.set()
 
     start = time.perf_counter()
     tasks = [asyncio.create_task(ask(r)) for r in requests]
     figures: dict[str, float] = {}
-    if kill_after_s is not None:
-        await asyncio.sleep(kill_after_s)
+    if kill_after is not None:
+        await reached.wait()
         figures["in_flight"] = 48 - len(answered)
         sup.kill()
         killed = time.perf_counter()
         figures["killed_at_s"] = killed - start
     await asyncio.gather(*tasks)
     figures["total_s"] = time.perf_counter() - start
-    if kill_after_s is not None and sup.restarted_at is not None:
+    if kill_after is not None and sup.restarted_at is not None:
         later = [t for t in answered if t > sup.restarted_at]
         figures["restart_to_first_answer_s"] = min(later) - sup.restarted_at if later else -1
     return figures
@@ -104,12 +109,13 @@ async def main_async(args: argparse.Namespace) -> None:
         pairs = []
         for i in range(args.pairs):
             plain = await one_run(client, sup, None)
-            crash = await one_run(client, sup, plain["total_s"] * args.kill_at)
+            crash = await one_run(client, sup, args.kill_after)
             pairs.append((plain, crash))
             print(
                 f"pair {i + 1}: without kill {plain['total_s']:.1f} s; with kill "
                 f"{crash['total_s']:.1f} s (killed at {crash['killed_at_s']:.1f} s with "
-                f"{crash['in_flight']:.0f} unanswered; restart to first answer "
+                f"{crash['in_flight']:.0f} unanswered, up to 32 of them in flight; restart to "
+                "first answer "
                 f"{crash.get('restart_to_first_answer_s', -1):.1f} s); "
                 f"difference {crash['total_s'] - plain['total_s']:+.1f} s",
                 flush=True,
@@ -128,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument(
-        "--kill-at", type=float, default=0.4, help="kill at this fraction of the plain run"
+        "--kill-after", type=int, default=16, help="kill once this many requests are answered"
     )
     args = parser.parse_args()
     import torch

@@ -9,6 +9,7 @@ model is loaded; the serving worker then answers the pings itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -26,6 +27,8 @@ from workers.config import ModelSpec, WorkerConfig
 from workers.provision import QueueSettings, provision_model
 
 log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
 
 
 class Loading:
@@ -49,8 +52,13 @@ class Loading:
 
     async def __aenter__(self) -> Loading:
         try:
-            nc = await connect(self._config.nats_url, name=f"jetserve-loading-{self._spec.name}")
-        except Exception as exc:  # the serving worker connects again (and reports it)
+            # Bounded: with NATS away the model loads all the same (the serving worker
+            # connects again, and waits for it there).
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                nc = await connect(
+                    self._config.nats_url, name=f"jetserve-loading-{self._spec.name}"
+                )
+        except Exception as exc:
             log.warning("cannot reach NATS while loading: %s", exc)
             return self
         self._nc = nc

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -280,6 +283,7 @@ async def serve(
 ) -> int:
     """Load the model, then serve until told to stop. The probe endpoint is up from the start,
     so Kubernetes sees a live-but-unready pod while a large model loads."""
+    imports_s = process_age_s()  # interpreter start and imports, up to here
     metrics = WorkerMetrics()
     stop = asyncio.Event()
     workers: list[Worker] = []  # the one Worker, once the model is loaded
@@ -312,15 +316,39 @@ async def serve(
     try:
         # Streams and consumers exist, and pings are answered (`loading`), while it loads.
         async with Loading(spec, config, queue_settings(config, spec)):
+            loading = time.monotonic()
             backend = await in_own_thread(build_backend, spec)
+            load_s = time.monotonic() - loading
         if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
             return 0
-        worker = Worker(spec, config, backend, metrics, on_serving)
+
+        def serving() -> None:
+            log.info(
+                "startup: %.2f s to serving (imports %.2f s, load %.2f s)",
+                process_age_s(),
+                imports_s,
+                load_s,
+            )
+            if on_serving is not None:
+                on_serving()
+
+        worker = Worker(spec, config, backend, metrics, serving)
         workers.append(worker)
         return await worker.run()
     finally:
         for server in servers:
             await server.close()
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc; 0.0 elsewhere)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def main(
