@@ -6,6 +6,10 @@ the same on every retry, for the receiver to de-duplicate), `webhook-timestamp` 
 endpoint's `whsec_` secret). Any 2xx acknowledges. Anything else (another status, a timeout, a
 refused address) is retried with exponential backoff and jitter until `retry_period_s` after
 the event, then the delivery is marked dead.
+
+Nothing a receiver does can stop the deliverer: see `scheduler/webhook_post.py` (a pinned
+connection, one deadline per attempt, the response body never read), and every error of an
+attempt is recorded on that delivery alone.
 """
 
 from __future__ import annotations
@@ -18,14 +22,20 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpcore
 import httpx
 from standardwebhooks.webhooks import Webhook
 
 from scheduler.metrics import SchedulerMetrics
-from scheduler.store.webhooks import Delivery, DeliveryState, record_attempt, take_due
-from scheduler.urlguard import UrlRefused, check_url
+from scheduler.store.webhooks import Delivery, DeliveryState, claim_due, record_attempt
+from scheduler.urlguard import UrlRefused, resolve
+from scheduler.webhook_post import PostTimeout, post_status
 
 log = logging.getLogger(__name__)
+
+#: A claimed delivery is taken again after its attempt's timeout plus this, should the
+#: process die during the attempt.
+LEASE_MARGIN_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,10 @@ def sign(secret: str, msg_id: str, timestamp: datetime, body: bytes) -> dict[str
 
 
 class WebhookDeliverer:
+    """Delivers the outbox. Each attempt is claimed, made and recorded on its own: whatever a
+    receiver (or a stored URL) does, its delivery ends recorded as delivered, failed (retried)
+    or dead, and the others of the pass are unaffected."""
+
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -69,47 +83,65 @@ class WebhookDeliverer:
         self._pool = pool
         self._metrics = metrics
         self._policy = policy
+        self._timeout_s = timeout_s
         self._allow_private = allow_private
         self._concurrency = concurrency
-        self._http = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+        self._ssl = httpx.create_ssl_context()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        return None
 
     async def run_once(self) -> int:
         """Attempt every due delivery (up to `concurrency` at once); returns how many."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            due = await take_due(conn, self._concurrency)
-            if not due:
-                return 0
-            outcomes = await asyncio.gather(*[self._attempt(d) for d in due])
-            for delivery, (status, error) in zip(due, outcomes, strict=True):
-                await self._record(conn, delivery, status, error)
+        # An attempt lasts at most timeout_s (plus the DNS lookup): the lease outlives it.
+        due = await claim_due(self._pool, self._concurrency, self._timeout_s + LEASE_MARGIN_S)
+        if due:
+            await asyncio.gather(*[self._deliver(d) for d in due])
         return len(due)
 
+    async def _deliver(self, d: Delivery) -> None:
+        status, error = await self._attempt(d)
+        await self._record(d, status, error)
+
     async def _attempt(self, d: Delivery) -> tuple[int | None, str | None]:
-        """(HTTP status or None, error or None)."""
+        """(HTTP status or None, error or None). Never raises (but for cancellation): a
+        delivery that cannot be made is a failed attempt, recorded like any other."""
         try:
-            await check_url(d.url, allow_private=self._allow_private)
+            async with asyncio.timeout(self._timeout_s + LEASE_MARGIN_S / 2):
+                _, _, addresses = await resolve(d.url, allow_private=self._allow_private)
         except UrlRefused as exc:
             self._metrics.webhook_deliveries.labels("refused").inc()
             return None, f"refused: {exc}"
+        except TimeoutError:
+            return None, "refused: the host did not resolve in time"
         headers = sign(d.secret, d.id, datetime.now(UTC), d.payload)
         try:
-            response = await self._http.post(d.url, content=d.payload, headers=headers)
-        except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}"
-        if 200 <= response.status_code < 300:
-            return response.status_code, None
-        return response.status_code, f"HTTP {response.status_code}"
+            status = await post_status(
+                d.url,
+                addresses,
+                headers,
+                d.payload,
+                timeout_s=self._timeout_s,
+                ssl_context=self._ssl,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return None, _describe(exc)
+        if 200 <= status < 300:
+            return status, None
+        return status, f"HTTP {status}"
 
-    async def _record(
-        self, conn: asyncpg.Connection, d: Delivery, status: int | None, error: str | None
-    ) -> None:
+    async def _record(self, d: Delivery, status: int | None, error: str | None) -> None:
         if error is None:
             self._metrics.webhook_deliveries.labels("delivered").inc()
             await record_attempt(
-                conn, d.id, state=DeliveryState.DELIVERED, status=status, error=None, retry_in_s=0
+                self._pool,
+                d.id,
+                state=DeliveryState.DELIVERED,
+                status=status,
+                error=None,
+                retry_in_s=0,
             )
             return
         now = datetime.now(UTC)
@@ -119,14 +151,35 @@ class WebhookDeliverer:
             self._metrics.webhook_deliveries.labels("dead").inc()
             # The host only: a webhook URL's path or query often carries a token.
             host = urlsplit(d.url).hostname
-            log.warning("webhook %s to %s dead after %d attempts", d.id, host, d.attempts + 1)
+            log.warning("webhook %s to %s dead after %d attempts", d.id, host, d.attempts)
             await record_attempt(
-                conn, d.id, state=DeliveryState.DEAD, status=status, error=error, retry_in_s=0
+                self._pool, d.id, state=DeliveryState.DEAD, status=status, error=error, retry_in_s=0
             )
             return
         self._metrics.webhook_deliveries.labels("failed").inc()
         # The last retry happens at the end of the period, not after it.
-        delay = min(self._policy.delay_s(d.attempts + 1), left_s)
+        delay = min(self._policy.delay_s(d.attempts), left_s)
         await record_attempt(
-            conn, d.id, state=DeliveryState.PENDING, status=status, error=error, retry_in_s=delay
+            self._pool,
+            d.id,
+            state=DeliveryState.PENDING,
+            status=status,
+            error=error,
+            retry_in_s=delay,
         )
+
+
+def _describe(exc: BaseException) -> str:
+    """What a tenant is told about a failed attempt: the kind of failure, not our internals."""
+    if isinstance(exc, PostTimeout):
+        return str(exc)
+    if isinstance(exc, httpcore.UnsupportedProtocol | httpcore.LocalProtocolError):
+        return "the URL cannot be delivered to"
+    if isinstance(exc, httpcore.ConnectError | httpcore.ConnectTimeout):
+        return "could not connect"
+    if isinstance(exc, httpcore.RemoteProtocolError):
+        return "the receiver's response is not valid HTTP"
+    if isinstance(exc, httpcore.NetworkError | httpcore.TimeoutException):
+        return "the connection failed"
+    log.warning("webhook attempt failed: %s", type(exc).__name__)
+    return "the delivery failed"

@@ -17,7 +17,7 @@ from scheduler.api.upload import receive_upload
 from scheduler.store.batches import item_request_id, parse_item_request_id
 from scheduler.store.files import CHUNK_BYTES, FileTooLarge, FileWriter, TooManyLines
 from scheduler.store.webhooks import new_secret
-from scheduler.urlguard import UrlRefused, check_url, is_internal, parse
+from scheduler.urlguard import UrlRefused, check_url, is_internal, normalise, parse
 from scheduler.validate import LineErrors, _check_line
 from scheduler.webhooks import RetryPolicy, sign
 from schemas.names import owner_from_results_subject, results_subject
@@ -41,6 +41,17 @@ from schemas.openai_errors import ApiError
         ("224.0.0.1", True),
         ("8.8.8.8", False),
         ("2001:4860:4860::8888", False),
+        # IPv6 forms that carry an IPv4 address and are routed to it.
+        ("64:ff9b::7f00:1", True),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 of 169.254.169.254
+        ("64:ff9b:1::a00:1", True),  # local-use NAT64
+        ("2002:7f00:1::", True),  # 6to4 of 127.0.0.1
+        ("2002:a00:1::1", True),  # 6to4 of 10.0.0.1
+        ("::7f00:1", True),  # ::127.0.0.1, IPv4-compatible
+        ("::a00:1", True),  # ::10.0.0.1
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", True),  # Teredo, client 127.0.0.1
+        ("64:ff9b::808:808", False),  # NAT64 of 8.8.8.8
+        ("2002:808:808::1", False),  # 6to4 of 8.8.8.8
     ],
 )
 def test_internal_addresses(address: str, internal: bool) -> None:
@@ -56,8 +67,40 @@ async def test_url_guard() -> None:
         with pytest.raises(UrlRefused, match="internal address"):
             await check_url(private, allow_private=False)
         await check_url(private, allow_private=True)
-    with pytest.raises(UrlRefused, match="internal address"):
+    with pytest.raises(UrlRefused, match="internal address") as refused:
         await check_url("http://localhost:9/x", allow_private=False)  # resolved, then refused
+    # Generic: the address a name resolved to is never told (no DNS oracle).
+    assert "127.0.0.1" not in str(refused.value)
+    assert "::1" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "stored"),
+    [
+        ("HTTPS://Example.COM:8443/a", "https://example.com:8443/a"),
+        ("http://example.com/a/../b", "http://example.com/b"),
+        ("https://bücher.de/x?q=1", "https://xn--bcher-kva.de/x?q=1"),
+        ("http://example.com/é", "http://example.com/%C3%A9"),
+    ],
+)
+def test_urls_are_stored_as_the_client_sends_them(url: str, stored: str) -> None:
+    assert normalise(url) == stored
+    assert normalise(stored) == stored
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/a\tb",
+        "http://exam\nple.com/",
+        "http://example.com/\r\nx: y",
+        " http://e.com/",
+    ],
+)
+def test_urls_with_whitespace_or_controls_are_refused(url: str) -> None:
+    """`urlsplit` drops tabs and newlines, so the old check passed URLs the client refuses."""
+    with pytest.raises(UrlRefused, match="whitespace"):
+        normalise(url)
 
 
 def test_retry_policy_is_exponential_with_jitter_and_capped() -> None:
