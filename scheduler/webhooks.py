@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -66,9 +67,10 @@ def sign(secret: str, msg_id: str, timestamp: datetime, body: bytes) -> dict[str
 
 
 class WebhookDeliverer:
-    """Delivers the outbox. Each attempt is claimed, made and recorded on its own: whatever a
-    receiver (or a stored URL) does, its delivery ends recorded as delivered, failed (retried)
-    or dead, and the others of the pass are unaffected."""
+    """Delivers the outbox. Each attempt is claimed, made and recorded on its own, as a task
+    of its own (up to `concurrency` at once): whatever a receiver (or a stored URL) does, its
+    delivery ends recorded as delivered, failed (retried) or dead within the attempt's
+    timeout, and no other delivery waits for it beyond the slot it takes."""
 
     def __init__(
         self,
@@ -79,6 +81,7 @@ class WebhookDeliverer:
         timeout_s: float,
         allow_private: bool,
         concurrency: int = 16,
+        on_slot_free: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
@@ -87,17 +90,41 @@ class WebhookDeliverer:
         self._allow_private = allow_private
         self._concurrency = concurrency
         self._ssl = httpx.create_ssl_context()
+        self._on_slot_free = on_slot_free
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
-        return None
+        """Stop the attempts in flight (their leases bring them back later)."""
+        for task in self._in_flight:
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def run_once(self) -> int:
-        """Attempt every due delivery (up to `concurrency` at once); returns how many."""
+        """Start an attempt for due deliveries, as many as there are free slots; returns how
+        many were started."""
+        free = self._concurrency - len(self._in_flight)
+        if free <= 0:
+            return 0
         # An attempt lasts at most timeout_s (plus the DNS lookup): the lease outlives it.
-        due = await claim_due(self._pool, self._concurrency, self._timeout_s + LEASE_MARGIN_S)
-        if due:
-            await asyncio.gather(*[self._deliver(d) for d in due])
+        due = await claim_due(self._pool, free, self._timeout_s + LEASE_MARGIN_S)
+        for d in due:
+            task = asyncio.create_task(self._deliver(d), name=f"webhook-{d.id}")
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
         return len(due)
+
+    async def idle(self) -> None:
+        """Wait for the attempts in flight to be recorded."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Recording failed (the database): the lease brings the delivery back.
+            log.warning("webhook attempt not recorded: %s", type(task.exception()).__name__)
+        if self._on_slot_free is not None:
+            self._on_slot_free()
 
     async def _deliver(self, d: Delivery) -> None:
         status, error = await self._attempt(d)

@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 
 from jetserve.batch_cli import progress_line
 from scheduler.api.batches import window_seconds
-from scheduler.api.upload import receive_upload
+from scheduler.api.upload import MAX_FORM_BYTES, receive_upload
 from scheduler.store.batches import item_request_id, parse_item_request_id
 from scheduler.store.files import CHUNK_BYTES, FileTooLarge, FileWriter, TooManyLines
 from scheduler.store.webhooks import new_secret
@@ -245,6 +245,70 @@ async def test_multipart_limits_and_refusals() -> None:
     assert field.value.param == "purpose"
     with pytest.raises(ApiError):
         await receive_upload(_receiver(body, 64), "application/json", small, lambda n, v: None)
+
+
+def _form(*parts: tuple[str, bytes], boundary: str = "XyZ123") -> tuple[bytes, str]:
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        + value
+        + b"\r\n"
+        for name, value in parts
+    )
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def _no_file(filename: str) -> FileWriter:
+    raise AssertionError("no file part was sent")
+
+
+async def test_multipart_takes_only_its_known_fields_within_a_total() -> None:
+    """Before, every form field was kept (each up to 1 KiB, with no total): 80 MB of fields
+    stayed in the bridge's memory. Now an unknown field, a repeated one, or more than
+    MAX_FORM_BYTES of headers and values is refused at once."""
+    for parts, says in (
+        ([("purpose", b"batch"), ("x0", b"v")], "Unknown form field `x0`"),
+        ([("purpose", b"batch"), ("purpose", b"batch")], "more than once"),
+    ):
+        body, content_type = _form(*parts)
+        with pytest.raises(ApiError, match=says) as refused:
+            await receive_upload(_receiver(body, 64), content_type, _no_file, lambda n, v: None)
+        assert refused.value.status == 400
+    # A part with ever more header lines: refused once the total is past, not read on.
+    bloat = (
+        b'--XyZ123\r\nContent-Disposition: form-data; name="purpose"\r\n'
+        + (b"X-Pad: " + b"p" * 3000 + b"\r\n") * 8
+    )
+    sent = 0
+    pieces = [bloat[i : i + 1000] for i in range(0, len(bloat), 1000)]
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        sent += 1
+        return {"type": "http.request", "body": pieces.pop(0), "more_body": bool(pieces)}
+
+    with pytest.raises(ApiError, match="longer than") as total:
+        await receive_upload(
+            receive, "multipart/form-data; boundary=XyZ123", _no_file, lambda n, v: None
+        )
+    assert total.value.status == 400
+    assert sent * 1000 <= MAX_FORM_BYTES + 2000
+
+
+async def test_a_line_too_long_is_refused_while_the_upload_streams() -> None:
+    content = b'{"a": 1}\n' * 3 + b"x" * 5000 + b"\n" + b'{"a": 2}\n'
+    body, content_type = _multipart(content)
+    db = FakeDb()
+
+    async def capped(filename: str) -> FileWriter:
+        return FileWriter(db, "file-4", max_line_bytes=4096)
+
+    with pytest.raises(ApiError) as refused:
+        await receive_upload(_receiver(body, 97), content_type, capped, lambda n, v: None)
+    assert refused.value.status == 400
+    assert refused.value.code == "line_too_long"
+    assert refused.value.param == "file"
+    assert "Line 4 " in refused.value.message
+    assert "DELETE" in db.statements
 
 
 async def test_file_writer_counts_a_last_line_without_newline() -> None:
