@@ -57,6 +57,15 @@ def normalise(url: str) -> str:
     return text
 
 
+def registered_form(url: str) -> str:
+    """A callback URL as webhook endpoints are stored (normalised), to look one up; a URL
+    that cannot be normalised comes back as it is (and matches no endpoint)."""
+    try:
+        return normalise(url)
+    except UrlRefused:
+        return url
+
+
 def parse(url: str) -> tuple[str, int]:
     """(host, port) that a POST to `url` connects to; raises UrlRefused for a URL that is
     not a plain http(s) URL."""

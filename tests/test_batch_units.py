@@ -17,7 +17,14 @@ from scheduler.api.upload import MAX_FORM_BYTES, receive_upload
 from scheduler.store.batches import item_request_id, parse_item_request_id
 from scheduler.store.files import CHUNK_BYTES, FileTooLarge, FileWriter, TooManyLines
 from scheduler.store.webhooks import new_secret
-from scheduler.urlguard import UrlRefused, check_url, is_internal, normalise, parse
+from scheduler.urlguard import (
+    UrlRefused,
+    check_url,
+    is_internal,
+    normalise,
+    parse,
+    registered_form,
+)
 from scheduler.validate import LineErrors, _check_line
 from scheduler.webhooks import RetryPolicy, sign
 from schemas.names import owner_from_results_subject, results_subject
@@ -86,6 +93,9 @@ async def test_url_guard() -> None:
 def test_urls_are_stored_as_the_client_sends_them(url: str, stored: str) -> None:
     assert normalise(url) == stored
     assert normalise(stored) == stored
+    # A callback URL (HTTP header or NATS metadata) is looked up in this form too.
+    assert registered_form(url) == stored
+    assert registered_form("http://a\tb/") == "http://a\tb/"  # matches no endpoint
 
 
 @pytest.mark.parametrize(

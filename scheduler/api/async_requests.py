@@ -26,7 +26,7 @@ from scheduler.api.objects import AsyncRequestObject, ErrorObject, ResponseObjec
 from scheduler.store import async_requests as ar
 from scheduler.store.async_requests import AsyncRow
 from scheduler.store.webhooks import endpoint_by_url
-from scheduler.urlguard import UrlRefused, normalise
+from scheduler.urlguard import registered_form
 from schemas import names
 from schemas.codec import decode_reply, decode_request, encode
 from schemas.messages import ErrorResult, StreamChunk
@@ -39,17 +39,6 @@ _encode = msgspec.json.encode
 #: Refusals after which nothing was stored; anything else (NATS unavailable) leaves the request
 #: queued for the scheduler to publish.
 _REFUSED = {400, 404, 413, 429}
-
-
-def _registered_form(url: str | None) -> str | None:
-    """The callback URL as endpoints are stored (normalised); an unusable one stays as it
-    is, and matches no endpoint."""
-    if not url:
-        return None
-    try:
-        return normalise(url)
-    except UrlRefused:
-        return url
 
 
 def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
@@ -66,7 +55,8 @@ def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
             deadline_ms=None,
         )
         pool = await deps.pool()
-        callback = _registered_form(request.headers.get(CALLBACK_HEADER))
+        raw_callback = request.headers.get(CALLBACK_HEADER)
+        callback = registered_form(raw_callback) if raw_callback else None
         if callback and await endpoint_by_url(pool, tenant, callback) is None:
             raise invalid(
                 "The callback URL must be a webhook endpoint registered first (POST /v1/webhooks).",
