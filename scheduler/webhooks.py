@@ -127,12 +127,15 @@ class WebhookDeliverer:
             self._on_slot_free()
 
     async def _deliver(self, d: Delivery) -> None:
-        status, error = await self._attempt(d)
+        try:
+            status, error = await self._attempt(d)
+        except Exception as exc:  # unforeseen (a name idna refuses, a bug): still recorded
+            status, error = None, _describe(exc)
         await self._record(d, status, error)
 
     async def _attempt(self, d: Delivery) -> tuple[int | None, str | None]:
-        """(HTTP status or None, error or None). Never raises (but for cancellation): a
-        delivery that cannot be made is a failed attempt, recorded like any other."""
+        """(HTTP status or None, error or None): a delivery that cannot be made is a failed
+        attempt, recorded like any other."""
         try:
             async with asyncio.timeout(self._timeout_s + LEASE_MARGIN_S / 2):
                 _, _, addresses = await resolve(d.url, allow_private=self._allow_private)
@@ -151,9 +154,9 @@ class WebhookDeliverer:
                 timeout_s=self._timeout_s,
                 ssl_context=self._ssl,
             )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException) as exc:
+            return None, _describe(exc)
+        except (PostTimeout, httpcore.UnsupportedProtocol) as exc:
             return None, _describe(exc)
         if 200 <= status < 300:
             return status, None
