@@ -12,6 +12,8 @@ from schemas.settings import DATABASE_URL, ConfigError
 
 
 def _dsn() -> str:
+    """JETSERVE_DATABASE_URL, else the running local stack's (in `<JETSERVE_DATA_DIR>/stack.json`,
+    which carries its password)."""
     from jetserve.local_stack import stack_value
 
     dsn = os.environ.get(DATABASE_URL) or stack_value("database_url")
