@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from scheduler.publisher import BulkPublisher, Message, Outcome
 from scheduler.store import async_requests as ar
 from scheduler.store.webhooks import endpoint_by_url
+from scheduler.urlguard import registered_form
 from schemas import names
 from schemas.codec import decode_request, encode, encoding_of
 from schemas.errors import ErrorCode
@@ -61,7 +62,8 @@ class AsyncIntake:
 
     async def _take_one(self, request: InferenceRequest) -> None:
         data = encode(request)
-        callback = request.metadata.get(names.CALLBACK_URL_METADATA)
+        raw_callback = request.metadata.get(names.CALLBACK_URL_METADATA)
+        callback = registered_form(raw_callback) if raw_callback else None
         await ar.insert(
             self._pool,
             request_id=request.id,
