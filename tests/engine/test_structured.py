@@ -118,7 +118,7 @@ def grammars(tiny: tuple[Any, Any]) -> Grammars:
 @pytest.fixture
 def engine(tiny: tuple[Any, Any]) -> Iterator[Engine]:
     model, tokenizer = tiny
-    runner = ModelRunner(model, kv_budget_tokens=32768)
+    runner = ModelRunner(model, num_blocks=32768 // 16, block_size=16)
     masks = MaskComputer(int(model.config.vocab_size))
     yield Engine(
         runner,
