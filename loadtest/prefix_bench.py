@@ -62,7 +62,26 @@ def extract(commit: str, into: Path) -> Path:
     tar.write_bytes(archive)
     with tarfile.open(tar) as handle:
         handle.extractall(into / "tree", filter="data")
+    patch_rectangle(into / "tree")
     return into / "tree"
+
+
+#: The rectangle engine (6d7986e) raises on the mixed workload: when its columns shrink in a
+#: step that also admits rows, `set_cols` copies `live_rows` rows of the old layout, which
+#: has fewer. Rows past the old layout's are new ones with nothing to copy; this clamps to it.
+RECTANGLE_FIX = (
+    "            keep = min(self.cols, cols)\n",
+    "            keep = min(self.cols, cols)\n"
+    "            live_rows = min(live_rows, self.budget_tokens // self.cols)\n",
+)
+
+
+def patch_rectangle(tree: Path) -> None:
+    path = tree / "workers" / "engine" / "kv_cache.py"
+    text = path.read_text()
+    if "set_cols" in text and RECTANGLE_FIX[0] in text:
+        path.write_text(text.replace(*RECTANGLE_FIX))
+        print("baseline: patched the rectangle's set_cols row clamp (see RECTANGLE_FIX)")
 
 
 class Runner:
