@@ -35,7 +35,7 @@ def _engine(model: Any, tokenizer: Any, fields: dict[str, Any]) -> Any:
     if "block_size" in known:
         runner = ModelRunner(model, num_blocks=config.num_kv_blocks, block_size=config.block_size)
     else:  # the engine before KV blocks: one rectangle
-        runner = ModelRunner(model, kv_budget_tokens=config.kv_cache_tokens)
+        runner = ModelRunner(model, kv_budget_tokens=config.kv_cache_tokens)  # type: ignore[call-arg]
     return Engine(runner, tokenizer.backend_tokenizer, config)
 
 
@@ -80,11 +80,14 @@ def run_engine(model: Any, tokenizer: Any, job: dict[str, Any]) -> dict[str, Any
     long_ids = {f"r{i}" for i in range(job.get("long", 0))}
     peak = peak_long = steps = 0
     replies: dict[str, list[int]] = {}
+    preemptions: dict[str, int] = {}
     while engine.has_work():
         outputs = engine.step()
         steps += 1
         now = time.perf_counter()
         running = len(engine.scheduler.running)
+        for seq in engine.scheduler.running:
+            preemptions[seq.id] = seq.preemptions
         peak = max(peak, running)
         if any(r in long_ids for r in (s.id for s in engine.scheduler.running)):
             peak_long = max(peak_long, running)
@@ -115,6 +118,7 @@ def run_engine(model: Any, tokenizer: Any, job: dict[str, Any]) -> dict[str, Any
         "prompt_tokens": sum(prompts.values()),
         "cached_tokens": cached,
         "steps": steps,
+        "preemptions": sum(preemptions.values()),
     }
 
 

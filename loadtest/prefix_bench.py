@@ -123,18 +123,23 @@ def alternate(
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
             results[name].append(sides[name]())
-        line = ", ".join(
-            f"{n} {results[n][-1]['tok_s']:.1f} tok/s (TTFT {results[n][-1]['ttft_median_s']:.2f} s,"
-            f" peak {results[n][-1].get('peak_running', '-')})"
-            for n in names
-        )
+        line = ", ".join(describe(n, results[n][-1]) for n in names)
         print(f"  round {r + 1}: {line}", flush=True)
     return results
 
 
-def ratios(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str, inverse: bool = False):
-    out = [(y[key] / x[key]) if inverse else (x[key] / y[key]) for x, y in zip(a, b, strict=True)]
-    return out
+def describe(name: str, r: dict[str, Any]) -> str:
+    return (
+        f"{name} {r['tok_s']:.1f} tok/s (TTFT {r['ttft_median_s']:.2f} s, peak "
+        f"{r.get('peak_running', '-')}, preemptions {r.get('preemptions', '-')})"
+    )
+
+
+def ratios(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], key: str, inverse: bool = False
+) -> list[float]:
+    """Per round: a / b (b / a with `inverse`)."""
+    return [(y[key] / x[key]) if inverse else (x[key] / y[key]) for x, y in zip(a, b, strict=True)]
 
 
 def engine_fields(**kw: Any) -> dict[str, Any]:
@@ -230,10 +235,8 @@ def scenario_unique(run: Runner, tree: Path, baseline: Path, usable: list[int], 
         args.rounds,
         {"blocks": lambda: run.run(tree, job), "rectangle": lambda: run.run(baseline, job)},
     )
-    print(
-        f"  throughput blocks / rectangle: {spread(ratios(res['blocks'], res['rectangle'], 'tok_s'))}"
-        " (target >= 0.97)"
-    )
+    tput = ratios(res["blocks"], res["rectangle"], "tok_s")
+    print(f"  throughput blocks / rectangle: {spread(tput)} (target >= 0.97)")
 
 
 def main() -> None:

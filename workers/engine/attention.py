@@ -44,7 +44,7 @@ class Decode:
 
     Blocks a row holds alone are multiplied in place: slots [0, num_live) hold every block in
     use, so one product covers them all with no copy; `owner` names the row of each slot (count:
-    none, or shared, or a prefilling sequence's) and `index` its place in the row's table.
+    none, or shared, or a prefilling sequence's) and `valid` how many of its positions count.
     Blocks held by several sequences (a shared prefix) are multiplied once by every row."""
 
     count: int
@@ -52,11 +52,8 @@ class Decode:
     tokens: torch.Tensor | None
     num_live: int
     owner: torch.Tensor
-    index: torch.Tensor
-    #: The longest row's table length, in blocks.
-    max_blocks: int
-    #: [count, max_blocks * block_size] True beyond each row's length.
-    beyond: torch.Tensor
+    #: [num_live, block_size] True at the positions a row attends to.
+    valid: torch.Tensor
     #: Slots of the shared blocks [S], and [count, S * block_size] True where a row does not
     #: hold them; None when no row holds a shared block.
     shared: torch.Tensor | None
@@ -135,43 +132,53 @@ def _flatten(blocks: torch.Tensor) -> torch.Tensor:
     return blocks.transpose(0, 1).reshape(kvh, n * bs, dim)
 
 
+#: Stands for minus infinity in scores: exp() of it minus any real score is 0, and a row with
+#: no score at all (a padding row) stays finite.
+_NEG = -1e30
+
+
 def _decode(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, d: Decode, scale: float
 ) -> torch.Tensor:
-    """Attention of `q` [rows, H, D] (one query per row) over the rows' blocks: [rows, H, D]."""
+    """Attention of `q` [rows, H, D] (one query per row) over the rows' blocks: [rows, H, D].
+
+    Every operation runs over the positions held (slots x block_size), never over a rectangle
+    as wide as the longest row: the softmax is normalised per row with a segmented max and
+    sum over the slots each row owns."""
     rows, heads, dim = q.shape
-    kv_heads, bs = k_cache.shape[1], k_cache.shape[3]
+    kv_heads = k_cache.shape[1]
     group = heads // kv_heads
-    n, width = d.num_live, d.max_blocks * bs
+    n = d.num_live
     qg = q.view(rows, kv_heads, group, dim)
     # Blocks held alone, in place: [n, KVH, G, D] x [n, KVH, D, bs] -> [n, KVH, G, bs].
     q_slot = torch.cat([qg, qg.new_zeros(1, kv_heads, group, dim)])[d.owner]
     own = torch.matmul(q_slot, k_cache[:n]).float() * scale
-    # Scores (not keys: H / (2 KVH D) of their size) laid out per row, to normalise per row.
-    table = own.new_full((rows + 1, d.max_blocks, kv_heads, group, bs), float("-inf"))
-    table[d.owner, d.index] = own
-    scores = table[:rows].permute(0, 2, 3, 1, 4).reshape(rows, kv_heads, group, width)
-    scores.masked_fill_(d.beyond[:, None, None, :], float("-inf"))
+    own.masked_fill_(~d.valid[:, None, None, :], _NEG)
+    peak = own.new_full((rows + 1, kv_heads, group), _NEG)
+    slot_peak = own.amax(dim=-1)
+    peak.scatter_reduce_(0, d.owner[:, None, None].expand_as(slot_peak), slot_peak, "amax")
+    sh = None
     if d.shared is not None:
         assert d.not_held is not None
         k_sh = _flatten(k_cache[d.shared].transpose(-1, -2))  # [KVH, S*bs, D]
         q_kv = qg.permute(1, 0, 2, 3).reshape(kv_heads, rows * group, dim)
         sh = torch.matmul(q_kv, k_sh.transpose(1, 2)).float() * scale
         sh = sh.view(kv_heads, rows, group, -1).permute(1, 0, 2, 3)
-        sh = sh.masked_fill(d.not_held[:, None, None, :], float("-inf"))
-        scores = torch.cat([scores, sh], dim=-1)
-    probs = torch.softmax(scores, dim=-1).to(v_cache.dtype)
-    own_p = probs[..., :width].reshape(rows, kv_heads, group, d.max_blocks, bs)
-    own_p = torch.cat([own_p, own_p.new_zeros(1, *own_p.shape[1:])])
-    slot_p = own_p.permute(0, 3, 1, 2, 4)[d.owner, d.index]  # [n, KVH, G, bs]
-    part = torch.matmul(slot_p, v_cache[:n]).float()  # [n, KVH, G, D]
-    acc = part.new_zeros(rows + 1, kv_heads, group, dim).index_add_(0, d.owner, part)[:rows]
-    if d.shared is not None:
+        sh = sh.masked_fill(d.not_held[:, None, None, :], _NEG)  # [rows, KVH, G, S*bs]
+        peak[:rows] = torch.maximum(peak[:rows], sh.amax(dim=-1))
+    weights = torch.exp(own - peak[d.owner][..., None])
+    total = peak.new_zeros(rows + 1, kv_heads, group).index_add_(0, d.owner, weights.sum(-1))
+    part = torch.matmul(weights.to(v_cache.dtype), v_cache[:n]).float()  # [n, KVH, G, D]
+    acc = part.new_zeros(rows + 1, kv_heads, group, dim).index_add_(0, d.owner, part)
+    acc, total = acc[:rows], total[:rows]
+    if sh is not None:
+        w_sh = torch.exp(sh - peak[:rows][..., None])
+        total = total + w_sh.sum(-1)
         v_sh = _flatten(v_cache[d.shared])  # [KVH, S*bs, D]
-        p_sh = probs[..., width:].permute(1, 0, 2, 3).reshape(kv_heads, rows * group, -1)
+        p_sh = w_sh.to(v_cache.dtype).permute(1, 0, 2, 3).reshape(kv_heads, rows * group, -1)
         o_sh = torch.matmul(p_sh, v_sh).float().view(kv_heads, rows, group, dim)
-        acc += o_sh.permute(1, 0, 2, 3)
-    return acc.to(q.dtype).view(rows, heads, dim)
+        acc = acc + o_sh.permute(1, 0, 2, 3)
+    return (acc / total[..., None]).to(q.dtype).view(rows, heads, dim)
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:

@@ -112,28 +112,26 @@ class ModelRunner:
         shared = {slot: i for i, slot in enumerate(out.shared)}
         own_slots: list[int] = []
         own_rows: list[int] = []
-        own_index: list[int] = []
+        own_valid: list[int] = []
         held_rows: list[int] = []
         held_cols: list[int] = []
-        for row, table in enumerate(tables):
+        for row, (table, length) in enumerate(zip(tables, lengths, strict=True)):
             for j, slot in enumerate(table):
                 col = shared.get(slot)
                 if col is None:
                     own_slots.append(slot)
                     own_rows.append(row)
-                    own_index.append(j)
+                    own_valid.append(min(bs, length - j * bs))
                 else:
                     held_rows.append(row)
                     held_cols.append(col)
         n = out.num_live
         owner = torch.full((n,), rows, dtype=torch.long, device=self.device)
-        index = torch.zeros(n, dtype=torch.long, device=self.device)
+        valid_len = torch.zeros(n, dtype=torch.long, device=self.device)
         own = self._tensor(own_slots)
         owner[own] = self._tensor(own_rows)
-        index[own] = self._tensor(own_index)
-        max_blocks = max(len(t) for t in tables)
-        width = torch.arange(max_blocks * bs, device=self.device)
-        beyond = width[None, :] >= self._tensor(lengths)[:, None]
+        valid_len[own] = self._tensor(own_valid)
+        valid = torch.arange(bs, device=self.device)[None, :] < valid_len[:, None]
         shared_t = not_held = None
         if shared:
             held = torch.zeros(rows, len(shared), dtype=torch.bool, device=self.device)
@@ -146,9 +144,7 @@ class ModelRunner:
             tokens=None if dense else self._tensor(tokens),
             num_live=n,
             owner=owner,
-            index=index,
-            max_blocks=max_blocks,
-            beyond=beyond,
+            valid=valid,
             shared=shared_t,
             not_held=not_held,
         )
