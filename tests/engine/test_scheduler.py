@@ -119,13 +119,14 @@ def test_online_is_admitted_before_batch() -> None:
 
 
 def test_kv_blocks_limit_admission() -> None:
-    # 10 blocks of 16; a prompt of 20 needs 2, and 1 block stays free while others run.
+    # 10 blocks of 16; a prompt of 20 needs 2, and while others run 1 block stays free plus
+    # one per running sequence: the 3rd leaves 4 free, the 4th would need 2 + 1 + 3.
     sched = Scheduler(SchedulerConfig(max_num_batched_tokens=1000, num_kv_blocks=10))
     seqs = [make_seq(sched, 20, 5, first=100 * i) for i in range(6)]
     out = fake_step(sched)
-    assert len(out.scheduled) == 4
-    assert sched.blocks.num_used == 8
-    assert [s.status for s in seqs[4:]] == [Status.WAITING] * 2
+    assert len(out.scheduled) == 3
+    assert sched.blocks.num_used == 6
+    assert [s.status for s in seqs[3:]] == [Status.WAITING] * 3
 
 
 def test_preemption_when_the_cache_is_full_then_recompute() -> None:
@@ -171,9 +172,9 @@ def test_blocks_in_use_stay_in_the_first_slots() -> None:
 
 
 def test_memory_grows_with_the_tokens_held() -> None:
-    # One 200-token prompt and ten 10-token ones share 30 blocks (480 positions); a rectangle
-    # as wide as the long one would hold two of them.
-    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=1000, num_kv_blocks=30))
+    # One 200-token prompt and ten 10-token ones share 40 blocks (640 positions); a rectangle
+    # as wide as the long one would hold three of them.
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=1000, num_kv_blocks=40))
     long = make_seq(sched, 200, 5)
     short = [make_seq(sched, 10, 5, first=1000 + 20 * i) for i in range(10)]
     fake_step(sched)

@@ -97,8 +97,10 @@ class Scheduler:
         #: Running sequences, in admission order.
         self.running: list[Sequence] = []
         self._arrivals = 0
-        #: Blocks kept free at admission while others run (as vLLM's watermark), so that
-        #: decoding sequences rarely need a preemption right after an admission.
+        #: Blocks kept free at admission while others run (vLLM's watermark), besides one
+        #: block per running sequence: room for every running sequence's next `block_size`
+        #: tokens, so that an admission does not force a preemption a few steps later (and a
+        #: preempted sequence does not bounce straight back in).
         self._watermark = max(1, config.num_kv_blocks // 100)
 
     # -- queue ---------------------------------------------------------------------------
@@ -203,7 +205,7 @@ class Scheduler:
         seq.block_hashes = bm.hashes(tokens, seq.block_hashes, (len(tokens) - 1) // bm.block_size)
         hits = bm.lookup(tokens, seq.block_hashes)
         new = bm.blocks_for(len(tokens)) - len(hits)
-        reserve = self._watermark if self.running else 0
+        reserve = self._watermark + len(self.running) if self.running else 0
         if not bm.can_take(new + reserve, hits):
             bm.touch(hits)
             return False
