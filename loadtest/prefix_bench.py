@@ -143,7 +143,7 @@ def ratios(
 
 
 def engine_fields(**kw: Any) -> dict[str, Any]:
-    base = {"max_num_seqs": 64, "max_num_batched_tokens": 1024, "block_size": 16}
+    base = {"max_num_seqs": 64, "max_num_batched_tokens": 1024}
     return {**base, **kw}
 
 
@@ -184,7 +184,7 @@ def scenario_multiturn(run: Runner, tree: Path, usable: list[int], args: Any) ->
         "users": [[tokens(rng, usable, 32) for _ in range(4)] for _ in range(16)],
         "reply_tokens": 64,
     }
-    fields = engine_fields(kv_cache_tokens=16 * 1024, max_model_len=2048)
+    fields = engine_fields(kv_cache_tokens=16 * 1024, max_model_len=2048, block_size=16)
     for caching in (True, False):
         job = {"engine": {**fields, "enable_prefix_caching": caching}, "conversations": convs}
         res = run.run(tree, job)

@@ -37,6 +37,7 @@ def make_engine(tiny: tuple[Any, Any]) -> Iterator[Callable[..., Engine]]:
     def make(**config: Any) -> Engine:
         config.setdefault("kv_cache_tokens", 8192)
         config.setdefault("max_model_len", 1024)
+        config.setdefault("block_size", 16)  # many blocks per sequence
         cfg = EngineConfig(**config)
         runner = ModelRunner(model, num_blocks=cfg.num_kv_blocks, block_size=cfg.block_size)
         return Engine(runner, tokenizer.backend_tokenizer, cfg)

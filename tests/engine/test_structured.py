@@ -118,14 +118,10 @@ def grammars(tiny: tuple[Any, Any]) -> Grammars:
 @pytest.fixture
 def engine(tiny: tuple[Any, Any]) -> Iterator[Engine]:
     model, tokenizer = tiny
-    runner = ModelRunner(model, num_blocks=32768 // 16, block_size=16)
+    config = EngineConfig(max_num_seqs=64, kv_cache_tokens=32768, max_model_len=1024)
+    runner = ModelRunner(model, num_blocks=config.num_kv_blocks, block_size=config.block_size)
     masks = MaskComputer(int(model.config.vocab_size))
-    yield Engine(
-        runner,
-        tokenizer.backend_tokenizer,
-        EngineConfig(max_num_seqs=64, kv_cache_tokens=32768, max_model_len=1024),
-        masks=masks,
-    )
+    yield Engine(runner, tokenizer.backend_tokenizer, config, masks=masks)
     masks.close()
     model.set_attn_implementation("sdpa")
 

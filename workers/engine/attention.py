@@ -149,10 +149,10 @@ def _decode(
     kv_heads = k_cache.shape[1]
     group = heads // kv_heads
     n = d.num_live
-    qg = q.view(rows, kv_heads, group, dim)
+    qg = (q * scale).view(rows, kv_heads, group, dim)
     # Blocks held alone, in place: [n, KVH, G, D] x [n, KVH, D, bs] -> [n, KVH, G, bs].
     q_slot = torch.cat([qg, qg.new_zeros(1, kv_heads, group, dim)])[d.owner]
-    own = torch.matmul(q_slot, k_cache[:n]).float() * scale
+    own = torch.matmul(q_slot, k_cache[:n]).float()
     own.masked_fill_(~d.valid[:, None, None, :], _NEG)
     peak = own.new_full((rows + 1, kv_heads, group), _NEG)
     slot_peak = own.amax(dim=-1)
@@ -162,7 +162,7 @@ def _decode(
         assert d.not_held is not None
         k_sh = _flatten(k_cache[d.shared].transpose(-1, -2))  # [KVH, S*bs, D]
         q_kv = qg.permute(1, 0, 2, 3).reshape(kv_heads, rows * group, dim)
-        sh = torch.matmul(q_kv, k_sh.transpose(1, 2)).float() * scale
+        sh = torch.matmul(q_kv, k_sh.transpose(1, 2)).float()
         sh = sh.view(kv_heads, rows, group, -1).permute(1, 0, 2, 3)
         sh = sh.masked_fill(d.not_held[:, None, None, :], _NEG)  # [rows, KVH, G, S*bs]
         peak[:rows] = torch.maximum(peak[:rows], sh.amax(dim=-1))

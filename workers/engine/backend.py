@@ -327,7 +327,7 @@ def build_engine_backend(spec: ModelSpec) -> EngineBackend:
         max_num_seqs=int(opts.get("max_num_seqs", spec.capacity or 64)),
         max_num_batched_tokens=int(opts.get("max_num_batched_tokens", 1024)),
         kv_cache_tokens=kv_tokens,
-        block_size=int(opts.get("kv_block_size", 16)),
+        block_size=int(opts.get("kv_block_size", EngineConfig.block_size)),
         enable_prefix_caching=caching,
         max_model_len=max_model_len,
         seed=opts.get("seed"),

@@ -35,8 +35,11 @@ class EngineConfig:
     max_num_batched_tokens: int = 1024
     #: KV cache size in token positions (rounded down to whole blocks).
     kv_cache_tokens: int = 64 * 1024
-    #: Token positions per KV block (also the prefix cache's granularity).
-    block_size: int = 16
+    #: Token positions per KV block (also the prefix cache's granularity). 64, not vLLM's 16:
+    #: decoding multiplies every block in use in one batched product, and on CPU a product of
+    #: 4x more, 4x smaller blocks took 2.2x as long (57 sequences, 15,600 positions, bf16:
+    #: 2.3 ms a layer at 16, 1.5 at 32, 1.0 at 64, 1.3 at 128). vLLM's CPU backend uses 128.
+    block_size: int = 64
     enable_prefix_caching: bool = True
     #: Longest sequence (prompt + output) accepted.
     max_model_len: int = 4096
