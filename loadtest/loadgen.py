@@ -207,13 +207,17 @@ class Run:
                     return str(event["error"].get("code") or "stream_error")
                 choices = event.get("choices") or [{}]
                 if choices[0].get("delta", {}).get("content"):
-                    now = self.now()
-                    if last is None:
-                        sample.ttft_s = now - sample.sent_s
-                    else:
-                        sample.itl_s.append(now - last)
-                    last = now
+                    last = self._token(sample, last)
         return "ok"
+
+    def _token(self, sample: Sample, last: float | None) -> float:
+        """A token arrived: time to first token, or the gap since the last; now."""
+        now = self.now()
+        if last is None:
+            sample.ttft_s = now - sample.sent_s
+        else:
+            sample.itl_s.append(now - last)
+        return now
 
     async def nats_request(self, sample: Sample, *, batch: bool = False) -> str:
         from schemas.names import Priority
@@ -233,12 +237,7 @@ class Run:
             self.tiny, "completion", {"prompt": "Once upon"}, parameters=params
         ):
             if isinstance(item, StreamChunk) and item.delta:
-                now = self.now()
-                if last is None:
-                    sample.ttft_s = now - sample.sent_s
-                else:
-                    sample.itl_s.append(now - last)
-                last = now
+                last = self._token(sample, last)
         return "ok"
 
     async def batch_api(self, sample: Sample) -> str:

@@ -98,7 +98,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from workers.config import ModelSpec
-    from workers.engine.backend import build_engine_backend
+    from workers.engine.adapter import build_engine_adapter
 
     hf_logging.set_verbosity_error()
     spec = ModelSpec(
@@ -108,7 +108,7 @@ def main() -> None:
         capacity=64,
         options={"kv_cache_mib": 1024, "max_model_len": 1024},
     )
-    backend = build_engine_backend(spec)
+    backend = build_engine_adapter(spec)
     torch.manual_seed(0)
     # Warm-up (and the token counts the unconstrained runs reproduce).
     _, lengths = run(backend, args.requests, True, None)

@@ -36,14 +36,15 @@ class Pending:
     """
 
     __slots__ = (
-        "_sub",
         "accepted",
         "accepted_at",
         "chunks",
         "done",
+        "live",
         "notify",
         "refused",
         "request",
+        "subscription",
     )
 
     def __init__(self, request: InferenceRequest, streaming: bool) -> None:
@@ -56,8 +57,11 @@ class Pending:
         #: The event loop's time when `accepted` was set.
         self.accepted_at = 0.0
         self.refused: JetserveError | None = None
-        #: A dedicated subscription, when the reply subject is not the client's inbox.
-        self._sub: Any = None
+        #: False once released: replies and the PubAck are no longer wanted.
+        self.live = True
+        #: A dedicated subscription (`ReplyRouter.subscribe`), when the reply subject is not
+        #: the client's inbox.
+        self.subscription: Any = None
         #: Called after every reply delivered (for waiters that watch several things).
         self.notify: Callable[[], None] | None = None
 
@@ -73,7 +77,13 @@ class Pending:
         if self.notify is not None:
             self.notify()
 
+    def stored(self, accepted: Accepted) -> None:
+        """JetStream stored the request."""
+        self.accepted = accepted
+        self.accepted_at = asyncio.get_running_loop().time()
+
     def refuse(self, error: JetserveError) -> None:
+        """JetStream will not store the request."""
         self.refused = error
         if self.notify is not None:
             self.notify()

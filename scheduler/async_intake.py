@@ -15,7 +15,8 @@ import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
-from scheduler.publisher import BulkPublisher, Message, Outcome
+from natsio.acks import Outcome
+from natsio.inbox import AckInbox, Message
 from scheduler.store import async_requests as ar
 from scheduler.store.webhooks import endpoint_by_url
 from scheduler.urlguard import registered_form
@@ -42,7 +43,7 @@ def dispatch_message(request: InferenceRequest, data: bytes) -> Message:
 
 
 class AsyncIntake:
-    def __init__(self, pool: asyncpg.Pool, publisher: BulkPublisher, *, keep_s: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, publisher: AckInbox, *, keep_s: float) -> None:
         self._pool = pool
         self._publisher = publisher
         self._keep_s = keep_s
@@ -84,17 +85,17 @@ class AsyncIntake:
         await self.publish([(request, data)])
 
     async def publish(self, requests: list[tuple[InferenceRequest, bytes]]) -> None:
-        outcomes = await self._publisher.publish([dispatch_message(r, d) for r, d in requests])
-        for (request, _), outcome in zip(requests, outcomes, strict=True):
+        results = await self._publisher.publish_many([dispatch_message(r, d) for r, d in requests])
+        for (request, _), (outcome, _ack) in zip(requests, results, strict=True):
             if outcome is Outcome.STORED:
                 await ar.mark_dispatched(self._pool, request.id)
             elif outcome is Outcome.NO_STREAM:
                 await self._fail(
                     request.id, ErrorCode.UNKNOWN_MODEL, f"model {request.model!r} does not exist"
                 )
-            elif outcome is Outcome.REFUSED:
+            elif not outcome.later:  # too large, or refused for another reason
                 await self._fail(request.id, ErrorCode.INVALID_REQUEST, "refused by the queue")
-            # RETRY: stays queued; `requeue` publishes it again later.
+            # RETRY, FULL: stays queued; `requeue` publishes it again later.
 
     async def _fail(self, request_id: str, code: ErrorCode, message: str) -> None:
         reply = encode(ErrorResult(id=request_id, code=code, message=message))

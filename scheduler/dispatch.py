@@ -15,8 +15,9 @@ import logging
 
 import asyncpg
 
+from natsio.acks import Outcome
+from natsio.inbox import AckInbox, Message
 from scheduler.metrics import SchedulerMetrics
-from scheduler.publisher import BulkPublisher, Message, Outcome
 from scheduler.store import batches as bs
 from schemas import names
 from schemas.codec import encode
@@ -31,7 +32,7 @@ class BatchDispatcher:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        publisher: BulkPublisher,
+        publisher: AckInbox,
         metrics: SchedulerMetrics,
         *,
         in_flight: int,
@@ -68,7 +69,7 @@ class BatchDispatcher:
             return 0
         subject = names.request_subject(batch.model, Priority.BATCH)
         reply_to = names.results_subject(ResultKind.BATCH, batch.id)
-        outcomes = await self._publisher.publish(
+        results = await self._publisher.publish_many(
             [
                 Message(
                     subject,
@@ -81,10 +82,11 @@ class BatchDispatcher:
                 for idx, data in items
             ]
         )
+        outcomes = [outcome for outcome, _ack in results]
         cursor = batch.dispatched
         refused: list[tuple[str, int, bool, bytes]] = []
         for (idx, _data), outcome in zip(items, outcomes, strict=True):
-            if outcome is Outcome.RETRY:
+            if outcome.later:  # not stored (the stream is full, or no PubAck came): again later
                 break
             if outcome is not Outcome.STORED:  # the item fails; the batch goes on
                 refused.append((batch.id, idx, False, _refusal(batch, idx, outcome)))
@@ -106,10 +108,16 @@ def _refusal(batch: bs.BatchRow, idx: int, outcome: Outcome) -> bytes:
             code=ErrorCode.UNKNOWN_MODEL,
             message=f"The model '{batch.model}' no longer exists.",
         )
-    else:
+    elif outcome is Outcome.TOO_LARGE:
         error = ErrorResult(
             id=bs.item_request_id(batch.id, idx),
             code=ErrorCode.INVALID_REQUEST,
             message="The request was refused by the queue (too large).",
+        )
+    else:
+        error = ErrorResult(
+            id=bs.item_request_id(batch.id, idx),
+            code=ErrorCode.INVALID_REQUEST,
+            message="The request was refused by the queue.",
         )
     return encode(error)

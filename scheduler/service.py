@@ -29,11 +29,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from natsio.connection import connect
+from natsio.directory import ModelDirectory
+from natsio.inbox import AckInbox
+from natsio.pull import fetch, undelivered
 from scheduler.async_intake import AsyncIntake
 from scheduler.codec import Codec
 from scheduler.collector import ResultCollector
@@ -41,8 +44,6 @@ from scheduler.config import SchedulerConfig
 from scheduler.dispatch import BatchDispatcher
 from scheduler.finalize import Finalizer
 from scheduler.metrics import SchedulerMetrics
-from scheduler.models import ModelDirectory
-from scheduler.publisher import BulkPublisher
 from scheduler.store import async_requests as ar
 from scheduler.store import batches as bs
 from scheduler.store import webhooks as wh
@@ -67,7 +68,7 @@ class LockLost(Exception):
     """The connection holding the scheduler lock failed: stop acting."""
 
 
-class Scheduler:
+class BatchScheduler:
     def __init__(
         self, config: SchedulerConfig, codec: Codec, metrics: SchedulerMetrics | None = None
     ) -> None:
@@ -85,12 +86,7 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         c = self.config
         await migrate_dsn(c.database_url)
-        self.nc = await nats.connect(
-            c.nats_url,
-            name="jetserve-scheduler",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-        )
+        self.nc = await connect(c.nats_url, name="jetserve-scheduler")
         pool = await create_pool(c.database_url, min_size=2, max_size=8, reset=False)
         try:
             while not stop.is_set():
@@ -145,7 +141,7 @@ class Scheduler:
         nc = self.nc
         js = nc.jetstream()
         await provision(js, duplicate_window_s=c.duplicate_window_s)
-        publisher = BulkPublisher(nc)
+        publisher = AckInbox(nc, names.SCHEDULER_INBOX)
         await publisher.start()
         directory = ModelDirectory(nc)
         dispatcher = BatchDispatcher(pool, publisher, self.metrics, in_flight=c.batch_in_flight)
@@ -203,7 +199,7 @@ class Scheduler:
             return False
 
         async def collect_pass() -> bool:
-            msgs = await _fetch(results, 512, c.poll_s)
+            msgs = await fetch(results, 512, c.poll_s)
             if msgs:
                 try:
                     await collector.store(msgs)
@@ -218,7 +214,7 @@ class Scheduler:
             return bool(msgs)
 
         async def intake_pass() -> bool:
-            msgs = await _fetch(submitted, 64, max(c.poll_s, 1.0))
+            msgs = await fetch(submitted, 64, max(c.poll_s, 1.0))
             if msgs:
                 await intake.take(msgs)
             return bool(msgs)
@@ -311,25 +307,9 @@ class Scheduler:
             m.webhook_outbox.labels(state).set(n)
 
 
-async def _fetch(sub: object, batch: int, timeout_s: float) -> list[Msg]:
-    try:
-        return await sub.fetch(batch, timeout=timeout_s)  # type: ignore[attr-defined,no-any-return]
-    except (TimeoutError, nats.errors.TimeoutError):
-        return []
-
-
 async def _hand_back_undelivered(sub: JetStreamContext.PullSubscription, delay_s: float) -> None:
-    """Nak the messages waiting in a pull subscription that no fetch will take. (nats-py keeps
-    them in the subscription's queue for the next fetch; this reads that queue.)"""
-    core = getattr(sub, "_sub", None)
-    queue = getattr(core, "_pending_queue", None)
-    if queue is None:
-        return
-    msgs = []
-    while not queue.empty():
-        msg = queue.get_nowait()
-        if not JetStreamContext.is_status_msg(msg):
-            msgs.append(msg)
+    """Nak the messages waiting in a pull subscription that no fetch will take."""
+    msgs = undelivered(sub)
     await _nak_all(msgs, delay_s)
     if msgs:
         log.info("handed back %d undelivered messages", len(msgs))

@@ -10,75 +10,44 @@ active.
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
-from nats.js.errors import BadRequestError, NotFoundError
 
+from natsio.streams import durable_consumer, ensure_stream, work_queue_stream
 from schemas import names
 
+#: Acknowledgement wait of the scheduler's consumers; they redeliver without end (a result
+#: must reach the database).
+_ACK_WAIT_S = 30.0
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    assert config.name is not None
-    try:
-        await js.stream_info(config.name)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-            return
-        except BadRequestError as exc:  # created concurrently
-            if exc.err_code != 10058:
-                raise
-    await js.update_stream(config)
-
-
-def _consumer(name: str, subject: str, ack_wait_s: float) -> ConsumerConfig:
-    return ConsumerConfig(
-        name=name,
-        durable_name=name,
-        filter_subject=subject,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait_s,
-        max_deliver=-1,
-        max_ack_pending=-1,
-    )
+#: stream, its subject, its consumer, description, other stream settings
+_QUEUES: list[tuple[str, str, str, str, dict[str, int]]] = [
+    (
+        names.RESULTS_STREAM,
+        names.RESULTS_SUBJECTS,
+        names.RESULTS_CONSUMER,
+        "jetserve results of batch items and async requests",
+        {},
+    ),
+    (
+        names.ASYNC_STREAM,
+        names.ASYNC_SUBMIT_SUBJECT,
+        names.ASYNC_CONSUMER,
+        "jetserve async requests submitted over NATS",
+        {"max_msg_size": 1024 * 1024},
+    ),
+]
 
 
 async def provision(js: JetStreamContext, *, duplicate_window_s: float, replicas: int = 1) -> None:
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=names.RESULTS_STREAM,
-            description="jetserve results of batch items and async requests",
-            subjects=[names.RESULTS_SUBJECTS],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=duplicate_window_s,
-            num_replicas=replicas,
-        ),
-    )
-    await js.add_consumer(
-        names.RESULTS_STREAM, _consumer(names.RESULTS_CONSUMER, names.RESULTS_SUBJECTS, 30.0)
-    )
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=names.ASYNC_STREAM,
-            description="jetserve async requests submitted over NATS",
-            subjects=[names.ASYNC_SUBMIT_SUBJECT],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=duplicate_window_s,
-            max_msg_size=1024 * 1024,
-            num_replicas=replicas,
-        ),
-    )
-    await js.add_consumer(
-        names.ASYNC_STREAM, _consumer(names.ASYNC_CONSUMER, names.ASYNC_SUBMIT_SUBJECT, 30.0)
-    )
+    for stream, subject, consumer, description, settings in _QUEUES:
+        config = work_queue_stream(
+            stream,
+            [subject],
+            description,
+            duplicate_window_s=duplicate_window_s,
+            replicas=replicas,
+            **settings,
+        )
+        await ensure_stream(js, config)
+        await js.add_consumer(
+            stream, durable_consumer(consumer, subject, ack_wait_s=_ACK_WAIT_S, max_deliver=-1)
+        )

@@ -9,7 +9,7 @@ duplicates. Errors are collected per line, as OpenAI reports them (`code`, `mess
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import asyncpg
@@ -61,7 +61,7 @@ async def validate(
     pool: asyncpg.Pool,
     batch: BatchRow,
     codec: Codec,
-    models: Callable[[], Awaitable[set[str]]],
+    models: Callable[[], Awaitable[Collection[str]]],
 ) -> bool:
     """Validate and store the items of a `validating` batch; True when it went in progress."""
     errors = LineErrors()
@@ -91,7 +91,7 @@ async def validate(
             )
             await _fail(conn, batch, errors.listed)
             return False
-        known = await models()
+        known = set(await models())  # looked up once per line
         deadline_ms = int(batch.expires_at.timestamp() * 1000)
         seen: set[str] = set()
         rows: list[tuple[str, int, str, bytes]] = []

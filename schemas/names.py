@@ -63,6 +63,40 @@ class Header(StrEnum):
     ORIGINAL_SUBJECT = "Jetserve-Original-Subject"
 
 
+#: NATS's own headers and subjects (the server's and JetStream's API), spelled once.
+#: A status-only message (no body: a 503 "no responders", a pull request's 408/409 end).
+STATUS_HEADER = "Status"
+NO_RESPONDERS_STATUS = "503"
+JS_API = "$JS.API"
+#: Paged list of stream names, filtered by subject.
+JS_STREAM_NAMES = f"{JS_API}.STREAM.NAMES"
+#: The prefix of a JetStream message's ack (reply) subject.
+JS_ACK_PREFIX = "$JS.ACK."
+
+
+def pull_subject(stream: str, consumer: str) -> str:
+    """A pull request for `consumer`'s next messages."""
+    return f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+
+#: HTTP request headers the bridge and the batch API read (lower case, as ASGI gives them).
+HTTP_AUTHORIZATION = "authorization"
+HTTP_IDEMPOTENCY_KEY = "idempotency-key"
+#: The client's own deadline for the request, in seconds.
+HTTP_TIMEOUT = "x-jetserve-timeout-s"
+#: Async requests: the webhook endpoint to notify when the result is stored.
+HTTP_CALLBACK_URL = "x-jetserve-callback-url"
+
+#: Inbox prefixes of jetserve's shared-inbox subscriptions (a random token follows each).
+INBOX_ROOT = "_INBOX"
+#: A producer client's inbox: replies on `<inbox>.<id>`, PubAcks on `<inbox>.<n>.ack`.
+CLIENT_INBOX = f"{INBOX_ROOT}.{ROOT}"
+#: A worker's PubAcks of durable replies.
+RESULTS_INBOX = f"{INBOX_ROOT}.{ROOT}-results"
+#: The scheduler's PubAcks of batch items and async requests.
+SCHEDULER_INBOX = f"{INBOX_ROOT}.{ROOT}-scheduler"
+
+
 class Encoding(StrEnum):
     JSON = "json"
     MSGPACK = "msgpack"

@@ -1,7 +1,7 @@
 """What the worker loop needs from whatever runs the model.
 
 Two implementations: `SdkBackend` (any `sdk.Model`, dynamic batching) and the LLM engine's
-backend (`workers.engine.backend`). The handler cancels work by cancelling the task that
+backend (`workers.engine.adapter`). The handler cancels work by cancelling the task that
 awaits `run()`; a backend must free the request's resources when that happens.
 """
 

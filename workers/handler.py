@@ -30,7 +30,7 @@ from schemas.codec import DecodeError, decode_request, encoding_of
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest, Timings, TokenLogprobs
 from schemas.names import Encoding, Header, InvalidName, dlq_subject, validate_reply_subject
-from workers.backend import Backend, Completion
+from workers.backend import Backend, ChunkSink, Completion
 from workers.cancels import CancelRegistry
 from workers.errors import (
     Disposition,
@@ -76,13 +76,10 @@ class Sink(Protocol):
 
     request_id: str
 
-    async def chunk(
-        self,
-        delta: str,
-        token_ids: list[int] | None = None,
-        logprobs: list[TokenLogprobs] | None = None,
-        tool_calls: list[dict[str, Any]] | None = None,
-    ) -> None: ...
+    @property
+    def chunk(self) -> ChunkSink:
+        """Publishes one chunk (the backend's `ChunkSink`)."""
+        ...
 
     async def final(self, result: FinalResult | ErrorResult) -> None: ...
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+from schemas.names import JS_ACK_PREFIX
+
 
 class AckInfo(NamedTuple):
     delivered: int
@@ -22,7 +24,7 @@ class AckInfo(NamedTuple):
 # Cached: the intake and then the handler read the same message's subject.
 @functools.lru_cache(maxsize=1024)
 def ack_info(reply: str | None) -> AckInfo | None:
-    if not reply or not reply.startswith("$JS.ACK."):
+    if not reply or not reply.startswith(JS_ACK_PREFIX):
         return None
     tokens = reply.split(".")
     if len(tokens) == 9:

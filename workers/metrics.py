@@ -2,7 +2,7 @@
 where named. Names follow the Prometheus/vLLM style (`jetserve_worker_*`, base units).
 
 Who sets what: the handler sets the request counters and latency histograms; the worker sets
-in-flight, capacity and the queue gauges; an engine backend sets the running/waiting/KV-cache
+in-flight, capacity and the queue gauges; the engine adapter sets the running/waiting/KV-cache
 gauges (an SDK model has no such state and leaves them unset).
 
 What the handler updates for every request is kept by `loop_metrics` (plain numbers, read at
@@ -91,7 +91,7 @@ class WorkerMetrics:
         self.capacity = Gauge(
             "jetserve_worker_capacity", "Requests this worker can hold", ["model"], registry=r
         )
-        # Engine state, set by an engine backend each step (vLLM's num_requests_running /
+        # Engine state, set by the engine adapter each step (vLLM's num_requests_running /
         # num_requests_waiting / kv_cache_usage_perc).
         self.num_running = Gauge(
             "jetserve_worker_num_requests_running",

@@ -22,6 +22,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
+from natsio.streams import ensure_stream, work_queue_stream
 from schemas import names
 from schemas.names import Priority
 from workers.handbacks import MAX_HANDBACKS
@@ -48,19 +49,17 @@ class QueueSettings:
 
 
 def model_stream_config(model: str, s: QueueSettings) -> StreamConfig:
-    return StreamConfig(
-        name=names.stream_name(model),
-        description=f"jetserve requests for model {model}",
-        subjects=names.request_subjects(model),
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
+    return work_queue_stream(
+        names.stream_name(model),
+        names.request_subjects(model),
+        f"jetserve requests for model {model}",
+        duplicate_window_s=s.duplicate_window_s,
+        replicas=s.replicas,
         max_msgs=s.max_backlog,
         max_bytes=s.max_bytes,
         # A full backlog refuses new publishes (the client sees a 429), never drops old ones.
         discard=DiscardPolicy.NEW,
         max_msg_size=s.max_msg_bytes,
-        duplicate_window=s.duplicate_window_s,
-        num_replicas=s.replicas,
     )
 
 
@@ -82,22 +81,8 @@ def consumer_config(model: str, priority: Priority, s: QueueSettings) -> Consume
     )
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    assert config.name is not None
-    try:
-        await js.stream_info(config.name)
-    except NotFoundError:
-        try:
-            await js.add_stream(config)
-            return
-        except BadRequestError as exc:  # created concurrently by another replica
-            if exc.err_code != 10058:
-                raise
-    await js.update_stream(config)
-
-
 async def provision_model(js: JetStreamContext, model: str, settings: QueueSettings) -> None:
-    await _ensure_stream(js, model_stream_config(model, settings))
+    await ensure_stream(js, model_stream_config(model, settings))
     for priority in Priority:
         await js.add_consumer(names.stream_name(model), consumer_config(model, priority, settings))
     await provision_dead_letters(js, settings.replicas)
@@ -123,7 +108,7 @@ async def provision_handbacks(js: JetStreamContext, replicas: int = 1) -> None:
 
 
 async def provision_dead_letters(js: JetStreamContext, replicas: int = 1) -> None:
-    await _ensure_stream(
+    await ensure_stream(
         js,
         StreamConfig(
             name=names.DLQ_STREAM,

@@ -25,18 +25,17 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from schemas import names
+
 log = logging.getLogger(__name__)
 
-_PULL_SUBJECT = "$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-_STATUS = "Status"
-_PENDING_MSGS = "Nats-Pending-Messages"
 #: A request whose end status never arrived (lost in a reconnect) is forgotten this long after
 #: its expiry.
 _GRACE_S = 1.0
 
 
 def _status(msg: Msg) -> str | None:
-    return msg.headers.get(_STATUS) if msg.headers else None
+    return msg.headers.get(names.STATUS_HEADER) if msg.headers else None
 
 
 @dataclass
@@ -55,7 +54,7 @@ class PullConsumer:
         on_request_end: Callable[[str], None] | None = None,
     ) -> None:
         self._nc = nc
-        self._subject = _PULL_SUBJECT.format(stream=stream, consumer=consumer)
+        self._subject = names.pull_subject(stream, consumer)
         self._inbox = nc.new_inbox()
         self._on_message = on_message
         self._on_request_end = on_request_end

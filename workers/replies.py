@@ -8,15 +8,13 @@ JetStream acknowledgement, so the request is acked only once its result is store
 from __future__ import annotations
 
 import asyncio
-import itertools
-import uuid
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
+from natsio.acks import Outcome, describe
+from natsio.inbox import AckInbox
+from schemas import names
 from schemas.codec import encode
 from schemas.messages import ErrorResult, FinalResult, StreamChunk, TokenLogprobs
 from schemas.names import Encoding, Header, is_durable_reply
@@ -26,85 +24,31 @@ class DurableReplyFailed(Exception):
     """JetStream did not store a durable reply: the request must not be acked."""
 
 
-class _Error(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
-
-
-class _PubAck(msgspec.Struct):
-    stream: str = ""
-    seq: int = 0
-    error: _Error | None = None
-
-
-_decode_ack = msgspec.json.Decoder(_PubAck).decode
-
-
 class DurablePublisher:
-    """JetStream publishes whose PubAcks arrive on one shared inbox subscription (one future
-    per publish), rather than a request (inbox token, timer, JSON parsing) per result."""
+    """Durable replies published through the worker's `AckInbox` (PubAcks on one shared
+    subscription), each retried until JetStream stores it."""
 
     def __init__(self, nc: NATS, *, timeout_s: float = 5.0, attempts: int = 3) -> None:
-        self._nc = nc
+        self._inbox = AckInbox(nc, names.RESULTS_INBOX)
         self._timeout_s = timeout_s
         self._attempts = attempts
-        self._prefix = f"_INBOX.jetserve-results.{uuid.uuid4().hex}"
-        self._ids = itertools.count()
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._sub: Any = None
-        self._lock = asyncio.Lock()
-
-    async def _ensure_inbox(self) -> None:
-        if self._sub is None:
-            async with self._lock:
-                if self._sub is None:
-                    self._sub = await self._nc.subscribe(
-                        f"{self._prefix}.*",
-                        cb=self._on_ack,
-                        pending_msgs_limit=-1,
-                        pending_bytes_limit=-1,
-                    )
-
-    async def _on_ack(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject[len(self._prefix) + 1 :], None)
-        if future is not None and not future.done():
-            future.set_result(msg)
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         """Publish until JetStream acknowledges it (the same `Nats-Msg-Id` on every try, so a
         retry after a lost PubAck is not stored twice); raise DurableReplyFailed if it never
-        does."""
-        await self._ensure_inbox()
-        loop = asyncio.get_running_loop()
+        does, or at once if it refuses the reply for good (too large, or another error)."""
         problem = "no acknowledgement"
         for _ in range(self._attempts):
-            token = f"{next(self._ids):x}"
-            future: asyncio.Future[Msg] = loop.create_future()
-            self._waiting[token] = future
-            try:
-                await self._nc.publish(
-                    subject, data, reply=f"{self._prefix}.{token}", headers=headers
-                )
-                async with asyncio.timeout(self._timeout_s):
-                    msg = await future
-            except (TimeoutError, ConnectionError) as exc:
-                problem = type(exc).__name__
-                continue
-            finally:
-                self._waiting.pop(token, None)
-            if not msg.data:
-                problem = f"status {(msg.headers or {}).get('Status')}"  # e.g. 503: no stream
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                ack = _decode_ack(msg.data)
-            except msgspec.DecodeError:
-                problem = "undecodable PubAck"
-                continue
-            if ack.error is None:
+            outcome, ack = await self._inbox.publish(
+                subject, data, headers, timeout_s=self._timeout_s
+            )
+            if outcome is Outcome.STORED:
                 return
-            problem = f"JetStream error {ack.error.err_code}: {ack.error.description}"
+            problem = describe(outcome, ack)
+            if outcome is Outcome.NO_STREAM:  # the results stream may be created meanwhile
+                await asyncio.sleep(0.1)
+            elif not outcome.later:
+                break
         raise DurableReplyFailed(f"result on {subject} not stored: {problem}")
 
 
@@ -112,15 +56,14 @@ class ReplySink:
     def __init__(
         self,
         nc: NATS,
-        js: JetStreamContext,
         subject: str | None,
         encoding: Encoding,
         request_id: str,
         attempt: int,
-        durable: DurablePublisher | None = None,
+        durable: DurablePublisher,
     ) -> None:
+        """`durable`: the worker's one publisher of durable replies (its shared inbox)."""
         self._nc = nc
-        self._js = js
         self.subject = subject or None
         self._encoding = encoding
         self.request_id = request_id
@@ -162,10 +105,7 @@ class ReplySink:
                 Header.ENCODING.value: self._encoding.value,
                 Header.MSG_ID.value: f"result-{self.request_id}",
             }
-            if self._durable_publisher is not None:
-                await self._durable_publisher.publish(self.subject, data, headers)
-            else:
-                await self._js.publish(self.subject, data, headers=headers)
+            await self._durable_publisher.publish(self.subject, data, headers)
         else:
             if not self._nc.is_connected:
                 await _after_reconnect(self._nc)

@@ -16,11 +16,11 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from natsio.connection import connect
 from schemas import names
 from schemas.codec import decode_cancel, encode
 from schemas.messages import WorkerInfo
@@ -51,7 +51,7 @@ class NatsPublisher:
     def sink(
         self, subject: str | None, encoding: Encoding, request_id: str, attempt: int
     ) -> ReplySink:
-        return ReplySink(self._nc, self._js, subject, encoding, request_id, attempt, self._durable)
+        return ReplySink(self._nc, subject, encoding, request_id, attempt, self._durable)
 
     async def dead_letter(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         await self._js.publish(subject, data, headers=headers)
@@ -60,9 +60,9 @@ class NatsPublisher:
 def build_backend(spec: ModelSpec) -> Backend:
     """Instantiate and load the model (blocking: call from a thread)."""
     if spec.engine == "llm":
-        from workers.engine.backend import build_engine_backend  # torch: only when needed
+        from workers.engine.adapter import build_engine_adapter  # torch: only when needed
 
-        return build_engine_backend(spec)
+        return build_engine_adapter(spec)
     model = resolve_model_class(spec.model_class)(spec.name, spec.options)
     model.load()
     return SdkBackend(model, spec.capacity)
@@ -127,11 +127,9 @@ class Worker:
 
     async def run(self) -> int:
         model = self.spec.name
-        nc = await nats.connect(
+        nc = await connect(
             self.config.nats_url,
             name=f"jetserve-worker-{model}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
             reconnected_cb=self._reconnected,
             disconnected_cb=self._disconnected,
             error_cb=self._nats_error,

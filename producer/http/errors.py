@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import re
 
-from producer.errors import BacklogFull, JetserveError, ModelNotFound, RequestTimeout
+from producer.errors import (
+    BacklogFull,
+    InvalidRequest,
+    JetserveError,
+    ModelNotFound,
+    RequestTimeout,
+    RequestTooLarge,
+)
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult
 from schemas.openai_errors import (
@@ -33,6 +40,13 @@ def model_not_found(model: str) -> ApiError:
 
 
 def from_producer_error(exc: JetserveError, model: str, retry_after_s: int) -> ApiError:
+    """The one mapping of the client's errors (a request not taken: too large, invalid,
+    unknown model, full backlog, NATS unavailable) to HTTP errors; the OpenAI routes and
+    the batch API both use it."""
+    if isinstance(exc, RequestTooLarge):
+        return ApiError(413, exc.message, code="request_too_large")
+    if isinstance(exc, InvalidRequest):
+        return invalid(exc.message, None)
     if isinstance(exc, ModelNotFound):
         return model_not_found(model)
     if isinstance(exc, BacklogFull):

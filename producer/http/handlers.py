@@ -10,38 +10,42 @@ Logs carry request ids and sizes, never prompt text or keys.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
+from natsio.directory import ModelDirectory
 from producer.client import Client
 from producer.http import convert
 from producer.http import openai_types as oa
 from producer.http.auth import Authenticator, Principal, require_principal
+from producer.http.calls import Call, Calls, ClientGone
 from producer.http.config import BridgeConfig
-from producer.http.dispatch import Call, ClientGone, Dispatcher
+from producer.http.endpoints import (
+    CHAT,
+    Endpoint,
+    chat_chunk,
+    response,
+    text_chunk,
+    usage_chunk,
+)
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
-from producer.http.presence import Presence
 from producer.http.sse import DONE, event
 from schemas import names
-from schemas.messages import FinalResult, InferenceRequest, StreamChunk
+from schemas.messages import FinalResult, StreamChunk
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_HEADER = "x-jetserve-timeout-s"
-IDEMPOTENCY_HEADER = "idempotency-key"
+TIMEOUT_HEADER = names.HTTP_TIMEOUT
+IDEMPOTENCY_HEADER = names.HTTP_IDEMPOTENCY_KEY
+AUTHORIZATION_HEADER = names.HTTP_AUTHORIZATION
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _encoder = msgspec.json.Encoder()
-CHUNK = "chat.completion.chunk"
-TEXT = "text_completion"
 
 
 class Reply(msgspec.Struct):
@@ -54,22 +58,6 @@ class Reply(msgspec.Struct):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """What differs between the three POST endpoints."""
-
-    decoder: msgspec.json.Decoder[Any]
-    to_request: Callable[..., InferenceRequest]
-    id_prefix: str
-
-
-CHAT = Endpoint(msgspec.json.Decoder(oa.ChatCompletionRequest), convert.chat_request, "chatcmpl-")
-COMPLETION = Endpoint(
-    msgspec.json.Decoder(oa.CompletionRequest), convert.completion_request, "cmpl-"
-)
-EMBEDDING = Endpoint(msgspec.json.Decoder(oa.EmbeddingRequest), convert.embedding_request, "emb-")
-
-
 class Bridge:
     """Owns the NATS client and everything that serves requests with it."""
 
@@ -77,14 +65,17 @@ class Bridge:
         self,
         config: BridgeConfig,
         authenticator: Authenticator,
-        dispatcher: Dispatcher,
+        client: Client,
+        calls: Calls,
         idempotency: Idempotency,
     ) -> None:
         self.config = config
         self.auth = authenticator
-        self.dispatcher = dispatcher
+        #: The NATS client the requests are published with.
+        self.client = client
+        self.calls = calls
         self.idempotency = idempotency
-        self._models: tuple[float, list[str]] = (0.0, [])
+        self._directory = ModelDirectory(client.nc, ttl_s=2.0)
         self._ids: Iterator[str] = iter(())
 
     def _new_id(self) -> str:
@@ -96,16 +87,12 @@ class Bridge:
             self._ids = _random_ids()
             return next(self._ids)
 
-    @property
-    def client(self) -> Client:
-        return self.dispatcher.client
-
-    @property
-    def presence(self) -> Presence:
-        return self.dispatcher.presence
+    def with_calls(self, calls: Calls) -> Bridge:
+        """The same bridge, its calls opened by `calls` (the benchmark's in-process one)."""
+        return Bridge(self.config, self.auth, self.client, calls, self.idempotency)
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
-        return await require_principal(self.auth, headers.get("authorization"))
+        return await require_principal(self.auth, headers.get(AUTHORIZATION_HEADER))
 
     def _timeout_s(self, headers: Mapping[str, str]) -> float:
         raw = headers.get(TIMEOUT_HEADER)
@@ -157,7 +144,7 @@ class Bridge:
         if key:
             call = await self.idempotency.open(request, streaming=streaming, timeout_s=timeout_s)
         else:
-            call = await self.dispatcher.open(request, streaming=streaming, timeout_s=timeout_s)
+            call = await self.calls.open(request, streaming=streaming, timeout_s=timeout_s)
         stop_watch = on_gone(call) if isinstance(call, Call) else _nothing
         try:
             first = await call.next()
@@ -182,9 +169,7 @@ class Bridge:
             result = first if isinstance(first, FinalResult) else await call.result()
         finally:
             await call.close()
-        return Reply(
-            body=_encoder.encode(_response(endpoint, parsed, result, response_id, created))
-        )
+        return Reply(body=_encoder.encode(response(endpoint, parsed, result, response_id, created)))
 
     async def _sse(
         self,
@@ -197,12 +182,12 @@ class Bridge:
     ) -> AsyncIterator[bytes]:
         chat = endpoint is CHAT
         model = call.request.model
-        frame = _chat_chunk if chat else _text_chunk
+        frame = chat_chunk if chat else text_chunk
         streamed = False
         try:
             if chat:
                 yield event(
-                    _chat_chunk(response_id, created, model, oa.Delta(role="assistant", content=""))
+                    chat_chunk(response_id, created, model, oa.Delta(role="assistant", content=""))
                 )
             item = first
             calls_streamed = False
@@ -213,49 +198,32 @@ class Bridge:
                 if chat and item.tool_calls:
                     calls_streamed = True
                     delta = oa.Delta(tool_calls=convert.tool_call_deltas(item.tool_calls))
-                    yield event(_chat_chunk(response_id, created, model, delta))
+                    yield event(chat_chunk(response_id, created, model, delta))
                 item = await call.next()
             text, _, tool_calls = convert.text_of(item)
             if text and not streamed:  # not relayed in chunks (an idempotent retry)
                 yield event(frame(response_id, created, model, text))
             if chat and tool_calls and not calls_streamed:
                 delta = oa.Delta(tool_calls=convert.tool_call_deltas(tool_calls))
-                yield event(_chat_chunk(response_id, created, model, delta))
+                yield event(chat_chunk(response_id, created, model, delta))
             reason = convert.finish_reason(item.finish_reason)
             yield event(frame(response_id, created, model, None, reason))
             if include_usage:
-                yield event(_usage_chunk(chat, response_id, created, model, item))
+                yield event(usage_chunk(chat, response_id, created, model, item))
         except ApiError as exc:
             log.info("stream %s ended with %d %s", response_id, exc.status, exc.code)
             yield b"data: " + exc.body() + b"\n\n"
         finally:
             # Also runs when the client disconnects mid-stream (the response is cancelled).
             if call.finished:
-                self.dispatcher.spawn(call.close())
+                self.calls.spawn(call.close())
             else:
                 call.abandon()
         yield DONE
 
     async def models(self) -> list[str]:
         """Models with a request stream (JetStream's stream names API), cached 2 s."""
-        now = time.monotonic()
-        if self._models[0] > now:
-            return self._models[1]
-        found: list[str] = []
-        offset = 0
-        while True:
-            request = {"offset": offset, "subject": f"{names.ROOT}.req.>"}
-            msg = await self.client.nc.request(
-                "$JS.API.STREAM.NAMES", json.dumps(request).encode(), timeout=5
-            )
-            page = json.loads(msg.data)
-            streams = page.get("streams") or []
-            found += [m for s in streams if (m := names.model_from_stream_name(s))]
-            offset += len(streams)
-            if not streams or offset >= int(page.get("total", 0)):
-                break
-        self._models = (now + 2.0, sorted(found))
-        return self._models[1]
+        return await self._directory.models()
 
     async def model_list(self) -> bytes:
         created = int(time.time())
@@ -265,11 +233,11 @@ class Bridge:
     async def readiness(self) -> tuple[bool, bytes]:
         """Ready when NATS is connected. Workers are reported, not required: a model scaled to
         zero still accepts requests (they queue until a worker starts)."""
-        connected = self.client.nc.is_connected
+        connected = self.client.is_connected
         workers: dict[str, bool] = {}
         if connected:
             models = await self.models()
-            answers = await asyncio.gather(*[self.presence.any_worker(m) for m in models])
+            answers = await asyncio.gather(*[self.calls.any_worker(m) for m in models])
             workers = dict(zip(models, answers, strict=True))
         body = {"nats_connected": connected, "workers": workers}
         return connected, _encoder.encode(body)
@@ -285,37 +253,3 @@ def _random_ids(count: int = 256) -> Iterator[str]:
     id costs 512 ns."""
     text = os.urandom(16 * count).hex()
     return iter([text[i : i + 32] for i in range(0, len(text), 32)])
-
-
-def _response(
-    endpoint: Endpoint, parsed: Any, result: FinalResult, response_id: str, created: int
-) -> Any:
-    if endpoint is CHAT:
-        return convert.chat_response(result, response_id, created)
-    if endpoint is COMPLETION:
-        return convert.completion_response(result, response_id, created)
-    return convert.embedding_response(result, parsed.encoding_format)
-
-
-def _chat_chunk(
-    rid: str, created: int, model: str, delta: oa.Delta | str | None, reason: str | None = None
-) -> oa.ChatCompletionChunk:
-    if not isinstance(delta, oa.Delta):
-        delta = oa.Delta(content=delta)
-    return oa.ChatCompletionChunk(
-        rid, CHUNK, created, model, [oa.ChatChunkChoice(0, delta, None, reason)]
-    )
-
-
-def _text_chunk(
-    rid: str, created: int, model: str, text: str | None, reason: str | None = None
-) -> oa.Completion:
-    return oa.Completion(
-        rid, TEXT, created, model, [oa.CompletionChoice(0, text or "", None, reason)]
-    )
-
-
-def _usage_chunk(chat: bool, rid: str, created: int, model: str, result: FinalResult) -> Any:
-    if chat:
-        return oa.ChatCompletionChunk(rid, CHUNK, created, model, [], convert.usage(result))
-    return oa.Completion(rid, TEXT, created, model, [], convert.usage(result))

@@ -30,7 +30,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from producer.http.dispatch import Call, Dispatcher
+from producer.http.calls import Call, Calls
 from producer.http.errors import ApiError, from_error_result
 from producer.pending import Pending
 from schemas import names
@@ -111,7 +111,7 @@ class IdempotentCall(Call):
     def __init__(
         self, idem: Idempotency, key: str, pending: Pending, deadline: float, created_s: int
     ) -> None:
-        super().__init__(idem.dispatcher, pending, deadline, on_final=self._store_error)
+        super().__init__(idem.calls, pending, deadline, on_final=self._store_error)
         self._idem = idem
         self._key = key
         self.created_s: int | None = created_s
@@ -119,7 +119,7 @@ class IdempotentCall(Call):
     def _store_error(self, reply: FinalResult | ErrorResult) -> None:
         if isinstance(reply, ErrorResult) and reply.code not in _NOT_STORED:
             stored = Stored(self.created_s or 0, reply)
-            self._idem.dispatcher.spawn(self._idem.put(self._key, stored))
+            self._d.spawn(self._idem.put(self._key, stored))
 
     async def next(self) -> FinalResult:
         while True:
@@ -132,7 +132,7 @@ class IdempotentCall(Call):
     def abandon(self) -> None:
         if self.finished:
             return
-        self._idem.dispatcher.spawn(self._finish_detached())
+        self._d.spawn(self._finish_detached())
 
     async def _finish_detached(self) -> None:
         with contextlib.suppress(ApiError):
@@ -141,10 +141,10 @@ class IdempotentCall(Call):
 
 
 class Idempotency:
-    def __init__(self, dispatcher: Dispatcher, kv: KeyValue) -> None:
-        self.dispatcher = dispatcher
+    def __init__(self, calls: Calls, kv: KeyValue, js: JetStreamContext) -> None:
+        self.calls = calls
         self._kv = kv
-        self._js: JetStreamContext = dispatcher.client.js
+        self._js = js
 
     async def get(self, key: str) -> Stored | None:
         try:
@@ -188,7 +188,7 @@ class Idempotency:
         deadline = loop.time() + timeout_s
         reply_to = names.idempotent_reply_subject(base)
         for _ in range(_MAX_GENERATIONS):
-            pending = await self.dispatcher.start(request, streaming=False, reply_to=reply_to)
+            pending = await self.calls.start(request, streaming=False, reply_to=reply_to)
             accepted = pending.accepted
             assert accepted is not None
             call = IdempotentCall(self, base, pending, deadline, created_s)
@@ -197,12 +197,12 @@ class Idempotency:
             await asyncio.sleep(_STORE_GRACE_S)
             stored = await self.get(base)
             if stored is not None:
-                await self.dispatcher.client.finish(pending, cancel=False)
+                await self.calls.finish(pending, cancel=False)
                 return StoredCall(request, stored)
             if pending.done.done():  # the reply itself arrived meanwhile
                 return call
             # Abandoned: run it again under a de-duplication id of the next generation.
-            await self.dispatcher.client.finish(pending, cancel=False)
+            await self.calls.finish(pending, cancel=False)
             generation = f"{base}-{accepted.seq}"
             request = msgspec.structs.replace(request, id=generation, idempotency_key=generation)
         return call

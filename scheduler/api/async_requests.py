@@ -34,7 +34,7 @@ from schemas.names import Priority, ResultKind
 from schemas.openai_errors import ApiError, invalid, not_found
 
 log = logging.getLogger(__name__)
-CALLBACK_HEADER = "x-jetserve-callback-url"
+CALLBACK_HEADER = names.HTTP_CALLBACK_URL
 _encode = msgspec.json.encode
 #: Refusals after which nothing was stored; anything else (NATS unavailable) leaves the request
 #: queued for the scheduler to publish.

@@ -21,7 +21,7 @@ from litestar.types import ControllerRouterHandler
 from msgspec import Meta
 
 from scheduler.api.deps import JSON, Deps, notify_scheduler, query_limit
-from scheduler.api.objects import BatchList, batch_object, page
+from scheduler.api.objects import batch_object, list_page
 from scheduler.store import batches as bs
 from scheduler.store.batches import TERMINAL, BatchStatus
 from scheduler.store.files import get_file
@@ -94,10 +94,7 @@ def batch_routes(deps: Deps) -> list[ControllerRouterHandler]:
         rows = await bs.list_batches(
             await deps.pool(), tenant, after=request.query_params.get("after"), limit=limit
         )
-        rows, more = page(rows, limit)
-        data = [batch_object(r) for r in rows]
-        body = BatchList(data, data[0].id if data else None, data[-1].id if data else None, more)
-        return Response(_encode(body), media_type=JSON)
+        return Response(_encode(list_page(rows, limit, batch_object)), media_type=JSON)
 
     @get("/v1/batches/{batch_id:str}", summary="Retrieve a batch")
     async def retrieve(request: Request[Any, Any, Any], batch_id: str) -> Response[Any]:

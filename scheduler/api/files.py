@@ -20,7 +20,7 @@ from litestar.response import Stream
 from litestar.types import ControllerRouterHandler
 
 from scheduler.api.deps import JSON, Deps, query_limit
-from scheduler.api.objects import Deleted, FileList, file_object, page
+from scheduler.api.objects import deleted, file_object, list_page
 from scheduler.api.upload import receive_upload
 from scheduler.store import files as fs
 from schemas.openai_errors import invalid, not_found
@@ -90,10 +90,7 @@ def file_routes(deps: Deps) -> list[ControllerRouterHandler]:
             limit=limit,
             ascending=order == "asc",
         )
-        rows, more = page(rows, limit)
-        data = [file_object(r) for r in rows]
-        body = FileList(data, data[0].id if data else None, data[-1].id if data else None, more)
-        return Response(_encode(body), media_type=JSON)
+        return Response(_encode(list_page(rows, limit, file_object)), media_type=JSON)
 
     @get("/v1/files/{file_id:str}", summary="Retrieve a file's metadata")
     async def retrieve(request: Request[Any, Any, Any], file_id: str) -> Response[Any]:
@@ -122,8 +119,7 @@ def file_routes(deps: Deps) -> list[ControllerRouterHandler]:
     @delete("/v1/files/{file_id:str}", status_code=200, summary="Delete a file")
     async def remove(request: Request[Any, Any, Any], file_id: str) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
-        if not await fs.delete_file(await deps.pool(), tenant, file_id):
-            raise not_found("file", file_id, "file_id")
-        return Response(_encode(Deleted(file_id, "file")), media_type=JSON)
+        found = await fs.delete_file(await deps.pool(), tenant, file_id)
+        return Response(_encode(deleted(found, "file", file_id, "file_id")), media_type=JSON)
 
     return [upload, list_files, retrieve, content, remove]

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -12,6 +13,16 @@ from scheduler.store.async_requests import AsyncRow
 from scheduler.store.batches import BatchRow
 from scheduler.store.files import FileRow
 from scheduler.store.webhooks import Endpoint
+from schemas.openai_errors import not_found
+
+
+class _Listed(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Listed)
+R = TypeVar("R")
 
 
 def unix(value: datetime | None) -> int | None:
@@ -28,14 +39,6 @@ class FileObject(msgspec.Struct, frozen=True):
     status: str = "processed"
     status_details: str | None = None
     expires_at: int | None = None
-
-
-class FileList(msgspec.Struct, frozen=True):
-    data: list[FileObject]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-    object: str = "list"
 
 
 class Deleted(msgspec.Struct, frozen=True):
@@ -86,8 +89,10 @@ class BatchObject(msgspec.Struct, frozen=True):
     model: str | None = None
 
 
-class BatchList(msgspec.Struct, frozen=True):
-    data: list[BatchObject]
+class ListPage(msgspec.Struct, Generic[T], frozen=True):
+    """OpenAI's list object: one page of files or batches."""
+
+    data: list[T]
     first_id: str | None
     last_id: str | None
     has_more: bool
@@ -168,9 +173,18 @@ def batch_object(b: BatchRow) -> BatchObject:
     )
 
 
-def page(items: list[Any], limit: int) -> tuple[list[Any], bool]:
-    """The first `limit` of `limit + 1` rows, and whether there were more."""
-    return items[:limit], len(items) > limit
+def deleted(found: bool, what: str, object_id: str, param: str) -> Deleted:
+    """OpenAI's answer to a DELETE; 404 naming `param` if there was nothing to delete."""
+    if not found:
+        raise not_found(what, object_id, param)
+    return Deleted(object_id, what)
+
+
+def list_page(rows: list[R], limit: int, to_object: Callable[[R], T]) -> ListPage[T]:
+    """The page of the first `limit` of `limit + 1` rows (one more tells `has_more`)."""
+    data = [to_object(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return ListPage(data, data[0].id if data else None, data[-1].id if data else None, more)
 
 
 def endpoint_object(e: Endpoint, *, with_secret: bool = False) -> WebhookEndpointObject:

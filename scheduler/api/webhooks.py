@@ -23,10 +23,10 @@ from litestar.types import ControllerRouterHandler
 from msgspec import Meta
 
 from scheduler.api.deps import JSON, Deps
-from scheduler.api.objects import Deleted, WebhookEndpointList, endpoint_object
+from scheduler.api.objects import WebhookEndpointList, deleted, endpoint_object
 from scheduler.store import webhooks as wh
 from scheduler.urlguard import UrlRefused, check_url, normalise
-from schemas.openai_errors import BODY_ERRORS, from_decode_error, invalid, not_found
+from schemas.openai_errors import BODY_ERRORS, from_decode_error, invalid
 
 _encode = msgspec.json.encode
 
@@ -86,8 +86,8 @@ def webhook_routes(deps: Deps) -> list[ControllerRouterHandler]:
     @delete("/v1/webhooks/{endpoint_id:str}", status_code=200, summary="Delete an endpoint")
     async def remove(request: Request[Any, Any, Any], endpoint_id: str) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
-        if not await wh.delete_endpoint(await deps.pool(), tenant, endpoint_id):
-            raise not_found("webhook_endpoint", endpoint_id, "endpoint_id")
-        return Response(_encode(Deleted(endpoint_id, "webhook_endpoint")), media_type=JSON)
+        found = await wh.delete_endpoint(await deps.pool(), tenant, endpoint_id)
+        body = deleted(found, "webhook_endpoint", endpoint_id, "endpoint_id")
+        return Response(_encode(body), media_type=JSON)
 
     return [create, list_endpoints, remove]

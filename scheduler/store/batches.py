@@ -192,14 +192,21 @@ async def copy_items(conn: asyncpg.Connection, rows: list[tuple[str, int, str, b
     )
 
 
+async def _select(db: Db, where_order: str, *args: Any) -> list[BatchRow]:
+    """Batches `WHERE <where_order>` (conditions, then ORDER BY / LIMIT; `args` are $1...)."""
+    rows = await db.fetch(f"SELECT {_COLUMNS} FROM batches WHERE {where_order}", *args)
+    return [_row(r) for r in rows]
+
+
+_TO_VALIDATE = (
+    "NOT sealed AND in_progress_at IS NULL AND status IN ('validating', 'cancelling') "
+    "ORDER BY created_at LIMIT $1"
+)
+
+
 async def to_validate(db: Db, limit: int = 10) -> list[BatchRow]:
     """Batches waiting for validation (also those cancelled before it ran)."""
-    rows = await db.fetch(
-        f"SELECT {_COLUMNS} FROM batches WHERE NOT sealed AND in_progress_at IS NULL "
-        "AND status IN ('validating', 'cancelling') ORDER BY created_at LIMIT $1",
-        limit,
-    )
-    return [_row(r) for r in rows]
+    return await _select(db, _TO_VALIDATE, limit)
 
 
 async def count_validation_attempt(db: Db, batch_id: str) -> int:
@@ -251,14 +258,14 @@ async def in_flight_by_model(db: Db) -> dict[str, int]:
     return {r["model"]: r["n"] for r in rows}
 
 
+_DISPATCHABLE = (
+    "status = 'in_progress' AND NOT sealed AND dispatched < total ORDER BY created_at, id LIMIT $1"
+)
+
+
 async def dispatchable(db: Db, limit: int = 100) -> list[BatchRow]:
     """In-progress batches with items left to publish, oldest first."""
-    rows = await db.fetch(
-        f"SELECT {_COLUMNS} FROM batches WHERE status = 'in_progress' AND NOT sealed "
-        "AND dispatched < total ORDER BY created_at, id LIMIT $1",
-        limit,
-    )
-    return [_row(r) for r in rows]
+    return await _select(db, _DISPATCHABLE, limit)
 
 
 async def items_from(db: Db, batch_id: str, start: int, count: int) -> list[tuple[int, bytes]]:
@@ -350,12 +357,11 @@ async def seal(db: Db, batch_id: str, *, from_status: BatchStatus, finalizing: b
 
 
 async def sealed_unfinished(db: Db) -> list[BatchRow]:
-    rows = await db.fetch(
-        f"SELECT {_COLUMNS} FROM batches WHERE sealed "
-        "AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling') "
-        "ORDER BY created_at"
+    return await _select(
+        db,
+        "sealed AND status IN ('validating', 'in_progress', 'finalizing', 'cancelling') "
+        "ORDER BY created_at",
     )
-    return [_row(r) for r in rows]
 
 
 Outcome = tuple[int, str, bytes, bool | None, bytes | None, int]
@@ -445,11 +451,11 @@ async def delete_ended_rows(db: Db, batch_id: str) -> None:
 
 
 async def expired(db: Db) -> list[BatchRow]:
-    rows = await db.fetch(
-        f"SELECT {_COLUMNS} FROM batches WHERE expires_at < now() AND NOT sealed "
-        "AND status IN ('validating', 'in_progress') ORDER BY expires_at"
+    return await _select(
+        db,
+        "expires_at < now() AND NOT sealed AND status IN ('validating', 'in_progress') "
+        "ORDER BY expires_at",
     )
-    return [_row(r) for r in rows]
 
 
 async def counts_by_state(db: Db) -> dict[str, int]:

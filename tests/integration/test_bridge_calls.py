@@ -1,4 +1,4 @@
-"""The bridge's request calls (`producer.http.dispatch`) against a real nats-server and a
+"""The bridge's request calls (`producer.http.calls`) against a real nats-server and a
 real worker, below HTTP."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry
 
 from producer.client import Client, make_request
-from producer.http.dispatch import Call, Dispatcher
+from producer.http.calls import Call, Calls
 from producer.http.metrics import BridgeMetrics
 from producer.http.presence import Presence
 from producer.pending import Pending
@@ -41,7 +41,7 @@ async def test_served_calls_leave_no_reference_cycles(
     collector, whose runs cost the bridge CPU on every request under load."""
     await inproc_worker(model_name)
     client = Client(nc)
-    dispatcher = Dispatcher(
+    calls = Calls(
         client,
         Presence(nc, ttl_s=1.0),
         BridgeMetrics(CollectorRegistry()),
@@ -51,7 +51,7 @@ async def test_served_calls_leave_no_reference_cycles(
     messages = {"messages": [{"role": "user", "content": "no cycles here"}]}
     for stream in (False, True) * 5:
         request = make_request(model_name, "chat", messages, stream=stream, timeout_s=10)
-        call = await dispatcher.open(request, streaming=stream, timeout_s=10)
+        call = await calls.open(request, streaming=stream, timeout_s=10)
         items = [await call.next()]
         while not isinstance(items[-1], FinalResult):
             items.append(await call.next())

@@ -1,5 +1,6 @@
-"""The engine as a worker backend: the engine runs on its own thread; the worker's asyncio
-loop talks to it through a command queue one way and `call_soon_threadsafe` the other.
+"""`EngineAdapter`: the engine as a worker backend (the `workers.backend.Backend` protocol).
+The engine runs on its own thread; the worker's asyncio loop talks to it through a command
+queue one way and `call_soon_threadsafe` the other.
 
     asyncio (worker)                         engine thread
     run(): tokenize, check, ("add", req) ->  drain commands, step(), step(), ...
@@ -51,7 +52,7 @@ class _Waiter:
     first_token_at: float | None = None
 
 
-class EngineBackend:
+class EngineAdapter:
     kinds = frozenset({"chat", "completion"})
 
     def __init__(
@@ -306,7 +307,7 @@ class EngineBackend:
             waiter.queue.put_nowait(exc)
 
 
-def build_engine_backend(spec: ModelSpec) -> EngineBackend:
+def build_engine_adapter(spec: ModelSpec) -> EngineAdapter:
     """Load the model of `spec` and wrap it in an engine (blocking: call from a thread)."""
     from workers.engine.loader import choose_device, choose_dtype, load_model, resolve_model_path
     from workers.engine.model_runner import ModelRunner, kv_bytes_per_token
@@ -349,7 +350,7 @@ def build_engine_backend(spec: ModelSpec) -> EngineBackend:
         max_model_len,
         "on" if caching else "off",
     )
-    return EngineBackend(engine, tokenizer, eos, Grammars(tokenizer, vocab, sorted(eos)))
+    return EngineAdapter(engine, tokenizer, eos, Grammars(tokenizer, vocab, sorted(eos)))
 
 
 def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -1,6 +1,6 @@
 """One HTTP request's life on the queue: publish, wait, give up.
 
-    call = await dispatcher.open(request, streaming=..., timeout_s=...)
+    call = await calls.open(request, streaming=..., timeout_s=...)
     item = await call.next()      # StreamChunk ..., then FinalResult; raises ApiError
     await call.close()            # always; cancels upstream if no terminal reply came
 
@@ -24,13 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 from producer.client import Client
-from producer.errors import InvalidRequest, JetserveError, RequestTooLarge
+from producer.errors import JetserveError
 from producer.http.errors import (
     ApiError,
     deadline_exceeded,
     from_error_result,
     from_producer_error,
-    invalid,
     no_workers,
 )
 from producer.http.metrics import BridgeMetrics
@@ -53,17 +52,17 @@ class Call:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        calls: Calls,
         pending: Pending,
         deadline: float,
         on_final: Callable[[FinalResult | ErrorResult], None] | None = None,
     ) -> None:
-        self._d = dispatcher
+        self._d = calls
         self.pending = pending
         self.request = pending.request
         self._deadline = deadline
         self._loop = asyncio.get_running_loop()
-        self._next_check = self._loop.time() + dispatcher.no_worker_timeout_s
+        self._next_check = self._loop.time() + calls.no_worker_timeout_s
         self._on_final = on_final
         self._wake: asyncio.Future[None] | None = None
         self.finished = False
@@ -115,7 +114,7 @@ class Call:
                 return self._final(pending.done.result())
             now = self._loop.time()
             if now >= self._deadline:
-                self._d.metrics.cancels.labels("deadline").inc()
+                self._d.cancelled("deadline")
                 raise deadline_exceeded()
             if now >= self._next_check:
                 wait_s = self._d.no_worker_timeout_s
@@ -125,8 +124,8 @@ class Call:
                 if stored is None or now < stored + wait_s:
                     self._next_check = (now if stored is None else stored) + wait_s
                 else:
-                    if not await self._d.presence.any_worker(self.request.model):
-                        self._d.metrics.cancels.labels("no_workers").inc()
+                    if not await self._d.any_worker(self.request.model):
+                        self._d.cancelled("no_workers")
                         raise no_workers(self.request.model, wait_s)
                     self._next_check = self._loop.time() + wait_s
                     continue
@@ -148,16 +147,19 @@ class Call:
 
     async def close(self) -> None:
         """Stop listening; cancel upstream unless the terminal reply came."""
-        await self._d.client.finish(self.pending, cancel=not self.finished)
+        await self._d.finish(self.pending, cancel=not self.finished)
 
     def abandon(self) -> None:
         """`close()` from a task being cancelled (the client went away): run it apart."""
         if not self.finished:
-            self._d.metrics.cancels.labels("disconnect").inc()
+            self._d.cancelled("disconnect")
         self._d.spawn(self.close())
 
 
-class Dispatcher:
+class Calls:
+    """Opens the bridge's calls (`open`, `start`), and owns what they share: the client,
+    the worker presence check, the coarse timers, background tasks."""
+
     def __init__(
         self,
         client: Client,
@@ -176,6 +178,18 @@ class Dispatcher:
         self.timers = CoarseTimers()
         self._background: set[asyncio.Task[Any]] = set()
 
+    async def any_worker(self, model: str) -> bool:
+        """Whether a worker of `model` is alive (`Presence`, cached)."""
+        return await self.presence.any_worker(model)
+
+    def cancelled(self, reason: str) -> None:
+        """Count a request given up upstream (`deadline`, `no_workers`, `disconnect`)."""
+        self.metrics.cancels.labels(reason).inc()
+
+    async def finish(self, pending: Pending, *, cancel: bool) -> None:
+        """`Client.finish`: stop listening; cancel upstream if `cancel`."""
+        await self.client.finish(pending, cancel=cancel)
+
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
@@ -183,10 +197,6 @@ class Dispatcher:
 
     def refusal(self, exc: JetserveError, request: InferenceRequest) -> ApiError:
         """A request not taken (unknown model, full backlog, NATS down) as its HTTP error."""
-        if isinstance(exc, RequestTooLarge):
-            return ApiError(413, exc.message, code="request_too_large")
-        if isinstance(exc, InvalidRequest):
-            return invalid(exc.message, None)
         return from_producer_error(exc, request.model, self.retry_after_s)
 
     async def start(
@@ -197,8 +207,6 @@ class Dispatcher:
             return await self.client.start(request, streaming=streaming, reply_to=reply_to)
         except JetserveError as exc:
             raise self.refusal(exc, request) from None
-        except Exception as exc:
-            raise _too_large(exc) from None
 
     async def open(self, request: InferenceRequest, *, streaming: bool, timeout_s: float) -> Call:
         """Publish; the call raises the refusal if the request is not stored, its reply
@@ -207,19 +215,9 @@ class Dispatcher:
             pending = await self.client.begin(request, streaming=streaming)
         except JetserveError as exc:
             raise self.refusal(exc, request) from None
-        except Exception as exc:
-            raise _too_large(exc) from None
         return Call(self, pending, asyncio.get_running_loop().time() + timeout_s)
 
     async def close(self) -> None:
         for task in list(self._background):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
-
-
-def _too_large(exc: Exception) -> Exception:
-    """nats-py's own size errors (e.g. a body over the server's max_payload) as 413; anything
-    else unchanged."""
-    if "payload" in str(exc).lower() or "size" in str(exc).lower():
-        return ApiError(413, "The request is too large.", code="request_too_large")
-    return exc

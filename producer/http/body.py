@@ -1,0 +1,45 @@
+"""Reading a request: the few headers the bridge uses, and the body, bounded while it
+arrives. (The batch API reads its bodies with `read_body` too.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from litestar.types import Receive
+
+from producer.http.errors import ApiError
+from schemas import names
+
+#: The request headers the POST routes read (lower case, as ASGI delivers them).
+_WANTED = {
+    h.encode() for h in (names.HTTP_AUTHORIZATION, names.HTTP_IDEMPOTENCY_KEY, names.HTTP_TIMEOUT)
+}
+
+
+def wanted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """One pass over the raw headers for the few the bridge reads (hot path)."""
+    return {k.decode(): v.decode("latin-1") for k, v in raw if k in _WANTED}
+
+
+async def read_body(receive: Receive, limit_bytes: int) -> bytes:
+    """The request body; 413 as soon as more than `limit_bytes` have arrived (a huge body is
+    never buffered whole)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(
+                400, "The client disconnected while sending the body.", code="incomplete_body"
+            )
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        size += len(chunk)
+        if size > limit_bytes:
+            raise ApiError(
+                413,
+                f"The request body is larger than {limit_bytes} bytes.",
+                code="request_too_large",
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,101 @@
+"""The bridge's routes: Litestar handlers around `handlers.Bridge`.
+
+POST /v1/chat/completions, /v1/completions, /v1/embeddings   `serve` -> Bridge.post
+GET  /v1/models                                              Bridge.model_list
+GET  /healthz, /readyz, /metrics, /openapi.json
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.response import Stream
+from litestar.types import ControllerRouterHandler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from producer.http.body import read_body, wanted_headers
+from producer.http.calls import Call
+from producer.http.disconnect import DisconnectWatch
+from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, Endpoint
+from producer.http.errors import ApiError
+from producer.http.handlers import Bridge
+from producer.http.metrics import BridgeMetrics
+from producer.http.openapi import openapi_document
+from producer.http.sse import HEADERS as SSE_HEADERS
+
+JSON = "application/json"
+
+
+class BridgeHolder:
+    """The bridge, from lifespan startup (when NATS is connected) to shutdown."""
+
+    bridge: Bridge | None = None
+
+    def get(self) -> Bridge:
+        bridge = self.bridge
+        if bridge is None:
+            raise ApiError(503, "The bridge is starting.", code="starting")
+        return bridge
+
+
+async def serve(
+    request: Request[Any, Any, Any], endpoint: Endpoint, bridge: Bridge, max_body_bytes: int
+) -> Response[Any]:
+    """One POST to `endpoint`, served by `bridge`."""
+
+    def watch(call: Call) -> Callable[[], None]:
+        return DisconnectWatch(request.receive, call.client_gone, call.timers).stop
+
+    async def body() -> bytes:
+        return await read_body(request.receive, max_body_bytes)
+
+    headers = wanted_headers(request.scope["headers"])
+    reply = await bridge.post(endpoint, body, headers, watch)
+    if reply.stream is not None:
+        return Stream(reply.stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    return Response(reply.body, status_code=reply.status, media_type=JSON, headers=reply.headers)
+
+
+def openai_routes(holder: BridgeHolder, max_body_bytes: int) -> list[ControllerRouterHandler]:
+    @post("/v1/chat/completions", status_code=200, summary="Create a chat completion")
+    async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await serve(request, CHAT, holder.get(), max_body_bytes)
+
+    @post("/v1/completions", status_code=200, summary="Create a (text) completion")
+    async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await serve(request, COMPLETION, holder.get(), max_body_bytes)
+
+    @post("/v1/embeddings", status_code=200, summary="Create embeddings")
+    async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await serve(request, EMBEDDING, holder.get(), max_body_bytes)
+
+    @get("/v1/models", summary="List the models that have a request stream")
+    async def models(request: Request[Any, Any, Any]) -> Response[Any]:
+        bridge = holder.get()
+        await bridge.authenticate(request.headers)
+        return Response(await bridge.model_list(), media_type=JSON)
+
+    return [chat, completions, embeddings, models]
+
+
+def service_routes(holder: BridgeHolder, metrics: BridgeMetrics) -> list[ControllerRouterHandler]:
+    @get("/healthz", summary="The process is alive")
+    async def healthz() -> Response[Any]:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    @get("/readyz", summary="Connected to NATS (workers per model reported, not required)")
+    async def readyz() -> Response[Any]:
+        ready, body = await holder.get().readiness()
+        return Response(body, status_code=200 if ready else 503, media_type=JSON)
+
+    @get("/metrics", summary="Prometheus metrics")
+    async def metrics_route() -> Response[Any]:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request[Any, Any, Any]) -> Response[Any]:
+        return Response(openapi_document(request.app), media_type=JSON)
+
+    return [healthz, readyz, metrics_route, openapi]
