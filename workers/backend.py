@@ -18,6 +18,10 @@ from workers.batcher import DynamicBatcher
 from workers.errors import PermanentError
 from workers.sdk import Model, ModelInput, ModelOutput
 
+#: How long `Backend.stop()` may wait for the backend to stop, once drained (nothing runs by
+#: then: the engine needs one step). The pod's grace period leaves room for it (jetserve/k8s.py).
+STOP_TIMEOUT_S = 10.0
+
 
 class ChunkSink(Protocol):
     async def __call__(

@@ -21,7 +21,7 @@ from typing import Any
 
 from schemas.messages import FinishReason, InferenceRequest, TokenLogprob, TokenLogprobs, Usage
 from schemas.payloads import ChatPayload, CompletionPayload, TextOutput
-from workers.backend import BackendStats, ChunkSink, Completion, model_input
+from workers.backend import STOP_TIMEOUT_S, BackendStats, ChunkSink, Completion, model_input
 from workers.config import ModelSpec
 from workers.engine import structured
 from workers.engine.constraints import Constraint, Grammars, MaskComputer
@@ -81,7 +81,7 @@ class EngineAdapter:
 
     async def stop(self) -> None:
         self._commands.put(_STOP)
-        await asyncio.to_thread(self._thread.join, 30)
+        await asyncio.to_thread(self._thread.join, STOP_TIMEOUT_S)
 
     async def run(self, request: InferenceRequest, emit: ChunkSink) -> Completion:
         if self._dead is not None:
