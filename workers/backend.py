@@ -54,6 +54,12 @@ class BackendStats:
     waiting: int
     #: Fraction of the KV-cache budget in use, 0-1.
     kv_cache_usage: float
+    #: KV blocks held by running sequences, and all of them.
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    #: Prompt tokens looked up in the prefix cache and found there, since start (counters).
+    prefix_cache_queries_tokens: int = 0
+    prefix_cache_hits_tokens: int = 0
 
 
 class Backend(Protocol):

@@ -218,16 +218,33 @@ class Worker:
             self.metrics.num_running.labels(model),
             self.metrics.num_waiting.labels(model),
             self.metrics.kv_cache_usage.labels(model),
+            self.metrics.kv_blocks_used.labels(model),
+            self.metrics.kv_blocks_total.labels(model),
         )
+        cache_counters = (
+            self.metrics.prefix_cache_queries.labels(model),
+            self.metrics.prefix_cache_hits.labels(model),
+        )
+        counted = [0, 0]
         while True:
             if self._intake is not None:
                 in_flight.set(self._intake.in_flight)
             stats = self.backend.stats()
             if stats is not None:
-                for gauge, value in zip(
-                    engine_gauges, (stats.running, stats.waiting, stats.kv_cache_usage), strict=True
-                ):
+                values = (
+                    stats.running,
+                    stats.waiting,
+                    stats.kv_cache_usage,
+                    stats.kv_blocks_used,
+                    stats.kv_blocks_total,
+                )
+                for gauge, value in zip(engine_gauges, values, strict=True):
                     gauge.set(value)
+                totals = (stats.prefix_cache_queries_tokens, stats.prefix_cache_hits_tokens)
+                for i, (counter, total) in enumerate(zip(cache_counters, totals, strict=True)):
+                    if total > counted[i]:
+                        counter.inc(total - counted[i])
+                        counted[i] = total
             if loop.time() >= next_poll:
                 next_poll = loop.time() + self.config.queue_poll_s
                 for consumer, (pending, ack_pending) in queues.items():
