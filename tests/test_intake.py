@@ -166,7 +166,12 @@ async def _quarantine_run(order: list[str]) -> tuple[Intake, dict[str, asyncio.E
         return consumers[-1]
 
     intake = Intake(
-        online=factory, batch=factory, capacity=lambda: 8, handle=handle, in_progress_every_s=60.0
+        priority=factory,
+        online=factory,
+        batch=factory,
+        capacity=lambda: 8,
+        handle=handle,
+        in_progress_every_s=60.0,
     )
     await intake.start()
     return intake, gates, (consumers, overlaps)
@@ -274,6 +279,7 @@ async def test_a_message_only_handed_back_is_no_suspect() -> None:
 
     handbacks = HandBacks(_KV())  # type: ignore[arg-type]
     intake = Intake(
+        priority=factory,
         online=factory,
         batch=factory,
         capacity=lambda: 8,
