@@ -88,4 +88,5 @@ def test_priority_reserve_is_at_least_one_and_within_capacity() -> None:
     assert priority_reserve(8) == 1
     assert priority_reserve(8, 0) == 1
     assert priority_reserve(8, 3) == 3
-    assert priority_reserve(2, 5) == 2
+    assert priority_reserve(2, 5) == 1  # online work keeps a slot
+    assert priority_reserve(1) == 0

@@ -117,8 +117,9 @@ def priority_reserve(capacity: int, setting: int | None = None) -> int:
     credit is how a priority backlog is noticed). It is taken from what online work may
     hold (capacity - 1 with an online backlog), so a priority request is delivered the
     moment it is published; once one arrives with more behind it, all free capacity goes
-    to priority."""
-    return min(max(1, 1 if setting is None else setting), capacity)
+    to priority. At most capacity - 1: online work always has a slot (a worker of capacity
+    1 cannot keep credit on two consumers, and keeps none on priority)."""
+    return max(0, min(max(1, 1 if setting is None else setting), capacity - 1))
 
 
 MessageHandler = Callable[[Msg], Coroutine[Any, Any, None]]
