@@ -14,7 +14,7 @@ The reported tier is what served the request, so it follows from the queue alone
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from schemas.names import Priority
 from schemas.openai_errors import ApiError, invalid
@@ -36,6 +36,20 @@ _QUEUE: Final[dict[object, Priority]] = {
     # OpenAI's SDK can send it; jetserve has no such tier: served (and reported) as default.
     "scale": Priority.ONLINE,
 }
+
+
+class Tier(NamedTuple):
+    #: The queue the request waits in (its subject and `InferenceRequest.priority`).
+    queue: Priority
+    #: The `service_tier` its response reports.
+    reported: ServedTier
+
+
+def resolve_tier(service_tier: object) -> Tier:
+    """Both at once, for an endpoint that takes `service_tier` (chat, completions, responses);
+    `ApiError` (400, param `service_tier`) for a value OpenAI's API does not have."""
+    queue = tier_queue(service_tier)
+    return Tier(queue, _REPORTED[queue])
 
 
 def tier_queue(service_tier: object) -> Priority:

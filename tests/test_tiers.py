@@ -9,7 +9,7 @@ import pytest
 from producer.http.config import BridgeConfig
 from schemas.names import Priority
 from schemas.openai_errors import ApiError
-from schemas.tiers import reported_tier, tier_queue
+from schemas.tiers import Tier, reported_tier, resolve_tier, tier_queue
 
 
 @pytest.mark.parametrize(
@@ -26,6 +26,7 @@ from schemas.tiers import reported_tier, tier_queue
 def test_each_tier_the_sdk_can_send(asked: str | None, queue: Priority, reported: str) -> None:
     assert tier_queue(asked) is queue
     assert reported_tier(queue) == reported
+    assert resolve_tier(asked) == Tier(queue, reported)
 
 
 @pytest.mark.parametrize("value", ["turbo", "", "PRIORITY", 1, True, ["flex"], {"a": 1}])
