@@ -54,7 +54,7 @@ async def test_provision_creates_the_scaledobjects_consumers_before_any_worker(
 ) -> None:
     models_file = _models_file(tmp_path, model_name)
     triggers = _triggers(models_file)
-    assert {t["consumer"] for t in triggers} == {"online", "batch"}
+    assert {t["consumer"] for t in triggers} == {"priority", "online", "batch"}
     with pytest.raises(StreamNotFound):  # what KEDA would see before provisioning
         await _reading(nats_server, triggers[0])
 
