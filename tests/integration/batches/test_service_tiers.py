@@ -67,11 +67,11 @@ def _headers(stack: BatchStack) -> dict[str, str]:
     return {"authorization": f"Bearer {stack.keys['alpha']}"}
 
 
-def _latencies(stack: BatchStack, tier: str | None) -> list[float]:
+def _latencies(stack: BatchStack, tier: str | None, samples: int = SAMPLES) -> list[float]:
     out = []
     with httpx.Client(base_url=stack.v1, headers=_headers(stack), timeout=30) as client:
         client.post("/chat/completions", json=_body(tier)).raise_for_status()  # warm
-        for _ in range(SAMPLES):
+        for _ in range(samples):
             start = time.perf_counter()
             response = client.post("/chat/completions", json=_body(tier))
             out.append(time.perf_counter() - start)
@@ -151,10 +151,17 @@ def test_priority_is_not_delayed_by_a_default_backlog(tiers: BatchStack) -> None
     alone = _latencies(tiers, "priority")
     with _Load(tiers, "default") as load:
         busy = _latencies(tiers, "priority")
+        # The control: a default request waits behind the backlog the priority ones skip.
+        behind = _latencies(tiers, "default", samples=5)
         backlog = load.pending(Priority.ONLINE)
-    report = _report("priority", alone, busy) + f"; default backlog at the end: {backlog}"
+    report = (
+        _report("priority", alone, busy)
+        + f"; default meanwhile: median {statistics.median(behind) * 1000:.1f} ms"
+        + f"; default backlog at the end: {backlog}"
+    )
     print(report)
     assert backlog >= LOAD_CLIENTS // 2, "the default backlog was gone: " + report
+    assert statistics.median(behind) >= 3 * statistics.median(alone), report
     assert load.reported == {"default"}
     assert statistics.median(busy) <= 1.5 * statistics.median(alone), report
 
