@@ -172,7 +172,10 @@ def test_flex_yields_to_default(tiers: BatchStack) -> None:
         busy = _latencies(tiers, None)
         backlog = load.pending(Priority.BATCH)
         served_during = load.done
-    report = _report("default", alone, busy) + f"; flex backlog at the end: {backlog}"
+    report = (
+        _report("default", alone, busy)
+        + f"; flex backlog at the end: {backlog}; load errors: {load.errors[:3]}"
+    )
     print(report)
     assert backlog >= LOAD_CLIENTS // 2, "the flex backlog was gone: " + report
     assert load.reported == {"flex"}
