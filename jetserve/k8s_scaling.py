@@ -1,16 +1,18 @@
-"""The KEDA ScaledObject of a model: one scaling formula over its two queues.
+"""The KEDA ScaledObject of a model: one scaling formula over its three queues.
 
-Each model's stream has two durable consumers, `online` and `batch`. A `nats-jetstream`
-trigger per consumer reads its lag (`num_pending + num_ack_pending`: waiting plus held by
-workers). KEDA's `advanced.scalingModifiers` combines them into one metric,
+Each model's stream has three durable consumers, `priority`, `online` and `batch` (README:
+"Per-model queue layout"). A `nats-jetstream` trigger per consumer reads its lag
+(`num_pending + num_ack_pending`: waiting plus held by workers). KEDA's
+`advanced.scalingModifiers` combines them into one metric,
 
-    online_lag + batch_lag        target: capacity - online reserve   (AverageValue)
+    priority_lag + online_lag + batch_lag
+                      target: capacity - online reserve - priority reserve   (AverageValue)
 
-so the HPA asks for `ceil((online_lag + batch_lag) / target)` replicas. One trigger per
-consumer with the HPA taking the larger answer would under-count (32 online + 32 batch at
-capacity 32: one replica for 64 requests). The target is what a replica holds while it keeps
-the online reserve free for the next interactive request (workers/intake.py): capacity minus
-that reserve. Activation (scale from zero): the formula above 0.
+so the HPA asks for `ceil(sum of the lags / target)` replicas. One trigger per consumer with
+the HPA taking the larger answer would under-count (32 online + 32 batch at capacity 32: one
+replica for 64 requests). The target is what a replica holds while it keeps the reserves
+free for the next interactive and the next priority request (workers/intake.py): capacity
+minus both. Activation (scale from zero): the formula above 0.
 
 While KEDA's fallback is active (NATS monitoring unreachable for `failureThreshold` polls),
 KEDA does not evaluate the formula: the fallback's replica count applies instead.
@@ -24,7 +26,7 @@ from schemas import names
 from schemas.names import Priority
 from schemas.settings import ConfigError
 from workers.config import ModelSpec
-from workers.intake import online_reserve
+from workers.intake import online_reserve, priority_reserve
 
 Manifest = dict[str, Any]
 
@@ -43,9 +45,10 @@ def capacity(spec: ModelSpec) -> int:
 
 
 def scaling_target(spec: ModelSpec, reserve: int | None = None) -> int:
-    """Requests one replica should hold: its capacity less the online reserve (>= 1)."""
+    """Requests one replica should hold: its capacity less the online and the priority
+    reserve (the workers' defaults), at least 1."""
     cap = capacity(spec)
-    return max(1, cap - online_reserve(cap, reserve))
+    return max(1, cap - online_reserve(cap, reserve) - priority_reserve(cap))
 
 
 def scaled_object(
@@ -99,7 +102,7 @@ def scaled_object(
                 "scalingModifiers": {
                     "formula": FORMULA,
                     "target": target,
-                    # Any request in either queue wakes a model scaled to zero.
+                    # Any request in any queue wakes a model scaled to zero.
                     "activationTarget": "0",
                     "metricType": "AverageValue",
                 },

@@ -38,14 +38,17 @@ def nats_server() -> Iterator[str]:
             server.stop()
 
 
-def spawn(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    args: Sequence[str], env: dict[str, str] | None = None, tree: Path = REPO
+) -> subprocess.Popen[bytes]:
+    """Run `python args` from the source `tree` (this checkout, or another one's copy)."""
     full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = str(REPO)
+    full_env["PYTHONPATH"] = str(tree)
     full_env.update(env or {})
     return subprocess.Popen(
         [sys.executable, *args],
         env=full_env,
-        cwd=REPO,
+        cwd=tree,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -1,7 +1,7 @@
 """Benchmark: the HTTP bridge's chat endpoint against a trivial endpoint of the same server.
 
     python -m loadtest.http_bridge [--connections 64] [--duration-s 5] [--rounds 5]
-                                   [--json out.json]
+                                   [--baseline DIR] [--json out.json]
 
 Needs `wrk` (Debian: `apt-get install -y wrk`), a C load generator that is not the
 bottleneck. One bridge process (`jetserve bridge`, auth off, `JETSERVE_HTTP_ECHO_ROUTE=1`),
@@ -25,6 +25,11 @@ how often per request the bridge was preempted (involuntary context switches: on
 machine the chat run puts the load generator, the bridge, the worker and nats-server on the
 same cores), each round's ratio chat / trivial (the target is >= 0.5), and the median ratios
 chat / trivial, chat without NATS / trivial and chat / healthz.
+
+With `--baseline DIR` (a copy of another commit's source tree, e.g. `git archive <commit> |
+tar -x -C DIR`), a second bridge process runs that code beside this one, on the same NATS and
+worker, and each round also times its chat endpoint (5. `baseline`): the ratio chat /
+baseline chat of each round is a change's cost measured side by side.
 """
 
 from __future__ import annotations
@@ -85,6 +90,16 @@ def _preemptions(pid: int) -> int:
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine() -> str:
+    """The CPU model and core count (the echo model computes nothing: no dtype, no threads)."""
+    name = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    return f"CPU {name}, {os.cpu_count()} cores; echo model (no tensors: no dtype, no threads)"
 
 
 def nats_server_pid(url: str) -> int | None:
@@ -187,6 +202,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             env={**env, "JETSERVE_AUTH": "off", "JETSERVE_HTTP_ECHO_ROUTE": "1"},
         )
         base = f"http://127.0.0.1:{port}"
+        bridges = [bridge]
+        if args.baseline:
+            baseline_port = free_port()
+            bridges.append(
+                spawn(
+                    ["-m", "jetserve", "bridge", "--port", str(baseline_port)],
+                    env={**env, "JETSERVE_AUTH": "off"},
+                    tree=Path(args.baseline).resolve(),
+                )
+            )
         try:
             _wait_http(f"{base}/v1/chat/completions", CHAT_BODY.encode(), 60)
             targets = {
@@ -195,6 +220,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "inproc": (f"{base}/bench/chat", script),
                 "chat": (f"{base}/v1/chat/completions", script),
             }
+            if args.baseline:
+                baseline_url = f"http://127.0.0.1:{baseline_port}/v1/chat/completions"
+                _wait_http(baseline_url, CHAT_BODY.encode(), 60)
+                targets["baseline"] = (baseline_url, script)
             pids = {"bridge": bridge.pid, "worker": worker.pid}
             nats_pid = nats_server_pid(url)
             if nats_pid is not None:
@@ -205,12 +234,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.rounds):
                 rounds.append(
                     {
-                        name: wrk(target, args.connections, args.duration_s, lua, pids)
+                        name: wrk(
+                            target,
+                            args.connections,
+                            args.duration_s,
+                            lua,
+                            {**pids, "bridge": bridges[-1].pid} if name == "baseline" else pids,
+                        )
                         for name, (target, lua) in targets.items()
                     }
                 )
         finally:
-            for proc in (bridge, worker):
+            for proc in (*bridges, worker):
                 proc.terminate()
                 proc.wait(30)
     figures = {
@@ -227,8 +262,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["ratio_inproc"] = statistics.median(
         r["inproc"]["req_per_s"] / r["trivial"]["req_per_s"] for r in rounds
     )
+    if args.baseline:
+        result["vs_baseline_rounds"] = [
+            r["chat"]["req_per_s"] / r["baseline"]["req_per_s"] for r in rounds
+        ]
+        result["vs_baseline"] = statistics.median(result["vs_baseline_rounds"])
     chat, trivial, healthz = figures["chat"], figures["trivial"], figures["healthz"]
     c = args.connections
+    print(machine())
     print(
         f"one bridge process (uvicorn + uvloop + httptools), wrk -t1 -c{c}, {args.duration_s:g}s"
         f" each, {args.rounds} rounds (medians)"
@@ -238,6 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("GET /healthz", healthz),
         ("POST /bench/chat (no NATS)", figures["inproc"]),
         ("POST /v1/chat/completions (echo)", chat),
+        *((("  the same, baseline bridge", figures["baseline"]),) if args.baseline else ()),
     )
     for name, f in rows:
         others = "  ".join(
@@ -255,6 +297,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  ratio chat / trivial               {result['ratio']:8.3f}   (target >= 0.50)")
     print(f"  ratio chat without NATS / trivial  {result['ratio_inproc']:8.2f}")
     print(f"  ratio chat / healthz               {result['ratio_vs_healthz']:8.2f}")
+    if args.baseline:
+        rounds_text = ", ".join(f"{r:.3f}" for r in result["vs_baseline_rounds"])
+        print(f"  ratio chat / baseline chat, rounds {rounds_text}")
+        print(f"  ratio chat / baseline chat         {result['vs_baseline']:8.3f}")
     return result
 
 
@@ -263,6 +309,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--baseline", help="another source tree whose bridge runs beside")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     result = run(args)

@@ -2,9 +2,11 @@
 
 Layout (one stream per model, so each model has its own limits, backlog bound and KEDA trigger):
 
-    stream   jetserve-req-<model>           subjects jetserve.req.<model>.online
+    stream   jetserve-req-<model>           subjects jetserve.req.<model>.priority
+                                                     jetserve.req.<model>.online
                                                      jetserve.req.<model>.batch
-    consumer online / batch                 durable pull consumers, shared by all replicas
+    consumer priority / online / batch      durable pull consumers (one per subject), shared
+                                            by all replicas, served in that order
     cancel   jetserve.cancel.<model>.<id>   core NATS, fan-out to the model's workers
     ping     jetserve.ping.<model>          core NATS request; every live worker answers
     dlq      jetserve-dlq                   subjects jetserve.dlq.<model>
@@ -41,9 +43,14 @@ class InvalidName(ValueError):
 
 
 class Priority(StrEnum):
-    #: Interactive traffic: served first.
+    """A model's queues, in the order workers serve them (each is a subject token and the
+    name of its consumer). OpenAI's `service_tier` maps onto them (schemas/tiers.py)."""
+
+    #: `service_tier: priority`: served before everything else, at every queue.
+    PRIORITY = "priority"
+    #: Interactive traffic (`service_tier: default`).
     ONLINE = "online"
-    #: Batch items: fill capacity that online traffic leaves free.
+    #: Batch items and `service_tier: flex`: fill capacity that online traffic leaves free.
     BATCH = "batch"
 
 

@@ -166,6 +166,7 @@ async def _quarantine_run(order: list[str]) -> tuple[Intake, dict[str, asyncio.E
         return consumers[-1]
 
     intake = Intake(
+        priority=factory,
         online=factory,
         batch=factory,
         capacity=lambda: 8,
@@ -279,6 +280,7 @@ async def test_a_message_only_handed_back_is_no_suspect() -> None:
 
     handbacks = HandBacks(_KV())  # type: ignore[arg-type]
     intake = Intake(
+        priority=factory,
         online=factory,
         batch=factory,
         capacity=lambda: 8,

@@ -262,7 +262,8 @@ def test_worker_deployment_and_scaling(models_file: Path, tmp_path: Path) -> Non
     assert scaled["echo"]["spec"]["minReplicaCount"] == 0  # scale to zero
     for t in so["triggers"]:
         assert t["type"] == "nats-jetstream"
-        assert t["metadata"]["lagThreshold"] == "36"  # capacity 48 less the online reserve
+        # Capacity 48 less the online reserve (12) and the priority reserve (1).
+        assert t["metadata"]["lagThreshold"] == "35"
         assert t["metadata"]["activationLagThreshold"] == "0"
         assert t["metadata"]["account"] == "JETSERVE"  # prod's NATS has accounts
         assert t["metadata"]["natsServerMonitoringEndpoint"] == (

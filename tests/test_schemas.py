@@ -63,7 +63,11 @@ def test_bad_request_ids(request_id: str) -> None:
 
 def test_subject_layout() -> None:
     assert names.request_subject("m1", Priority.BATCH) == "jetserve.req.m1.batch"
-    assert names.request_subjects("m1") == ["jetserve.req.m1.online", "jetserve.req.m1.batch"]
+    assert names.request_subjects("m1") == [
+        "jetserve.req.m1.priority",
+        "jetserve.req.m1.online",
+        "jetserve.req.m1.batch",
+    ]
     assert names.stream_name("m1") == "jetserve-req-m1"
     assert names.model_from_request_subject("jetserve.req.m1.online") == "m1"
     assert names.cancel_subject("m1", "abc") == "jetserve.cancel.m1.abc"

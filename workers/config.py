@@ -115,6 +115,9 @@ class WorkerConfig:
     #: Pull credit kept waiting on the online consumer while it is idle, so an online request
     #: never waits behind batch pulls; None: a quarter of the capacity.
     online_reserve: int | None = None
+    #: Pull credit always kept on the priority consumer (at least 1): what online work may
+    #: not hold, so a priority request is delivered at once. Its requests run first.
+    priority_reserve: int = 1
     #: Port for /metrics, /healthz, /readyz (workers/probes.py); 0: a free port; -1: none.
     metrics_port: int = -1
     #: Port on 127.0.0.1 that also serves /drain (the preStop hook, run inside the pod);
@@ -136,6 +139,7 @@ class WorkerConfig:
             duplicate_window_s=get_float(env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0),
             stream_replicas=get_int(env, "JETSERVE_STREAM_REPLICAS", 1, minimum=1),
             online_reserve=None if reserve < 0 else reserve,
+            priority_reserve=get_int(env, "JETSERVE_PRIORITY_RESERVE", 1, minimum=1),
             metrics_port=get_int(env, "JETSERVE_WORKER_METRICS_PORT", -1, minimum=-1),
             drain_port=get_int(env, "JETSERVE_WORKER_DRAIN_PORT", -1, minimum=-1),
             queue_poll_s=get_float(env, "JETSERVE_QUEUE_POLL_S", 5.0, minimum=0.1),

@@ -3,10 +3,12 @@
 Invariant: messages in flight + pull credit outstanding <= the backend's capacity. The backlog
 therefore stays in the stream (visible to KEDA as `num_pending`), and a replica never hoards.
 
-Priority: online first. While the online consumer has a backlog, all free capacity is offered
-to it. While it is idle, a small reserve of credit stays waiting on it (so an online request is
-delivered the moment it is published) and the rest of the free capacity goes to the batch
-consumer. `plan_pulls` is that policy as a pure function.
+Priority: the consumers are served in order, priority, online, batch (README: "Per-model
+queue layout"). The first one with a backlog is offered all free capacity. One without a
+backlog keeps a small reserve of credit waiting on it (so its next request is delivered the
+moment it is published): online while idle, priority always (even while online has a backlog,
+so a priority request never waits behind online work in the stream). The rest of the free
+capacity goes to the batch consumer. `plan_pulls` is that policy as a pure function.
 
 Quarantine: a redelivered message whose earlier delivery ended in a crash (its worker died or
 its `ack_wait` ran out) is a suspect. Suspects run in groups, with nothing else running
@@ -60,6 +62,11 @@ class PullState:
     online_reserve: int
     #: Smallest pull worth a request while credit is already outstanding.
     min_pull: int
+    #: The same for the priority consumer, served before online. Its reserve is kept even
+    #: while online has a backlog: a priority request never waits behind online work.
+    priority_outstanding: int = 0
+    priority_backlog: bool = False
+    priority_reserve: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,30 +75,41 @@ class PullPlan:
     batch: int
     #: Take back the batch consumer's outstanding credit first (it stands in online's way).
     withdraw_batch: bool = False
+    priority: int = 0
 
 
 def plan_pulls(s: PullState) -> PullPlan:
-    """What to request now. Online is offered all free capacity while it has a backlog, and
-    at least `online_reserve` credit while idle; batch gets what is left."""
-    free = s.capacity - s.in_flight - s.online_outstanding - s.batch_outstanding
+    """What to request now. The consumers are served in order: priority, online, batch.
+    The first one with a backlog is offered all free capacity (the batch credit withdrawn
+    for it) and the ones after it get nothing; one without a backlog gets at least its
+    reserve; batch gets what is left."""
+    upper = (
+        (s.priority_outstanding, s.priority_backlog, s.priority_reserve),
+        (s.online_outstanding, s.online_backlog, s.online_reserve),
+    )
+    free = s.capacity - s.in_flight - s.batch_outstanding - sum(u[0] for u in upper)
     batch_out = s.batch_outstanding
-    if s.online_backlog:
-        want_online = max(0, free) + batch_out
-    else:
-        want_online = max(0, s.online_reserve - s.online_outstanding)
-    withdraw = batch_out > 0 and want_online > max(0, free)
+    wants = 0
+    for outstanding, backlog, reserve in upper:
+        if backlog:
+            wants += max(0, free) + batch_out
+            break
+        wants += max(0, reserve - outstanding)
+    withdraw = batch_out > 0 and wants > max(0, free)
     if withdraw:
         free += batch_out
         batch_out = 0
-    if free <= 0:
-        return PullPlan(0, 0, withdraw)
-    if s.online_backlog:
-        take = free if free >= s.min_pull or s.online_outstanding == 0 else 0
-        return PullPlan(take, 0, withdraw)
-    online = min(free, want_online)
-    rest = free - online
-    batch = rest if rest > 0 and (rest >= s.min_pull or batch_out == 0) else 0
-    return PullPlan(online, batch, withdraw)
+    credit = [0, 0]
+    for i, (outstanding, backlog, reserve) in enumerate(upper):
+        if free <= 0:
+            break
+        if backlog:
+            credit[i] = free if free >= s.min_pull or outstanding == 0 else 0
+            return PullPlan(credit[1], 0, withdraw, credit[0])
+        credit[i] = min(free, max(0, reserve - outstanding))
+        free -= credit[i]
+    batch = free if free > 0 and (free >= s.min_pull or batch_out == 0) else 0
+    return PullPlan(credit[1], batch, withdraw, credit[0])
 
 
 def online_reserve(capacity: int, setting: int | None = None) -> int:
@@ -118,30 +136,52 @@ def next_group(suspects: list[tuple[Msg, int]], capacity: int) -> list[Msg]:
     return group
 
 
+def priority_reserve(capacity: int, setting: int | None = None) -> int:
+    """Credit always kept on the priority consumer: the setting, else 1 (never less: the
+    credit is how a priority backlog is noticed). It is taken from what online work may
+    hold (capacity - 1 with an online backlog), so a priority request is delivered the
+    moment it is published; once one arrives with more behind it, all free capacity goes
+    to priority. At most capacity - 1: online work always has a slot (a worker of capacity
+    1 cannot keep credit on two consumers, and keeps none on priority)."""
+    return max(0, min(max(1, 1 if setting is None else setting), capacity - 1))
+
+
 MessageHandler = Callable[[Msg], Coroutine[Any, Any, None]]
 
 
+ConsumerFactory = Callable[[Callable[[Msg], None], Callable[[str], None]], PullConsumer]
+
+
 class Intake:
-    """Owns the two pull consumers of one model and the set of in-flight messages."""
+    """Owns the three pull consumers of one model and the set of in-flight messages."""
 
     def __init__(
         self,
         *,
-        online: Callable[[Callable[[Msg], None], Callable[[str], None]], PullConsumer],
-        batch: Callable[[Callable[[Msg], None], Callable[[str], None]], PullConsumer],
+        priority: ConsumerFactory,
+        online: ConsumerFactory,
+        batch: ConsumerFactory,
         capacity: Callable[[], int],
         handle: MessageHandler,
         in_progress_every_s: float,
         online_reserve: int | None = None,
+        priority_reserve: int | None = None,
         handbacks: HandBacks | None = None,
         group_settle_s: float = GROUP_SETTLE_S,
     ) -> None:
-        self._online = online(lambda m: self._accept(m, Priority.ONLINE), self._online_ended)
+        self._priority = priority(
+            lambda m: self._accept(m, Priority.PRIORITY), self._ended(Priority.PRIORITY)
+        )
+        self._online = online(
+            lambda m: self._accept(m, Priority.ONLINE), self._ended(Priority.ONLINE)
+        )
         self._batch = batch(lambda m: self._accept(m, Priority.BATCH), lambda _s: self._kick())
+        self._consumers = (self._priority, self._online, self._batch)
         self._capacity = capacity
         self._handle = handle
         self._in_progress_every_s = in_progress_every_s
         self._reserve_setting = online_reserve
+        self._priority_reserve_setting = priority_reserve
         self._handbacks = handbacks
         self._group_settle_s = group_settle_s
         #: Redeliveries whose hand-backs are being looked up (held in `_waiting` meanwhile).
@@ -157,7 +197,8 @@ class Intake:
         self._group: set[asyncio.Task[None]] = set()
         self._group_forming = False
         self._grouping: asyncio.Task[None] | None = None
-        self._online_backlog = False
+        #: Consumers known to have messages waiting (priority and online are tracked).
+        self._backlog: set[Priority] = set()
         self._open = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -174,8 +215,8 @@ class Intake:
         return list(self._in_flight)
 
     async def start(self) -> None:
-        await self._online.start()
-        await self._batch.start()
+        for consumer in self._consumers:
+            await consumer.start()
         self._open = True
         self._tasks = [
             asyncio.create_task(self._pull_loop(), name="intake-pull"),
@@ -183,8 +224,8 @@ class Intake:
         ]
 
     def on_reconnect(self) -> None:
-        self._online.reset()
-        self._batch.reset()
+        for consumer in self._consumers:
+            consumer.reset()
         self._kick()
 
     async def close(self) -> None:
@@ -215,25 +256,31 @@ class Intake:
         return True
 
     async def unsubscribe(self) -> None:
-        await self._online.stop()
-        await self._batch.stop()
+        for consumer in self._consumers:
+            await consumer.stop()
 
     def _kick(self) -> None:
         self._wake.set()
 
-    def _online_ended(self, status: str) -> None:
-        # A pull request on the online consumer ended unfilled: nothing is waiting there.
-        self._online_backlog = False
-        self._kick()
+    def _ended(self, priority: Priority) -> Callable[[str], None]:
+        def ended(status: str) -> None:
+            # A pull request on this consumer ended unfilled: nothing is waiting there.
+            self._backlog.discard(priority)
+            self._kick()
+
+        return ended
 
     def _accept(self, msg: Msg, priority: Priority) -> None:
         if not self._open:
             asyncio.get_running_loop().create_task(self._hand_back(msg))
             return
         info = ack_info(msg.reply)
-        if priority is Priority.ONLINE:
-            self._online_backlog = info is not None and info.pending > 0
-            self._kick()  # top the online credit up again
+        if priority is not Priority.BATCH:
+            if info is not None and info.pending > 0:
+                self._backlog.add(priority)
+            else:
+                self._backlog.discard(priority)
+            self._kick()  # top the credit up again
         self._idle.clear()
         if info is not None and info.delivered > 1:
             if self._handbacks is not None:  # redeliveries only: why was it redelivered?
@@ -356,33 +403,37 @@ class Intake:
         # In quarantine the worker still pulls up to its capacity: more suspects join the next
         # group, and first deliveries wait for the suspects (held, kept alive).
         capacity = self._capacity()
-        reserve = online_reserve(capacity, self._reserve_setting)
         return PullState(
             capacity=capacity,
             in_flight=self.in_flight,
             online_outstanding=self._online.outstanding,
             batch_outstanding=self._batch.outstanding,
-            online_backlog=self._online_backlog,
-            online_reserve=reserve,
+            online_backlog=Priority.ONLINE in self._backlog,
+            online_reserve=online_reserve(capacity, self._reserve_setting),
             min_pull=max(1, capacity // 8),
+            priority_outstanding=self._priority.outstanding,
+            priority_backlog=Priority.PRIORITY in self._backlog,
+            priority_reserve=priority_reserve(capacity, self._priority_reserve_setting),
         )
 
     async def _pull_loop(self) -> None:
         while self._open:
-            self._online.forget_expired()
-            self._batch.forget_expired()
+            for consumer in self._consumers:
+                consumer.forget_expired()
             plan = plan_pulls(self._state())
             try:
                 if plan.withdraw_batch:
                     await self._batch.withdraw()
+                if plan.priority:
+                    await self._priority.pull(plan.priority, ONLINE_EXPIRES_S)
                 if plan.online:
                     await self._online.pull(plan.online, ONLINE_EXPIRES_S)
                 if plan.batch:
                     await self._batch.pull(plan.batch, BATCH_EXPIRES_S)
             except Exception as exc:  # disconnected: credit is re-planned after reconnect
                 log.warning("pull request failed: %s", exc)
-                self._online.reset()
-                self._batch.reset()
+                for consumer in self._consumers:
+                    consumer.reset()
                 await asyncio.sleep(0.2)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

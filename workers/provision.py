@@ -22,7 +22,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from natsio.streams import ensure_stream, work_queue_stream
+from natsio.streams import STREAM_NAME_IN_USE_CODE, ensure_stream, work_queue_stream
 from schemas import names
 from schemas.names import Priority
 from workers.handbacks import MAX_CRASH_DELIVERIES, MAX_HANDBACKS
@@ -105,7 +105,7 @@ async def provision_handbacks(js: JetStreamContext, replicas: int = 1) -> None:
         try:
             await js.create_key_value(config)
         except BadRequestError as exc:  # created concurrently by another replica
-            if exc.err_code != 10058:
+            if exc.err_code != STREAM_NAME_IN_USE_CODE:
                 raise
 
 

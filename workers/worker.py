@@ -162,12 +162,14 @@ class Worker:
             )
 
         intake = Intake(
+            priority=consumer(Priority.PRIORITY),
             online=consumer(Priority.ONLINE),
             batch=consumer(Priority.BATCH),
             capacity=self.backend.capacity,
             handle=handler,
             in_progress_every_s=max(0.2, self.config.ack_wait_s / 3),
             online_reserve=self.config.online_reserve,
+            priority_reserve=self.config.priority_reserve,
             handbacks=handbacks,
         )
         self._intake = intake

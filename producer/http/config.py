@@ -35,6 +35,8 @@ class BridgeConfig:
     #: A request's deadline when the client names none, and the most it may ask for with
     #: the `X-Jetserve-Timeout-S` header.
     timeout_s: float = 600.0
+    #: The same for `service_tier: flex` (it waits for capacity online work leaves free).
+    flex_timeout_s: float = 1800.0
     #: A request no worker has answered within this time, for a model no worker answers a
     #: ping for, is cancelled with 503.
     no_worker_timeout_s: float = 10.0
@@ -73,6 +75,7 @@ class BridgeConfig:
             port=get_int(env, "JETSERVE_HTTP_PORT", 8000, minimum=0),
             auth=auth,
             timeout_s=get_float(env, "JETSERVE_HTTP_TIMEOUT_S", 600.0, minimum=0.1),
+            flex_timeout_s=get_float(env, "JETSERVE_HTTP_FLEX_TIMEOUT_S", 1800.0, minimum=0.1),
             no_worker_timeout_s=get_float(env, "JETSERVE_NO_WORKER_TIMEOUT_S", 10.0, minimum=0.1),
             max_body_bytes=get_int(env, "JETSERVE_HTTP_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             key_cache_ttl_s=get_float(env, "JETSERVE_KEY_CACHE_TTL_S", 10.0, minimum=0.0),

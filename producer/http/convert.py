@@ -200,12 +200,16 @@ def chat_logprobs(items: list[TokenLogprobs] | None) -> oa.ChoiceLogprobs | None
     )
 
 
-def chat_response(result: FinalResult, response_id: str, created: int) -> oa.ChatCompletion:
+def chat_response(
+    result: FinalResult, response_id: str, created: int, tier: str | None = None
+) -> oa.ChatCompletion:
     text, logprobs, tool_calls = text_of(result)
     # OpenAI: content is null when the model called tools without writing text.
     message = oa.AssistantMessage("assistant", text or None if tool_calls else text, tool_calls)
     choice = oa.ChatChoice(0, message, chat_logprobs(logprobs), finish_reason(result.finish_reason))
-    return oa.ChatCompletion(response_id, created, result.model, [choice], usage(result))
+    return oa.ChatCompletion(
+        response_id, created, result.model, [choice], usage(result), service_tier=tier
+    )
 
 
 def completion_logprobs(items: list[TokenLogprobs] | None) -> oa.CompletionLogprobs | None:
@@ -223,13 +227,15 @@ def completion_logprobs(items: list[TokenLogprobs] | None) -> oa.CompletionLogpr
     )
 
 
-def completion_response(result: FinalResult, response_id: str, created: int) -> oa.Completion:
+def completion_response(
+    result: FinalResult, response_id: str, created: int, tier: str | None = None
+) -> oa.Completion:
     text, logprobs, _ = text_of(result)
     choice = oa.CompletionChoice(
         0, text, completion_logprobs(logprobs), finish_reason(result.finish_reason)
     )
     return oa.Completion(
-        response_id, "text_completion", created, result.model, [choice], usage(result)
+        response_id, "text_completion", created, result.model, [choice], usage(result), tier
     )
 
 

@@ -35,34 +35,52 @@ EMBEDDING = Endpoint(msgspec.json.Decoder(oa.EmbeddingRequest), convert.embeddin
 
 
 def response(
-    endpoint: Endpoint, parsed: Any, result: FinalResult, response_id: str, created: int
+    endpoint: Endpoint,
+    parsed: Any,
+    result: FinalResult,
+    response_id: str,
+    created: int,
+    tier: str | None = None,
 ) -> Any:
+    """`tier`: the service tier that served it (chat and completions report it)."""
     if endpoint is CHAT:
-        return convert.chat_response(result, response_id, created)
+        return convert.chat_response(result, response_id, created, tier)
     if endpoint is COMPLETION:
-        return convert.completion_response(result, response_id, created)
+        return convert.completion_response(result, response_id, created, tier)
     return convert.embedding_response(result, parsed.encoding_format)
 
 
 def chat_chunk(
-    rid: str, created: int, model: str, delta: oa.Delta | str | None, reason: str | None = None
+    rid: str,
+    created: int,
+    model: str,
+    delta: oa.Delta | str | None,
+    reason: str | None = None,
+    tier: str | None = None,
 ) -> oa.ChatCompletionChunk:
     if not isinstance(delta, oa.Delta):
         delta = oa.Delta(content=delta)
     return oa.ChatCompletionChunk(
-        rid, CHUNK, created, model, [oa.ChatChunkChoice(0, delta, None, reason)]
+        rid, CHUNK, created, model, [oa.ChatChunkChoice(0, delta, None, reason)], None, tier
     )
 
 
 def text_chunk(
-    rid: str, created: int, model: str, text: str | None, reason: str | None = None
+    rid: str,
+    created: int,
+    model: str,
+    text: str | None,
+    reason: str | None = None,
+    tier: str | None = None,
 ) -> oa.Completion:
     return oa.Completion(
-        rid, TEXT, created, model, [oa.CompletionChoice(0, text or "", None, reason)]
+        rid, TEXT, created, model, [oa.CompletionChoice(0, text or "", None, reason)], None, tier
     )
 
 
-def usage_chunk(chat: bool, rid: str, created: int, model: str, result: FinalResult) -> Any:
+def usage_chunk(
+    chat: bool, rid: str, created: int, model: str, result: FinalResult, tier: str | None = None
+) -> Any:
     if chat:
-        return oa.ChatCompletionChunk(rid, CHUNK, created, model, [], convert.usage(result))
-    return oa.Completion(rid, TEXT, created, model, [], convert.usage(result))
+        return oa.ChatCompletionChunk(rid, CHUNK, created, model, [], convert.usage(result), tier)
+    return oa.Completion(rid, TEXT, created, model, [], convert.usage(result), tier)

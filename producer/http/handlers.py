@@ -38,6 +38,8 @@ from producer.http.idempotency import Idempotency, StoredCall, token
 from producer.http.sse import DONE, event
 from schemas import names
 from schemas.messages import FinalResult, StreamChunk
+from schemas.names import Priority
+from schemas.tiers import reported_tier, tier_queue
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,13 @@ class Bridge:
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         return await require_principal(self.auth, headers.get(AUTHORIZATION_HEADER))
 
-    def _timeout_s(self, headers: Mapping[str, str]) -> float:
+    def _timeout_s(self, headers: Mapping[str, str], queue: Priority) -> float:
+        """The header's timeout, else the default; both capped at the default. A `flex`
+        request (the batch queue) has its own, longer default."""
+        limit = self.config.flex_timeout_s if queue is Priority.BATCH else self.config.timeout_s
         raw = headers.get(TIMEOUT_HEADER)
         if raw is None:
-            return self.config.timeout_s
+            return limit
         try:
             value = float(raw)
         except ValueError:
@@ -106,7 +111,7 @@ class Bridge:
             raise invalid(
                 f"{TIMEOUT_HEADER} must be a positive number of seconds.", "X-Jetserve-Timeout-S"
             )
-        return min(value, self.config.timeout_s)
+        return min(value, limit)
 
     async def post(
         self,
@@ -124,7 +129,8 @@ class Bridge:
             parsed = endpoint.decoder.decode(body)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise from_decode_error(exc) from None
-        timeout_s = self._timeout_s(headers)
+        queue = tier_queue(getattr(parsed, "service_tier", None))
+        timeout_s = self._timeout_s(headers, queue)
         key = headers.get(IDEMPOTENCY_HEADER)
         if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
             raise invalid(
@@ -138,6 +144,7 @@ class Bridge:
             created_ms=now_ms,
             deadline_ms=now_ms + int(timeout_s * 1000),
             idempotency_key=key,
+            priority=queue,
         )
         streaming = request.stream
         call: Call | StoredCall
@@ -160,16 +167,18 @@ class Bridge:
         # An idempotent retry answers with the first attempt's `created`: identical bodies.
         created = getattr(call, "created_s", None) or now_ms // 1000
         response_id = endpoint.id_prefix + request.id
+        tier = reported_tier(queue)
         if streaming:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return Reply(
-                stream=self._sse(endpoint, call, first, response_id, created, include_usage)
+                stream=self._sse(endpoint, call, first, response_id, created, include_usage, tier)
             )
         try:
             result = first if isinstance(first, FinalResult) else await call.result()
         finally:
             await call.close()
-        return Reply(body=_encoder.encode(response(endpoint, parsed, result, response_id, created)))
+        body = response(endpoint, parsed, result, response_id, created, tier)
+        return Reply(body=_encoder.encode(body))
 
     async def _sse(
         self,
@@ -179,6 +188,7 @@ class Bridge:
         response_id: str,
         created: int,
         include_usage: bool,
+        tier: str,
     ) -> AsyncIterator[bytes]:
         chat = endpoint is CHAT
         model = call.request.model
@@ -186,30 +196,29 @@ class Bridge:
         streamed = False
         try:
             if chat:
-                yield event(
-                    chat_chunk(response_id, created, model, oa.Delta(role="assistant", content=""))
-                )
+                role = oa.Delta(role="assistant", content="")
+                yield event(chat_chunk(response_id, created, model, role, None, tier))
             item = first
             calls_streamed = False
             while isinstance(item, StreamChunk):
                 if item.delta:
                     streamed = True
-                    yield event(frame(response_id, created, model, item.delta))
+                    yield event(frame(response_id, created, model, item.delta, None, tier))
                 if chat and item.tool_calls:
                     calls_streamed = True
                     delta = oa.Delta(tool_calls=convert.tool_call_deltas(item.tool_calls))
-                    yield event(chat_chunk(response_id, created, model, delta))
+                    yield event(chat_chunk(response_id, created, model, delta, None, tier))
                 item = await call.next()
             text, _, tool_calls = convert.text_of(item)
             if text and not streamed:  # not relayed in chunks (an idempotent retry)
-                yield event(frame(response_id, created, model, text))
+                yield event(frame(response_id, created, model, text, None, tier))
             if chat and tool_calls and not calls_streamed:
                 delta = oa.Delta(tool_calls=convert.tool_call_deltas(tool_calls))
-                yield event(chat_chunk(response_id, created, model, delta))
+                yield event(chat_chunk(response_id, created, model, delta, None, tier))
             reason = convert.finish_reason(item.finish_reason)
-            yield event(frame(response_id, created, model, None, reason))
+            yield event(frame(response_id, created, model, None, reason, tier))
             if include_usage:
-                yield event(usage_chunk(chat, response_id, created, model, item))
+                yield event(usage_chunk(chat, response_id, created, model, item, tier))
         except ApiError as exc:
             log.info("stream %s ended with %d %s", response_id, exc.status, exc.code)
             yield b"data: " + exc.body() + b"\n\n"

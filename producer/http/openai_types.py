@@ -46,6 +46,8 @@ class _Sampling(msgspec.Struct, frozen=True, kw_only=True):
     #: Refused when not empty: not supported.
     logit_bias: dict[str, float] | None = None
     user: Annotated[str, Meta(max_length=256)] | None = None
+    #: OpenAI's tiers (schemas/tiers.py); checked there, so a bad value names the param.
+    service_tier: str | None = None
     # vLLM's extras. top_k -1 (vLLM) and 0 both mean "off".
     top_k: Annotated[int, Meta(ge=-1)] | None = None
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
@@ -145,6 +147,8 @@ class ChatCompletion(msgspec.Struct, frozen=True):
     choices: list[ChatChoice]
     usage: Usage
     object: str = "chat.completion"
+    #: The tier that served the request (schemas/tiers.py).
+    service_tier: str | None = None
     system_fingerprint: str | None = None
 
 
@@ -169,6 +173,7 @@ class ChatCompletionChunk(msgspec.Struct, frozen=True, omit_defaults=True):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    service_tier: str | None = None
 
 
 class CompletionLogprobs(msgspec.Struct, frozen=True):
@@ -193,6 +198,7 @@ class Completion(msgspec.Struct, frozen=True, omit_defaults=True):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    service_tier: str | None = None
 
 
 class Embedding(msgspec.Struct, frozen=True):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from schemas.errors import ErrorCode
+from schemas.names import Priority
 from schemas.params import SamplingParams
 from workers.engine.engine import Engine
 from workers.engine.sequence import EngineRequest, Status
@@ -241,7 +242,9 @@ def test_preemption_recomputes_and_output_is_unchanged(
         before = {s.id: s.preemptions for s in engine.scheduler.running}
         for out in engine.step():
             outputs.setdefault(out.id, []).extend(out.token_ids)
-        preempted += sum(1 for s in engine.scheduler.online if before.get(s.id) is not None)
+        preempted += sum(
+            1 for s in engine.scheduler.waiting[Priority.ONLINE] if before.get(s.id) is not None
+        )
     assert preempted > 0
     assert [outputs[str(i)] for i in range(3)] == reference
 

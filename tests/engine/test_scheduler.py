@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from schemas.names import Priority
 from schemas.params import SamplingParams
 from workers.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from workers.engine.sequence import EngineRequest, Sequence, Status
@@ -15,6 +16,7 @@ def make_seq(
     max_tokens: int,
     *,
     online: bool = True,
+    priority: Priority | None = None,
     name: str | None = None,
     first: int = 0,
 ) -> Sequence:
@@ -25,7 +27,7 @@ def make_seq(
         prompt_token_ids=list(range(first, first + prompt_len)),
         params=SamplingParams(),
         max_tokens=max_tokens,
-        online=online,
+        priority=priority or (Priority.ONLINE if online else Priority.BATCH),
     )
     seq = Sequence(req, arrival)
     sched.add(seq)
@@ -106,6 +108,28 @@ def test_decodes_are_not_starved_by_prefills() -> None:
     out = fake_step(sched)
     by_seq = {s.seq: s.num_tokens for s in out.scheduled}
     assert by_seq == {running: 1, late: 9}
+
+
+def test_admission_follows_the_priority_order() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_seqs=1, max_num_batched_tokens=100))
+    batch = make_seq(sched, 4, 1, priority=Priority.BATCH)
+    online = make_seq(sched, 4, 1, priority=Priority.ONLINE)
+    first = make_seq(sched, 4, 1, priority=Priority.PRIORITY)
+    second = make_seq(sched, 4, 1, priority=Priority.PRIORITY)
+    admitted = [[s.seq for s in fake_step(sched).scheduled] for _ in range(4)]
+    assert admitted == [[first], [second], [online], [batch]]
+
+
+def test_online_is_preempted_before_a_newer_priority_sequence() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=1000, num_kv_blocks=4))
+    online = make_seq(sched, 10, 30, priority=Priority.ONLINE)
+    fake_step(sched)
+    first = make_seq(sched, 10, 30, priority=Priority.PRIORITY, first=100)
+    victims: list[Sequence] = []
+    while not victims:
+        victims = fake_step(sched).preempted
+    assert victims == [online]
+    assert first.status is Status.RUNNING
 
 
 def test_online_is_admitted_before_batch() -> None:

@@ -112,6 +112,7 @@ CATALOG: list[Case] = [
     Case("http-stream-not-bool", "http", "stream: \"yes\"", "400 invalid_request, param stream"),
     Case("http-temperature-out-of-range", "http", "temperature 5", "400 invalid_request, param temperature", "tests/integration/test_http_bridge.py::test_400_names_the_parameter"),
     Case("http-n-2", "http", "n 2", "400 invalid_request, param n", "tests/integration/test_http_bridge.py::test_400_names_the_parameter"),
+    Case("http-bad-service-tier", "http", "service_tier \"turbo\", \"\", 5, a list, an object (chat and completions)", "400 invalid_request, param service_tier", "tests/integration/batches/test_service_tiers.py::test_a_bad_service_tier_is_refused_naming_the_param"),
     *[
         Case(f"http-model-{k}", "http", f"model {v!r}", "404 model_not_found, param model")
         for k, v in TRICKY_MODELS.items()

@@ -52,7 +52,7 @@ async def test_sigkill_with_requests_in_flight_loses_nothing(
     nc: NATS, model_name: str, start_worker: Any, tmp_path: Path
 ) -> None:
     record = tmp_path / "done.txt"
-    opts = {"record": str(record), "capacity": 8}
+    opts = {"record": str(record), "capacity": 9}
     first = start_worker(
         model_name, "tests.models:SlowModel", options=opts, JETSERVE_ACK_WAIT_S="2"
     )
@@ -72,6 +72,8 @@ async def test_sigkill_with_requests_in_flight_loses_nothing(
     await client.close()
 
 
+# Each worker's capacity is one more than the requests it should hold from the online
+# backlog: one credit always stays on the priority consumer.
 async def _ack_pending_is(nc: NATS, model: str, n: int) -> bool:
     return await _ack_pending(nc, model) == n
 
@@ -80,7 +82,7 @@ async def test_sigterm_drains_in_flight_and_hands_nothing_back(
     nc: NATS, model_name: str, start_worker: Any, tmp_path: Path
 ) -> None:
     record = tmp_path / "done.txt"
-    opts = {"record": str(record), "capacity": 4}
+    opts = {"record": str(record), "capacity": 5}
     first = start_worker(
         model_name, "tests.models:SlowModel", options=opts, JETSERVE_DRAIN_TIMEOUT_S="10"
     )
@@ -110,7 +112,8 @@ async def test_sigterm_past_the_drain_timeout_hands_work_back(
     suspects: the next worker serves them at once (not after ack_wait) and side by side (not
     one by one, which would take 32 x 2 s)."""
     record = tmp_path / "done.txt"
-    opts = {"record": str(record), "capacity": 32}
+    # 33: one slot of credit stays on the priority consumer, 32 hold the online requests.
+    opts = {"record": str(record), "capacity": 33}
     first = start_worker(
         model_name, "tests.models:SlowModel", options=opts, JETSERVE_DRAIN_TIMEOUT_S="0.5"
     )

@@ -18,6 +18,7 @@ from jetserve.k8s import OVERLAYS, RenderOptions, render_file
 from jetserve.servers import NatsServer
 from producer.client import Client, make_request
 from schemas import names
+from workers.intake import priority_reserve
 
 from ..conftest import REPO, child_env, wait_for_workers
 from ..keda import StreamNotFound, keda_lag
@@ -25,6 +26,9 @@ from ..keda import StreamNotFound, keda_lag
 pytestmark = pytest.mark.integration
 
 CAPACITY = 3
+#: What a worker takes from an online backlog: its capacity less the credit it always keeps
+#: on the priority consumer.
+ONLINE_HELD = CAPACITY - priority_reserve(CAPACITY)
 
 
 def _models_file(tmp_path: Path, model: str) -> Path:
@@ -56,7 +60,7 @@ async def test_provision_creates_the_scaledobjects_consumers_before_any_worker(
 ) -> None:
     models_file = _models_file(tmp_path, model_name)
     triggers = _triggers(models_file)
-    assert {t["consumer"] for t in triggers} == {"online", "batch"}
+    assert {t["consumer"] for t in triggers} == {"priority", "online", "batch"}
     with pytest.raises(StreamNotFound):  # what KEDA would see before provisioning
         await _reading(nats_server, triggers[0])
 
@@ -94,19 +98,19 @@ async def test_lag_is_the_backlog_and_a_worker_holds_at_most_its_capacity(
     end = loop.time() + 10
     while True:
         first = await _reading(nats_server, triggers["online"])
-        if first.num_ack_pending == CAPACITY and first.stream_messages == total:
+        if first.num_ack_pending == ONLINE_HELD and first.stream_messages == total:
             break
         assert loop.time() < end, first
         await asyncio.sleep(0.02)
     # Nothing finished yet (1 s of work): the lag is the whole backlog.
     assert first.lag == total
-    assert first.num_pending == total - CAPACITY
+    assert first.num_pending == total - ONLINE_HELD
 
     readings = []
     while not all(t.done() for t in pending):
         reading = await _reading(nats_server, triggers["online"])
         readings.append(reading)
-        assert reading.num_ack_pending <= CAPACITY  # the worker never holds more
+        assert reading.num_ack_pending <= ONLINE_HELD  # the worker never holds more
         # Work-queue stream: every stored request is waiting or in flight, and nothing else.
         assert reading.lag == reading.stream_messages
         await asyncio.sleep(0.05)
@@ -136,8 +140,10 @@ async def test_lag_counts_messages_held_by_every_replica(
     end = loop.time() + 10
     while True:
         reading = await asyncio.to_thread(keda_lag, nats_server.monitor_url, "$G", stream, consumer)
-        assert reading.num_ack_pending <= 4  # two replicas of capacity 2
-        if reading.num_ack_pending == 4:
+        # Two replicas of capacity 2, each keeping one credit on the priority consumer.
+        held = 2 * (2 - priority_reserve(2))
+        assert reading.num_ack_pending <= held
+        if reading.num_ack_pending == held:
             break
         assert loop.time() < end, reading
         await asyncio.sleep(0.02)

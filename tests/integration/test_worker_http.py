@@ -63,7 +63,7 @@ async def test_metrics_and_probes_of_a_worker_process(
     worker = start_worker(
         model_name,
         "tests.models:SlowModel",
-        options={"capacity": 2},
+        options={"capacity": 3},
         JETSERVE_WORKER_METRICS_PORT=str(port),
         JETSERVE_WORKER_DRAIN_PORT=str(drain_port),
         JETSERVE_QUEUE_POLL_S="0.2",
@@ -75,7 +75,8 @@ async def test_metrics_and_probes_of_a_worker_process(
     await _until(ready)
     assert await _get(f"{base}/healthz") == (200, "ok\n")
 
-    # 6 requests of 1.5 s on a worker that holds 2: 2 in flight, 4 waiting in the stream.
+    # 6 requests of 1.5 s on a worker of capacity 3 that holds 2 of them (one credit stays on
+    # the priority consumer): 2 in flight, 4 waiting in the stream.
     client = Client(nc)
     requests = [make_request(model_name, "predict", {"sleep_s": 1.5}) for _ in range(6)]
     pending = [asyncio.create_task(client.request_obj(r, 60)) for r in requests]
@@ -88,7 +89,7 @@ async def test_metrics_and_probes_of_a_worker_process(
         return body if (waiting, held) == (4.0, 2.0) else None
 
     body = await _until(queue_seen)
-    assert _sample(body, "jetserve_worker_capacity", model=model_name) == 2.0
+    assert _sample(body, "jetserve_worker_capacity", model=model_name) == 3.0
     assert _sample(body, "jetserve_queue_pending", model=model_name, consumer="batch") == 0.0
 
     await asyncio.wait_for(asyncio.gather(*pending), 60)

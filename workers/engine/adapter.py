@@ -142,7 +142,7 @@ class EngineAdapter:
             prompt_token_ids=ids,
             params=params,
             max_tokens=max_tokens,
-            online=request.priority == "online",
+            priority=request.priority,
             deadline=deadline,
             eos_token_ids=self.eos_token_ids,
             constraint=constraint,

@@ -7,12 +7,13 @@ Each step (`schedule()`):
 1. Every running sequence, in admission order, gets its uncomputed tokens within the step's
    token budget: one for a decoding sequence, a chunk of its prompt for one still prefilling.
    When the blocks for them are not free, the newest batch sequence (then the newest online
-   one) not yet scheduled in this step is preempted: it gives its blocks back and goes to the
-   front of the waiting queue, to be recomputed later (prompt and output so far).
-2. Waiting sequences are admitted, online before batch, oldest first, while the token budget,
-   `max_num_seqs` and the free blocks allow. Each first takes the longest prefix of its tokens
-   already in the prefix cache, and is given blocks for the rest of its tokens at once (so its
-   later prompt chunks never wait for memory).
+   one, then the newest priority one) not yet scheduled in this step is preempted: it gives
+   its blocks back and goes to the front of its waiting queue, to be recomputed later (prompt
+   and output so far).
+2. Waiting sequences are admitted, priority before online before batch (`Priority` order),
+   oldest first, while the token budget, `max_num_seqs` and the free blocks allow. Each first
+   takes the longest prefix of its tokens already in the prefix cache, and is given blocks for
+   the rest of its tokens at once (so its later prompt chunks never wait for memory).
 3. Every full block whose last position is computed in this step is registered in the prefix
    cache (a sequence admitted later in the same step may share it: the step writes all new
    keys/values before any attention reads them).
@@ -26,6 +27,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from schemas.names import Priority
 from workers.engine.block_manager import BlockManager
 from workers.engine.sequence import Sequence, Status
 
@@ -86,14 +88,22 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+_RANK = {p: rank for rank, p in enumerate(Priority)}
+
+
+def _preemption_order(seq: Sequence) -> tuple[int, int]:
+    """The largest is preempted first: the lowest priority, then the newest."""
+    return _RANK[seq.request.priority], seq.arrival
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
         self.blocks = BlockManager(
             config.num_kv_blocks, config.block_size, config.enable_prefix_caching
         )
-        self.online: deque[Sequence] = deque()
-        self.batch: deque[Sequence] = deque()
+        #: Waiting sequences, one queue per priority, in admission order.
+        self.waiting: dict[Priority, deque[Sequence]] = {p: deque() for p in Priority}
         #: Running sequences, in admission order.
         self.running: list[Sequence] = []
         self._arrivals = 0
@@ -107,7 +117,7 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         seq.status = Status.WAITING
-        (self.online if seq.request.online else self.batch).append(seq)
+        self.waiting[seq.request.priority].append(seq)
 
     def new_arrival(self) -> int:
         self._arrivals += 1
@@ -115,11 +125,11 @@ class Scheduler:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.online) + len(self.batch)
+        return sum(len(q) for q in self.waiting.values())
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running or self.online or self.batch)
+        return bool(self.running) or any(self.waiting.values())
 
     def kv_usage(self) -> float:
         """Fraction of the KV blocks held by running sequences."""
@@ -138,9 +148,9 @@ class Scheduler:
             self.running.remove(seq)
             self._free(seq)
         else:
-            for queue in (self.online, self.batch):
-                if seq in queue:
-                    queue.remove(seq)
+            queue = self.waiting[seq.request.priority]
+            if seq in queue:
+                queue.remove(seq)
         seq.status = status
 
     def _free(self, seq: Sequence) -> None:
@@ -154,7 +164,7 @@ class Scheduler:
         seq.status = Status.PREEMPTED
         seq.num_computed = 0
         seq.preemptions += 1
-        (self.online if seq.request.online else self.batch).appendleft(seq)
+        self.waiting[seq.request.priority].appendleft(seq)
 
     # -- the step --------------------------------------------------------------------------
 
@@ -173,7 +183,7 @@ class Scheduler:
                 continue
             need = self.blocks.blocks_for(seq.num_computed + take) - len(seq.block_table)
             while need > self.blocks.num_free and seq.status is Status.RUNNING:
-                victim = max(self.running[i:], key=lambda s: (not s.request.online, s.arrival))
+                victim = max(self.running[i:], key=_preemption_order)
                 self._preempt(victim)
                 preempted.append(victim)
             if seq.status is not Status.RUNNING:
@@ -185,7 +195,7 @@ class Scheduler:
             i += 1
 
         # 2: admissions. A sequence preempted in this step is not readmitted in it.
-        for queue in (self.online, self.batch):
+        for queue in self.waiting.values():
             while queue and budget > 0 and len(self.running) < self.config.max_num_seqs:
                 seq = queue[0]
                 if seq in preempted or not self._admit(seq, budget):

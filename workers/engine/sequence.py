@@ -8,6 +8,7 @@ from enum import IntEnum
 from typing import Any
 
 from schemas.messages import FinishReason
+from schemas.names import Priority
 from schemas.params import SamplingParams
 
 
@@ -44,8 +45,9 @@ class EngineRequest:
     params: SamplingParams
     #: Tokens to generate at most (already clipped to the model's context).
     max_tokens: int
-    #: Online requests are admitted before batch ones and preempted after them.
-    online: bool = True
+    #: The queue it came from: admitted in `Priority` order (priority, online, batch) and
+    #: preempted in the reverse order.
+    priority: Priority = Priority.ONLINE
     #: Monotonic deadline (time.monotonic()), or None.
     deadline: float | None = None
     #: End-of-sequence token ids of the model (ignored with `params.ignore_eos`).
