@@ -15,6 +15,7 @@ from msgspec import Meta
 from schemas.errors import ErrorCode
 from schemas.names import MODEL_NAME_PATTERN, REQUEST_ID_PATTERN, Priority
 from schemas.params import SamplingParams
+from schemas.v2 import ModelMetadata
 
 ModelName = Annotated[str, Meta(pattern=MODEL_NAME_PATTERN)]
 RequestId = Annotated[str, Meta(pattern=REQUEST_ID_PATTERN)]
@@ -134,6 +135,8 @@ class WorkerInfo(msgspec.Struct, frozen=True, tag="worker.v1", tag_field="type")
     in_flight: int
     kinds: list[str]
     draining: bool = False
+    #: Tensors in and out (Open Inference Protocol), for models that declare them.
+    metadata: ModelMetadata | None = None
 
 
 Reply = StreamChunk | FinalResult | ErrorResult

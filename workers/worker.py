@@ -35,6 +35,7 @@ from workers.probes import ProbeServer, Readiness
 from workers.provision import QueueSettings, provision_model
 from workers.puller import PullConsumer
 from workers.replies import DurablePublisher, ReplySink
+from workers.runtimes import RUNTIMES
 from workers.sdk import resolve_model_class
 from workers.threads import in_own_thread
 
@@ -62,7 +63,12 @@ def build_backend(spec: ModelSpec) -> Backend:
         from workers.engine.adapter import build_engine_adapter  # torch: only when needed
 
         return build_engine_adapter(spec)
-    model = resolve_model_class(spec.model_class)(spec.name, spec.options)
+    if spec.engine in RUNTIMES:
+        # A ready-made runtime: the model file is `path`.
+        options = {**spec.options, "path": spec.path}
+        model = resolve_model_class(RUNTIMES[spec.engine])(spec.name, options)
+    else:
+        model = resolve_model_class(spec.model_class)(spec.name, spec.options)
     model.load()
     return SdkBackend(model, spec.capacity)
 
@@ -247,6 +253,7 @@ class Worker:
             in_flight=self._intake.in_flight if self._intake else 0,
             kinds=sorted(self.backend.kinds),
             draining=self._draining,
+            metadata=self.backend.metadata(),
         )
         await msg.respond(encode(info))
 
