@@ -37,8 +37,8 @@ class ModelSpec(
 ):
     name: ModelName
     #: "sdk": a Model class; "llm": the continuous-batching engine; "sklearn", "xgboost",
-    #: "lightgbm", "onnx": a ready-made runtime for the model file at `path`.
-    engine: Literal["sdk", "llm", "sklearn", "xgboost", "lightgbm", "onnx"] = "sdk"
+    #: "lightgbm", "onnx", "hf-pipeline": a ready-made runtime for the model at `path`.
+    engine: Literal["sdk", "llm", "sklearn", "xgboost", "lightgbm", "onnx", "hf-pipeline"] = "sdk"
     #: engine = "sdk": a registered model name or "package.module:Class".
     model_class: str = "echo"
     #: engine = "llm": a local Hugging Face model folder, or "builtin:smollm2" / "builtin:tiny";
