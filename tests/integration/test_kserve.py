@@ -30,6 +30,7 @@ from workers.worker import Worker, build_backend
 
 from ..conftest import REPO, child_env, wait_for_workers
 from ..runtimes.classic_models import ClassicModels, make_classic_models
+from .conftest import BridgeStack
 
 pytestmark = pytest.mark.integration
 
@@ -261,3 +262,23 @@ def _row(row: np.ndarray[Any, Any]) -> dict[str, Any]:
     return {
         "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": row.tolist()}]
     }
+
+
+def test_bearer_auth_on_infer_and_metadata_not_health(
+    served: ClassicModels, bridge_stack: BridgeStack
+) -> None:
+    url = bridge_stack.url
+    key = {"Authorization": f"Bearer {bridge_stack.key}"}
+    row = _row(served.x[0])
+    for method, path, body in [
+        ("POST", f"/v2/models/{IRIS}/infer", row),
+        ("GET", f"/v2/models/{IRIS}", None),
+        ("GET", "/v2", None),
+        ("POST", f"/v1/models/{IRIS}:predict", {"instances": [served.x[0].tolist()]}),
+        ("GET", f"/v1/models/{IRIS}", None),
+    ]:
+        assert httpx.request(method, url + path, json=body).status_code == 401, path
+        r = httpx.request(method, url + path, json=body, headers=key)
+        assert r.status_code == 200, (path, r.text)
+    for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{IRIS}/ready"):
+        assert httpx.get(url + path).status_code == 200, path
