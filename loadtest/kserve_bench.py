@@ -16,7 +16,8 @@ Two models, both answering one iris row (V2 JSON, FP64 [1, 4]) with `predict_pro
 - `rf`: a 100-tree random forest (a model call costs about the same for 1 row or 32: batch
   friendly); jetserve with `max_batch_size = 32`, `max_batch_wait_ms = 2`.
 Then 64 concurrent single-row requests to an `rf` worker run in this process, its model
-calls counted. Needs `wrk`. Every process runs with one BLAS/OpenMP thread.
+calls counted. Needs `wrk`. Every process runs with one BLAS/OpenMP thread; KServe with one
+worker process and its per-request log lines off (jetserve logs warnings only).
 """
 
 from __future__ import annotations
@@ -180,7 +181,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         procs["bridge"] = spawn(
             ["-m", "jetserve", "bridge", "--port", str(port)], env={**env, "JETSERVE_AUTH": "off"}
         )
-        kserve_args = ["--http_port", str(kport), "--grpc_port", str(free_port()), "--workers", "1"]
+        # One worker process as jetserve's; no log line per request (jetserve logs warnings only).
+        kserve_args = [
+            *("--http_port", str(kport), "--grpc_port", str(free_port()), "--workers", "1"),
+            *("--enable_latency_logging", "false", "--configure_logging", "false"),
+        ]
         procs["kserve"] = subprocess.Popen(
             [kserve_python, str(REPO / "loadtest" / "kserve_model_server.py"), *kserve_args],
             env={**os.environ, **THREADS, "MODELS": ",".join(f"{n}={p}" for n, p in paths.items())},
