@@ -14,7 +14,7 @@ Two models, both answering one iris row (V2 JSON, FP64 [1, 4]) with `predict_pro
 - `lr`: a logistic regression; jetserve with `max_batch_size = 1` (no dynamic batching, one
   model call per request, as KServe's ModelServer does);
 - `rf`: a 100-tree random forest (a model call costs about the same for 1 row or 32: batch
-  friendly); jetserve with `max_batch_size = 32`, `max_batch_wait_ms = 2`.
+  friendly); jetserve with `max_batch_size = 32`, `max_batch_wait_ms = 5`.
 Then 64 concurrent single-row requests to an `rf` worker run in this process, its model
 calls counted. Needs `wrk`. Every process runs with one BLAS/OpenMP thread; KServe with one
 worker process and its per-request log lines off (jetserve logs warnings only).
@@ -41,6 +41,8 @@ from loadtest.http_bridge import _wait_http, nats_server_pid, wrk
 
 KSERVE_PYTHON = "JETSERVE_KSERVE_PYTHON"
 BATCH = 32
+#: The rf model's max_batch_wait_ms.
+WAIT_MS = 5.0
 ROW = [5.1, 3.5, 1.4, 0.2]
 THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _LUA = """wrk.method = "POST"
@@ -75,7 +77,7 @@ def make_models(folder: Path) -> dict[str, Path]:
 
 
 def models_file(folder: Path, paths: dict[str, Path]) -> Path:
-    batch = {"lr": (1, 0.0), "rf": (BATCH, 2.0)}
+    batch = {"lr": (1, 0.0), "rf": (BATCH, WAIT_MS)}
     text = "".join(
         f'[[models]]\nname = "{name}"\nengine = "sklearn"\npath = "{paths[name]}"\n'
         f'capacity = 128\n[models.options]\nmethod = "predict_proba"\n'
@@ -106,35 +108,59 @@ async def burst(url: str, spec_file: Path) -> tuple[int, bool]:
     assert isinstance(model, TensorModel)
     worker = Worker(spec, WorkerConfig(nats_url=os.environ[NATS_ENV]), backend)
     task = asyncio.create_task(worker.run())
+    path = "/v2/models/rf-counted/infer"
     try:
-        rows = np.random.default_rng(0).uniform(0, 7, size=(64, 4))
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-            body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64"}]}
             for _ in range(100):  # until the worker's stream and consumer exist
-                warm = {"inputs": [{**body["inputs"][0], "data": ROW}]}
-                if (await http.post("/v2/models/rf-counted/infer", json=warm)).status_code == 200:
+                if (await http.post(path, json=v2_body("warm"))).status_code == 200:
                     break
                 await asyncio.sleep(0.2)
-            before = model.calls
-            answers = await asyncio.gather(
-                *[
-                    http.post(
-                        "/v2/models/rf-counted/infer",
-                        json={"inputs": [{**body["inputs"][0], "data": r.tolist()}]},
-                    )
-                    for r in rows
-                ]
-            )
+        rows = np.random.default_rng(0).uniform(0, 7, size=(64, 4))
+        tensor = {"name": "input-0", "shape": [1, 4], "datatype": "FP64"}
+        bodies = [{"inputs": [{**tensor, "data": r.tolist()}]} for r in rows]
+        before = model.calls
+        answers = await _all_at_once(url, path, bodies)
         calls = model.calls - before
         want = joblib.load(str(spec.path)).predict_proba(rows)  # the library's own answer
         right = all(
-            a.status_code == 200 and a.json()["outputs"][0]["data"] == want[i].tolist()
-            for i, a in enumerate(answers)
+            status == 200 and json.loads(a)["outputs"][0]["data"] == want[i].tolist()
+            for i, (status, a) in enumerate(answers)
         )
         return calls, right
     finally:
         worker.request_stop()
         await asyncio.wait_for(task, 30)
+
+
+async def _all_at_once(url: str, path: str, bodies: list[Any]) -> list[tuple[int, bytes]]:
+    """POST each body on a connection of its own, the connections opened first and the
+    requests written back to back (an HTTP client's per-request work would spread them out
+    over tens of milliseconds on this machine): (status, body) per request."""
+    host, port = url.removeprefix("http://").split(":")
+    conns = await asyncio.gather(*[asyncio.open_connection(host, int(port)) for _ in bodies])
+    for (_, writer), body in zip(conns, bodies, strict=True):
+        data = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        )
+        writer.write(head.encode() + data)
+
+    async def answer(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[int, bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        content = await reader.readexactly(length)
+        writer.close()
+        return status, content
+
+    return await asyncio.gather(*[answer(r, w) for r, w in conns])
 
 
 NATS_ENV = "JETSERVE_NATS_URL"
