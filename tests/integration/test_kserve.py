@@ -139,6 +139,8 @@ def test_v1_predict_and_model_object(
     card = httpx.get(f"{url}/v1/models/{IRIS}").json()
     assert (card["id"], card["object"], card["ready"]) == (IRIS, "model", True)
     assert httpx.get(f"{url}/v1/models/no-such-model").status_code == 404
+    paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert {"/v2/models/{name}/infer", "/v1/models/{target}"} <= set(paths)
     r = httpx.post(f"{url}/v1/models/{IRIS}:predict", json={"instances": [[1, 2]]})
     assert r.status_code == 400
     assert "input-0" in r.json()["error"]["message"]

@@ -40,7 +40,8 @@ def datatype_of(dtype: np.dtype[Any]) -> Datatype:
 
 
 def _compatible(got: str, want: str) -> bool:
-    """Widening within a family is fine (INT32 rows for an INT64 input, FP32 for FP64)."""
+    """Any width within a family (INT32 rows for an INT64 input, FP64 for FP32), and integers
+    for a float input: the runtime casts to what its library takes."""
     if got == want:
         return True
     for family in ("FP", "INT", "UINT"):
