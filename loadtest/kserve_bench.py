@@ -45,8 +45,9 @@ BATCH = 32
 WAIT_MS = 5.0
 ROW = [5.1, 3.5, 1.4, 0.2]
 THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: A level-2 long string: the body's nested lists hold "]]".
 _LUA = """wrk.method = "POST"
-wrk.body = [[{body}]]
+wrk.body = [==[{body}]==]
 wrk.headers["Content-Type"] = "application/json"
 """
 
