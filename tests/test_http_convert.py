@@ -14,7 +14,7 @@ from producer.http.auth import CachedAuthenticator, Principal, bearer_token
 from producer.http.config import AuthMode, BridgeConfig
 from producer.http.errors import ApiError, from_decode_error, from_error_result
 from schemas.errors import ErrorCode
-from schemas.messages import ErrorResult, FinalResult, Usage
+from schemas.messages import ErrorResult, FinalResult, PromptTokensDetails, Usage
 from schemas.settings import ConfigError
 
 FIELDS = {"id": "r1", "tenant": "t", "created_ms": 1, "deadline_ms": 2, "idempotency_key": None}
@@ -163,6 +163,36 @@ async def test_key_cache_remembers_hits_and_misses_for_its_ttl() -> None:
     assert bearer_token(None) is None
 
 
+async def test_unknown_keys_cannot_push_verified_keys_out_of_the_cache() -> None:
+    """Before, refused keys shared the LRU with verified ones: a flood of made-up keys evicted
+    every tenant's key, and each of their next requests cost a database query."""
+    calls: list[str] = []
+
+    async def lookup(token: str) -> Principal | None:
+        calls.append(token)
+        return Principal("t", "k") if token == "good" else None
+
+    auth = CachedAuthenticator(lookup, ttl_s=60, max_entries=100)
+    assert await auth.authenticate("good") == Principal("t", "k")
+    for i in range(1000):
+        assert await auth.authenticate(f"made-up-{i}") is None
+    assert await auth.authenticate("good") == Principal("t", "k")
+    assert calls.count("good") == 1
+    assert await auth.authenticate("made-up-999") is None  # a repeated one: from memory
+    assert len(calls) == 1001
+
+
+async def test_a_string_that_cannot_be_a_key_costs_no_query() -> None:
+    class NoDatabase:
+        async def fetchrow(self, *args: object) -> None:
+            raise AssertionError("queried")
+
+    from scheduler.store.keys import lookup_key
+
+    for secret in ("js-short", "js-" + "a" * 44, "js-" + "a" * 42 + "!", "xx-" + "a" * 43):
+        assert await lookup_key(NoDatabase(), secret) is None
+
+
 def test_config_from_env() -> None:
     with pytest.raises(ConfigError, match="JETSERVE_DATABASE_URL"):
         BridgeConfig.from_env({})
@@ -170,3 +200,28 @@ def test_config_from_env() -> None:
         BridgeConfig.from_env({"JETSERVE_AUTH": "maybe"})
     config = BridgeConfig.from_env({"JETSERVE_AUTH": "off", "JETSERVE_HTTP_TIMEOUT_S": "5"})
     assert (config.auth, config.timeout_s) == (AuthMode.OFF, 5.0)
+
+
+def test_cached_prompt_tokens_are_reported_as_openai_does() -> None:
+    usage = Usage(40, 2, 42, PromptTokensDetails(cached_tokens=32))
+    result = FinalResult(id="r1", model="m", output={"text": "hey"}, usage=usage)
+    expected = {
+        "prompt_tokens": 40,
+        "completion_tokens": 2,
+        "total_tokens": 42,
+        "prompt_tokens_details": {"cached_tokens": 32},
+    }
+    for response in (convert.chat_response, convert.completion_response):
+        assert msgspec.to_builtins(response(result, "id", 5))["usage"] == expected
+    # A result from a worker that predates the field decodes, and reports no details.
+    old = b'{"type":"result.v1","id":"r","model":"m","output":{"text":"x"},"finish_reason":"stop",'
+    old += b'"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}'
+    decoded = msgspec.json.decode(old, type=FinalResult)
+    assert decoded.usage.prompt_tokens_details is None
+    assert "prompt_tokens_details" not in msgspec.to_builtins(convert.usage(decoded))
+
+
+def test_prompt_cache_key_is_accepted() -> None:
+    assert chat(prompt_cache_key="app-1").prompt_cache_key == "app-1"
+    with pytest.raises(msgspec.ValidationError, match="prompt_cache_key"):
+        chat(prompt_cache_key="k" * 2000)
