@@ -86,7 +86,8 @@ def resources(spec: ModelSpec) -> Manifest:
     """Requests from the models file. Memory: limit = request (a worker over it is killed,
     never a neighbour). GPU models: every limit equals its request (Guaranteed QoS, last to
     be evicted; GPUs must anyway). CPU models: no CPU limit (no throttling)."""
-    cpu_default, memory_default = DEFAULT_SIZES[spec.engine]
+    # The ready-made runtimes (sklearn, onnx, ...) are sized as SDK models.
+    cpu_default, memory_default = DEFAULT_SIZES.get(spec.engine, DEFAULT_SIZES["sdk"])
     cpu = _quantity_cpu(spec.cpu_cores if spec.cpu_cores is not None else cpu_default)
     memory = f"{spec.memory_mib if spec.memory_mib is not None else memory_default}Mi"
     storage = f"{spec.model_cache_mib + 256}Mi"  # the cache and /tmp

@@ -15,6 +15,7 @@ from msgspec import Meta
 from schemas.errors import ErrorCode
 from schemas.names import MODEL_NAME_PATTERN, REQUEST_ID_PATTERN, Priority
 from schemas.params import SamplingParams
+from schemas.v2 import ModelMetadata
 
 ModelName = Annotated[str, Meta(pattern=MODEL_NAME_PATTERN)]
 RequestId = Annotated[str, Meta(pattern=REQUEST_ID_PATTERN)]
@@ -145,6 +146,8 @@ class WorkerInfo(msgspec.Struct, frozen=True, tag="worker.v1", tag_field="type")
     #: `loading`: the model is still loading (requests queue and are served once it is
     #: ready); `serving`; `draining`.
     state: Literal["loading", "serving", "draining"] = "serving"
+    #: Tensors in and out (Open Inference Protocol), for models that declare them.
+    metadata: ModelMetadata | None = None
 
 
 Reply = StreamChunk | FinalResult | ErrorResult

@@ -122,6 +122,9 @@ class FakeBackend:
     async def stop(self) -> None:
         pass
 
+    def metadata(self) -> None:
+        return None
+
     def stats(self) -> None:
         return None
 

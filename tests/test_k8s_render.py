@@ -391,3 +391,18 @@ def test_model_entries_survive_the_round_trip_and_changes_roll_only_their_model(
     assert before["jetserve-worker-chat-7b"] != after["jetserve-worker-chat-7b"]
     assert before["jetserve-worker-echo"] == after["jetserve-worker-echo"]
     assert before["jetserve-worker-embed"] == after["jetserve-worker-embed"]
+
+
+def test_runtime_models_render_and_validate(tmp_path: Path) -> None:
+    """A ready-made runtime (engine = "sklearn") is sized and deployed as an SDK model."""
+    path = tmp_path / "models.toml"
+    path.write_text(
+        '[[models]]\nname = "iris"\nengine = "sklearn"\npath = "/models/iris.joblib"\n'
+        "capacity = 64\n"
+    )
+    docs = _all(render_file(path, RenderOptions(OVERLAYS["prod"])))
+    for doc in docs:
+        validate(doc)
+    (deployment,) = _by_kind(docs, "Deployment")
+    requests = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    assert (requests["cpu"], requests["memory"]) == ("500m", "1024Mi")

@@ -14,6 +14,7 @@ import msgspec
 
 from schemas.messages import FinishReason, InferenceRequest, TokenLogprobs, Usage
 from schemas.payloads import TextOutput, typed_payload
+from schemas.v2 import ModelMetadata
 from workers.batcher import DynamicBatcher
 from workers.errors import PermanentError
 from workers.sdk import Model, ModelInput, ModelOutput
@@ -78,6 +79,10 @@ class Backend(Protocol):
         """Engine state for metrics; None for backends without an engine."""
         ...
 
+    def metadata(self) -> ModelMetadata | None:
+        """The model's Open Inference Protocol metadata; None when it declares none."""
+        ...
+
     async def run(self, request: InferenceRequest, emit: ChunkSink) -> Completion:
         """Run one request; stream output through `emit` when `request.stream` is set.
 
@@ -115,6 +120,9 @@ class SdkBackend:
 
     def stats(self) -> BackendStats | None:
         return None
+
+    def metadata(self) -> ModelMetadata | None:
+        return self.model.metadata()
 
     async def run(self, request: InferenceRequest, emit: ChunkSink) -> Completion:
         out = await self._batcher.submit(model_input(request))

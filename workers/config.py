@@ -36,10 +36,13 @@ class ModelSpec(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"model_class": "class"}
 ):
     name: ModelName
-    engine: Literal["sdk", "llm"] = "sdk"
+    #: "sdk": a Model class; "llm": the continuous-batching engine; "sklearn", "xgboost",
+    #: "lightgbm", "onnx", "hf-pipeline": a ready-made runtime for the model at `path`.
+    engine: Literal["sdk", "llm", "sklearn", "xgboost", "lightgbm", "onnx", "hf-pipeline"] = "sdk"
     #: engine = "sdk": a registered model name or "package.module:Class".
     model_class: str = "echo"
-    #: engine = "llm": a local Hugging Face model folder, or "builtin:smollm2" / "builtin:tiny".
+    #: engine = "llm": a local Hugging Face model folder, or "builtin:smollm2" / "builtin:tiny";
+    #: a runtime: the model file.
     path: str | None = None
     #: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
     device: str = "auto"

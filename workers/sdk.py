@@ -32,6 +32,7 @@ import msgspec
 
 from schemas.messages import FinishReason, Kind, Usage
 from schemas.params import SamplingParams
+from schemas.v2 import ModelMetadata
 
 
 class ModelInput(msgspec.Struct, frozen=True):
@@ -67,6 +68,10 @@ class Model(ABC):
 
     def load(self) -> None:  # noqa: B027 - optional hook
         """Load weights; called once, in a worker thread, before serving."""
+
+    def metadata(self) -> ModelMetadata | None:
+        """Its Open Inference Protocol metadata (tensors in and out), if it declares one."""
+        return None
 
     @abstractmethod
     async def predict(self, batch: Sequence[ModelInput]) -> Sequence[Any]:

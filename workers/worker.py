@@ -40,6 +40,7 @@ from workers.probes import ProbeServer, Readiness
 from workers.provision import QueueSettings, max_deliveries, provision_model
 from workers.puller import PullConsumer
 from workers.replies import DurablePublisher, ReplySink
+from workers.runtimes import RUNTIMES
 from workers.sdk import resolve_model_class
 from workers.threads import in_own_thread
 
@@ -67,7 +68,12 @@ def build_backend(spec: ModelSpec) -> Backend:
         from workers.engine.adapter import build_engine_adapter  # torch: only when needed
 
         return build_engine_adapter(spec)
-    model = resolve_model_class(spec.model_class)(spec.name, spec.options)
+    if spec.engine in RUNTIMES:
+        # A ready-made runtime: the model file is `path`.
+        options = {**spec.options, "path": spec.path}
+        model = resolve_model_class(RUNTIMES[spec.engine])(spec.name, options)
+    else:
+        model = resolve_model_class(spec.model_class)(spec.name, spec.options)
     model.load()
     return SdkBackend(model, spec.capacity)
 
@@ -282,6 +288,7 @@ class Worker:
             kinds=sorted(self.backend.kinds),
             draining=self._draining,
             state="draining" if self._draining else "serving",
+            metadata=self.backend.metadata(),
         )
         await msg.respond(encode(info))
 

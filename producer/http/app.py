@@ -27,6 +27,7 @@ from producer.http.config import BridgeConfig
 from producer.http.error_responses import exception_handlers
 from producer.http.handlers import Bridge
 from producer.http.idempotency import Idempotency, open_bucket
+from producer.http.kserve_routes import kserve_routes
 from producer.http.metrics import BridgeMetrics
 from producer.http.middleware import MetricsMiddleware
 from producer.http.presence import Presence
@@ -66,6 +67,7 @@ def create_app(
         route_handlers=[
             *openai_routes(holder, config.max_body_bytes),
             *service_routes(holder, metrics),
+            *kserve_routes(holder, config.max_body_bytes),
             *routes,
         ],
         lifespan=[lifespan],

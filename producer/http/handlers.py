@@ -15,6 +15,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 import msgspec
 
@@ -37,7 +38,7 @@ from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
 from producer.http.sse import DONE, event
 from schemas import names
-from schemas.messages import FinalResult, StreamChunk
+from schemas.messages import FinalResult, InferenceRequest, StreamChunk
 from schemas.names import Priority
 from schemas.tiers import reported_tier, tier_queue
 
@@ -179,6 +180,32 @@ class Bridge:
             await call.close()
         body = response(endpoint, parsed, result, response_id, created, tier)
         return Reply(body=_encoder.encode(body))
+
+    async def predict(
+        self, principal: Principal, model: str, payload: Any, headers: Mapping[str, str]
+    ) -> FinalResult:
+        """One `predict` request (KServe V1 / V2 inference) through the queue: its result,
+        or an `ApiError` (a worker's `invalid_request` is a 400)."""
+        timeout_s = self._timeout_s(headers)
+        now_ms = int(time.time() * 1000)
+        try:
+            names.validate_model_name(model)
+        except names.InvalidName:
+            raise ApiError(404, f"The model `{model[:100]}` does not exist.") from None
+        request = InferenceRequest(
+            id=self._new_id(),
+            model=model,
+            kind="predict",
+            payload=payload,
+            tenant=principal.tenant,
+            created_ms=now_ms,
+            deadline_ms=now_ms + int(timeout_s * 1000),
+        )
+        call = await self.calls.open(request, streaming=False, timeout_s=timeout_s)
+        try:
+            return await call.result()
+        finally:
+            await call.close()
 
     async def _sse(
         self,

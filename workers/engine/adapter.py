@@ -79,6 +79,9 @@ class EngineAdapter:
     def capacity(self) -> int:
         return self._capacity
 
+    def metadata(self) -> None:
+        return None
+
     def stats(self) -> BackendStats:
         return self._stats
 
