@@ -82,7 +82,7 @@ class Bridge:
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count()
 
-    def _new_id(self) -> str:
+    def new_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 
     def with_calls(self, calls: Calls) -> Bridge:
@@ -92,7 +92,7 @@ class Bridge:
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         return await require_principal(self.auth, headers.get(AUTHORIZATION_HEADER))
 
-    def _timeout_s(self, headers: Mapping[str, str]) -> float:
+    def timeout_s(self, headers: Mapping[str, str]) -> float:
         raw = headers.get(TIMEOUT_HEADER)
         if raw is None:
             return self.config.timeout_s
@@ -122,7 +122,7 @@ class Bridge:
             parsed = endpoint.decoder.decode(body)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise from_decode_error(exc) from None
-        timeout_s = self._timeout_s(headers)
+        timeout_s = self.timeout_s(headers)
         key = headers.get(IDEMPOTENCY_HEADER)
         if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
             raise invalid(
@@ -131,7 +131,7 @@ class Bridge:
         now_ms = int(time.time() * 1000)
         request = endpoint.to_request(
             parsed,
-            id=token(principal.tenant, key) if key else self._new_id(),
+            id=token(principal.tenant, key) if key else self.new_id(),
             tenant=principal.tenant,
             created_ms=now_ms,
             deadline_ms=now_ms + int(timeout_s * 1000),
