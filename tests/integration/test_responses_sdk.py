@@ -47,13 +47,14 @@ class Weather(BaseModel):
 
 
 def test_plain_and_instructions(batch_stack: BatchStack) -> None:
-    client = batch_stack.sdk()
+    client: Any = batch_stack.sdk()
     r = client.responses.create(model=ECHO, input="hello there")
     assert r.status == "completed"
     assert r.id.startswith("resp_")
     assert r.output_text == "hello there"
     (item,) = r.output
-    assert item.type == "message" and item.role == "assistant"
+    assert item.type == "message"
+    assert item.role == "assistant"
     assert r.usage is not None
     assert (r.usage.input_tokens, r.usage.output_tokens, r.usage.total_tokens) == (2, 2, 4)
     assert r.usage.input_tokens_details.cached_tokens == 0
@@ -72,7 +73,7 @@ def test_plain_and_instructions(batch_stack: BatchStack) -> None:
 def test_input_items_and_previous_response_id_across_three_turns(
     batch_stack: BatchStack,
 ) -> None:
-    client = batch_stack.sdk()
+    client: Any = batch_stack.sdk()
     first = client.responses.create(
         model=ECHO,
         input=[{"role": "user", "content": [{"type": "input_text", "text": "one"}]}],
@@ -97,14 +98,17 @@ def test_input_items_and_previous_response_id_across_three_turns(
     ]
     items = client.responses.input_items.list(third.id)
     assert [i.type for i in items.data] == ["message"]
-    assert items.data[0].content[0].text == "three"  # type: ignore[union-attr]
+    assert items.data[0].content[0].text == "three"
 
 
 def test_retrieve_delete_cancel_and_tenants(batch_stack: BatchStack) -> None:
-    alpha, beta = batch_stack.sdk("alpha"), batch_stack.sdk("beta")
+    alpha: Any = batch_stack.sdk("alpha")
+    beta: Any = batch_stack.sdk("beta")
     r = alpha.responses.create(model=ECHO, input="keep me")
     got = alpha.responses.retrieve(r.id)
-    assert got.id == r.id and got.output_text == "keep me" and got.status == "completed"
+    assert got.id == r.id
+    assert got.output_text == "keep me"
+    assert got.status == "completed"
     with pytest.raises(openai.NotFoundError):
         beta.responses.retrieve(r.id)
     with pytest.raises(openai.NotFoundError):
@@ -118,13 +122,14 @@ def test_retrieve_delete_cancel_and_tenants(batch_stack: BatchStack) -> None:
         alpha.responses.retrieve(r.id)
 
     unstored = alpha.responses.create(model=ECHO, input="forget me", store=False)
-    assert unstored.store is False and unstored.output_text == "forget me"
+    assert unstored.store is False
+    assert unstored.output_text == "forget me"
     with pytest.raises(openai.NotFoundError):
         alpha.responses.retrieve(unstored.id)
 
 
 def test_stream_events_and_the_sdk_accumulator(batch_stack: BatchStack) -> None:
-    client = batch_stack.sdk()
+    client: Any = batch_stack.sdk()
     with client.responses.stream(model=ECHO, input="stream me please") as stream:
         texts = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
@@ -155,7 +160,8 @@ def test_stream_events_and_the_sdk_accumulator(batch_stack: BatchStack) -> None:
     assert last.type == "response.incomplete"
     assert last.response.incomplete_details is not None
     assert last.response.incomplete_details.reason == "max_output_tokens"
-    assert last.response.usage is not None and last.response.usage.output_tokens == 12
+    assert last.response.usage is not None
+    assert last.response.usage.output_tokens == 12
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
     assert len(deltas) > 1
     streamed = "".join(deltas)
@@ -168,7 +174,7 @@ def test_stream_events_and_the_sdk_accumulator(batch_stack: BatchStack) -> None:
 
 
 def test_strict_json_schema_and_parse(batch_stack: BatchStack) -> None:
-    client = batch_stack.sdk()
+    client: Any = batch_stack.sdk()
     r = client.responses.create(
         model=LLM,
         input="weather in Paris",
@@ -177,18 +183,20 @@ def test_strict_json_schema_and_parse(batch_stack: BatchStack) -> None:
     )
     assert r.status == "completed", r
     jsonschema.validate(json.loads(r.output_text), SCHEMA)
-    assert r.text is not None and r.text.format is not None and r.text.format.type == "json_schema"
+    assert r.text is not None
+    assert r.text.format is not None
+    assert r.text.format.type == "json_schema"
 
     parsed = client.responses.parse(model=LLM, input="weather", text_format=Weather, temperature=0)
     assert isinstance(parsed.output_parsed, Weather)
 
 
 def test_function_tool_round_trip(batch_stack: BatchStack) -> None:
-    client = batch_stack.sdk()
+    client: Any = batch_stack.sdk()
     first = client.responses.create(
         model=LLM,
         input="look it up",
-        tools=[LOOKUP],  # type: ignore[list-item]
+        tools=[LOOKUP],
         tool_choice="required",
         parallel_tool_calls=False,
         temperature=0,
@@ -203,7 +211,7 @@ def test_function_tool_round_trip(batch_stack: BatchStack) -> None:
         model=LLM,
         previous_response_id=first.id,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": '{"r": 1}'}],
-        tools=[LOOKUP],  # type: ignore[list-item]
+        tools=[LOOKUP],
         tool_choice="none",
         temperature=0,
         max_output_tokens=8,
@@ -227,8 +235,8 @@ def test_function_tool_round_trip(batch_stack: BatchStack) -> None:
                 "arguments": call.arguments,
             },
             {"type": "function_call_output", "call_id": call.call_id, "output": '{"r": 1}'},
-        ],  # type: ignore[list-item]
-        tools=[LOOKUP],  # type: ignore[list-item]
+        ],
+        tools=[LOOKUP],
         tool_choice="none",
         temperature=0,
         max_output_tokens=8,
@@ -269,7 +277,7 @@ def test_function_tool_round_trip(batch_stack: BatchStack) -> None:
 def test_bad_input_names_the_param(
     batch_stack: BatchStack, body: dict[str, Any], param: str
 ) -> None:
-    client = batch_stack.sdk()
+    client: Any = batch_stack.sdk()
     with pytest.raises(openai.APIStatusError) as info:
         client.post("/responses", body=body, cast_to=dict)
     assert info.value.status_code in (400, 404)
