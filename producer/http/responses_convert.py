@@ -225,6 +225,15 @@ def responses_request(
     return Converted(request, items, conversation)
 
 
+def standalone_request(body: rt.ResponsesRequest, **fields: Any) -> InferenceRequest:
+    """A request that needs nothing stored (a batch line): no `previous_response_id`, not
+    streamed, not in the background, not stored."""
+    for field in ("previous_response_id", "stream", "background", "store"):
+        if getattr(body, field):
+            raise invalid(f"{field} is not supported here.", field)
+    return responses_request(body, [], **fields).request
+
+
 # ---- results ------------------------------------------------------------------------------
 
 

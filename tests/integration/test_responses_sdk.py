@@ -4,6 +4,7 @@ nats-server and workers: the echo model, and the tiny random Llama on the real e
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from .batches.conftest import ECHO, LLM, BatchStack
+from .batches.conftest import ECHO, LLM, BatchStack, jsonl, read_lines, wait_batch
 
 pytestmark = pytest.mark.integration
 
@@ -284,3 +285,40 @@ def test_bad_input_names_the_param(
     error = info.value.body
     assert isinstance(error, dict)
     assert error.get("param") == param, error
+
+
+def _batch(client: Any, lines: list[dict[str, Any]]) -> Any:
+    uploaded = client.files.create(file=("r.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/responses", completion_window="24h"
+    )
+    return wait_batch(client, batch.id, {"completed", "failed"})
+
+
+def _line(custom_id: str, **body: Any) -> dict[str, Any]:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/responses", "body": body}
+
+
+def test_responses_as_a_batch_endpoint(batch_stack: BatchStack) -> None:
+    client: Any = batch_stack.sdk()
+    lines = [
+        _line(f"r-{i}", model=ECHO, input=f"batched {i}", instructions="echo") for i in range(5)
+    ]
+    done = _batch(client, lines)
+    assert done.status == "completed", done.errors
+    assert (done.request_counts.completed, done.request_counts.failed) == (5, 0)
+    out = {line["custom_id"]: line for line in read_lines(client, done.output_file_id)}
+    for i in range(5):
+        body = out[f"r-{i}"]["response"]["body"]
+        assert body["object"] == "response"
+        assert body["status"] == "completed"
+        assert body["output"][0]["content"][0]["text"] == f"batched {i}"
+        assert body["instructions"] == "echo"
+
+    # A line that needs a stored conversation cannot be a batch line: the batch is refused,
+    # naming the line and the field.
+    bad = _line("bad", model=ECHO, input="x", previous_response_id="resp_x")
+    refused = _batch(client, [lines[0], bad])
+    assert refused.status == "failed"
+    (error,) = refused.errors.data
+    assert (error.line, error.param) == (2, "body.previous_response_id")
