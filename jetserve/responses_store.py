@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from producer.http.responses_api import StoredResponse
+from schemas.messages import InferenceRequest
 
 if TYPE_CHECKING:
     from jetserve.bridge import LazyPool
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
 #: How long a stored response is kept (OpenAI keeps them 30 days).
 KEEP_S_SETTING = "JETSERVE_RESPONSES_KEEP_S"
 DEFAULT_KEEP_S = 30 * 86400.0
+#: The endpoint background responses are recorded under in `async_requests`.
+RESPONSES_ENDPOINT = "/v1/responses"
 
 
 class PgResponseStore:
@@ -41,3 +44,42 @@ class PgResponseStore:
         from scheduler.store import responses
 
         return await responses.delete(await self._pools.get(), response_id, tenant)
+
+    async def enqueue(self, tenant: str, stored: StoredResponse, request: InferenceRequest) -> None:
+        from scheduler.store import async_requests, responses
+        from schemas.codec import encode
+
+        row = responses.ResponseRow(
+            stored.id, tenant, "queued", stored.response, stored.conversation, stored.input_items
+        )
+        pool = await self._pools.get()
+        async with pool.acquire() as conn, conn.transaction():
+            await responses.put(conn, row, self._keep_s)
+            await async_requests.insert(
+                conn,
+                request_id=request.id,
+                tenant=tenant,
+                endpoint=RESPONSES_ENDPOINT,
+                model=request.model,
+                request=encode(request),
+                callback_url=None,
+            )
+
+    async def dispatched(self, request_id: str) -> None:
+        from scheduler.store import async_requests
+
+        await async_requests.mark_dispatched(await self._pools.get(), request_id)
+
+    async def discard(self, tenant: str, response_id: str, request_id: str) -> None:
+        from scheduler.store import async_requests, responses
+
+        pool = await self._pools.get()
+        async with pool.acquire() as conn, conn.transaction():
+            await responses.delete(conn, response_id, tenant)
+            await async_requests.delete(conn, request_id)
+
+    async def reply(self, request_id: str) -> bytes | None:
+        from scheduler.store import async_requests
+
+        row = await async_requests.get(await self._pools.get(), request_id)
+        return None if row is None else row.reply

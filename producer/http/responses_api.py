@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from producer.errors import JetserveError
 from producer.http import convert
 from producer.http import responses_convert as rc
 from producer.http import responses_types as rt
@@ -28,7 +29,10 @@ from producer.http.calls import Call, ClientGone
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.handlers import Bridge, Reply
 from producer.http.responses_stream import EventWriter
-from schemas.messages import FinalResult, StreamChunk
+from schemas import names
+from schemas.codec import decode_reply
+from schemas.messages import ErrorResult, FinalResult, InferenceRequest, StreamChunk
+from schemas.names import ResultKind
 from schemas.openai_errors import not_found
 from schemas.payloads import ChatMessage
 
@@ -36,7 +40,11 @@ log = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder(rt.ResponsesRequest)
 _conversation = msgspec.json.Decoder(list[ChatMessage])
 _items = msgspec.json.Decoder(list[dict[str, Any]])
+_response = msgspec.json.Decoder(rt.Response)
 _encoder = msgspec.json.Encoder()
+#: Refusals after which nothing was stored upstream (anything else, NATS unavailable, leaves a
+#: background request queued for the scheduler to publish).
+_REFUSED = {400, 404, 413, 429}
 MAX_LIST_LIMIT = 100
 
 
@@ -56,6 +64,21 @@ class ResponseStore(Protocol):
     async def get(self, tenant: str, response_id: str) -> StoredResponse | None: ...
 
     async def delete(self, tenant: str, response_id: str) -> bool: ...
+
+    async def enqueue(self, tenant: str, stored: StoredResponse, request: InferenceRequest) -> None:
+        """Record a background response (`queued`) and its request on the durable async path
+        (the scheduler publishes it again if this bridge dies before it is published)."""
+        ...
+
+    async def dispatched(self, request_id: str) -> None: ...
+
+    async def discard(self, tenant: str, response_id: str, request_id: str) -> None:
+        """Forget a background response whose request was refused (nothing will run)."""
+        ...
+
+    async def reply(self, request_id: str) -> bytes | None:
+        """The worker's reply to a background request, once stored."""
+        ...
 
 
 def no_database() -> ApiError:
@@ -95,14 +118,19 @@ class Responses:
             body = _decoder.decode(await read_body())
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise from_decode_error(exc) from None
-        if body.background:
-            raise invalid("background responses are not served yet.", "background")
+        if body.background and body.stream:
+            raise invalid("Streaming a background response is not served yet.", "stream")
         if body.store and self.store is None:
             raise no_database()
         store = self.store is not None and body.store is not False
         history: list[ChatMessage] = []
         if body.previous_response_id is not None:
             previous = await self._stored(tenant, body.previous_response_id, "previous_response_id")
+            if _response.decode(previous.response).status in ("queued", "in_progress"):
+                await self._settle(tenant, previous)  # a background one that has finished
+                previous = await self._stored(
+                    tenant, body.previous_response_id, "previous_response_id"
+                )
             history = _conversation.decode(previous.conversation)
         timeout_s = bridge.timeout_s(headers)
         now_ms = int(time.time() * 1000)
@@ -117,6 +145,8 @@ class Responses:
         )
         request = converted.request
         base = rc.base_response(body, rc.ID_PREFIX + request.id, now_ms // 1000, stored=store)
+        if body.background:
+            return await self._background(tenant, converted, base)
         call = await bridge.calls.open(request, streaming=request.stream, timeout_s=timeout_s)
         stop_watch = on_gone(call)
         try:
@@ -140,6 +170,61 @@ class Responses:
         final = rc.finished_response(base, result, int(time.time()))
         await saver.save(final)
         return Reply(body=_encoder.encode(final))
+
+    async def _background(self, tenant: str, converted: rc.Converted, base: rt.Response) -> Reply:
+        """Stored (`queued`) and recorded on the durable async path before the answer; the
+        scheduler stores the worker's reply, and a GET turns it into the response."""
+        if self.store is None or not base.store:
+            raise invalid("A background response must be stored.", "store")
+        request = msgspec.structs.replace(converted.request, stream=False, deadline_ms=None)
+        queued = msgspec.structs.replace(base, status="queued")
+        stored = StoredResponse(
+            queued.id,
+            _encoder.encode(queued),
+            _encoder.encode(converted.conversation),
+            _encoder.encode(converted.input_items),
+        )
+        await self.store.enqueue(tenant, stored, request)
+        try:
+            try:
+                reply_to = names.results_subject(ResultKind.ASYNC, request.id)
+                await self.bridge.client.submit(request, reply_to=reply_to)
+            except JetserveError as exc:
+                raise self.bridge.calls.refusal(exc, request) from None
+        except ApiError as exc:
+            if exc.status in _REFUSED:
+                await self.store.discard(tenant, queued.id, request.id)
+                raise
+            log.warning("background response %s left queued: %s", queued.id, exc.message)
+        else:
+            await self.store.dispatched(request.id)
+        return Reply(body=stored.response)
+
+    async def _settle(self, tenant: str, stored: StoredResponse) -> bytes:
+        """A background response's current object: finished once its reply is stored."""
+        current = _response.decode(stored.response)
+        if current.status not in ("queued", "in_progress"):
+            return stored.response
+        assert self.store is not None
+        data = await self.store.reply(current.id.removeprefix(rc.ID_PREFIX))
+        if data is None:
+            return stored.response
+        reply = decode_reply(data)
+        if isinstance(reply, FinalResult):
+            final = rc.finished_response(current, reply, int(time.time()))
+        elif isinstance(reply, ErrorResult):
+            error = rt.ResponseError(reply.code, reply.message)
+            final = msgspec.structs.replace(current, status="failed", error=error)
+        else:
+            return stored.response
+        conversation = [
+            *_conversation.decode(stored.conversation),
+            rc.assistant_message(final.output),
+        ]
+        body = _encoder.encode(final)
+        settled = StoredResponse(final.id, body, _encoder.encode(conversation), stored.input_items)
+        await self.store.put(tenant, settled, final.status)
+        return body
 
     async def _sse(
         self,
@@ -188,7 +273,7 @@ class Responses:
         tenant = (await self.bridge.authenticate(headers)).tenant
         if stream:
             raise invalid("Only background responses can be streamed again.", "stream")
-        return (await self._stored(tenant, response_id, "response_id")).response
+        return await self._settle(tenant, await self._stored(tenant, response_id, "response_id"))
 
     async def delete(self, headers: Mapping[str, str], response_id: str) -> bytes:
         tenant = (await self.bridge.authenticate(headers)).tenant

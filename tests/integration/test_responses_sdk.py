@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from typing import Any, Literal
 
 import jsonschema
@@ -322,3 +323,37 @@ def test_responses_as_a_batch_endpoint(batch_stack: BatchStack) -> None:
     assert refused.status == "failed"
     (error,) = refused.errors.data
     assert (error.line, error.param) == (2, "body.previous_response_id")
+
+
+def test_background_response_is_queued_durably_then_polled(batch_stack: BatchStack) -> None:
+    client: Any = batch_stack.sdk("alpha")
+    created = client.responses.create(model=ECHO, input="run me later", background=True)
+    assert created.status == "queued"
+    assert created.background is True
+    request_id = created.id.removeprefix("resp_")
+    # Recorded on the durable async path (the scheduler publishes it again if need be).
+    (row,) = batch_stack.query("SELECT endpoint FROM async_requests WHERE id = $1", request_id)
+    assert row["endpoint"] == "/v1/responses"
+    with pytest.raises(openai.NotFoundError):
+        batch_stack.sdk("beta").responses.retrieve(created.id)
+    end = time.monotonic() + 30
+    got = client.responses.retrieve(created.id)
+    while got.status in ("queued", "in_progress"):
+        assert time.monotonic() < end, got
+        time.sleep(0.1)
+        got = client.responses.retrieve(created.id)
+    assert got.status == "completed"
+    assert got.output_text == "run me later"
+    assert got.usage.output_tokens == 3
+    # It continues like any stored response.
+    after = client.responses.create(model=ECHO, input="next", previous_response_id=created.id)
+    assert after.output_text == "next"
+
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model=ECHO, input="x", background=True, store=False)
+    error: Any = info.value.body
+    assert error["param"] == "store"
+    with pytest.raises(openai.NotFoundError):  # refused: nothing is left queued
+        client.responses.create(model="no-such-model", input="x", background=True)
+    left = batch_stack.query("SELECT id FROM async_requests WHERE model = 'no-such-model'")
+    assert left == []
