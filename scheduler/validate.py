@@ -18,7 +18,7 @@ import msgspec
 from scheduler.codec import Codec
 from scheduler.store import batches as bs
 from scheduler.store.batches import BatchRow
-from scheduler.store.files import get_file, iter_lines
+from scheduler.store.files import MAX_LINE_BYTES, get_file, iter_lines
 from scheduler.store.webhooks import EventType, enqueue
 from schemas.codec import encode
 from schemas.names import Priority
@@ -31,6 +31,9 @@ MAX_LISTED_ERRORS = 1000
 #: Items written per COPY.
 COPY_ROWS = 2000
 MAX_CUSTOM_ID_CHARS = 512
+#: Validation attempts of one batch (each counted before it starts): past this, the batch is
+#: failed, so a file whose validation kills the process cannot do it after every restart.
+MAX_VALIDATION_ATTEMPTS = 3
 
 
 class _Line(msgspec.Struct):
@@ -67,6 +70,17 @@ async def validate(
         if batch.status is not bs.BatchStatus.VALIDATING:  # cancelled before it was validated
             await bs.start_batch(conn, batch.id, None, 0)
             return False
+        attempts = await bs.count_validation_attempt(conn, batch.id)
+        if attempts > MAX_VALIDATION_ATTEMPTS:
+            log.warning("batch %s: validation attempt %d, failing it", batch.id, attempts)
+            errors.add(
+                None,
+                "validation_error",
+                f"The input file could not be validated in {MAX_VALIDATION_ATTEMPTS} attempts.",
+                "input_file_id",
+            )
+            await _fail(conn, batch, errors.listed)
+            return False
         source = await get_file(conn, batch.tenant, batch.input_file_id)
         if source is None:
             errors.add(
@@ -83,8 +97,15 @@ async def validate(
         rows: list[tuple[str, int, str, bytes]] = []
         model: str | None = None
         idx = 0
-        async for number, raw in iter_lines(pool, source.id):
+        async for number, raw in iter_lines(pool, source.id, MAX_LINE_BYTES):
             line = number + 1
+            if raw is None:
+                errors.add(
+                    line,
+                    "line_too_long",
+                    f"The line is longer than {MAX_LINE_BYTES} bytes.",
+                )
+                continue
             if not raw.strip():
                 continue
             parsed = _check_line(raw, line, batch.endpoint, errors)

@@ -13,11 +13,18 @@ from standardwebhooks.webhooks import Webhook
 
 from jetserve.batch_cli import progress_line
 from scheduler.api.batches import window_seconds
-from scheduler.api.upload import receive_upload
+from scheduler.api.upload import MAX_FORM_BYTES, receive_upload
 from scheduler.store.batches import item_request_id, parse_item_request_id
 from scheduler.store.files import CHUNK_BYTES, FileTooLarge, FileWriter, TooManyLines
 from scheduler.store.webhooks import new_secret
-from scheduler.urlguard import UrlRefused, check_url, is_internal, parse
+from scheduler.urlguard import (
+    UrlRefused,
+    check_url,
+    is_internal,
+    normalise,
+    parse,
+    registered_form,
+)
 from scheduler.validate import LineErrors, _check_line
 from scheduler.webhooks import RetryPolicy, sign
 from schemas.names import owner_from_results_subject, results_subject
@@ -41,6 +48,17 @@ from schemas.openai_errors import ApiError
         ("224.0.0.1", True),
         ("8.8.8.8", False),
         ("2001:4860:4860::8888", False),
+        # IPv6 forms that carry an IPv4 address and are routed to it.
+        ("64:ff9b::7f00:1", True),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 of 169.254.169.254
+        ("64:ff9b:1::a00:1", True),  # local-use NAT64
+        ("2002:7f00:1::", True),  # 6to4 of 127.0.0.1
+        ("2002:a00:1::1", True),  # 6to4 of 10.0.0.1
+        ("::7f00:1", True),  # ::127.0.0.1, IPv4-compatible
+        ("::a00:1", True),  # ::10.0.0.1
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", True),  # Teredo, client 127.0.0.1
+        ("64:ff9b::808:808", False),  # NAT64 of 8.8.8.8
+        ("2002:808:808::1", False),  # 6to4 of 8.8.8.8
     ],
 )
 def test_internal_addresses(address: str, internal: bool) -> None:
@@ -56,8 +74,43 @@ async def test_url_guard() -> None:
         with pytest.raises(UrlRefused, match="internal address"):
             await check_url(private, allow_private=False)
         await check_url(private, allow_private=True)
-    with pytest.raises(UrlRefused, match="internal address"):
+    with pytest.raises(UrlRefused, match="internal address") as refused:
         await check_url("http://localhost:9/x", allow_private=False)  # resolved, then refused
+    # Generic: the address a name resolved to is never told (no DNS oracle).
+    assert "127.0.0.1" not in str(refused.value)
+    assert "::1" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "stored"),
+    [
+        ("HTTPS://Example.COM:8443/a", "https://example.com:8443/a"),
+        ("http://example.com/a/../b", "http://example.com/b"),
+        ("https://bücher.de/x?q=1", "https://xn--bcher-kva.de/x?q=1"),
+        ("http://example.com/é", "http://example.com/%C3%A9"),
+    ],
+)
+def test_urls_are_stored_as_the_client_sends_them(url: str, stored: str) -> None:
+    assert normalise(url) == stored
+    assert normalise(stored) == stored
+    # A callback URL (HTTP header or NATS metadata) is looked up in this form too.
+    assert registered_form(url) == stored
+    assert registered_form("http://a\tb/") == "http://a\tb/"  # matches no endpoint
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/a\tb",
+        "http://exam\nple.com/",
+        "http://example.com/\r\nx: y",
+        " http://e.com/",
+    ],
+)
+def test_urls_with_whitespace_or_controls_are_refused(url: str) -> None:
+    """`urlsplit` drops tabs and newlines, so the old check passed URLs the client refuses."""
+    with pytest.raises(UrlRefused, match="whitespace"):
+        normalise(url)
 
 
 def test_retry_policy_is_exponential_with_jitter_and_capped() -> None:
@@ -202,6 +255,70 @@ async def test_multipart_limits_and_refusals() -> None:
     assert field.value.param == "purpose"
     with pytest.raises(ApiError):
         await receive_upload(_receiver(body, 64), "application/json", small, lambda n, v: None)
+
+
+def _form(*parts: tuple[str, bytes], boundary: str = "XyZ123") -> tuple[bytes, str]:
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        + value
+        + b"\r\n"
+        for name, value in parts
+    )
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def _no_file(filename: str) -> FileWriter:
+    raise AssertionError("no file part was sent")
+
+
+async def test_multipart_takes_only_its_known_fields_within_a_total() -> None:
+    """Before, every form field was kept (each up to 1 KiB, with no total): 80 MB of fields
+    stayed in the bridge's memory. Now an unknown field, a repeated one, or more than
+    MAX_FORM_BYTES of headers and values is refused at once."""
+    for parts, says in (
+        ([("purpose", b"batch"), ("x0", b"v")], "Unknown form field `x0`"),
+        ([("purpose", b"batch"), ("purpose", b"batch")], "more than once"),
+    ):
+        body, content_type = _form(*parts)
+        with pytest.raises(ApiError, match=says) as refused:
+            await receive_upload(_receiver(body, 64), content_type, _no_file, lambda n, v: None)
+        assert refused.value.status == 400
+    # A part with ever more header lines: refused once the total is past, not read on.
+    bloat = (
+        b'--XyZ123\r\nContent-Disposition: form-data; name="purpose"\r\n'
+        + (b"X-Pad: " + b"p" * 3000 + b"\r\n") * 8
+    )
+    sent = 0
+    pieces = [bloat[i : i + 1000] for i in range(0, len(bloat), 1000)]
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        sent += 1
+        return {"type": "http.request", "body": pieces.pop(0), "more_body": bool(pieces)}
+
+    with pytest.raises(ApiError, match="longer than") as total:
+        await receive_upload(
+            receive, "multipart/form-data; boundary=XyZ123", _no_file, lambda n, v: None
+        )
+    assert total.value.status == 400
+    assert sent * 1000 <= MAX_FORM_BYTES + 2000
+
+
+async def test_a_line_too_long_is_refused_while_the_upload_streams() -> None:
+    content = b'{"a": 1}\n' * 3 + b"x" * 5000 + b"\n" + b'{"a": 2}\n'
+    body, content_type = _multipart(content)
+    db = FakeDb()
+
+    async def capped(filename: str) -> FileWriter:
+        return FileWriter(db, "file-4", max_line_bytes=4096)
+
+    with pytest.raises(ApiError) as refused:
+        await receive_upload(_receiver(body, 97), content_type, capped, lambda n, v: None)
+    assert refused.value.status == 400
+    assert refused.value.code == "line_too_long"
+    assert refused.value.param == "file"
+    assert "Line 4 " in refused.value.message
+    assert "DELETE" in db.statements
 
 
 async def test_file_writer_counts_a_last_line_without_newline() -> None:

@@ -163,6 +163,36 @@ async def test_key_cache_remembers_hits_and_misses_for_its_ttl() -> None:
     assert bearer_token(None) is None
 
 
+async def test_unknown_keys_cannot_push_verified_keys_out_of_the_cache() -> None:
+    """Before, refused keys shared the LRU with verified ones: a flood of made-up keys evicted
+    every tenant's key, and each of their next requests cost a database query."""
+    calls: list[str] = []
+
+    async def lookup(token: str) -> Principal | None:
+        calls.append(token)
+        return Principal("t", "k") if token == "good" else None
+
+    auth = CachedAuthenticator(lookup, ttl_s=60, max_entries=100)
+    assert await auth.authenticate("good") == Principal("t", "k")
+    for i in range(1000):
+        assert await auth.authenticate(f"made-up-{i}") is None
+    assert await auth.authenticate("good") == Principal("t", "k")
+    assert calls.count("good") == 1
+    assert await auth.authenticate("made-up-999") is None  # a repeated one: from memory
+    assert len(calls) == 1001
+
+
+async def test_a_string_that_cannot_be_a_key_costs_no_query() -> None:
+    class NoDatabase:
+        async def fetchrow(self, *args: object) -> None:
+            raise AssertionError("queried")
+
+    from scheduler.store.keys import lookup_key
+
+    for secret in ("js-short", "js-" + "a" * 44, "js-" + "a" * 42 + "!", "xx-" + "a" * 43):
+        assert await lookup_key(NoDatabase(), secret) is None
+
+
 def test_config_from_env() -> None:
     with pytest.raises(ConfigError, match="JETSERVE_DATABASE_URL"):
         BridgeConfig.from_env({})

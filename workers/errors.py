@@ -73,6 +73,23 @@ def disposition(exc: BaseException) -> Disposition:
     return Disposition.RETRY
 
 
+def public_message(exc: BaseException) -> str:
+    """What the requester is told of a failure. A `WorkerError`'s message is written for the
+    requester; any other exception's text is the model's internals (it may quote input,
+    paths, other state), so it is summarised by its type. The full text goes only to the
+    dead-letter headers (for operators) and to DEBUG logs."""
+    if isinstance(exc, WorkerError):
+        return exc.message
+    return f"the model raised {type(exc).__name__}"
+
+
+def detail_message(exc: BaseException) -> str:
+    """The full text of a failure, for operators (the dead-letter headers)."""
+    if isinstance(exc, WorkerError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
 def retry_delay_s(attempt: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
     """Exponential backoff for the `attempt`-th failed delivery (1-based)."""
     return float(min(cap_s, base_s * 2 ** max(0, attempt - 1)))

@@ -33,8 +33,9 @@ from workers.cancels import CancelRegistry
 from workers.errors import (
     Disposition,
     PermanentError,
-    WorkerError,
+    detail_message,
     disposition,
+    public_message,
     retry_delay_s,
 )
 from workers.jsmeta import ack_info
@@ -264,7 +265,7 @@ class Handler:
         self, msg: Delivery, sink: Sink, request: InferenceRequest, attempt: int, exc: Exception
     ) -> None:
         action = disposition(exc)
-        message = exc.message if isinstance(exc, WorkerError) else f"{type(exc).__name__}: {exc}"
+        message = public_message(exc)
         if action is Disposition.TERM:
             code = exc.code if isinstance(exc, PermanentError) else ErrorCode.INVALID_REQUEST
             await self._reject(msg, sink, code, message)
@@ -274,7 +275,7 @@ class Handler:
             self._count["handed_back"].inc()
             self._on_engine_dead(exc)
         elif attempt >= self._max_attempts:
-            await self._dead_letter(msg, sink, request.id, attempt, message)
+            await self._dead_letter(msg, sink, request.id, attempt, message, detail_message(exc))
         else:
             # The model's message may quote its input: by default only its type is logged
             # (it reaches the requester, and the dead-letter headers if it comes to that).
@@ -284,7 +285,7 @@ class Handler:
                 attempt,
                 type(exc).__name__,
             )
-            log.debug("request %s: %s", request.id, message)
+            log.debug("request %s: %s", request.id, detail_message(exc))
             await msg.nak(delay=retry_delay_s(attempt))
             self._count["retry"].inc()
 
@@ -304,14 +305,22 @@ class Handler:
         self._metrics.errors.labels(self._model, ErrorCode.INVALID_REQUEST.value).inc()
 
     async def _dead_letter(
-        self, msg: Delivery, sink: Sink, request_id: str, attempt: int, reason: str
+        self,
+        msg: Delivery,
+        sink: Sink,
+        request_id: str,
+        attempt: int,
+        reason: str,
+        detail: str | None = None,
     ) -> None:
+        """Park the message in the dead-letter stream (with `detail`, the full reason, in its
+        headers) and tell the requester `reason`."""
         log.error("request %s dead-lettered after %d deliveries", request_id, attempt)
         headers = {k: v for k, v in (msg.headers or {}).items() if k != Header.MSG_ID}
         headers.update(
             {
                 Header.ERROR_CODE.value: ErrorCode.DEAD_LETTERED.value,
-                Header.ERROR_MESSAGE.value: reason[:1000],
+                Header.ERROR_MESSAGE.value: (detail or reason)[:1000],
                 Header.DELIVERIES.value: str(attempt),
                 Header.ORIGINAL_SUBJECT.value: msg.subject,
             }

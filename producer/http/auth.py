@@ -3,7 +3,9 @@
 The bridge depends only on the `Authenticator` protocol; the composition root
 (`jetserve/bridge.py`) injects the Postgres-backed one, so `producer` never imports the
 store. `CachedAuthenticator` keeps verified (and refused) keys in memory for `ttl_s`, so the
-database is not asked on every request: a revoked key stops working within `ttl_s`.
+database is not asked on every request: a revoked key stops working within `ttl_s`. Refused
+keys are kept apart from verified ones, each set bounded: a flood of unknown keys is answered
+from memory when repeated and can never push a tenant's verified key out.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ Lookup = Callable[[str], Awaitable[Principal | None]]
 
 
 class CachedAuthenticator:
-    """Remembers lookups for `ttl_s`, keyed by the token's SHA-256 (no plaintext kept),
-    at most `max_entries` (least recently used dropped first)."""
+    """Remembers lookups for `ttl_s`, keyed by the token's SHA-256 (no plaintext kept): at
+    most `max_entries` verified keys and, apart, at most `max_entries` refused ones (least
+    recently used dropped first within each)."""
 
     def __init__(
         self,
@@ -61,20 +64,24 @@ class CachedAuthenticator:
         self._ttl_s = ttl_s
         self._max = max_entries
         self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
+        self._known: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
+        self._refused: OrderedDict[bytes, tuple[float, Principal | None]] = OrderedDict()
 
     async def authenticate(self, token: str) -> Principal | None:
         digest = hashlib.sha256(token.encode()).digest()
         now = self._clock()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            self._cache.move_to_end(digest)
-            return hit[1]
+        for cache in (self._known, self._refused):
+            hit = cache.get(digest)
+            if hit is not None and hit[0] > now:
+                cache.move_to_end(digest)
+                return hit[1]
         principal = await self._lookup(token)
-        self._cache[digest] = (now + self._ttl_s, principal)
-        self._cache.move_to_end(digest)
-        while len(self._cache) > self._max:
-            self._cache.popitem(last=False)
+        cache = self._refused if principal is None else self._known
+        (self._known if principal is None else self._refused).pop(digest, None)
+        cache[digest] = (now + self._ttl_s, principal)
+        cache.move_to_end(digest)
+        while len(cache) > self._max:
+            cache.popitem(last=False)
         return principal
 
 

@@ -26,6 +26,7 @@ from scheduler.api.objects import AsyncRequestObject, ErrorObject, ResponseObjec
 from scheduler.store import async_requests as ar
 from scheduler.store.async_requests import AsyncRow
 from scheduler.store.webhooks import endpoint_by_url
+from scheduler.urlguard import registered_form
 from schemas import names
 from schemas.codec import decode_reply, decode_request, encode
 from schemas.messages import ErrorResult, StreamChunk
@@ -54,7 +55,8 @@ def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
             deadline_ms=None,
         )
         pool = await deps.pool()
-        callback = request.headers.get(CALLBACK_HEADER)
+        raw_callback = request.headers.get(CALLBACK_HEADER)
+        callback = registered_form(raw_callback) if raw_callback else None
         if callback and await endpoint_by_url(pool, tenant, callback) is None:
             raise invalid(
                 "The callback URL must be a webhook endpoint registered first (POST /v1/webhooks).",

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from scheduler.codec import Codec
-from scheduler.store.files import MAX_FILE_BYTES, MAX_FILE_LINES
+from scheduler.store.files import MAX_FILE_BYTES, MAX_FILE_LINES, MAX_LINE_BYTES
 from scheduler.store.pool import NOTIFY_CHANNEL
 from schemas.messages import InferenceRequest
 from schemas.openai_errors import invalid
@@ -35,6 +35,7 @@ class Deps:
     max_body_bytes: int = 1024 * 1024
     max_file_bytes: int = MAX_FILE_BYTES
     max_file_lines: int = MAX_FILE_LINES
+    max_line_bytes: int = MAX_LINE_BYTES
 
 
 def query_limit(raw: str | None, *, default: int, maximum: int) -> int:

@@ -57,6 +57,7 @@ def file_routes(deps: Deps) -> list[ControllerRouterHandler]:
                 filename,
                 max_bytes=deps.max_file_bytes,
                 max_lines=deps.max_file_lines,
+                max_line_bytes=deps.max_line_bytes,
             )
 
         upload = await receive_upload(

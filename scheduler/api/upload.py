@@ -2,8 +2,10 @@
 
 The ASGI body arrives in pieces; each piece goes through `python-multipart`'s incremental
 parser, and the `file` part's bytes go straight to a `FileWriter` (Postgres, ~1 MiB chunks).
-Nothing holds the file whole; the size and line limits apply while it arrives. Form fields
-other than `file` (`purpose`) are small and kept in memory (at most 1 KiB each).
+Nothing holds the file whole; the size, line count and line length limits apply while it
+arrives. The only other field is `purpose` (kept in memory, at most 1 KiB); any other field,
+a field sent twice, or more than `MAX_FORM_BYTES` of part headers and field values in all is
+refused as soon as it is seen, so a body of many small fields cannot fill the memory.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ from typing import Any
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
-from scheduler.store.files import FileTooLarge, FileWriter, TooManyLines
+from scheduler.store.files import FileTooLarge, FileWriter, LineTooLong, TooManyLines
 from schemas.openai_errors import ApiError, invalid
 
 MAX_FIELD_BYTES = 1024
+#: Part headers and field values (all but the file's content) of one upload, in all.
+MAX_FORM_BYTES = 16 * 1024
+#: The form fields of an upload: the file, and the text fields besides it.
+FILE_FIELD = "file"
+TEXT_FIELDS = ("purpose",)
 Receive = Callable[[], Awaitable[Any]]
 
 
@@ -44,12 +51,23 @@ class _Events:
         self.items: list[tuple[str, bytes]] = []
         self._name = b""
         self._value = b""
+        #: Bytes of part headers and field values so far (bounded by MAX_FORM_BYTES).
+        self.form_bytes = 0
+
+    def count(self, n: int) -> None:
+        self.form_bytes += n
+        if self.form_bytes > MAX_FORM_BYTES:
+            raise invalid(
+                f"The form (besides the file) is longer than {MAX_FORM_BYTES} bytes.", None
+            )
 
     def callbacks(self) -> dict[str, Any]:
         def header_field(data: bytes, start: int, end: int) -> None:
+            self.count(end - start)
             self._name += data[start:end]
 
         def header_value(data: bytes, start: int, end: int) -> None:
+            self.count(end - start)
             self._value += data[start:end]
 
         def header_end() -> None:
@@ -111,6 +129,13 @@ async def receive_upload(
         raise invalid(
             f"The file has more than {exc.limit_lines} lines.", "file", "too_many_lines"
         ) from None
+    except LineTooLong as exc:
+        await _abort(upload)
+        raise invalid(
+            f"Line {exc.line} of the file is longer than {exc.limit_bytes} bytes.",
+            "file",
+            "line_too_long",
+        ) from None
     except ApiError:
         await _abort(upload)
         raise
@@ -143,7 +168,15 @@ async def _act(
             filename = options.get(b"filename")
             part["filename"] = None if filename is None else filename.decode("utf-8", "replace")
         elif kind == "body":
-            if part.get("name") == "file":
+            name = part.get("name")
+            if name not in (FILE_FIELD, *TEXT_FIELDS):
+                raise invalid(
+                    f"Unknown form field `{str(name)[:50]}`: send only `file` and `purpose`.",
+                    None,
+                )
+            if name in upload.fields:
+                raise invalid(f"The form field `{name}` is sent more than once.", name)
+            if name == FILE_FIELD:
                 if upload.writer is not None:
                     raise invalid("Send one file per upload.", "file")
                 upload.filename = (part.get("filename") or "upload.jsonl")[-255:]
@@ -158,6 +191,7 @@ async def _act(
                 value += data
                 if len(value) > MAX_FIELD_BYTES:
                     raise invalid(f"The form field `{part.get('name')}` is too long.", None)
+                events.count(len(data))
         elif kind == "end" and part.get("name") not in (None, "file"):
             name = str(part["name"])
             text = bytes(part.get("value", b"")).decode("utf-8", "replace")

@@ -7,7 +7,8 @@
 
 Events: batch.completed, batch.failed, batch.expired, batch.cancelled, request.completed,
 request.failed (default: all). The URL is refused when it resolves to a loopback, private or
-link-local address, unless JETSERVE_WEBHOOKS_ALLOW_PRIVATE=true.
+link-local address, unless JETSERVE_WEBHOOKS_ALLOW_PRIVATE=true; it is stored normalised (as
+the HTTP client sends it: a tab or newline is refused, not dropped).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from msgspec import Meta
 from scheduler.api.deps import JSON, Deps
 from scheduler.api.objects import WebhookEndpointList, deleted, endpoint_object
 from scheduler.store import webhooks as wh
-from scheduler.urlguard import UrlRefused, check_url
+from scheduler.urlguard import UrlRefused, check_url, normalise
 from schemas.openai_errors import BODY_ERRORS, from_decode_error, invalid
 
 _encode = msgspec.json.encode
@@ -64,11 +65,13 @@ def webhook_routes(deps: Deps) -> list[ControllerRouterHandler]:
         if body.secret is not None:
             _check_secret(body.secret)
         try:
-            await check_url(body.url, allow_private=deps.allow_private_webhooks)
+            # Stored as the HTTP client will send it: what is checked is what is delivered to.
+            url = normalise(body.url)
+            await check_url(url, allow_private=deps.allow_private_webhooks)
         except UrlRefused as exc:
             raise invalid(f"The webhook URL is refused: {exc}.", "url", "invalid_url") from None
         endpoint = await wh.create_endpoint(
-            await deps.pool(), tenant, body.url, sorted(set(events)), body.secret
+            await deps.pool(), tenant, url, sorted(set(events)), body.secret
         )
         return Response(_encode(endpoint_object(endpoint, with_secret=True)), media_type=JSON)
 

@@ -209,6 +209,16 @@ async def to_validate(db: Db, limit: int = 10) -> list[BatchRow]:
     return await _select(db, _TO_VALIDATE, limit)
 
 
+async def count_validation_attempt(db: Db, batch_id: str) -> int:
+    """Count a validation attempt (committed before the attempt starts); the count so far."""
+    count = await db.fetchval(
+        "UPDATE batches SET validation_attempts = validation_attempts + 1 WHERE id = $1 "
+        "RETURNING validation_attempts",
+        batch_id,
+    )
+    return int(count or 0)
+
+
 async def start_batch(db: Db, batch_id: str, model: str | None, total: int) -> None:
     """Validated: validating -> in_progress. A batch cancelled while it was validated stays
     cancelling (with its items, none dispatched), and is finished as cancelled."""

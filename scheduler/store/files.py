@@ -20,6 +20,10 @@ CHUNK_BYTES = 1024 * 1024
 #: OpenAI's limits for a batch input file.
 MAX_FILE_BYTES = 200 * 1024 * 1024
 MAX_FILE_LINES = 50_000
+#: The longest line a batch file may have: a request line is its body (the bridge takes
+#: bodies of up to 1 MiB) plus a small envelope. Checked while the upload streams, and again
+#: while a file is read, so no line is ever held larger than this.
+MAX_LINE_BYTES = 2 * 1024 * 1024
 
 Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
@@ -34,6 +38,13 @@ class TooManyLines(Exception):
     def __init__(self, limit_lines: int) -> None:
         super().__init__(f"more than {limit_lines} lines")
         self.limit_lines = limit_lines
+
+
+class LineTooLong(Exception):
+    def __init__(self, line: int, limit_bytes: int) -> None:
+        super().__init__(f"line {line} is longer than {limit_bytes} bytes")
+        self.line = line  # 1-based
+        self.limit_bytes = limit_bytes
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,8 @@ def new_file_id() -> str:
 
 class FileWriter:
     """Appends content to a new file in `CHUNK_BYTES` chunks; counts bytes and lines (a last
-    line without a newline counts). Raises `FileTooLarge` / `TooManyLines` past the limits."""
+    line without a newline counts). Raises `FileTooLarge` / `TooManyLines` / `LineTooLong`
+    past the limits."""
 
     def __init__(
         self,
@@ -79,11 +91,15 @@ class FileWriter:
         *,
         max_bytes: int | None = None,
         max_lines: int | None = None,
+        max_line_bytes: int | None = None,
     ) -> None:
         self.db = db
         self.file_id = file_id
         self._max_bytes = max_bytes
         self._max_lines = max_lines
+        self._max_line_bytes = max_line_bytes
+        #: Bytes of the line not yet ended by a newline.
+        self._open_line = 0
         self._buffer = bytearray()
         self._seq = 0
         self.bytes = 0
@@ -100,6 +116,7 @@ class FileWriter:
         *,
         max_bytes: int | None = None,
         max_lines: int | None = None,
+        max_line_bytes: int | None = None,
     ) -> FileWriter:
         file_id = new_file_id()
         await db.execute(
@@ -110,7 +127,9 @@ class FileWriter:
             purpose,
             filename,
         )
-        return cls(db, file_id, max_bytes=max_bytes, max_lines=max_lines)
+        return cls(
+            db, file_id, max_bytes=max_bytes, max_lines=max_lines, max_line_bytes=max_line_bytes
+        )
 
     @property
     def lines(self) -> int:
@@ -123,6 +142,8 @@ class FileWriter:
         if self._max_bytes is not None and self.bytes > self._max_bytes:
             raise FileTooLarge(self._max_bytes)
         view = bytes(data)
+        if self._max_line_bytes is not None:
+            self._check_line_lengths(view, self._max_line_bytes)
         self._newlines += view.count(b"\n")
         self._last = view[-1:]
         if self._max_lines is not None and self.lines > self._max_lines:
@@ -131,6 +152,26 @@ class FileWriter:
         while len(self._buffer) >= CHUNK_BYTES:
             await self._flush(bytes(self._buffer[:CHUNK_BYTES]))
             del self._buffer[:CHUNK_BYTES]
+
+    def _check_line_lengths(self, view: bytes, limit: int) -> None:
+        """Raise LineTooLong if a line reaches past `limit` with this piece. Linear in the
+        piece, and only scanned line by line when the piece could hold a long line."""
+        last = view.rfind(b"\n")
+        if last < 0:
+            self._open_line += len(view)
+            if self._open_line > limit:
+                raise LineTooLong(self._newlines + 1, limit)
+            return
+        if self._open_line + last > limit:  # some line ending in this piece may be too long
+            start, number = 0, self._newlines + 1
+            while (end := view.find(b"\n", start)) >= 0:
+                length = end - start + (self._open_line if start == 0 else 0)
+                if length > limit:
+                    raise LineTooLong(number, limit)
+                start, number = end + 1, number + 1
+        self._open_line = len(view) - last - 1
+        if self._open_line > limit:
+            raise LineTooLong(self._newlines + view.count(b"\n") + 1, limit)
 
     async def _flush(self, chunk: bytes) -> None:
         await self.db.execute(
@@ -228,20 +269,37 @@ async def iter_chunks(db: Db, file_id: str) -> AsyncIterator[bytes]:
         seq += 1
 
 
-async def iter_lines(db: Db, file_id: str) -> AsyncIterator[tuple[int, bytes]]:
-    """(0-based line number, line without its newline) for every line, blank ones included."""
-    rest = b""
+async def iter_lines(
+    db: Db, file_id: str, max_line_bytes: int | None = None
+) -> AsyncIterator[tuple[int, bytes | None]]:
+    """(0-based line number, line without its newline) for every line, blank ones included;
+    a line longer than `max_line_bytes` comes as (number, None), without ever being held
+    whole. Linear in the file's size, however long its lines (a line spanning chunks is kept
+    as a list of pieces, joined once)."""
+    limit = max_line_bytes if max_line_bytes is not None else float("inf")
+    pending: list[bytes] = []  # pieces of the line not yet ended
+    pending_bytes = 0
+    overlong = False
     number = 0
     async for chunk in iter_chunks(db, file_id):
-        data = rest + chunk if rest else chunk
         start = 0
-        while True:
-            end = data.find(b"\n", start)
-            if end < 0:
-                break
-            yield number, data[start:end]
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if not pending_bytes and not overlong:  # the common case: a line within a chunk
+                line: bytes | None = chunk[start:end] if end - start <= limit else None
+            else:
+                pending_bytes += end - start
+                overlong = overlong or pending_bytes > limit
+                line = None if overlong else b"".join([*pending, chunk[start:end]])
+                pending, pending_bytes, overlong = [], 0, False
+            yield number, line
             number += 1
             start = end + 1
-        rest = data[start:]
-    if rest:
-        yield number, rest
+        if start < len(chunk):
+            pending_bytes += len(chunk) - start
+            overlong = overlong or pending_bytes > limit
+            if overlong:
+                pending.clear()
+            else:
+                pending.append(chunk[start:])
+    if pending_bytes:
+        yield number, None if overlong else b"".join(pending)

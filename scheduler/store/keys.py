@@ -17,6 +17,9 @@ from datetime import datetime
 import asyncpg
 
 KEY_PREFIX = "js-"
+#: The shape of every key `create_key` makes: anything else is refused without a query.
+KEY_PATTERN = r"^js-[A-Za-z0-9_-]{43}$"
+_KEY_RE = re.compile(KEY_PATTERN)
 #: Tenants travel in NATS headers and subjects of later features: keep them plain.
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _TENANT_RE = re.compile(TENANT_PATTERN)
@@ -79,7 +82,10 @@ async def create_key(
 
 
 async def lookup_key(db: asyncpg.Pool | asyncpg.Connection, secret: str) -> ApiKey | None:
-    """The live key whose hash matches, or None (unknown or revoked)."""
+    """The live key whose hash matches, or None (unknown or revoked). A string that cannot be
+    a key costs no query."""
+    if not _KEY_RE.fullmatch(secret):
+        return None
     digest = hash_key(secret)
     row = await db.fetchrow(
         f"SELECT {_COLUMNS}, key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",

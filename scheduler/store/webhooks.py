@@ -1,9 +1,9 @@
 """Webhook endpoints (per tenant, each with a Standard Webhooks secret) and the delivery outbox.
 
 An event is written to the outbox (`enqueue`) in the same transaction as the state change that
-caused it, one row per endpoint that wants it; the deliverer takes due rows with
-`FOR UPDATE SKIP LOCKED` and records each attempt. A row ends `delivered` (a 2xx) or `dead`
-(still failing after the retry period).
+caused it, one row per endpoint that wants it; the deliverer claims due rows (`FOR UPDATE
+SKIP LOCKED`, then a lease) and records each attempt on its own. A row ends `delivered` (a
+2xx) or `dead` (still failing after the retry period).
 """
 
 from __future__ import annotations
@@ -157,14 +157,21 @@ async def enqueue(
     return int(result.split()[-1])
 
 
-async def take_due(conn: asyncpg.Connection, limit: int) -> list[Delivery]:
-    """Due pending deliveries, locked for this transaction (others skip them)."""
-    rows = await conn.fetch(
-        "SELECT d.id, d.tenant, d.url, e.secret, d.event_type, d.payload, d.attempts, "
-        "d.created_at FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id "
-        "WHERE d.state = 'pending' AND d.next_attempt_at <= now() "
-        "ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED",
+async def claim_due(db: Db, limit: int, lease_s: float) -> list[Delivery]:
+    """Claim due pending deliveries: each one's attempt is counted now and its next attempt
+    moved `lease_s` ahead, in one short statement. The attempt itself runs outside any
+    transaction and records its outcome with `record_attempt`; if the process dies during
+    it, the delivery comes back when the lease ends (counted: it cannot loop unnoticed)."""
+    rows = await db.fetch(
+        "UPDATE webhook_deliveries d SET attempts = d.attempts + 1, "
+        "next_attempt_at = now() + make_interval(secs => $2) "
+        "FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND d.id IN ("
+        "SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= now() "
+        "ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+        "RETURNING d.id, d.tenant, d.url, e.secret, d.event_type, d.payload, d.attempts, "
+        "d.created_at",
         limit,
+        lease_s,
     )
     return [
         Delivery(
@@ -182,7 +189,7 @@ async def take_due(conn: asyncpg.Connection, limit: int) -> list[Delivery]:
 
 
 async def record_attempt(
-    conn: Db,
+    db: Db,
     delivery_id: str,
     *,
     state: DeliveryState,
@@ -190,8 +197,9 @@ async def record_attempt(
     error: str | None,
     retry_in_s: float,
 ) -> None:
-    await conn.execute(
-        "UPDATE webhook_deliveries SET attempts = attempts + 1, state = $2, last_status = $3, "
+    """The outcome of the attempt `claim_due` counted."""
+    await db.execute(
+        "UPDATE webhook_deliveries SET state = $2, last_status = $3, "
         "last_error = $4, next_attempt_at = now() + make_interval(secs => $5), "
         "delivered_at = CASE WHEN $2 = 'delivered' THEN now() ELSE delivered_at END "
         "WHERE id = $1",

@@ -9,11 +9,12 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import nats
 import pytest
 
@@ -286,3 +287,21 @@ def llm_worker(
         yield LLM
         alive = proc.poll() is None
     assert alive, "the LLM worker died during the session"
+
+
+@pytest.fixture
+async def store_pool(postgres: PostgresServer) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh, migrated database of its own in the session's PostgreSQL."""
+    from scheduler.store.migrate import migrate_dsn
+
+    database = f"store_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres.dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {database}")
+    finally:
+        await admin.close()
+    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{database}"
+    await migrate_dsn(dsn)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=8)
+    yield pool
+    await pool.close()

@@ -178,7 +178,12 @@ async def test_model_exception_is_retried_then_dead_lettered(
     with pytest.raises(RequestFailed) as info:
         await client.request(model_name, "predict", {"fail": True}, timeout_s=20)
     assert info.value.code is ErrorCode.DEAD_LETTERED
-    assert "model failed" in info.value.message
+    # The requester gets a summary; the model's own text is kept for operators only.
+    assert "RuntimeError" in info.value.message
+    assert "RuntimeError: model failed" not in info.value.message
+    parked = await nc.jetstream().get_last_msg(names.DLQ_STREAM, names.dlq_subject(model_name))
+    assert parked.headers is not None
+    assert parked.headers[names.Header.ERROR_MESSAGE] == "RuntimeError: model failed"
     assert (await client.request(model_name, "predict", 7, timeout_s=5)).output == 7
     info_ = await nc.jetstream().consumer_info(names.stream_name(model_name), "online")
     assert info_.num_redelivered == 0  # acked/termed: nothing left pending

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import hmac
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -195,3 +196,36 @@ async def test_the_worker_publishes_no_reply_to_a_subject_it_must_not(
         assert info.num_ack_pending == 0  # terminated, not left to be redelivered
     finally:
         await nc.close()
+
+
+def test_request_ids_are_unpredictable(bridge_stack: BridgeStack) -> None:
+    """Ids are in every response and are the NATS de-duplication id. Before, they were a
+    per-process prefix and a counter: a tenant that can also publish to NATS could compute
+    the next ids and cancel, or pre-empt under their `Nats-Msg-Id`, other tenants' requests."""
+    headers = {"Authorization": f"Bearer {bridge_stack.key}"}
+    chat = {"model": ECHO, "messages": [{"role": "user", "content": "id"}]}
+    with httpx.Client(base_url=bridge_stack.v1, headers=headers, timeout=30) as http:
+        ids = [http.post("/chat/completions", json=chat).json()["id"] for _ in range(40)]
+    tails = [i.removeprefix("chatcmpl-") for i in ids]
+    assert all(len(t) == 32 and int(t, 16) >= 0 for t in tails)  # 128 bits, hex
+    assert len(set(tails)) == len(tails)
+    # Consecutive ids share no prefix beyond chance (a prefix-and-counter scheme shares 16).
+    shared = [
+        next((n for n, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+        for a, b in itertools.pairwise(tails)
+    ]
+    assert max(shared) < 8, shared
+
+
+def test_a_model_exception_reaches_the_client_summarised(bridge_stack: BridgeStack) -> None:
+    """The model's exception text (here it quotes the prompt) is the model's internals: the
+    client is told the kind of failure, not the text."""
+    marker = f"SECRET-{uuid.uuid4().hex}"
+    headers = {"Authorization": f"Bearer {bridge_stack.key}"}
+    failing = {"model": SLOW, "messages": [{"role": "user", "content": f"sleep {marker}"}]}
+    response = httpx.post(
+        f"{bridge_stack.v1}/chat/completions", json=failing, headers=headers, timeout=60
+    )
+    assert response.status_code == 500
+    assert marker not in response.text
+    assert "ValueError" in response.json()["error"]["message"]

@@ -17,6 +17,7 @@ import nats
 import pytest
 
 from ..conftest import REPO, child_env
+from .test_servers_lockdown import connect_without_token
 
 pytestmark = pytest.mark.integration
 
@@ -62,9 +63,9 @@ def _openai_sdk_against_the_stack(info: dict[str, Any], env: dict[str, str], tmp
 
     assert info["http_url"].startswith("http://127.0.0.1:")
     assert info["auth"] == "required"
-    created = subprocess.run(
+    created = subprocess.run(  # the database URL (with its password) from stack.json
         [sys.executable, "-m", "jetserve", "keys", "create", "--tenant", "me"],
-        env={**env, "JETSERVE_DATABASE_URL": info["database_url"]},
+        env={**env, "JETSERVE_DATA_DIR": info["data_dir"]},
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -194,9 +195,19 @@ async def test_up_serves_echo_and_stops_cleanly(tmp_path: Path) -> None:
     proc = _launch(["up", "--data-dir", str(data)], env, tmp_path / "up.log")
     try:
         info = await asyncio.to_thread(_wait_stack_json, data / "stack.json", proc, 60)
-        assert info["nats_url"].startswith("nats://127.0.0.1:")
-        assert info["database_url"].startswith("postgresql://")
+        # Closed to other local users: a NATS token and a database password, carried in
+        # the URLs of stack.json (0600) and nowhere else.
+        assert info["nats_url"].startswith("nats://")
+        assert "@127.0.0.1:" in info["nats_url"]
+        assert info["database_url"].startswith("postgresql://jetserve:")
         assert info["nats_monitor_url"].startswith("http://127.0.0.1:")
+        for private in (data / "stack.json", data / "postgres.password"):
+            assert not os.stat(private).st_mode & 0o077, private
+        host, port = info["nats_url"].split("@", 1)[1].rsplit(":", 1)
+        refused = await asyncio.to_thread(connect_without_token, host, int(port))
+        assert refused == "-ERR 'Authorization Violation'"
+        printed = (tmp_path / "up.log").read_text()
+        assert info["nats_url"].split("@")[0].split("//")[1] not in printed
         nc = await nats.connect(info["nats_url"])
         js = nc.jetstream()
         sub = await nc.subscribe("readme.replies")
@@ -229,7 +240,7 @@ async def test_up_serves_echo_and_stops_cleanly(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         code = await asyncio.to_thread(proc.wait, 60)
     pg_data = Path(info["postgres_data_dir"])
-    if "jetserve-postgres" in pg_data.parts:  # the root fallback outside tmp_path
+    if pg_data.name.startswith("jetserve-postgres-"):  # the root fallback outside tmp_path
         shutil.rmtree(pg_data, ignore_errors=True)
     assert code == 0, (tmp_path / "up.log").read_text()
     for name, pid in info["processes"].items():

@@ -192,7 +192,8 @@ def test_upload_limits_apply_while_streaming(batch_stack: BatchStack) -> None:
     with pytest.raises(openai.BadRequestError) as lines:
         client.files.create(file=("many.jsonl", io.BytesIO(too_many)), purpose="batch")
     assert lines.value.code == "too_many_lines"
-    big = b'{"x": "' + b"a" * (5 * 1024 * 1024) + b'"}\n'
+    # Over the size limit (4 MiB here) in lines under the line limit (2 MiB).
+    big = (b'{"x": "' + b"a" * (64 * 1024) + b'"}\n') * 80
     response = httpx.post(
         f"{batch_stack.v1}/files",
         headers={"authorization": f"Bearer {batch_stack.keys['alpha']}"},

@@ -130,12 +130,19 @@ def test_registration_refusals(batch_stack: BatchStack) -> None:
         ({"url": "ftp://example.com/x"}, "url"),
         ({"url": "http://example.com/x", "events": ["batch.exploded"]}, "events"),
         ({"url": "http://example.com/x", "secret": "not-a-secret"}, "secret"),
+        # `urlsplit` drops these, the HTTP client refuses them: refused, never stored.
+        ({"url": "http://example.com/a\tb"}, "url"),
+        ({"url": "http://example.com/\r\nx: y"}, "url"),
     ):
         response = httpx.post(f"{batch_stack.v1}/webhooks", headers=headers, json=body)
         assert response.status_code == 400, body
         assert response.json()["error"]["param"] == param
     listed = httpx.get(f"{batch_stack.v1}/webhooks", headers=headers).json()
     assert all("secret" not in e for e in listed["data"])
+    assert all("\t" not in e["url"] and "\n" not in e["url"] for e in listed["data"])
+    endpoint = register(batch_stack, "HTTP://LocalHost:8/a/../b")
+    assert endpoint["url"] == "http://localhost:8/b"  # stored as the client sends it
+    unregister(batch_stack, endpoint["id"])
     other = httpx.delete(f"{batch_stack.v1}/webhooks/we_nope", headers=headers)
     assert other.status_code == 404
     assert json.loads(other.content)["error"]["type"] == "not_found_error"
