@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 #: How long a stored response is kept (OpenAI keeps them 30 days).
 KEEP_S_SETTING = "JETSERVE_RESPONSES_KEEP_S"
 DEFAULT_KEEP_S = 30 * 86400.0
+#: How long the async record of a cancelled background request is kept (the response row
+#: holds the outcome).
+ASYNC_KEEP_S = 86400.0
 #: The endpoint background responses are recorded under in `async_requests`.
 RESPONSES_ENDPOINT = "/v1/responses"
 
@@ -38,7 +41,9 @@ class PgResponseStore:
         row = await responses.get(await self._pools.get(), response_id, tenant)
         if row is None:
             return None
-        return StoredResponse(row.id, row.response, row.conversation, row.input_items)
+        return StoredResponse(
+            row.id, row.response, row.conversation, row.input_items, row.stream_seq
+        )
 
     async def delete(self, tenant: str, response_id: str) -> bool:
         from scheduler.store import responses
@@ -65,10 +70,23 @@ class PgResponseStore:
                 callback_url=None,
             )
 
-    async def dispatched(self, request_id: str) -> None:
+    async def dispatched(self, response_id: str, request_id: str, stream_seq: int) -> None:
+        from scheduler.store import async_requests, responses
+
+        pool = await self._pools.get()
+        async with pool.acquire() as conn, conn.transaction():
+            await async_requests.mark_dispatched(conn, request_id)
+            await responses.set_stream_seq(conn, response_id, stream_seq)
+
+    async def end(self, request_id: str, reply: bytes) -> bool:
         from scheduler.store import async_requests
 
-        await async_requests.mark_dispatched(await self._pools.get(), request_id)
+        pool = await self._pools.get()
+        async with pool.acquire() as conn, conn.transaction():
+            answered = await async_requests.store_results(
+                conn, [(request_id, False, reply)], ASYNC_KEEP_S
+            )
+        return bool(answered)
 
     async def discard(self, tenant: str, response_id: str, request_id: str) -> None:
         from scheduler.store import async_requests, responses

@@ -14,6 +14,7 @@ responses are per tenant: another tenant's id is 404.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -30,7 +31,8 @@ from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.handlers import Bridge, Reply
 from producer.http.responses_stream import EventWriter
 from schemas import names
-from schemas.codec import decode_reply
+from schemas.codec import decode_reply, encode
+from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest, StreamChunk
 from schemas.names import ResultKind
 from schemas.openai_errors import not_found
@@ -56,6 +58,8 @@ class StoredResponse(msgspec.Struct, frozen=True):
     conversation: bytes
     #: This request's input items (JSON list).
     input_items: bytes
+    #: A background response's request in its model's stream, once stored there.
+    stream_seq: int | None = None
 
 
 class ResponseStore(Protocol):
@@ -70,7 +74,12 @@ class ResponseStore(Protocol):
         (the scheduler publishes it again if this bridge dies before it is published)."""
         ...
 
-    async def dispatched(self, request_id: str) -> None: ...
+    async def dispatched(self, response_id: str, request_id: str, stream_seq: int) -> None: ...
+
+    async def end(self, request_id: str, reply: bytes) -> bool:
+        """Store `reply` as the background request's outcome unless one is stored already;
+        False if it was (the request finished first)."""
+        ...
 
     async def discard(self, tenant: str, response_id: str, request_id: str) -> None:
         """Forget a background response whose request was refused (nothing will run)."""
@@ -188,7 +197,7 @@ class Responses:
         try:
             try:
                 reply_to = names.results_subject(ResultKind.ASYNC, request.id)
-                await self.bridge.client.submit(request, reply_to=reply_to)
+                accepted = await self.bridge.client.submit(request, reply_to=reply_to)
             except JetserveError as exc:
                 raise self.bridge.calls.refusal(exc, request) from None
         except ApiError as exc:
@@ -197,7 +206,7 @@ class Responses:
                 raise
             log.warning("background response %s left queued: %s", queued.id, exc.message)
         else:
-            await self.store.dispatched(request.id)
+            await self.store.dispatched(queued.id, request.id, accepted.seq)
         return Reply(body=stored.response)
 
     async def _settle(self, tenant: str, stored: StoredResponse) -> bytes:
@@ -212,6 +221,8 @@ class Responses:
         reply = decode_reply(data)
         if isinstance(reply, FinalResult):
             final = rc.finished_response(current, reply, int(time.time()))
+        elif isinstance(reply, ErrorResult) and reply.code == ErrorCode.CANCELLED:
+            final = msgspec.structs.replace(current, status="cancelled")
         elif isinstance(reply, ErrorResult):
             error = rt.ResponseError(reply.code, reply.message)
             final = msgspec.structs.replace(current, status="failed", error=error)
@@ -282,9 +293,26 @@ class Responses:
         return _encoder.encode(rt.Deleted(response_id))
 
     async def cancel(self, headers: Mapping[str, str], response_id: str) -> bytes:
+        """A background response not finished: its outcome is set to cancelled first (a
+        result arriving later is dropped), then the request is deleted from its stream (a
+        queued one never runs; one not yet published is not published again) and a cancel
+        is sent (a worker running it stops; its partial output is not kept)."""
         tenant = (await self.bridge.authenticate(headers)).tenant
-        await self._stored(tenant, response_id, "response_id")
-        raise invalid("Only background responses can be cancelled.", "response_id")
+        stored = await self._stored(tenant, response_id, "response_id")
+        current = _response.decode(stored.response)
+        if not current.background:
+            raise invalid("Only background responses can be cancelled.", "response_id")
+        if current.status not in ("queued", "in_progress"):
+            return await self._settle(tenant, stored)
+        assert self.store is not None
+        request_id = response_id.removeprefix(rc.ID_PREFIX)
+        reply = ErrorResult(id=request_id, code=ErrorCode.CANCELLED, message="cancelled")
+        if await self.store.end(request_id, encode(reply)):
+            with contextlib.suppress(JetserveError, OSError):
+                await self.bridge.client.cancel(
+                    current.model, request_id, stream_seq=stored.stream_seq
+                )
+        return await self._settle(tenant, stored)
 
     async def input_items(
         self, headers: Mapping[str, str], response_id: str, query: Mapping[str, str]

@@ -21,6 +21,7 @@ class ResponseRow:
     response: bytes
     conversation: bytes
     input_items: bytes
+    stream_seq: int | None = None
 
 
 async def put(db: Db, row: ResponseRow, keep_s: float) -> None:
@@ -41,7 +42,8 @@ async def put(db: Db, row: ResponseRow, keep_s: float) -> None:
 
 async def get(db: Db, response_id: str, tenant: str) -> ResponseRow | None:
     r = await db.fetchrow(
-        "SELECT id, tenant, status, response, conversation, input_items FROM responses "
+        "SELECT id, tenant, status, response, conversation, input_items, stream_seq "
+        "FROM responses "
         "WHERE id = $1 AND tenant = $2 AND expires_at > now()",
         response_id,
         tenant,
@@ -55,7 +57,12 @@ async def get(db: Db, response_id: str, tenant: str) -> ResponseRow | None:
         bytes(r["response"]),
         bytes(r["conversation"]),
         bytes(r["input_items"]),
+        r["stream_seq"],
     )
+
+
+async def set_stream_seq(db: Db, response_id: str, stream_seq: int) -> None:
+    await db.execute("UPDATE responses SET stream_seq = $2 WHERE id = $1", response_id, stream_seq)
 
 
 async def delete(db: Db, response_id: str, tenant: str) -> bool:

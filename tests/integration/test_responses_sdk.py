@@ -4,15 +4,21 @@ nats-server and workers: the echo model, and the tiny random Llama on the real e
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
+import uuid
 from typing import Any, Literal
 
 import jsonschema
+import nats
 import openai
 import pytest
 from pydantic import BaseModel, Field
+
+from schemas import names
+from workers.provision import QueueSettings, provision_model
 
 from .batches.conftest import ECHO, LLM, BatchStack, jsonl, read_lines, wait_batch
 
@@ -357,3 +363,43 @@ def test_background_response_is_queued_durably_then_polled(batch_stack: BatchSta
         client.responses.create(model="no-such-model", input="x", background=True)
     left = batch_stack.query("SELECT id FROM async_requests WHERE model = 'no-such-model'")
     assert left == []
+
+
+def _stream_messages(nats_url: str, model: str, *, provision: bool = False) -> int:
+    async def run() -> int:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            if provision:
+                await provision_model(js, model, QueueSettings())
+            return int((await js.stream_info(names.stream_name(model))).state.messages)
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def test_cancelled_queued_background_response_never_reaches_a_worker(
+    batch_stack: BatchStack,
+) -> None:
+    client: Any = batch_stack.sdk()
+    model = f"r-cancel-{uuid.uuid4().hex[:6]}"
+    assert _stream_messages(batch_stack.nats_url, model, provision=True) == 0  # no worker yet
+    created = client.responses.create(model=model, input="never run", background=True)
+    assert created.status == "queued"
+    assert _stream_messages(batch_stack.nats_url, model) == 1
+    cancelled = client.responses.cancel(created.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.output == []
+    assert _stream_messages(batch_stack.nats_url, model) == 0  # deleted before any worker
+    # A worker starts: it serves new work, and the cancelled response stays as it was.
+    batch_stack.start_worker(model, "echo")
+    probe = client.responses.create(model=model, input="probe", store=False)
+    assert probe.output_text == "probe"
+    again = client.responses.retrieve(created.id)
+    assert (again.status, again.output) == ("cancelled", [])
+    assert client.responses.cancel(created.id).status == "cancelled"  # idempotent
+    (row,) = batch_stack.query(
+        "SELECT status FROM async_requests WHERE id = $1", created.id.removeprefix("resp_")
+    )
+    assert row["status"] == "failed"  # answered (cancelled): never published again

@@ -8,6 +8,8 @@ CREATE TABLE responses (
     response     bytea NOT NULL,
     conversation bytea NOT NULL,
     input_items  bytea NOT NULL,
+    -- A background response's request in its model's stream (deleted there on cancel).
+    stream_seq   bigint,
     created_at   timestamptz NOT NULL DEFAULT now(),
     expires_at   timestamptz NOT NULL
 );
