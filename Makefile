@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.jetserve-installed
 PYTEST_ARGS ?=
 
-.PHONY: up test test-slow lint install bench bench-http bench-batch loadgen soak clean
+.PHONY: up test test-slow lint install bench bench-http bench-batch bench-prefix loadgen soak clean
 
 up: $(STAMP)
 	$(BIN)/jetserve up $(ARGS)
@@ -44,6 +44,11 @@ bench-http: $(STAMP)
 # A 50,000-line batch end to end against the echo model; the scheduler's peak RSS.
 bench-batch: $(STAMP)
 	$(BIN)/python -m loadtest.batch_bench
+
+# The engine's KV blocks and prefix cache against the cache off, the rectangle engine (6d7986e)
+# and transformers' CB. ARGS: e.g. --model builtin:smollm2 --rounds 3 --scenarios shared,mixed
+bench-prefix: $(STAMP)
+	$(BIN)/python -m loadtest.prefix_bench $(ARGS)
 
 # Open-loop load (HTTP and NATS, online and batch) against its own stack: a JSON report and a
 # PNG of latency and backlog over time in loadgen-out/. ARGS adds options (see --help).

@@ -211,7 +211,7 @@ async def serve(
             lifespan="on",
             access_log=False,
             log_config=None,
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=config.graceful_shutdown_s,
         )
     )
     try:

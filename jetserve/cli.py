@@ -71,7 +71,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         nc = await nats.connect(config.nats_url)
         js = nc.jetstream()
         for spec in load_models_file(_models_file(args)):
-            await provision_model(js, spec.name, queue_settings(config))
+            await provision_model(js, spec.name, queue_settings(config, spec))
             print(f"provisioned {spec.name}")
         await nc.close()
 
@@ -80,14 +80,20 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_k8s_render(args: argparse.Namespace) -> int:
-    from jetserve.k8s import OVERLAYS, RenderOptions, dump, render_file, write_dir
+    from jetserve.k8s import OVERLAYS, RenderOptions, dump, overlay_image, render_file, write_dir
 
+    image = args.image
+    if image is None:
+        # The overlay that includes the output folder names the image (its `images:`).
+        out = Path(args.output) if args.output else None
+        image = overlay_image(out.parent / "kustomization.yaml") if out else "jetserve"
     options = RenderOptions(
         overlay=OVERLAYS[args.overlay],
         namespace=args.namespace,
         nats_monitoring_endpoint=args.nats_monitoring_endpoint,
         nats_account=args.nats_account,
         drain_timeout_s=args.drain_timeout_s,
+        image=image,
     )
     files = render_file(_models_file(args), options)
     if args.output is None:
@@ -210,12 +216,21 @@ def _parser() -> argparse.ArgumentParser:
         "--nats-monitoring-endpoint",
         help="host:port of NATS monitoring for KEDA (default: the chart's headless Service)",
     )
-    p.add_argument("--nats-account", default="$G", help="account of the streams ($G: none)")
+    p.add_argument(
+        "--nats-account",
+        help="account of the streams for KEDA (default: dev $G, i.e. none; prod JETSERVE)",
+    )
     p.add_argument(
         "--drain-timeout-s",
         type=float,
         default=20.0,
-        help="worker drain timeout; the pod's grace period is this plus a margin",
+        help="drain timeout of models whose entry sets none; the pod's grace period is the "
+        "drain timeout plus the backend's stop time plus a margin",
+    )
+    p.add_argument(
+        "--image",
+        help="the image the overlay runs (part of the provisioning Job's name; default: the "
+        "`images:` entry of the kustomization above the -o folder)",
     )
     p = add("bridge", cmd_bridge, "serve the OpenAI-compatible HTTP API (JETSERVE_HTTP_*)")
     p.add_argument("--host", help="default 127.0.0.1 (JETSERVE_HTTP_HOST)")

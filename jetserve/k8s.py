@@ -1,8 +1,9 @@
 """`jetserve k8s render`: the per-model Kubernetes manifests, from the models file.
 
-For each model: a worker Deployment, the ConfigMap with its own entry of the models file, and
-a KEDA ScaledObject with one `nats-jetstream` trigger per durable consumer. Once per models
-file: the ConfigMap holding all of it, and the Job that runs
+For each model: a worker Deployment, the ConfigMap with its own entry of the models file, a
+PodDisruptionBudget, and a KEDA ScaledObject scaling on one formula over its two consumers'
+lag (jetserve/k8s_scaling.py). Once per models file: the ConfigMap holding all of it, and the
+Job that runs
 `jetserve provision` so every stream and consumer exists before KEDA looks at it (KEDA's
 scaler errors on a missing stream, and on a missing consumer reads the stream's last sequence
 as the lag, scaling to the maximum).
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import tomllib
 from collections.abc import Iterable
@@ -27,8 +27,20 @@ from typing import Any
 import msgspec
 import yaml
 
-from schemas import names
-from schemas.names import Priority
+from jetserve.k8s_pod import (
+    CACHE_ENV,
+    CONTAINER_SECURITY,
+    DRAIN_HOOK,
+    DRAIN_PORT,
+    GPU_RESOURCE,
+    POD_SECURITY,
+    cache_volumes,
+    grace_period_s,
+    nats_env,
+    resources,
+    topology_spread,
+)
+from jetserve.k8s_scaling import capacity, scaled_object
 from schemas.settings import ConfigError
 from workers.config import ModelsFile, ModelSpec, WorkerConfig, load_models_file
 
@@ -47,17 +59,10 @@ METRICS_PORT = 9090
 NATS_MONITORING_ENDPOINT = "nats-headless.{namespace}.svc.cluster.local:8222"
 #: Account of the jetserve streams in the monitoring API; `$G` when NATS has no accounts.
 NATS_ACCOUNT = "$G"
-GPU_RESOURCE = "nvidia.com/gpu"
 #: Label of GPU nodes (set by NVIDIA's GPU feature discovery / GPU operator).
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 #: The usual taint of GPU node pools, so that only pods asking for GPUs land there.
 GPU_TOLERATIONS = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-#: Added to the worker's drain timeout for the pod's grace period: handing back what is left,
-#: closing the NATS connection, stopping the backend.
-GRACE_MARGIN_S = 15
-
-#: The image runs as an unprivileged user (Dockerfile).
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001}
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
@@ -72,13 +77,25 @@ class Overlay:
     cooldown_s: int
     #: The HPA's scale-down stabilization: the highest recommendation over this window wins.
     scale_down_window_s: int
+    #: NATS account of jetserve's streams (KEDA's `/jsz?acc=`), and the Secret with the NATS
+    #: password of the user `jetserve` (None: NATS without accounts).
+    nats_account: str = NATS_ACCOUNT
+    nats_secret: str | None = None
 
 
 OVERLAYS = {
-    # Fast reactions to try scaling out and in by hand.
+    # Fast reactions to try scaling out and in by hand; NATS without accounts.
     "dev": Overlay("dev", polling_interval_s=5, cooldown_s=60, scale_down_window_s=60),
     # Fewer cold starts: a model keeps its last replica 5 minutes after its queue empties.
-    "prod": Overlay("prod", polling_interval_s=10, cooldown_s=300, scale_down_window_s=300),
+    # NATS with accounts (k8s/nats/values-prod.yaml).
+    "prod": Overlay(
+        "prod",
+        polling_interval_s=10,
+        cooldown_s=300,
+        scale_down_window_s=300,
+        nats_account="JETSERVE",
+        nats_secret="jetserve-nats",
+    ),
 }
 
 
@@ -88,8 +105,12 @@ class RenderOptions:
     namespace: str = "jetserve"
     #: None: the NATS chart's headless Service in `namespace`.
     nats_monitoring_endpoint: str | None = None
-    nats_account: str = NATS_ACCOUNT
+    #: None: the overlay's.
+    nats_account: str | None = None
+    #: For models whose entry sets none.
     drain_timeout_s: float = WorkerConfig.drain_timeout_s
+    #: The image the overlay runs (its `images:` entry): part of the provisioning Job's name.
+    #: The containers name `IMAGE`, which kustomize replaces.
     image: str = IMAGE
 
     @property
@@ -97,6 +118,10 @@ class RenderOptions:
         return self.nats_monitoring_endpoint or NATS_MONITORING_ENDPOINT.format(
             namespace=self.namespace
         )
+
+    @property
+    def account(self) -> str:
+        return self.nats_account or self.overlay.nats_account
 
 
 def labels(component: str, model: str | None = None) -> dict[str, str]:
@@ -107,7 +132,7 @@ def labels(component: str, model: str | None = None) -> dict[str, str]:
 
 
 def worker_name(model: str) -> str:
-    """Name of the model's Deployment and ScaledObject (a DNS label)."""
+    """Name of the model's Deployment, ScaledObject and PodDisruptionBudget (a DNS label)."""
     name = f"jetserve-worker-{model.lower().replace('_', '-')}"
     if len(name) > 63 or not _DNS_LABEL.fullmatch(name):
         raise ConfigError(
@@ -115,18 +140,6 @@ def worker_name(model: str) -> str:
             "not ending in -): shorten the model name"
         )
     return name
-
-
-def lag_threshold(spec: ModelSpec) -> int:
-    """KEDA's per-replica lag target: replicas = ceil(lag / threshold). The lag counts
-    messages waiting and in flight, and a replica holds `capacity` in flight, so a threshold
-    of `capacity` asks for just enough replicas to hold every request without queueing."""
-    if spec.capacity is None:
-        raise ConfigError(
-            f"model {spec.name!r}: set `capacity` in the models file; KEDA's lagThreshold "
-            "is derived from it"
-        )
-    return spec.capacity
 
 
 def _toml_value(value: Any) -> str:
@@ -165,7 +178,12 @@ def _check(specs: list[ModelSpec]) -> None:
                 f"model {spec.name!r}: min_replicas {spec.min_replicas} > "
                 f"max_replicas {spec.max_replicas}"
             )
-        lag_threshold(spec)
+        if spec.gpus > 1:
+            raise ConfigError(
+                f"model {spec.name!r}: gpus = {spec.gpus}, but a worker runs its model on one "
+                "GPU (the engine does not shard a model across GPUs yet): use gpus = 1"
+            )
+        capacity(spec)
         name = worker_name(spec.name)
         if name in seen:
             raise ConfigError(f"models {seen[name]!r} and {spec.name!r} both render as {name!r}")
@@ -189,20 +207,18 @@ def _probe(path: str, period_s: int, failures: int, timeout_s: int = 3) -> Manif
     }
 
 
+def drain_timeout_s(spec: ModelSpec, o: RenderOptions) -> float:
+    return o.drain_timeout_s if spec.drain_timeout_s is None else spec.drain_timeout_s
+
+
 def worker_deployment(spec: ModelSpec, config_map: str, o: RenderOptions) -> Manifest:
     name = worker_name(spec.name)
     lbl = labels("worker", spec.name)
-    gpu = spec.gpus > 0
-    resources: Manifest = {"requests": {"cpu": "500m", "memory": "512Mi"}}
-    if gpu:
-        # Extended resources: the request must equal the limit.
-        resources = {
-            "requests": {"cpu": "2", "memory": "8Gi", GPU_RESOURCE: str(spec.gpus)},
-            "limits": {GPU_RESOURCE: str(spec.gpus)},
-        }
+    drain_s = drain_timeout_s(spec, o)
+    cache, cache_mounts = cache_volumes(spec)
     container: Manifest = {
         "name": "worker",
-        "image": o.image,
+        "image": IMAGE,
         "command": [
             "jetserve",
             "worker",
@@ -214,7 +230,10 @@ def worker_deployment(spec: ModelSpec, config_map: str, o: RenderOptions) -> Man
         "envFrom": [{"configMapRef": {"name": CONFIG_MAP}}],
         "env": [
             {"name": "JETSERVE_WORKER_METRICS_PORT", "value": str(METRICS_PORT)},
-            {"name": "JETSERVE_DRAIN_TIMEOUT_S", "value": f"{o.drain_timeout_s:g}"},
+            {"name": "JETSERVE_WORKER_DRAIN_PORT", "value": str(DRAIN_PORT)},
+            {"name": "JETSERVE_DRAIN_TIMEOUT_S", "value": f"{drain_s:g}"},
+            *CACHE_ENV,
+            *nats_env(o.overlay.nats_secret),
         ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
         # The endpoint answers from the start (workers/probes.py): the startup probe only
@@ -224,21 +243,23 @@ def worker_deployment(spec: ModelSpec, config_map: str, o: RenderOptions) -> Man
         # Ready: model loaded and NATS connected. A worker has no Service; readiness gates
         # rollouts (a new replica must serve before an old one goes).
         "readinessProbe": _probe("/readyz", period_s=5, failures=2),
-        # Starts the drain (stop pulling, finish in-flight work) before SIGTERM arrives, and
-        # even where SIGTERM would not reach the worker (a shell as PID 1).
-        "lifecycle": {"preStop": {"httpGet": {"path": "/drain", "port": "metrics"}}},
-        "resources": resources,
-        "volumeMounts": [_models_mount()],
+        # Starts the drain (stop pulling, finish in-flight work) before SIGTERM arrives. Run
+        # in the container: /drain listens on the pod's loopback only, out of other pods' reach.
+        "lifecycle": {"preStop": {"exec": {"command": list(DRAIN_HOOK)}}},
+        "resources": resources(spec),
+        "securityContext": dict(CONTAINER_SECURITY),
+        "volumeMounts": [_models_mount(), *cache_mounts],
     }
-    volumes = [_models_volume(config_map)]
+    volumes = [_models_volume(config_map), *cache]
     pod: Manifest = {
         "automountServiceAccountToken": False,  # a worker never calls the Kubernetes API
         "securityContext": dict(POD_SECURITY),
-        "terminationGracePeriodSeconds": math.ceil(o.drain_timeout_s) + GRACE_MARGIN_S,
+        "terminationGracePeriodSeconds": grace_period_s(drain_s),
+        "topologySpreadConstraints": topology_spread(lbl),
         "containers": [container],
         "volumes": volumes,
     }
-    if gpu:
+    if spec.gpus > 0:
         # PyTorch and NCCL use shared memory; the container default (64 MiB) is too small.
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
@@ -252,76 +273,41 @@ def worker_deployment(spec: ModelSpec, config_map: str, o: RenderOptions) -> Man
         "spec": {
             "selector": {"matchLabels": lbl},
             "revisionHistoryLimit": 3,
-            # No spare GPU is assumed for a surge pod: GPU models replace one replica at a time.
+            # A new replica serves before an old one goes: a model keeps serving through a
+            # rollout, also at one replica (GPU models need one spare GPU meanwhile).
             "strategy": {
                 "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}
-                if gpu
-                else {"maxSurge": 1, "maxUnavailable": 0},
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
             "template": {"metadata": {"labels": lbl}, "spec": pod},
         },
     }
 
 
-def scaled_object(spec: ModelSpec, o: RenderOptions) -> Manifest:
-    name = worker_name(spec.name)
-    ov = o.overlay
-    triggers = [
-        {
-            "type": "nats-jetstream",
-            "name": f"{names.consumer_name(priority)}-lag",
-            "metadata": {
-                "natsServerMonitoringEndpoint": o.monitoring_endpoint,
-                "account": o.nats_account,
-                "stream": names.stream_name(spec.name),
-                "consumer": names.consumer_name(priority),
-                "lagThreshold": str(lag_threshold(spec)),
-                # Any message wakes a model scaled to zero.
-                "activationLagThreshold": "0",
-            },
-        }
-        for priority in Priority
-    ]
+def disruption_budget(spec: ModelSpec, o: RenderOptions) -> Manifest:
+    """Voluntary evictions (node drains, upgrades) take one replica of a model at a time."""
+    lbl = labels("worker", spec.name)
     return {
-        "apiVersion": "keda.sh/v1alpha1",
-        "kind": "ScaledObject",
-        "metadata": {"name": name, "namespace": o.namespace, "labels": labels("worker", spec.name)},
-        "spec": {
-            "scaleTargetRef": {"name": name},
-            "pollingInterval": ov.polling_interval_s,
-            "cooldownPeriod": ov.cooldown_s,
-            "minReplicaCount": spec.min_replicas,
-            "maxReplicaCount": spec.max_replicas,
-            # NATS monitoring unreachable: keep what runs (at least one replica), never scale
-            # in blind.
-            "fallback": {
-                "failureThreshold": 3,
-                "replicas": max(1, spec.min_replicas),
-                "behavior": "currentReplicasIfHigher",
-            },
-            "advanced": {
-                "horizontalPodAutoscalerConfig": {
-                    "behavior": {
-                        "scaleUp": {
-                            "stabilizationWindowSeconds": 0,
-                            "selectPolicy": "Max",
-                            "policies": [
-                                {"type": "Percent", "value": 100, "periodSeconds": 15},
-                                {"type": "Pods", "value": 4, "periodSeconds": 15},
-                            ],
-                        },
-                        # One replica a minute: each one drains before it goes.
-                        "scaleDown": {
-                            "stabilizationWindowSeconds": ov.scale_down_window_s,
-                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
-                        },
-                    }
-                }
-            },
-            "triggers": triggers,
-        },
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": worker_name(spec.name), "namespace": o.namespace, "labels": lbl},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": lbl}},
     }
+
+
+def worker_scaled_object(spec: ModelSpec, o: RenderOptions) -> Manifest:
+    ov = o.overlay
+    return scaled_object(
+        spec,
+        name=worker_name(spec.name),
+        namespace=o.namespace,
+        labels=labels("worker", spec.name),
+        monitoring_endpoint=o.monitoring_endpoint,
+        account=o.account,
+        polling_interval_s=ov.polling_interval_s,
+        cooldown_s=ov.cooldown_s,
+        scale_down_window_s=ov.scale_down_window_s,
+    )
 
 
 def models_config_map(name: str, text: str, o: RenderOptions, model: str | None = None) -> Manifest:
@@ -340,8 +326,8 @@ def provision_job(name: str, config_map: str, o: RenderOptions) -> Manifest:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        # Named after the models file's hash: a Job's pod template cannot change, so a new
-        # models file gets a new Job; finished ones are deleted after a day.
+        # Named after the hash of the models file and the image: a Job's pod template cannot
+        # change, so a new file or image gets a new Job; finished ones are deleted after a day.
         "metadata": {"name": name, "namespace": o.namespace, "labels": lbl},
         "spec": {
             "backoffLimit": 20,  # NATS may come up after the Job
@@ -355,7 +341,7 @@ def provision_job(name: str, config_map: str, o: RenderOptions) -> Manifest:
                     "containers": [
                         {
                             "name": "provision",
-                            "image": o.image,
+                            "image": IMAGE,
                             "command": [
                                 "jetserve",
                                 "provision",
@@ -363,6 +349,8 @@ def provision_job(name: str, config_map: str, o: RenderOptions) -> Manifest:
                                 f"{MODELS_DIR}/{MODELS_FILE}",
                             ],
                             "envFrom": [{"configMapRef": {"name": CONFIG_MAP}}],
+                            "env": nats_env(o.overlay.nats_secret),
+                            "securityContext": dict(CONTAINER_SECURITY),
                             "volumeMounts": [_models_mount()],
                         }
                     ],
@@ -378,9 +366,10 @@ def render(models_text: str, specs: list[ModelSpec], o: RenderOptions) -> dict[s
     _check(specs)
     digest = hashlib.sha256(models_text.encode()).hexdigest()[:10]
     config_map = f"jetserve-models-{digest}"
+    job_digest = hashlib.sha256(f"{o.image}\n{models_text}".encode()).hexdigest()[:10]
     files: dict[str, list[Manifest]] = {
         "models-configmap.yaml": [models_config_map(config_map, models_text, o)],
-        "provision-job.yaml": [provision_job(f"jetserve-provision-{digest}", config_map, o)],
+        "provision-job.yaml": [provision_job(f"jetserve-provision-{job_digest}", config_map, o)],
     }
     for spec in specs:
         text = model_toml(spec)
@@ -389,7 +378,8 @@ def render(models_text: str, specs: list[ModelSpec], o: RenderOptions) -> dict[s
         files[f"{name}.yaml"] = [
             models_config_map(own, text, o, spec.name),
             worker_deployment(spec, own, o),
-            scaled_object(spec, o),
+            disruption_budget(spec, o),
+            worker_scaled_object(spec, o),
         ]
     return files
 
@@ -454,3 +444,19 @@ def write_dir(out: Path, files: dict[str, list[Manifest]], o: RenderOptions) -> 
     path.write_text(header(o) + yaml.dump(kustomization, Dumper=_Dumper, sort_keys=False))
     written.append(path)
     return written
+
+
+def overlay_image(kustomization: Path) -> str:
+    """The image an overlay's kustomization sets for `IMAGE` (`images:`), as `name:tag` or
+    `name@digest`; `IMAGE` where it sets none."""
+    try:
+        doc = yaml.safe_load(kustomization.read_text()) or {}
+    except OSError:
+        return IMAGE
+    for entry in doc.get("images") or []:
+        if entry.get("name") == IMAGE:
+            name = entry.get("newName", IMAGE)
+            if entry.get("digest"):
+                return f"{name}@{entry['digest']}"
+            return f"{name}:{entry['newTag']}" if entry.get("newTag") else name
+    return IMAGE

@@ -33,7 +33,7 @@ async def serve(config: SchedulerConfig) -> int:
 
     probes: ProbeServer | None = None
     if config.metrics_port >= 0:
-        probes = ProbeServer(scheduler.metrics.registry, readiness, on_drain=stop.set)
+        probes = ProbeServer(scheduler.metrics.registry, readiness)
         await probes.start("0.0.0.0", config.metrics_port)
         log.info("metrics and probes on :%d", probes.port)
     try:

@@ -71,18 +71,14 @@ def bench_engine(
     from workers.engine.model_runner import ModelRunner
     from workers.engine.sequence import EngineRequest
 
-    kv_tokens = max_seqs * 512
-    runner = ModelRunner(model, kv_budget_tokens=kv_tokens)
-    engine = Engine(
-        runner,
-        tokenizer.backend_tokenizer,
-        EngineConfig(
-            max_num_seqs=max_seqs,
-            max_num_batched_tokens=batched_tokens,
-            kv_cache_tokens=kv_tokens,
-            max_model_len=512,
-        ),
+    config = EngineConfig(
+        max_num_seqs=max_seqs,
+        max_num_batched_tokens=batched_tokens,
+        kv_cache_tokens=max_seqs * 512,
+        max_model_len=512,
     )
+    runner = ModelRunner(model, num_blocks=config.num_kv_blocks, block_size=config.block_size)
+    engine = Engine(runner, tokenizer.backend_tokenizer, config)
     params = SamplingParams(temperature=0.0, ignore_eos=True)
     # Warm-up (kernels for the step shapes, the allocator), untimed: the other systems run
     # after this one in the same process and find the model warm.
@@ -222,12 +218,9 @@ def bench_rss(model: Any, tokenizer: Any, requests: int, seed: int) -> tuple[flo
     from workers.engine.model_runner import ModelRunner
     from workers.engine.sequence import EngineRequest
 
-    runner = ModelRunner(model, kv_budget_tokens=64 * 256)
-    engine = Engine(
-        runner,
-        tokenizer.backend_tokenizer,
-        EngineConfig(max_num_seqs=64, kv_cache_tokens=64 * 256, max_model_len=256),
-    )
+    config = EngineConfig(max_num_seqs=64, kv_cache_tokens=64 * 256, max_model_len=256)
+    runner = ModelRunner(model, num_blocks=config.num_kv_blocks, block_size=config.block_size)
+    engine = Engine(runner, tokenizer.backend_tokenizer, config)
     rng = random.Random(seed)
     vocab = len(tokenizer)
     marks = []

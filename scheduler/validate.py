@@ -91,7 +91,7 @@ async def validate(
             )
             await _fail(conn, batch, errors.listed)
             return False
-        known = await models()
+        known = set(await models())  # looked up once per line
         deadline_ms = int(batch.expires_at.timestamp() * 1000)
         seen: set[str] = set()
         rows: list[tuple[str, int, str, bytes]] = []

@@ -51,10 +51,18 @@ class InferenceRequest(
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class PromptTokensDetails(msgspec.Struct, frozen=True):
+    #: Prompt tokens whose keys/values came from the worker's prefix cache (whole blocks).
+    cached_tokens: int = 0
+
+
 class Usage(msgspec.Struct, frozen=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    #: Added after v1's first release (absent or null from older workers, ignored by older
+    #: readers); set by models that report cached prompt tokens.
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class Timings(msgspec.Struct, frozen=True, omit_defaults=True):

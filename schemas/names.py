@@ -252,3 +252,9 @@ def idempotent_reply_subject(token: str) -> str:
     """Where replies to an idempotent request go: derived from (tenant, key) only, so a
     retry (on any bridge replica) listens where the first attempt's result will arrive."""
     return f"{IDEMPOTENT_REPLY_PREFIX}.{validate_request_id(token)}"
+
+
+#: NATS KV bucket of hand-backs: per request message (key `<stream>.<stream sequence>`), how
+#: many of its deliveries were handed back unrun by a draining worker. The dead-letter
+#: decision counts deliveries minus these (workers/handbacks.py).
+HANDBACK_BUCKET = f"{ROOT}-handbacks"

@@ -14,7 +14,7 @@ from producer.http.auth import CachedAuthenticator, Principal, bearer_token
 from producer.http.config import AuthMode, BridgeConfig
 from producer.http.errors import ApiError, from_decode_error, from_error_result
 from schemas.errors import ErrorCode
-from schemas.messages import ErrorResult, FinalResult, Usage
+from schemas.messages import ErrorResult, FinalResult, PromptTokensDetails, Usage
 from schemas.settings import ConfigError
 
 FIELDS = {"id": "r1", "tenant": "t", "created_ms": 1, "deadline_ms": 2, "idempotency_key": None}
@@ -200,3 +200,28 @@ def test_config_from_env() -> None:
         BridgeConfig.from_env({"JETSERVE_AUTH": "maybe"})
     config = BridgeConfig.from_env({"JETSERVE_AUTH": "off", "JETSERVE_HTTP_TIMEOUT_S": "5"})
     assert (config.auth, config.timeout_s) == (AuthMode.OFF, 5.0)
+
+
+def test_cached_prompt_tokens_are_reported_as_openai_does() -> None:
+    usage = Usage(40, 2, 42, PromptTokensDetails(cached_tokens=32))
+    result = FinalResult(id="r1", model="m", output={"text": "hey"}, usage=usage)
+    expected = {
+        "prompt_tokens": 40,
+        "completion_tokens": 2,
+        "total_tokens": 42,
+        "prompt_tokens_details": {"cached_tokens": 32},
+    }
+    for response in (convert.chat_response, convert.completion_response):
+        assert msgspec.to_builtins(response(result, "id", 5))["usage"] == expected
+    # A result from a worker that predates the field decodes, and reports no details.
+    old = b'{"type":"result.v1","id":"r","model":"m","output":{"text":"x"},"finish_reason":"stop",'
+    old += b'"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}'
+    decoded = msgspec.json.decode(old, type=FinalResult)
+    assert decoded.usage.prompt_tokens_details is None
+    assert "prompt_tokens_details" not in msgspec.to_builtins(convert.usage(decoded))
+
+
+def test_prompt_cache_key_is_accepted() -> None:
+    assert chat(prompt_cache_key="app-1").prompt_cache_key == "app-1"
+    with pytest.raises(msgspec.ValidationError, match="prompt_cache_key"):
+        chat(prompt_cache_key="k" * 2000)

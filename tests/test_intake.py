@@ -3,8 +3,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from workers.handbacks import HandBacks
 from workers.intake import Intake, PullPlan, PullState, plan_pulls
 
 BASE = PullState(
@@ -136,7 +140,7 @@ class _Msg:
         self.reply = f"$JS.ACK.s.online.{delivered}.1.1.1700000000000000000.0"
         self.naks = 0
 
-    async def nak(self) -> None:
+    async def nak(self, delay: float | None = None) -> None:
         self.naks += 1
 
     async def in_progress(self) -> None: ...
@@ -225,3 +229,81 @@ async def test_close_ends_the_pull_loop_even_when_woken_as_it_is_cancelled() -> 
         closing = asyncio.create_task(intake.close())
         done, _ = await asyncio.wait({closing}, timeout=5)
         assert closing in done, "close() did not return"
+
+
+class _KV:
+    """An in-memory stand-in for the hand-back KV bucket (get / create / update with CAS)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[bytes, int]] = {}
+
+    async def get(self, key: str) -> Any:
+        if key not in self.entries:
+            raise KeyNotFoundError()
+        value, revision = self.entries[key]
+        return SimpleNamespace(value=value, revision=revision)
+
+    async def create(self, key: str, value: bytes) -> int:
+        if key in self.entries:
+            raise KeyWrongLastSequenceError()
+        self.entries[key] = (value, 1)
+        return 1
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        if self.entries[key][1] != last:
+            raise KeyWrongLastSequenceError()
+        self.entries[key] = (value, (last or 0) + 1)
+        return (last or 0) + 1
+
+
+async def test_a_message_only_handed_back_is_no_suspect() -> None:
+    """A redelivery whose earlier deliveries were all handed back (recorded) runs beside the
+    others; one with an unrecorded earlier delivery (a worker died) still runs alone."""
+    order: list[str] = []
+    gates: dict[str, asyncio.Event] = {}
+
+    async def handle(msg: Any) -> None:
+        order.append(msg.name)
+        await gates.setdefault(msg.name, asyncio.Event()).wait()
+
+    consumers: list[_Consumer] = []
+
+    def factory(on_msg: Callable[[Any], None], on_end: Callable[[str], None]) -> Any:
+        consumers.append(_Consumer(on_msg, on_end))
+        return consumers[-1]
+
+    handbacks = HandBacks(_KV())  # type: ignore[arg-type]
+    intake = Intake(
+        online=factory,
+        batch=factory,
+        capacity=lambda: 8,
+        handle=handle,
+        in_progress_every_s=60.0,
+        handbacks=handbacks,
+    )
+    await intake.start()
+
+    def msg(name: str, delivered: int, stream_seq: int) -> _Msg:
+        m = _Msg(name, delivered)
+        m.reply = f"$JS.ACK.s.online.{delivered}.{stream_seq}.1.1700000000000000000.0"
+        return m
+
+    first = msg("handed-back", 1, stream_seq=7)
+    assert await handbacks.record(first)  # a draining worker gave it back, twice
+    assert await handbacks.record(first)
+    deliver = consumers[0].on_msg
+    deliver(msg("a", 1, stream_seq=6))
+    deliver(msg("handed-back", 3, stream_seq=7))  # third delivery, two hand-backs: attempt 1
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["a", "handed-back"]  # ran at once, beside "a"
+    deliver(msg("crashed", 2, stream_seq=8))  # no hand-back recorded: a suspect, waits to run alone
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == ["a", "handed-back"]
+    for name in ("a", "handed-back"):
+        await _release(gates, name)
+    assert order == ["a", "handed-back", "crashed"]
+    await _release(gates, "crashed")
+    assert await intake.wait_idle(1.0)
+    await intake.close()

@@ -16,7 +16,7 @@ from producer.http.metrics import BridgeMetrics
 from scheduler.metrics import SchedulerMetrics
 from workers.metrics import WorkerMetrics
 
-from .k8s_check import K8S, REPO, load_all
+from .k8s_check import K8S, REPO, kustomize, load_all
 
 MONITORING = K8S / "monitoring"
 #: Series of the prometheus-nats-exporter sidecar of the NATS chart (`-jsz=all -prefix=nats`).
@@ -42,7 +42,9 @@ def _series() -> set[str]:
     return names
 
 
-KNOWN = _series() | NATS_EXPORTER
+#: Series Prometheus itself makes for every scrape target.
+PROMETHEUS = {"up"}
+KNOWN = _series() | NATS_EXPORTER | PROMETHEUS
 
 
 def _selectors(expr: str) -> set[str]:
@@ -72,6 +74,8 @@ def test_alert_rules_parse_and_use_real_metrics() -> None:
         "JetserveNoActiveScheduler",
         "JetserveWebhooksDead",
         "JetserveHTTPServerErrors",
+        "JetserveNatsExporterAbsent",
+        "JetserveBridgeDown",
     }
     used: set[str] = set()
     for rule in rules:
@@ -181,3 +185,70 @@ def test_monitors_select_real_pods_and_ports(overlay: str) -> None:
     assert service_monitor["spec"]["endpoints"][0]["port"] in {
         p["name"] for p in service["spec"]["ports"]
     }
+
+
+def _absent_selectors(expr: str) -> set[str]:
+    """Metric names (with `job` where given) inside absent() / absent_over_time()."""
+    found: set[str] = set()
+
+    def inner(node: Any) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            job = next((m.value for m in node.matchers.matchers if m.name == "job"), None)
+            found.add(f"{node.name}{{job={job}}}" if job else str(node.name))
+
+    def visit(node: Any) -> None:
+        if isinstance(node, promql_parser.Call) and node.func.name in {
+            "absent",
+            "absent_over_time",
+        }:
+            for arg in node.args:
+                promql_parser.walk(arg, inner)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def test_alerts_fire_when_their_source_is_not_scraped() -> None:
+    """A rule over series nobody scrapes is silent: each scraped source the alerts read has
+    an alert for its absence. Workers scale to zero; their absence with a backlog is
+    JetserveNoWorkers, which reads the NATS exporter."""
+    rules = _rules()
+    absent = {a for rule in rules for a in _absent_selectors(rule["expr"])}
+    scheduler = set(_names(SchedulerMetrics))
+    read = {name for rule in rules for name in _selectors(rule["expr"])}
+    assert read & scheduler, "the scheduler's alerts"
+    assert absent & scheduler  # e.g. absent(jetserve_scheduler_active)
+    assert read & NATS_EXPORTER
+    assert absent & NATS_EXPORTER
+    assert read & set(_names(BridgeMetrics))
+    assert "up{job=jetserve-bridge}" in absent  # the ServiceMonitor's job: the Service name
+    no_scheduler = next(r for r in rules if r["alert"] == "JetserveNoActiveScheduler")
+    assert "jetserve_scheduler_active" in _absent_selectors(no_scheduler["expr"])
+
+
+def _names(metrics_class: Any) -> list[str]:
+    registry = metrics_class(CollectorRegistry()).registry
+    suffixes = ("", "_total", "_bucket", "_sum", "_count")
+    return [family.name + suffix for family in registry.collect() for suffix in suffixes]
+
+
+def test_monitoring_objects_carry_the_release_label() -> None:
+    """kube-prometheus-stack selects monitors and rules by `release`: set once in
+    k8s/monitoring/kustomization.yaml, on every object; the NATS chart's PodMonitor too."""
+    kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    release = next(
+        entry["pairs"]["release"]
+        for entry in kustomization["labels"]
+        if "release" in entry["pairs"]
+    )
+    assert release
+    built = kustomize(MONITORING)
+    if built is not None:
+        monitoring = [d for d in built if d["apiVersion"].startswith("monitoring.coreos.com/")]
+        assert {d["kind"] for d in monitoring} == {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+        for doc in monitoring:
+            assert doc["metadata"]["labels"]["release"] == release, doc["metadata"]["name"]
+    values = yaml.safe_load((K8S / "nats" / "values-prod.yaml").read_text())
+    pod_monitor = values["promExporter"]["podMonitor"]
+    assert pod_monitor["enabled"]
+    assert pod_monitor["merge"]["metadata"]["labels"]["release"] == release

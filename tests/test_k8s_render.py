@@ -17,6 +17,7 @@ from jetserve.k8s import (
     OVERLAYS,
     RenderOptions,
     model_toml,
+    overlay_image,
     render,
     render_file,
     worker_name,
@@ -45,7 +46,10 @@ device = "cuda"
 capacity = 48
 min_replicas = 1
 max_replicas = 8
-gpus = 2
+gpus = 1
+memory_mib = 40960
+cpu_cores = 8
+drain_timeout_s = 120
 
 [[models]]
 name = "embed"
@@ -87,7 +91,13 @@ def _static_resources() -> list[Path]:
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_rendered_manifests_validate(models_file: Path, overlay: str) -> None:
     docs = _all(render_file(models_file, RenderOptions(OVERLAYS[overlay])))
-    assert sorted({d["kind"] for d in docs}) == ["ConfigMap", "Deployment", "Job", "ScaledObject"]
+    assert sorted({d["kind"] for d in docs}) == [
+        "ConfigMap",
+        "Deployment",
+        "Job",
+        "PodDisruptionBudget",
+        "ScaledObject",
+    ]
     for doc in docs:
         validate(doc)
 
@@ -111,6 +121,7 @@ def test_kustomize_build_of_each_overlay_validates(overlay: str) -> None:
     kinds = {d["kind"] for d in docs}
     assert kinds >= {"Namespace", "Deployment", "Service", "PodDisruptionBudget"}
     assert kinds >= {"HorizontalPodAutoscaler", "ScaledObject", "Job", "ConfigMap"}
+    assert "NetworkPolicy" in kinds
     assert all(d["metadata"].get("namespace", "jetserve") == "jetserve" for d in docs)
     for doc in docs:
         validate(doc)
@@ -126,8 +137,8 @@ def test_kustomize_build_of_each_overlay_validates(overlay: str) -> None:
     if overlay == "dev":
         assert refs
         assert refs <= secrets
-    else:
-        assert refs == {"jetserve-database"}
+    else:  # the database DSN and the NATS password, made outside the repository
+        assert refs == {"jetserve-database", "jetserve-nats"}
         assert not secrets
     # Stream replicas: 3 in prod, where NATS runs 3 servers.
     config = next(
@@ -218,15 +229,19 @@ def test_worker_deployment_and_scaling(models_file: Path, tmp_path: Path) -> Non
         "--models-file",
         "/etc/jetserve/models.toml",
     ]
-    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2"}
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    # GPU models: every limit equals its request (Guaranteed QoS), sized by the models file.
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"]["memory"] == "40960Mi"
+    assert container["resources"]["requests"]["cpu"] == "8"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert {"name": "JETSERVE_DRAIN_TIMEOUT_S", "value": "42.5"} in container["env"]
-    assert pod["terminationGracePeriodSeconds"] > 42.5
+    # Its own drain timeout (models file) wins over the render's default.
+    assert {"name": "JETSERVE_DRAIN_TIMEOUT_S", "value": "120"} in container["env"]
+    assert pod["terminationGracePeriodSeconds"] > 120
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["lifecycle"]["preStop"]["httpGet"]["path"] == "/drain"
+    assert "/drain" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
     # Each worker mounts a models file holding only its own model.
     own = config_maps[pod["volumes"][0]["configMap"]["name"]]["data"]["models.toml"]
     assert load_models_file(_write(tmp_path / "own.toml", own)) == [
@@ -236,7 +251,9 @@ def test_worker_deployment_and_scaling(models_file: Path, tmp_path: Path) -> Non
     echo_pod = by_model["echo"]["spec"]["template"]["spec"]
     assert "nodeSelector" not in echo_pod
     assert "tolerations" not in echo_pod
-    assert "limits" not in echo_pod["containers"][0]["resources"]
+    assert "cpu" not in echo_pod["containers"][0]["resources"]["limits"]  # never throttled
+    echo_env = echo_pod["containers"][0]["env"]
+    assert {"name": "JETSERVE_DRAIN_TIMEOUT_S", "value": "42.5"} in echo_env
     default_grace = RenderOptions(OVERLAYS["prod"]).drain_timeout_s
     assert default_grace == WorkerConfig().drain_timeout_s
 
@@ -245,15 +262,16 @@ def test_worker_deployment_and_scaling(models_file: Path, tmp_path: Path) -> Non
     assert scaled["echo"]["spec"]["minReplicaCount"] == 0  # scale to zero
     for t in so["triggers"]:
         assert t["type"] == "nats-jetstream"
-        assert t["metadata"]["lagThreshold"] == "48"  # the model's capacity per replica
+        assert t["metadata"]["lagThreshold"] == "36"  # capacity 48 less the online reserve
         assert t["metadata"]["activationLagThreshold"] == "0"
-        assert t["metadata"]["account"] == "$G"
+        assert t["metadata"]["account"] == "JETSERVE"  # prod's NATS has accounts
         assert t["metadata"]["natsServerMonitoringEndpoint"] == (
             "nats-headless.jetserve.svc.cluster.local:8222"
         )
     assert so["cooldownPeriod"] == OVERLAYS["prod"].cooldown_s
     dev = _by_kind(_all(render_file(models_file, RenderOptions(OVERLAYS["dev"]))), "ScaledObject")
     assert dev[0]["spec"]["cooldownPeriod"] == OVERLAYS["dev"].cooldown_s
+    assert dev[0]["spec"]["triggers"][0]["metadata"]["account"] == "$G"
 
 
 @pytest.mark.parametrize(
@@ -270,6 +288,8 @@ def test_worker_deployment_and_scaling(models_file: Path, tmp_path: Path) -> Non
         ),
         (f'[[models]]\nname = "{"x" * 60}"\ncapacity = 1\n', "shorten"),
         ('[[models]]\nname = "ends-with-dash-"\ncapacity = 1\n', "label value"),
+        # Billed for N GPUs, using one: refused until the engine shards.
+        ('[[models]]\nname = "a"\ncapacity = 1\ngpus = 2\n', "does not shard"),
     ],
 )
 def test_render_refuses_what_cannot_be_deployed(tmp_path: Path, models: str, error: str) -> None:
@@ -281,7 +301,8 @@ def test_render_refuses_what_cannot_be_deployed(tmp_path: Path, models: str, err
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_committed_rendered_folders_are_up_to_date(tmp_path: Path, overlay: str) -> None:
-    options = RenderOptions(OVERLAYS[overlay])
+    image = overlay_image(K8S / "overlays" / overlay / "kustomization.yaml")
+    options = RenderOptions(OVERLAYS[overlay], image=image)
     write_dir(tmp_path, render_file(DEFAULT_MODELS, options), options)
     committed = K8S / "overlays" / overlay / "models"
     expected = {p.name: p.read_text() for p in tmp_path.iterdir()}

@@ -45,6 +45,16 @@ async def test_routes_and_readiness() -> None:
         await server.close()
 
 
+async def test_drain_is_served_only_where_asked() -> None:
+    """The worker's public port (Prometheus, probes, other pods) has no /drain."""
+    server = ProbeServer(CollectorRegistry(), lambda: Readiness(True, "ready"))
+    await server.start("127.0.0.1", 0)
+    try:
+        assert await _get(server.port, "/drain") == (404, "not found\n")
+    finally:
+        await server.close()
+
+
 async def test_garbage_and_oversized_requests_are_dropped() -> None:
     server = ProbeServer(CollectorRegistry(), lambda: Readiness(True, "ready"), lambda: None)
     await server.start("127.0.0.1", 0)

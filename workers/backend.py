@@ -18,6 +18,10 @@ from workers.batcher import DynamicBatcher
 from workers.errors import PermanentError
 from workers.sdk import Model, ModelInput, ModelOutput
 
+#: How long `Backend.stop()` may wait for the backend to stop, once drained (nothing runs by
+#: then: the engine needs one step). The pod's grace period leaves room for it (jetserve/k8s.py).
+STOP_TIMEOUT_S = 10.0
+
 
 class ChunkSink(Protocol):
     async def __call__(
@@ -50,6 +54,12 @@ class BackendStats:
     waiting: int
     #: Fraction of the KV-cache budget in use, 0-1.
     kv_cache_usage: float
+    #: KV blocks held by running sequences, and all of them.
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    #: Prompt tokens looked up in the prefix cache and found there, since start (counters).
+    prefix_cache_queries_tokens: int = 0
+    prefix_cache_hits_tokens: int = 0
 
 
 class Backend(Protocol):

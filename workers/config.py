@@ -51,8 +51,22 @@ class ModelSpec(
     max_replicas: Annotated[int, Meta(ge=1)] = 4
     #: Replicas `jetserve up` starts locally.
     local_replicas: Annotated[int, Meta(ge=0)] = 1
-    #: GPUs per replica in Kubernetes (0: CPU only).
+    #: GPUs per replica in Kubernetes (0: CPU only; at most 1 until the engine shards).
     gpus: Annotated[int, Meta(ge=0)] = 0
+    #: Kubernetes sizing of one replica (requests; the memory limit equals the request, and
+    #: with GPUs the CPU limit too). None: by engine (sdk 0.5 cores / 1024 MiB, llm 2 / 4096).
+    cpu_cores: Annotated[float, Meta(gt=0)] | None = None
+    memory_mib: Annotated[int, Meta(ge=64)] | None = None
+    #: The writable model cache a replica gets (converted weights, e.g. SmolLM2's 517 MB).
+    model_cache_mib: Annotated[int, Meta(ge=16)] = 1024
+    #: On scale-down: time to finish in-flight requests before handing the rest back. The
+    #: pod's grace period is derived from it (jetserve/k8s.py). None: JETSERVE_DRAIN_TIMEOUT_S.
+    drain_timeout_s: Annotated[float, Meta(ge=0)] | None = None
+    #: Bytes the model's stream may hold (JetStream `max_bytes`): one model's backlog cannot
+    #: fill the storage all models share. Publishes beyond it are refused. JetStream reserves
+    #: it (times the replicas) from the servers' storage when the stream is made: the sum over
+    #: all models must fit the NATS volumes.
+    max_stream_mib: Annotated[int, Meta(ge=1)] = 256
     #: Passed to the model class / engine.
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -98,8 +112,11 @@ class WorkerConfig:
     #: Pull credit kept waiting on the online consumer while it is idle, so an online request
     #: never waits behind batch pulls; None: a quarter of the capacity.
     online_reserve: int | None = None
-    #: Port for /metrics, /healthz, /readyz, /drain (workers/probes.py); 0: a free port; -1: none.
+    #: Port for /metrics, /healthz, /readyz (workers/probes.py); 0: a free port; -1: none.
     metrics_port: int = -1
+    #: Port on 127.0.0.1 that also serves /drain (the preStop hook, run inside the pod);
+    #: -1: none (SIGTERM drains all the same).
+    drain_port: int = -1
     #: How often the worker reads its consumers' info for the queue-depth gauges.
     queue_poll_s: float = 5.0
 
@@ -117,5 +134,6 @@ class WorkerConfig:
             stream_replicas=get_int(env, "JETSERVE_STREAM_REPLICAS", 1, minimum=1),
             online_reserve=None if reserve < 0 else reserve,
             metrics_port=get_int(env, "JETSERVE_WORKER_METRICS_PORT", -1, minimum=-1),
+            drain_port=get_int(env, "JETSERVE_WORKER_DRAIN_PORT", -1, minimum=-1),
             queue_poll_s=get_float(env, "JETSERVE_QUEUE_POLL_S", 5.0, minimum=0.1),
         )

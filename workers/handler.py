@@ -9,7 +9,9 @@ failure is decided by `errors.disposition()`:
     model failure, attempts left              -> nak with backoff (redelivered, maybe elsewhere)
     model failure on the last attempt          -> dead-letter stream, ErrorResult, term
     delivered more than `max_attempts` times   -> dead-letter without running (a request that
-                                                  crashed the process on every attempt)
+                                                  crashed the process on every attempt); hand-
+                                                  backs of draining workers do not count
+                                                  (workers/handbacks.py)
     engine dead                               -> nak at once, worker stops
 """
 
@@ -38,6 +40,7 @@ from workers.errors import (
     public_message,
     retry_delay_s,
 )
+from workers.handbacks import HandBacks
 from workers.jsmeta import ack_info
 from workers.metrics import WorkerMetrics
 
@@ -103,13 +106,20 @@ class Handler:
         max_attempts: int,
         on_engine_dead: Callable[[BaseException], None],
         clock: Callable[[], float] = time.time,
+        handbacks: HandBacks | None = None,
+        max_deliveries: int | None = None,
     ) -> None:
+        """`handbacks`: where hand-backs are recorded, so that they do not count as attempts
+        (None: every delivery counts). `max_deliveries`: the consumer's `max_deliver`; the
+        last delivery JetStream makes is treated as the last attempt."""
         self._model = model
         self._backend = backend
         self._publisher = publisher
         self._cancels = cancels
         self._metrics = metrics
         self._max_attempts = max_attempts
+        self._handbacks = handbacks
+        self._max_deliveries = max_deliveries or max_attempts + 1
         self._on_engine_dead = on_engine_dead
         self._clock = clock
         # Bound metric children: label lookups are too slow for the per-message path.
@@ -126,7 +136,8 @@ class Handler:
 
     async def __call__(self, msg: Delivery) -> None:
         pulled = self._clock()
-        attempt, stored = _delivery_info(msg, pulled)
+        delivered, stored = _delivery_info(msg, pulled)
+        attempt = delivered
         headers = msg.headers or {}
         reply_to = headers.get(_REPLY_TO)
         if reply_to:
@@ -157,6 +168,8 @@ class Handler:
         if problem is not None:
             await self._reject(msg, sink, *problem)
             return
+        if delivered > 1 and self._handbacks is not None:  # redeliveries only
+            attempt = await self._handbacks.attempt(msg, delivered)  # type: ignore[arg-type]
         if attempt > self._max_attempts:
             await self._dead_letter(
                 msg,
@@ -168,7 +181,9 @@ class Handler:
             )
             return
         self._queue_time.observe(max(0.0, pulled - stored))
-        await self._run(msg, sink, request, attempt, pulled, stored)
+        # JetStream's last delivery is the last attempt, whatever the hand-backs.
+        last = attempt >= self._max_attempts or delivered >= self._max_deliveries
+        await self._run(msg, sink, request, attempt, last, pulled, stored)
 
     def _precheck(self, request: InferenceRequest, now: float) -> tuple[ErrorCode, str] | None:
         if request.model != self._model:
@@ -192,6 +207,7 @@ class Handler:
         sink: Sink,
         request: InferenceRequest,
         attempt: int,
+        last: bool,
         pulled: float,
         stored: float,
     ) -> None:
@@ -213,13 +229,17 @@ class Handler:
                 task.uncancel()
                 await self._reject(msg, sink, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
                 return
-            # The worker is shutting down and the drain timed out: hand the message back.
+            # The worker is shutting down and the drain timed out: hand the message back
+            # (recorded: the delivery does not count as an attempt).
             with contextlib.suppress(Exception):
-                await msg.nak()
+                if self._handbacks is not None:
+                    await self._handbacks.hand_back(msg)  # type: ignore[arg-type]
+                else:
+                    await msg.nak()
             self._count["handed_back"].inc()
             raise
         except Exception as exc:
-            await self._failed(msg, sink, request, attempt, exc)
+            await self._failed(msg, sink, request, attempt, last, exc)
             return
         finally:
             self._cancels.unregister(request.id)
@@ -262,7 +282,13 @@ class Handler:
         )
 
     async def _failed(
-        self, msg: Delivery, sink: Sink, request: InferenceRequest, attempt: int, exc: Exception
+        self,
+        msg: Delivery,
+        sink: Sink,
+        request: InferenceRequest,
+        attempt: int,
+        last: bool,
+        exc: Exception,
     ) -> None:
         action = disposition(exc)
         message = public_message(exc)
@@ -274,7 +300,7 @@ class Handler:
             await msg.nak()
             self._count["handed_back"].inc()
             self._on_engine_dead(exc)
-        elif attempt >= self._max_attempts:
+        elif last:
             await self._dead_letter(msg, sink, request.id, attempt, message, detail_message(exc))
         else:
             # The model's message may quote its input: by default only its type is logged

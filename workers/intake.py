@@ -11,7 +11,9 @@ consumer. `plan_pulls` is that policy as a pure function.
 Quarantine: a redelivered message (its worker died or timed out holding it) runs alone. The
 intake stops pulling, lets what is running finish, runs the suspect by itself, then goes on.
 If the suspect is what kills workers, it never takes innocent requests down with it again:
-those lose at most one delivery (the first crash), never reaching `max_attempts`.
+those lose at most one delivery (the first crash), never reaching `max_attempts`. A message
+redelivered only because draining workers handed it back (workers/handbacks.py: one KV read,
+for redeliveries only) is no suspect and runs like a first delivery.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from schemas.names import Priority
+from workers.handbacks import HandBacks
 from workers.jsmeta import ack_info
 from workers.puller import PullConsumer
 
@@ -84,6 +87,13 @@ def plan_pulls(s: PullState) -> PullPlan:
     return PullPlan(online, batch, withdraw)
 
 
+def online_reserve(capacity: int, setting: int | None = None) -> int:
+    """Credit kept on the idle online consumer: the setting, else a quarter of the capacity
+    (at least 1). Batch work fills `capacity - online_reserve` (KEDA's target, jetserve/k8s)."""
+    reserve = max(1, capacity // 4) if setting is None else setting
+    return min(reserve, capacity)
+
+
 MessageHandler = Callable[[Msg], Coroutine[Any, Any, None]]
 
 
@@ -99,6 +109,7 @@ class Intake:
         handle: MessageHandler,
         in_progress_every_s: float,
         online_reserve: int | None = None,
+        handbacks: HandBacks | None = None,
     ) -> None:
         self._online = online(lambda m: self._accept(m, Priority.ONLINE), self._online_ended)
         self._batch = batch(lambda m: self._accept(m, Priority.BATCH), lambda _s: self._kick())
@@ -106,6 +117,9 @@ class Intake:
         self._handle = handle
         self._in_progress_every_s = in_progress_every_s
         self._reserve_setting = online_reserve
+        self._handbacks = handbacks
+        #: Redeliveries whose hand-backs are being looked up (held in `_waiting` meanwhile).
+        self._checks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
         #: Redelivered messages waiting to run alone, and first deliveries held meanwhile.
         self._suspects: deque[Msg] = deque()
@@ -157,8 +171,8 @@ class Intake:
                 msg = queue.popleft()
                 self._waiting.pop(id(msg), None)
                 with contextlib.suppress(Exception):
-                    await msg.nak()
-        if not self._in_flight:
+                    await self._hand_back(msg)
+        if not self._in_flight and not self._waiting:
             self._idle.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
@@ -184,7 +198,7 @@ class Intake:
 
     def _accept(self, msg: Msg, priority: Priority) -> None:
         if not self._open:
-            asyncio.get_running_loop().create_task(msg.nak())
+            asyncio.get_running_loop().create_task(self._hand_back(msg))
             return
         info = ack_info(msg.reply)
         if priority is Priority.ONLINE:
@@ -192,12 +206,47 @@ class Intake:
             self._kick()  # top the online credit up again
         self._idle.clear()
         if info is not None and info.delivered > 1:
+            if self._handbacks is not None:  # redeliveries only: were they handed back?
+                self._waiting[id(msg)] = (msg, time.monotonic())
+                check = asyncio.get_running_loop().create_task(self._classify(msg, info.delivered))
+                self._checks.add(check)
+                check.add_done_callback(self._checks.discard)
+                return
             self._hold(msg, self._suspects)
         elif self._suspects or self._alone is not None:
             self._hold(msg, self._held)
         else:
             self._start(msg)
         self._advance()
+
+    def _place(self, msg: Msg, suspect: bool) -> None:
+        if suspect:
+            self._hold(msg, self._suspects)
+        elif self._suspects or self._alone is not None:
+            self._hold(msg, self._held)
+        else:
+            self._start(msg)
+        self._advance()
+
+    async def _classify(self, msg: Msg, delivered: int) -> None:
+        """A redelivery: a suspect only if some earlier delivery was not handed back."""
+        assert self._handbacks is not None
+        attempt = await self._handbacks.attempt(msg, delivered)
+        self._waiting.pop(id(msg), None)
+        if self._open:
+            self._place(msg, suspect=attempt > 1)
+        else:
+            with contextlib.suppress(Exception):
+                await self._hand_back(msg)
+            if not self._in_flight and not self._waiting:
+                self._idle.set()
+        self._kick()
+
+    async def _hand_back(self, msg: Msg) -> None:
+        if self._handbacks is not None:
+            await self._handbacks.hand_back(msg)
+        else:
+            await msg.nak()
 
     def _hold(self, msg: Msg, queue: deque[Msg]) -> None:
         queue.append(msg)
@@ -237,16 +286,14 @@ class Intake:
         capacity = self._capacity()
         if self._suspects or self._alone is not None:
             capacity = min(capacity, self.in_flight)  # quarantine: pull nothing more
-        reserve = self._reserve_setting
-        if reserve is None:
-            reserve = max(1, capacity // 4)
+        reserve = online_reserve(capacity, self._reserve_setting)
         return PullState(
             capacity=capacity,
             in_flight=self.in_flight,
             online_outstanding=self._online.outstanding,
             batch_outstanding=self._batch.outstanding,
             online_backlog=self._online_backlog,
-            online_reserve=min(reserve, capacity),
+            online_reserve=reserve,
             min_pull=max(1, capacity // 8),
         )
 

@@ -111,6 +111,31 @@ class WorkerMetrics:
             ["model"],
             registry=r,
         )
+        self.kv_blocks_used = Gauge(
+            "jetserve_worker_kv_cache_blocks_used",
+            "KV-cache blocks held by running sequences",
+            ["model"],
+            registry=r,
+        )
+        self.kv_blocks_total = Gauge(
+            "jetserve_worker_kv_cache_blocks_total",
+            "KV-cache blocks of the engine",
+            ["model"],
+            registry=r,
+        )
+        # vLLM's prefix_cache_queries / prefix_cache_hits, in prompt tokens.
+        self.prefix_cache_queries = Counter(
+            "jetserve_worker_prefix_cache_queries_tokens",
+            "Prompt tokens looked up in the prefix cache",
+            ["model"],
+            registry=r,
+        )
+        self.prefix_cache_hits = Counter(
+            "jetserve_worker_prefix_cache_hits_tokens",
+            "Prompt tokens found in the prefix cache",
+            ["model"],
+            registry=r,
+        )
         # The model's JetStream consumers as the server reports them (consumer info), polled by
         # the worker. Every replica exports the same values: aggregate with max, not sum.
         # `pending + ack_pending` is exactly the lag KEDA's nats-jetstream scaler sees.

@@ -3,7 +3,10 @@
     GET /metrics   Prometheus text format (the worker's registry)
     GET /healthz   200 while the worker's event loop answers (liveness)
     GET /readyz    200 once the model is loaded and NATS is connected, 503 otherwise (readiness)
-    GET /drain     start draining, as SIGTERM does (the pod's preStop hook); 202
+    GET /drain     start draining, as SIGTERM does (the pod's preStop hook); 202. Only where
+                   the server was given `on_drain`: the worker serves it on a second listener
+                   bound to 127.0.0.1 (JETSERVE_WORKER_DRAIN_PORT), which only the pod's own
+                   containers reach, never on the port other pods and Prometheus reach.
 
 Why a hand-written asyncio server rather than prometheus-client's `start_http_server`: that
 one answers from its own thread, so it would keep saying "alive" while the worker's event loop
@@ -40,7 +43,7 @@ class ProbeServer:
         self,
         registry: CollectorRegistry,
         readiness: Callable[[], Readiness],
-        on_drain: Callable[[], None],
+        on_drain: Callable[[], None] | None = None,
     ) -> None:
         self._registry = registry
         self._readiness = readiness
@@ -91,7 +94,7 @@ class ProbeServer:
             state = self._readiness()
             status = "200 OK" if state.ready else "503 Service Unavailable"
             return status, text, f"{state.reason}\n".encode()
-        if path == "/drain":
+        if path == "/drain" and self._on_drain is not None:
             log.info("drain requested over HTTP")
             self._on_drain()
             return "202 Accepted", text, b"draining\n"

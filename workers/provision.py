@@ -15,14 +15,23 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
+from nats.js.errors import BadRequestError, NotFoundError
 
 from natsio.streams import ensure_stream, work_queue_stream
 from schemas import names
 from schemas.names import Priority
+from workers.handbacks import MAX_HANDBACKS
+from workers.handbacks import TTL_S as HANDBACK_TTL_S
+
+
+def max_deliveries(max_attempts: int) -> int:
+    """The consumers' `max_deliver`: the attempts, the dead-lettering delivery, hand-backs."""
+    return max_attempts + 1 + MAX_HANDBACKS
 
 
 @dataclass(frozen=True)
@@ -31,9 +40,12 @@ class QueueSettings:
     max_msg_bytes: int = 1024 * 1024
     duplicate_window_s: float = 120.0
     ack_wait_s: float = 15.0
-    #: Deliveries that may run the model; the server allows one more, which dead-letters.
+    #: Deliveries that may run the model; the server allows one more, which dead-letters,
+    #: and `MAX_HANDBACKS` more that draining workers hand back (workers/handbacks.py).
     max_attempts: int = 3
     replicas: int = 1
+    #: Bytes the stream holds at most (publishes beyond are refused); -1: no limit.
+    max_bytes: int = -1
 
 
 def model_stream_config(model: str, s: QueueSettings) -> StreamConfig:
@@ -44,6 +56,7 @@ def model_stream_config(model: str, s: QueueSettings) -> StreamConfig:
         duplicate_window_s=s.duplicate_window_s,
         replicas=s.replicas,
         max_msgs=s.max_backlog,
+        max_bytes=s.max_bytes,
         # A full backlog refuses new publishes (the client sees a 429), never drops old ones.
         discard=DiscardPolicy.NEW,
         max_msg_size=s.max_msg_bytes,
@@ -60,7 +73,7 @@ def consumer_config(model: str, priority: Priority, s: QueueSettings) -> Consume
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=s.ack_wait_s,
-        max_deliver=s.max_attempts + 1,
+        max_deliver=max_deliveries(s.max_attempts),
         # Workers bound what they hold themselves; the server must not cap the sum of replicas.
         max_ack_pending=-1,
         max_waiting=512,
@@ -73,6 +86,25 @@ async def provision_model(js: JetStreamContext, model: str, settings: QueueSetti
     for priority in Priority:
         await js.add_consumer(names.stream_name(model), consumer_config(model, priority, settings))
     await provision_dead_letters(js, settings.replicas)
+    await provision_handbacks(js, settings.replicas)
+
+
+async def provision_handbacks(js: JetStreamContext, replicas: int = 1) -> None:
+    try:
+        await js.key_value(names.HANDBACK_BUCKET)
+    except NotFoundError:
+        config = KeyValueConfig(
+            bucket=names.HANDBACK_BUCKET,
+            description="jetserve: deliveries handed back unrun, per request message",
+            ttl=HANDBACK_TTL_S,
+            storage=StorageType.FILE,
+            replicas=replicas,
+        )
+        try:
+            await js.create_key_value(config)
+        except BadRequestError as exc:  # created concurrently by another replica
+            if exc.err_code != 10058:
+                raise
 
 
 async def provision_dead_letters(js: JetStreamContext, replicas: int = 1) -> None:

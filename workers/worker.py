@@ -28,11 +28,12 @@ from schemas.names import Encoding, Priority
 from workers.backend import Backend, SdkBackend
 from workers.cancels import CancelRegistry
 from workers.config import ModelSpec, WorkerConfig
+from workers.handbacks import HandBacks
 from workers.handler import Handler
 from workers.intake import Intake
 from workers.metrics import WorkerMetrics
 from workers.probes import ProbeServer, Readiness
-from workers.provision import QueueSettings, provision_model
+from workers.provision import QueueSettings, max_deliveries, provision_model
 from workers.puller import PullConsumer
 from workers.replies import DurablePublisher, ReplySink
 from workers.sdk import resolve_model_class
@@ -67,8 +68,9 @@ def build_backend(spec: ModelSpec) -> Backend:
     return SdkBackend(model, spec.capacity)
 
 
-def queue_settings(config: WorkerConfig) -> QueueSettings:
+def queue_settings(config: WorkerConfig, spec: ModelSpec | None = None) -> QueueSettings:
     return QueueSettings(
+        max_bytes=-1 if spec is None else spec.max_stream_mib * 1024 * 1024,
         max_backlog=config.max_backlog,
         max_msg_bytes=config.max_msg_bytes,
         duplicate_window_s=config.duplicate_window_s,
@@ -76,6 +78,11 @@ def queue_settings(config: WorkerConfig) -> QueueSettings:
         max_attempts=config.max_attempts,
         replicas=config.stream_replicas,
     )
+
+
+def drain_timeout_s(spec: ModelSpec, config: WorkerConfig) -> float:
+    """The model's own drain timeout (models file), else the process-wide setting."""
+    return config.drain_timeout_s if spec.drain_timeout_s is None else spec.drain_timeout_s
 
 
 class Worker:
@@ -129,7 +136,8 @@ class Worker:
         )
         self._nc = nc
         js = nc.jetstream()
-        await provision_model(js, model, queue_settings(self.config))
+        await provision_model(js, model, queue_settings(self.config, self.spec))
+        handbacks = HandBacks(await js.key_value(names.HANDBACK_BUCKET))
         await self.backend.start()
         handler = Handler(
             model=model,
@@ -139,6 +147,8 @@ class Worker:
             metrics=self.metrics,
             max_attempts=self.config.max_attempts,
             on_engine_dead=self._engine_dead,
+            handbacks=handbacks,
+            max_deliveries=max_deliveries(self.config.max_attempts),
         )
         stream = names.stream_name(model)
 
@@ -154,6 +164,7 @@ class Worker:
             handle=handler,
             in_progress_every_s=max(0.2, self.config.ack_wait_s / 3),
             online_reserve=self.config.online_reserve,
+            handbacks=handbacks,
         )
         self._intake = intake
         await nc.subscribe(names.cancel_subscription(model), cb=self._on_cancel)
@@ -180,7 +191,7 @@ class Worker:
         # requests nobody listens to, so nothing more is delivered to this replica.
         await intake.close()
         await intake.unsubscribe()
-        timeout = self.config.drain_timeout_s if self._exit_code == 0 else 0.0
+        timeout = drain_timeout_s(self.spec, self.config) if self._exit_code == 0 else 0.0
         log.info("draining: %d in flight, up to %.1fs", intake.in_flight, timeout)
         if not await intake.wait_idle(timeout):
             # Cancelling a handler hands its message back (nak) for another replica.
@@ -207,16 +218,33 @@ class Worker:
             self.metrics.num_running.labels(model),
             self.metrics.num_waiting.labels(model),
             self.metrics.kv_cache_usage.labels(model),
+            self.metrics.kv_blocks_used.labels(model),
+            self.metrics.kv_blocks_total.labels(model),
         )
+        cache_counters = (
+            self.metrics.prefix_cache_queries.labels(model),
+            self.metrics.prefix_cache_hits.labels(model),
+        )
+        counted = [0, 0]
         while True:
             if self._intake is not None:
                 in_flight.set(self._intake.in_flight)
             stats = self.backend.stats()
             if stats is not None:
-                for gauge, value in zip(
-                    engine_gauges, (stats.running, stats.waiting, stats.kv_cache_usage), strict=True
-                ):
+                values = (
+                    stats.running,
+                    stats.waiting,
+                    stats.kv_cache_usage,
+                    stats.kv_blocks_used,
+                    stats.kv_blocks_total,
+                )
+                for gauge, value in zip(engine_gauges, values, strict=True):
                     gauge.set(value)
+                totals = (stats.prefix_cache_queries_tokens, stats.prefix_cache_hits_tokens)
+                for i, (counter, total) in enumerate(zip(cache_counters, totals, strict=True)):
+                    if total > counted[i]:
+                        counter.inc(total - counted[i])
+                        counted[i] = total
             if loop.time() >= next_poll:
                 next_poll = loop.time() + self.config.queue_poll_s
                 for consumer, (pending, ack_pending) in queues.items():
@@ -284,11 +312,18 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop)
-    probes: ProbeServer | None = None
+    servers: list[ProbeServer] = []
     if config.metrics_port >= 0:
-        probes = ProbeServer(metrics.registry, readiness, on_drain=request_stop)
+        probes = ProbeServer(metrics.registry, readiness)
         await probes.start("0.0.0.0", config.metrics_port)
+        servers.append(probes)
         log.info("metrics and probes on :%d", probes.port)
+    if config.drain_port >= 0:
+        # /drain only on the pod's loopback: another pod cannot drain this worker.
+        local = ProbeServer(metrics.registry, readiness, on_drain=request_stop)
+        await local.start("127.0.0.1", config.drain_port)
+        servers.append(local)
+        log.info("drain endpoint on 127.0.0.1:%d", local.port)
     try:
         backend = await in_own_thread(build_backend, spec)
         if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
@@ -297,8 +332,8 @@ async def serve(
         workers.append(worker)
         return await worker.run()
     finally:
-        if probes is not None:
-            await probes.close()
+        for server in servers:
+            await server.close()
 
 
 def main(

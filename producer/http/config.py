@@ -47,6 +47,8 @@ class BridgeConfig:
     retry_after_s: int = 1
     #: How long idempotent results are kept; the streams' JetStream duplicate window.
     duplicate_window_s: float = 120.0
+    #: On SIGTERM: how long open requests (SSE streams included) may take to finish.
+    graceful_shutdown_s: int = 10
     #: Serve the benchmark's `POST /bench/echo` (returns its body: the trivial endpoint) and
     #: `POST /bench/chat` (the chat endpoint answered in-process, without NATS).
     echo_route: bool = False
@@ -76,5 +78,6 @@ class BridgeConfig:
             key_cache_ttl_s=get_float(env, "JETSERVE_KEY_CACHE_TTL_S", 10.0, minimum=0.0),
             retry_after_s=get_int(env, "JETSERVE_RETRY_AFTER_S", 1, minimum=0),
             duplicate_window_s=get_float(env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0),
+            graceful_shutdown_s=get_int(env, "JETSERVE_HTTP_GRACEFUL_SHUTDOWN_S", 10, minimum=0),
             echo_route=get_bool(env, "JETSERVE_HTTP_ECHO_ROUTE", False),
         )

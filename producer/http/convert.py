@@ -148,7 +148,13 @@ def embedding_request(body: oa.EmbeddingRequest, **fields: Any) -> InferenceRequ
 
 def usage(result: FinalResult) -> oa.Usage:
     u = result.usage
-    return oa.Usage(u.prompt_tokens, u.completion_tokens, u.total_tokens)
+    details = u.prompt_tokens_details
+    return oa.Usage(
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.total_tokens,
+        None if details is None else oa.PromptTokensDetails(details.cached_tokens),
+    )
 
 
 def text_of(result: FinalResult) -> tuple[str, list[TokenLogprobs] | None, Any]:

@@ -51,6 +51,9 @@ class _Sampling(msgspec.Struct, frozen=True, kw_only=True):
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
+    #: OpenAI's prompt-caching hint. Accepted and not used: each worker caches prefixes by
+    #: their tokens, whatever the key (routing by prefix is not done).
+    prompt_cache_key: Annotated[str, Meta(max_length=1024)] | None = None
 
 
 class ChatCompletionRequest(_Sampling, frozen=True, kw_only=True):
@@ -93,10 +96,16 @@ class EmbeddingRequest(msgspec.Struct, frozen=True, kw_only=True):
 # ---- responses ------------------------------------------------------------------------
 
 
-class Usage(msgspec.Struct, frozen=True):
+class PromptTokensDetails(msgspec.Struct, frozen=True):
+    cached_tokens: int = 0
+
+
+class Usage(msgspec.Struct, frozen=True, omit_defaults=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    #: As OpenAI's: present when the model reports cached prompt tokens.
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class TopLogprob(msgspec.Struct, frozen=True):

@@ -35,10 +35,12 @@ def make_engine(tiny: tuple[Any, Any]) -> Iterator[Callable[..., Engine]]:
     model, tokenizer = tiny
 
     def make(**config: Any) -> Engine:
-        budget = config.setdefault("kv_cache_tokens", 8192)
+        config.setdefault("kv_cache_tokens", 8192)
         config.setdefault("max_model_len", 1024)
-        runner = ModelRunner(model, kv_budget_tokens=budget)
-        return Engine(runner, tokenizer.backend_tokenizer, EngineConfig(**config))
+        config.setdefault("block_size", 16)  # many blocks per sequence
+        cfg = EngineConfig(**config)
+        runner = ModelRunner(model, num_blocks=cfg.num_kv_blocks, block_size=cfg.block_size)
+        return Engine(runner, tokenizer.backend_tokenizer, cfg)
 
     yield make
     model.set_attn_implementation("sdpa")

@@ -254,6 +254,11 @@ def test_context_limits(tiny: tuple[Any, Any], make_engine: Callable[..., Engine
     assert info.value.code is ErrorCode.CONTEXT_LENGTH_EXCEEDED
     with pytest.raises(PermanentError):
         engine.check(64, None)
+    # Longer contexts than the KV cache holds: what it can never hold is refused, at once.
     small = make_engine(max_model_len=4096, kv_cache_tokens=128)
     with pytest.raises(PermanentError, match="KV cache budget"):
         small.check(100, 100)
+    with pytest.raises(PermanentError, match="KV cache budget") as info:
+        small.check(200, None)
+    assert info.value.code is ErrorCode.CONTEXT_LENGTH_EXCEEDED
+    assert small.check(100, None) == 28

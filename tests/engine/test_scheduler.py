@@ -16,11 +16,13 @@ def make_seq(
     *,
     online: bool = True,
     name: str | None = None,
+    first: int = 0,
 ) -> Sequence:
+    """A sequence whose prompt is `first, first + 1, ...` (equal `first`: a shared prefix)."""
     arrival = sched.new_arrival()
     req = EngineRequest(
         id=name or f"r{arrival}",
-        prompt_token_ids=list(range(prompt_len)),
+        prompt_token_ids=list(range(first, first + prompt_len)),
         params=SamplingParams(),
         max_tokens=max_tokens,
         online=online,
@@ -34,12 +36,14 @@ def fake_step(sched: Scheduler) -> SchedulerOutput:
     """One engine step with a fake runner: every sampling sequence gets token 7; sequences
     that reach max_tokens finish."""
     out = sched.schedule()
-    rows, cols = out.kv_shape
-    assert rows == len(sched.running)
-    assert rows * cols <= sched.config.kv_budget_tokens
-    for s in out.scheduled:
-        assert s.seq.slot == sched.running.index(s.seq)
-        assert s.seq.num_computed + s.num_tokens <= cols
+    bm = sched.blocks
+    held = {b for seq in sched.running for b in seq.block_table}
+    assert out.num_live == len(held) == bm.num_used
+    for s, table in zip(out.scheduled, out.tables, strict=True):
+        assert s.seq in sched.running
+        assert len(s.seq.block_table) * bm.block_size >= s.seq.num_computed + s.num_tokens
+        assert table == [bm.slot(b) for b in s.seq.block_table]
+        assert all(slot < out.num_live for slot in table)
     assert out.num_tokens <= sched.config.max_num_batched_tokens
     sched.update(out)
     for s in out.scheduled:
@@ -59,7 +63,7 @@ def run_all(sched: Scheduler, limit: int = 10_000) -> int:
     return steps
 
 
-def test_admits_up_to_max_num_seqs_then_as_rows_free() -> None:
+def test_admits_up_to_max_num_seqs_then_as_sequences_leave() -> None:
     sched = Scheduler(SchedulerConfig(max_num_seqs=2, max_num_batched_tokens=100))
     a, b, c = (make_seq(sched, 4, 3) for _ in range(3))
     out = fake_step(sched)
@@ -70,7 +74,7 @@ def test_admits_up_to_max_num_seqs_then_as_rows_free() -> None:
     assert a.status is Status.FINISHED_LENGTH
     out = fake_step(sched)
     assert [s.seq for s in out.scheduled] == [c]
-    assert c.slot == 0
+    assert c.block_table == [sched.blocks.blocks[c.block_table[0]].id]
 
 
 def test_decode_is_one_token_per_sequence_per_step() -> None:
@@ -114,50 +118,40 @@ def test_online_is_admitted_before_batch() -> None:
     assert [s.seq for s in out.scheduled] == [batch]
 
 
-def test_kv_budget_limits_admission() -> None:
-    # Budget 4 rows x 32 columns; prompts of 20 need a 32-column rectangle.
-    sched = Scheduler(
-        SchedulerConfig(max_num_batched_tokens=1000, kv_budget_tokens=128, kv_block=32)
-    )
-    seqs = [make_seq(sched, 20, 5) for _ in range(6)]
+def test_kv_blocks_limit_admission() -> None:
+    # 10 blocks of 16; a prompt of 20 needs 2, and while others run 1 block stays free plus
+    # one per running sequence: the 3rd leaves 4 free, the 4th would need 2 + 1 + 3.
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=1000, num_kv_blocks=10))
+    seqs = [make_seq(sched, 20, 5, first=100 * i) for i in range(6)]
     out = fake_step(sched)
-    assert len(out.scheduled) == 4
-    assert out.kv_shape == (4, 32)
-    assert [s.status for s in seqs[4:]] == [Status.WAITING] * 2
+    assert len(out.scheduled) == 3
+    assert sched.blocks.num_used == 6
+    assert [s.status for s in seqs[3:]] == [Status.WAITING] * 3
 
 
 def test_preemption_when_the_cache_is_full_then_recompute() -> None:
-    # Two sequences fit at 32 columns; both grow past it: the newer one is preempted,
-    # recomputed later, and both still produce all their tokens.
-    sched = Scheduler(
-        SchedulerConfig(
-            max_num_batched_tokens=1000, kv_budget_tokens=64, kv_block=32, kv_growth=1.0
-        )
-    )
-    old = make_seq(sched, 20, 30)
-    new = make_seq(sched, 20, 30)
+    # Four blocks: two sequences of up to 40 tokens (3 blocks each) start together and both
+    # grow: the newer one is preempted, recomputed later, and both produce all their tokens.
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=1000, num_kv_blocks=4))
+    old = make_seq(sched, 10, 30)
+    new = make_seq(sched, 10, 30, first=100)
     preempted: list[Sequence] = []
-    steps = 0
     while sched.has_work:
         out = fake_step(sched)
         preempted += out.preempted
-        steps += 1
     assert preempted[0] is new
     assert new.preemptions >= 1
     assert old.preemptions == 0
     assert old.num_output_tokens == new.num_output_tokens == 30
     assert old.status is new.status is Status.FINISHED_LENGTH
+    assert sched.blocks.num_used == 0
 
 
 def test_batch_is_preempted_before_online() -> None:
-    sched = Scheduler(
-        SchedulerConfig(
-            max_num_batched_tokens=1000, kv_budget_tokens=64, kv_block=32, kv_growth=1.0
-        )
-    )
-    batch = make_seq(sched, 20, 30, online=False)
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=1000, num_kv_blocks=4))
+    batch = make_seq(sched, 10, 30, online=False)
     fake_step(sched)
-    online = make_seq(sched, 20, 30, online=True)
+    online = make_seq(sched, 10, 30, online=True, first=100)
     victims: list[Sequence] = []
     while not victims:
         victims = fake_step(sched).preempted
@@ -165,17 +159,27 @@ def test_batch_is_preempted_before_online() -> None:
     assert online.status is Status.RUNNING
 
 
-def test_rows_stay_dense_and_moves_are_reported() -> None:
-    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=100))
-    a, b, c = (make_seq(sched, 4, 10) for _ in range(3))
+def test_blocks_in_use_stay_in_the_first_slots() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=100, num_kv_blocks=16))
+    a, b, c = (make_seq(sched, 20, 10, first=100 * i) for i in range(3))
     fake_step(sched)
     fake_step(sched)
     sched.finish(a, Status.FINISHED_CANCELLED)
     out = fake_step(sched)
-    # c moved from row 2 to row 0 with its 5 computed positions.
-    assert out.moves == [(2, 0, 5)]
-    assert (c.slot, b.slot) == (0, 1)
-    assert sched.running == [c, b]
+    assert out.num_live == 4
+    assert sorted(slot for table in out.tables for slot in table) == [0, 1, 2, 3]
+    assert sched.running == [b, c]
+
+
+def test_memory_grows_with_the_tokens_held() -> None:
+    # One 200-token prompt and ten 10-token ones share 40 blocks (640 positions); a rectangle
+    # as wide as the long one would hold three of them.
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=1000, num_kv_blocks=40))
+    long = make_seq(sched, 200, 5)
+    short = [make_seq(sched, 10, 5, first=1000 + 20 * i) for i in range(10)]
+    fake_step(sched)
+    assert sched.running == [long, *short]
+    assert sched.blocks.num_used == 13 + 10
 
 
 def test_finish_a_waiting_sequence() -> None:
@@ -187,33 +191,22 @@ def test_finish_a_waiting_sequence() -> None:
     assert waiting.status is Status.FINISHED_CANCELLED
 
 
-def test_columns_shrink_when_long_sequences_leave() -> None:
-    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=1000, kv_block=32))
-    long = make_seq(sched, 200, 1)
-    short = make_seq(sched, 10, 50)
-    fake_step(sched)
-    assert sched.kv_cols >= 201
-    while long.status is not Status.FINISHED_LENGTH:
-        fake_step(sched)
-    fake_step(sched)
-    assert sched.kv_cols <= 64
-    assert short.status is Status.RUNNING
-
-
 def test_everything_finishes_under_pressure() -> None:
     sched = Scheduler(
-        SchedulerConfig(
-            max_num_seqs=8, max_num_batched_tokens=64, kv_budget_tokens=8 * 96, kv_block=16
-        )
+        SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, num_kv_blocks=24, block_size=8)
     )
     seqs = [
-        make_seq(sched, 10 + (i * 7) % 50, 5 + (i * 13) % 40, online=i % 3 != 0) for i in range(40)
+        make_seq(sched, 10 + (i * 7) % 50, 5 + (i * 13) % 40, online=i % 3 != 0, first=i % 4)
+        for i in range(40)
     ]
     run_all(sched)
+    assert sched.blocks.num_used == 0
     assert all(s.status is Status.FINISHED_LENGTH for s in seqs)
     assert all(s.num_output_tokens == s.request.max_tokens for s in seqs)
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ValueError, match="kv_budget_tokens"):
-        SchedulerConfig(kv_budget_tokens=1, kv_block=32)
+    with pytest.raises(ValueError, match="at least one block"):
+        SchedulerConfig(num_kv_blocks=0)
+    with pytest.raises(ValueError, match="block_size"):
+        SchedulerConfig(block_size=0)

@@ -118,14 +118,10 @@ def grammars(tiny: tuple[Any, Any]) -> Grammars:
 @pytest.fixture
 def engine(tiny: tuple[Any, Any]) -> Iterator[Engine]:
     model, tokenizer = tiny
-    runner = ModelRunner(model, kv_budget_tokens=32768)
+    config = EngineConfig(max_num_seqs=64, kv_cache_tokens=32768, max_model_len=1024)
+    runner = ModelRunner(model, num_blocks=config.num_kv_blocks, block_size=config.block_size)
     masks = MaskComputer(int(model.config.vocab_size))
-    yield Engine(
-        runner,
-        tokenizer.backend_tokenizer,
-        EngineConfig(max_num_seqs=64, kv_cache_tokens=32768, max_model_len=1024),
-        masks=masks,
-    )
+    yield Engine(runner, tokenizer.backend_tokenizer, config, masks=masks)
     masks.close()
     model.set_attn_implementation("sdpa")
 
@@ -193,6 +189,25 @@ def test_json_schema_outputs_always_validate(
         value = json.loads(final.text or "")
         jsonschema.validate(value, SCHEMAS[i % len(SCHEMAS)])
     assert grammars.compiles <= len(SCHEMAS) + 2  # compiled once per schema, then cached
+
+
+def test_prefix_cache_does_not_change_constrained_output(engine: Engine, submit: Submit) -> None:
+    """The same seeded, schema-constrained request twice: the second reuses the first's
+    prompt blocks and produces the same text."""
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": "s", "schema": SCHEMAS[0], "strict": True},
+    }
+    texts, cached = [], []
+    for rid in ("first", "second"):
+        submit(rid, _chat("Describe the weather today. " * 12, response_format=fmt), seed=5)
+        final = run_to_end(engine)[rid][-1]
+        texts.append(final.text)
+        cached.append(final.num_cached_tokens)
+    assert cached[0] == 0
+    assert cached[1] > 0
+    assert cached[1] % engine.config.block_size == 0
+    assert texts[1] == texts[0]
 
 
 def test_json_object_regex_and_choice(engine: Engine, submit: Submit) -> None:

@@ -37,7 +37,9 @@ def _models_file(tmp_path: Path, model: str) -> Path:
 
 
 def _triggers(models_file: Path) -> list[dict[str, str]]:
-    files = render_file(models_file, RenderOptions(OVERLAYS["prod"]))
+    # The prod overlay with this test server's account (no accounts: `$G`; prod's NATS has
+    # JETSERVE, tests/integration/test_nats_prod_values.py).
+    files = render_file(models_file, RenderOptions(OVERLAYS["prod"], nats_account="$G"))
     scaled = [d for docs in files.values() for d in docs if d["kind"] == "ScaledObject"]
     assert len(scaled) == 1
     return [t["metadata"] for t in scaled[0]["spec"]["triggers"]]

@@ -132,6 +132,27 @@ async def test_prompt_longer_than_the_context(
     await client.close()
 
 
+async def test_cached_prompt_tokens_in_usage(nc: NATS, model_name: str, llm_worker: Worker) -> None:
+    """The second request with the same 140-token prompt reuses its first two blocks (64
+    positions each, the default)."""
+    client = Client(nc)
+    prompt = {"prompt": list(range(20, 160))}
+    params = {"temperature": 0, "max_tokens": 4, "ignore_eos": True}
+    first = await client.request(model_name, "completion", prompt, parameters=params)
+    second = await client.request(model_name, "completion", prompt, parameters=params)
+    assert first.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details is not None
+    assert second.usage.prompt_tokens_details.cached_tokens == 128
+    assert second.output["text"] == first.output["text"]
+    stats = llm_worker.backend.stats()
+    assert stats is not None
+    assert stats.prefix_cache_queries_tokens == 280
+    assert stats.prefix_cache_hits_tokens == 128
+    assert stats.kv_blocks_total > 0
+    await client.close()
+
+
 async def test_deadline_returns_partial_output(
     nc: NATS, model_name: str, llm_worker: Worker
 ) -> None:

@@ -58,13 +58,14 @@ def _sample(body: str, name: str, **labels: str) -> float | None:
 async def test_metrics_and_probes_of_a_worker_process(
     nc: NATS, model_name: str, start_worker: Any
 ) -> None:
-    port = free_port()
+    port, drain_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     worker = start_worker(
         model_name,
         "tests.models:SlowModel",
         options={"capacity": 2},
         JETSERVE_WORKER_METRICS_PORT=str(port),
+        JETSERVE_WORKER_DRAIN_PORT=str(drain_port),
         JETSERVE_QUEUE_POLL_S="0.2",
     )
 
@@ -110,7 +111,9 @@ async def test_metrics_and_probes_of_a_worker_process(
     ):
         assert f"# HELP {name}" in body, name
 
-    # The preStop hook: /drain stops pulling; readiness drops; the process exits cleanly.
-    assert await _get(f"{base}/drain") == (202, "draining\n")
+    # The preStop hook: /drain, on the loopback-only port (not on the port other pods reach),
+    # stops pulling; the process exits cleanly.
+    assert (await _get(f"{base}/drain"))[0] == 404
+    assert await _get(f"http://127.0.0.1:{drain_port}/drain") == (202, "draining\n")
     assert await asyncio.to_thread(worker.wait, 30) == 0
     await client.close()

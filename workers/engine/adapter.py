@@ -19,9 +19,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.messages import FinishReason, InferenceRequest, TokenLogprob, TokenLogprobs, Usage
+from schemas.messages import (
+    FinishReason,
+    InferenceRequest,
+    PromptTokensDetails,
+    TokenLogprob,
+    TokenLogprobs,
+    Usage,
+)
 from schemas.payloads import ChatPayload, CompletionPayload, TextOutput
-from workers.backend import BackendStats, ChunkSink, Completion, model_input
+from workers.backend import STOP_TIMEOUT_S, BackendStats, ChunkSink, Completion, model_input
 from workers.config import ModelSpec
 from workers.engine import structured
 from workers.engine.constraints import Constraint, Grammars, MaskComputer
@@ -81,7 +88,7 @@ class EngineAdapter:
 
     async def stop(self) -> None:
         self._commands.put(_STOP)
-        await asyncio.to_thread(self._thread.join, 30)
+        await asyncio.to_thread(self._thread.join, STOP_TIMEOUT_S)
 
     async def run(self, request: InferenceRequest, emit: ChunkSink) -> Completion:
         if self._dead is not None:
@@ -174,6 +181,7 @@ class EngineAdapter:
             item.num_prompt_tokens,
             item.num_output_tokens,
             item.num_prompt_tokens + item.num_output_tokens,
+            PromptTokensDetails(item.num_cached_tokens),
         )
         text = item.text or ""
         assert item.finish is not None
@@ -220,7 +228,16 @@ class EngineAdapter:
                 outputs = engine.step()
                 self._capacity = engine.capacity()
                 sched = engine.scheduler
-                self._stats = BackendStats(len(sched.running), sched.num_waiting, sched.kv_usage())
+                blocks = sched.blocks
+                self._stats = BackendStats(
+                    len(sched.running),
+                    sched.num_waiting,
+                    sched.kv_usage(),
+                    blocks.num_used,
+                    blocks.num_blocks,
+                    blocks.stats.queries_tokens,
+                    blocks.stats.hits_tokens,
+                )
                 relay = self._relayed(outputs)
                 if relay:
                     self._post(self._dispatch, relay)
@@ -293,7 +310,7 @@ class EngineAdapter:
 def build_engine_adapter(spec: ModelSpec) -> EngineAdapter:
     """Load the model of `spec` and wrap it in an engine (blocking: call from a thread)."""
     from workers.engine.loader import choose_device, choose_dtype, load_model, resolve_model_path
-    from workers.engine.model_runner import ModelRunner
+    from workers.engine.model_runner import ModelRunner, kv_bytes_per_token
 
     device = choose_device(spec.device)
     dtype = choose_dtype(spec.dtype, device)
@@ -301,33 +318,37 @@ def build_engine_adapter(spec: ModelSpec) -> EngineAdapter:
     model, tokenizer = load_model(path, device, dtype)
     opts = spec.options
     cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    bytes_per_token = cfg.num_hidden_layers * 2 * kv_heads * head_dim * dtype.itemsize
-    kv_tokens = int(opts.get("kv_cache_mib", 1024)) * 2**20 // bytes_per_token
-    max_model_len = int(
-        opts.get("max_model_len", min(getattr(cfg, "max_position_embeddings", 4096), 8192))
-    )
+    kv_tokens = int(opts.get("kv_cache_mib", 1024)) * 2**20 // kv_bytes_per_token(cfg, dtype)
+    # The model's own context; a prompt that the KV cache could never hold is refused.
+    max_model_len = int(opts.get("max_model_len", getattr(cfg, "max_position_embeddings", 4096)))
+    caching = opts.get("enable_prefix_caching", True)
+    if not isinstance(caching, bool):
+        raise ValueError(f"model {spec.name}: enable_prefix_caching must be true or false")
     config = EngineConfig(
         max_num_seqs=int(opts.get("max_num_seqs", spec.capacity or 64)),
         max_num_batched_tokens=int(opts.get("max_num_batched_tokens", 1024)),
         kv_cache_tokens=kv_tokens,
+        block_size=int(opts.get("kv_block_size", EngineConfig.block_size)),
+        enable_prefix_caching=caching,
         max_model_len=max_model_len,
         seed=opts.get("seed"),
     )
-    runner = ModelRunner(model, kv_budget_tokens=kv_tokens)
+    runner = ModelRunner(model, num_blocks=config.num_kv_blocks, block_size=config.block_size)
     vocab = int(cfg.vocab_size)
     eos = eos_ids(model, tokenizer)
     engine = Engine(runner, tokenizer.backend_tokenizer, config, masks=MaskComputer(vocab))
     log.info(
-        "engine: %s on %s/%s, %d seqs, KV %d tokens (%.0f MiB), context %d",
+        "engine: %s on %s/%s, %d seqs, KV %d blocks of %d (%.0f MiB), context %d, "
+        "prefix caching %s",
         path.name,
         device,
         dtype,
         config.max_num_seqs,
-        kv_tokens,
+        config.num_kv_blocks,
+        config.block_size,
         runner.cache.nbytes / 2**20,
         max_model_len,
+        "on" if caching else "off",
     )
     return EngineAdapter(engine, tokenizer, eos, Grammars(tokenizer, vocab, sorted(eos)))
 

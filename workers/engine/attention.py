@@ -6,9 +6,11 @@ without padding. transformers calls `ragged_attention` in every attention layer 
 registered as an attention implementation); the step's layout arrives as the keyword argument
 `jetserve_step` (a `StepBatch`), which transformers passes through to attention functions.
 
-In each layer: the new keys/values are written to their (row, position) in the cache; rows
-with a single query token (decoding) attend together in one batched, masked product over the
-cache rectangle; rows with several tokens (a prompt chunk) attend one by one, causally.
+In each layer: the new keys/values are written to their (block slot, offset) in the cache;
+sequences with a single query token (decoding) attend together, batched (`_decode`: one
+product over every block in use, in place, and one over the blocks shared by several
+sequences; never a per-step copy of the sequences' KV); sequences with several tokens (a
+prompt chunk) attend one by one, causally, over their own blocks gathered once.
 Grouped-query attention is done by grouping query heads, never by copying keys/values.
 """
 
@@ -27,29 +29,44 @@ IMPLEMENTATION = "jetserve_ragged"
 
 @dataclass
 class Prefill:
-    row: int
     #: Index of its first token in the flattened step.
     token_start: int
     num_tokens: int
     #: Position of its first token in the sequence.
     pos_start: int
+    #: Slots of its blocks covering [0, pos_start + num_tokens), when pos_start > 0.
+    slots: torch.Tensor | None
+
+
+@dataclass
+class Decode:
+    """The step's one-token sequences (rows 0..count-1), attending over the KV blocks.
+
+    Blocks a row holds alone are multiplied in place: slots [0, num_live) hold every block in
+    use, so one product covers them all with no copy; `owner` names the row of each slot (count:
+    none, or shared, or a prefilling sequence's) and `valid` how many of its positions count.
+    Blocks held by several sequences (a shared prefix) are multiplied once by every row."""
+
+    count: int
+    #: Token index of each row's query, [count]; None when it is arange(count).
+    tokens: torch.Tensor | None
+    num_live: int
+    owner: torch.Tensor
+    #: [num_live, block_size] True at the positions a row attends to.
+    valid: torch.Tensor
+    #: Slots of the shared blocks [S], and [count, S * block_size] True where a row does not
+    #: hold them; None when no row holds a shared block.
+    shared: torch.Tensor | None
+    not_held: torch.Tensor | None
 
 
 @dataclass
 class StepBatch:
     cache: KVCache
-    #: KV row and position of every token of the step, [T].
-    token_rows: torch.Tensor
-    token_positions: torch.Tensor
-    #: Decoding rows span [0, decode_span): `decode_rows` [Rd] have one query each, at token
-    #: indices `decode_tokens` [Rd]; the other rows in the span are padding.
-    decode_span: int
-    decode_rows: torch.Tensor | None
-    decode_tokens: torch.Tensor | None
-    #: [decode_span, L] True where a decoding row may attend.
-    decode_mask: torch.Tensor | None
-    #: True when decode_rows == decode_tokens == arange(decode_span).
-    decode_dense: bool
+    #: Slot and offset in it of every token of the step, [T].
+    token_slots: torch.Tensor
+    token_offsets: torch.Tensor
+    decode: Decode | None
     prefills: list[Prefill]
 
 
@@ -66,48 +83,27 @@ def ragged_attention(
     step: StepBatch = kwargs["jetserve_step"]
     k_cache, v_cache = step.cache.layer(int(module.layer_idx))
     # query [1, H, T, D]; key/value [1, KVH, T, D]
-    # keys are cached transposed: [rows, KVH, D, cols]
-    k_cache[step.token_rows, :, :, step.token_positions] = key[0].transpose(0, 1)
-    v_cache[step.token_rows, :, step.token_positions] = value[0].transpose(0, 1)
-    heads, dim = query.shape[1], query.shape[3]
-    kv_heads = key.shape[1]
+    k_cache[step.token_slots, :, :, step.token_offsets] = key[0].transpose(0, 1)
+    v_cache[step.token_slots, :, step.token_offsets] = value[0].transpose(0, 1)
+    dim = query.shape[3]
     scale = scaling if scaling is not None else dim**-0.5
     q = query[0].transpose(0, 1)  # [T, H, D]
     out = torch.empty_like(q)
-
-    if step.decode_span:
-        assert step.decode_mask is not None
-        span, length = step.decode_mask.shape
-        if step.decode_dense:
-            q_dec = q[:span]
+    if step.decode is not None:
+        d = step.decode
+        q_dec = q[: d.count] if d.tokens is None else q[d.tokens]
+        dec = _decode(q_dec, k_cache, v_cache, d, scale)
+        if d.tokens is None:
+            out[: d.count] = dec
         else:
-            assert step.decode_rows is not None
-            assert step.decode_tokens is not None
-            q_dec = q.new_zeros(span, heads, dim)
-            q_dec[step.decode_rows] = q[step.decode_tokens]
-        # [span, KVH, G, D] x [span, KVH, D, L] -> [span, KVH, G, L]
-        qg = q_dec.view(span, kv_heads, heads // kv_heads, dim)
-        k_t = k_cache[:span, :, :, :length]
-        v = v_cache[:span, :, :length]
-        scores = torch.matmul(qg, k_t).float() * scale
-        scores.masked_fill_(~step.decode_mask[:, None, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(v.dtype)
-        dec = torch.matmul(probs, v).view(span, heads, dim)
-        if step.decode_dense:
-            out[:span] = dec
-        else:
-            assert step.decode_rows is not None
-            assert step.decode_tokens is not None
-            out[step.decode_tokens] = dec[step.decode_rows]
-
-    gqa = heads != kv_heads
+            out[d.tokens] = dec
+    gqa = query.shape[1] != key.shape[1]
     for p in step.prefills:
         t0, t1 = p.token_start, p.token_start + p.num_tokens
         qp = query[:, :, t0:t1]  # [1, H, n, D]
-        if p.pos_start == 0:
+        if p.slots is None:
             # A prompt's first chunk attends only to itself: use the fresh keys/values
-            # directly (contiguous per head; the transposed cached keys would push SDPA off
-            # its flash kernel, 2x slower).
+            # directly (contiguous per head; SDPA stays on its flash kernel).
             o = F.scaled_dot_product_attention(
                 qp,
                 key[:, :, t0:t1],
@@ -117,16 +113,72 @@ def ragged_attention(
                 enable_gqa=gqa,
             )
         else:
+            # Earlier chunks or a cached prefix: this sequence's blocks, gathered once.
             end = p.pos_start + p.num_tokens
-            kp = k_cache[p.row : p.row + 1, :, :, :end].transpose(-1, -2).contiguous()
-            vp = v_cache[p.row : p.row + 1, :, :end]
+            kp = _flatten(k_cache[p.slots].transpose(-1, -2))[:, :end]
+            vp = _flatten(v_cache[p.slots])[:, :end]
             rows = torch.arange(p.pos_start, end, device=q.device)[:, None]
             mask = torch.arange(end, device=q.device)[None, :] <= rows
             o = F.scaled_dot_product_attention(
-                qp, kp, vp, attn_mask=mask, scale=scale, enable_gqa=gqa
+                qp, kp[None], vp[None], attn_mask=mask, scale=scale, enable_gqa=gqa
             )
         out[t0:t1] = o[0].transpose(0, 1)
     return out.unsqueeze(0), None
+
+
+def _flatten(blocks: torch.Tensor) -> torch.Tensor:
+    """[blocks, KVH, block_size, D] -> [KVH, blocks * block_size, D]."""
+    n, kvh, bs, dim = blocks.shape
+    return blocks.transpose(0, 1).reshape(kvh, n * bs, dim)
+
+
+#: Stands for minus infinity in scores: exp() of it minus any real score is 0, and a row with
+#: no score at all (a padding row) stays finite.
+_NEG = -1e30
+
+
+def _decode(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, d: Decode, scale: float
+) -> torch.Tensor:
+    """Attention of `q` [rows, H, D] (one query per row) over the rows' blocks: [rows, H, D].
+
+    Every operation runs over the positions held (slots x block_size), never over a rectangle
+    as wide as the longest row: the softmax is normalised per row with a segmented max and
+    sum over the slots each row owns."""
+    rows, heads, dim = q.shape
+    kv_heads = k_cache.shape[1]
+    group = heads // kv_heads
+    n = d.num_live
+    qg = (q * scale).view(rows, kv_heads, group, dim)
+    # Blocks held alone, in place: [n, KVH, G, D] x [n, KVH, D, bs] -> [n, KVH, G, bs].
+    q_slot = torch.cat([qg, qg.new_zeros(1, kv_heads, group, dim)])[d.owner]
+    own = torch.matmul(q_slot, k_cache[:n]).float()
+    own.masked_fill_(~d.valid[:, None, None, :], _NEG)
+    peak = own.new_full((rows + 1, kv_heads, group), _NEG)
+    slot_peak = own.amax(dim=-1)
+    peak.scatter_reduce_(0, d.owner[:, None, None].expand_as(slot_peak), slot_peak, "amax")
+    sh = None
+    if d.shared is not None:
+        assert d.not_held is not None
+        k_sh = _flatten(k_cache[d.shared].transpose(-1, -2))  # [KVH, S*bs, D]
+        q_kv = qg.permute(1, 0, 2, 3).reshape(kv_heads, rows * group, dim)
+        sh = torch.matmul(q_kv, k_sh.transpose(1, 2)).float()
+        sh = sh.view(kv_heads, rows, group, -1).permute(1, 0, 2, 3)
+        sh = sh.masked_fill(d.not_held[:, None, None, :], _NEG)  # [rows, KVH, G, S*bs]
+        peak[:rows] = torch.maximum(peak[:rows], sh.amax(dim=-1))
+    weights = torch.exp(own - peak[d.owner][..., None])
+    total = peak.new_zeros(rows + 1, kv_heads, group).index_add_(0, d.owner, weights.sum(-1))
+    part = torch.matmul(weights.to(v_cache.dtype), v_cache[:n]).float()  # [n, KVH, G, D]
+    acc = part.new_zeros(rows + 1, kv_heads, group, dim).index_add_(0, d.owner, part)
+    acc, total = acc[:rows], total[:rows]
+    if sh is not None:
+        w_sh = torch.exp(sh - peak[:rows][..., None])
+        total = total + w_sh.sum(-1)
+        v_sh = _flatten(v_cache[d.shared])  # [KVH, S*bs, D]
+        p_sh = w_sh.to(v_cache.dtype).permute(1, 0, 2, 3).reshape(kv_heads, rows * group, -1)
+        o_sh = torch.matmul(p_sh, v_sh).float().view(kv_heads, rows, group, dim)
+        acc = acc + o_sh.permute(1, 0, 2, 3)
+    return (acc / total[..., None]).to(q.dtype).view(rows, heads, dim)
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:

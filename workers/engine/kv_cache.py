@@ -1,12 +1,10 @@
-"""The KV cache the engine owns.
+"""The KV cache the engine owns: per layer, `num_blocks` blocks of `block_size` positions for
+keys and for values, allocated once (memory does not grow with traffic).
 
-Per layer, one flat buffer for keys and one for values, each `budget_tokens` positions long,
-allocated once (memory does not grow with traffic). The buffer is viewed as a rectangle: a
-row per running sequence, `cols` positions per row. Values are [rows, kv_heads, cols,
-head_dim]; keys are stored transposed, [rows, kv_heads, head_dim, cols], so that decoding's
-`q @ K` multiplies without a transpose (about 1.6x faster on CPU). Rows can be added without
-moving anything (the row stride depends only on `cols`); changing `cols` re-lays out the
-live rows.
+Values are [blocks, kv_heads, block_size, head_dim]; keys are stored transposed per block,
+[blocks, kv_heads, head_dim, block_size], so that decoding's `q @ K` multiplies without a
+transpose. Which sequence holds which block is the block manager's business; here blocks are
+physical slots, and the scheduler's slot swaps are applied before each step (`swap`).
 """
 
 from __future__ import annotations
@@ -23,59 +21,46 @@ class KVCache:
         num_layers: int,
         kv_heads: int,
         head_dim: int,
-        budget_tokens: int,
+        num_blocks: int,
+        block_size: int,
         dtype: torch.dtype,
         device: torch.device | str,
     ) -> None:
         self.kv_heads = kv_heads
         self.head_dim = head_dim
-        self.budget_tokens = budget_tokens
-        size = budget_tokens * kv_heads * head_dim
-        self._k = [torch.zeros(size, dtype=dtype, device=device) for _ in range(num_layers)]
-        self._v = [torch.zeros(size, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.cols = 0
-        self._views: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        shape_k = (num_blocks, kv_heads, head_dim, block_size)
+        shape_v = (num_blocks, kv_heads, block_size, head_dim)
+        self._k = [torch.zeros(shape_k, dtype=dtype, device=device) for _ in range(num_layers)]
+        self._v = [torch.zeros(shape_v, dtype=dtype, device=device) for _ in range(num_layers)]
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._k + self._v)
 
-    def _view(self, flat: torch.Tensor, cols: int, keys: bool) -> torch.Tensor:
-        rows = self.budget_tokens // cols
-        flat = flat[: rows * self.kv_heads * cols * self.head_dim]
-        if keys:
-            return flat.view(rows, self.kv_heads, self.head_dim, cols)
-        return flat.view(rows, self.kv_heads, cols, self.head_dim)
-
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys [rows, kv_heads, head_dim, cols] and values [rows, kv_heads, cols, head_dim]
-        of one layer (views)."""
-        return self._views[index]
+        """Keys [blocks, kv_heads, head_dim, block_size] and values [blocks, kv_heads,
+        block_size, head_dim] of one layer."""
+        return self._k[index], self._v[index]
 
-    def move_rows(self, moves: list[tuple[int, int, int]]) -> None:
-        """Copy the first `n` positions of row `src` to row `dst`, for each move in order."""
-        for k, v in self._views:
-            for src, dst, n in moves:
-                if n:
-                    k[dst, :, :, :n] = k[src, :, :, :n]
-                    v[dst, :, :n] = v[src, :, :n]
-
-    def set_cols(self, cols: int, live_rows: int) -> None:
-        """Re-lay out the first `live_rows` rows to `cols` positions per row."""
-        if cols == self.cols:
+    def swap(self, swaps: list[tuple[int, int]]) -> None:
+        """Exchange the contents of slots a and b, for each swap in order (composed into one
+        permutation of the slots touched, applied with one copy per tensor)."""
+        if not swaps:
             return
-        if self.cols and live_rows:
-            keep = min(self.cols, cols)
-            for flat_k, flat_v in zip(self._k, self._v, strict=True):
-                old_k = self._view(flat_k, self.cols, True)[:live_rows, :, :, :keep].clone()
-                self._view(flat_k, cols, True)[:live_rows, :, :, :keep] = old_k
-                old_v = self._view(flat_v, self.cols, False)[:live_rows, :, :keep].clone()
-                self._view(flat_v, cols, False)[:live_rows, :, :keep] = old_v
-        self.cols = cols
-        self._views = [
-            (self._view(k, cols, True), self._view(v, cols, False))
-            for k, v in zip(self._k, self._v, strict=True)
-        ]
+        origin: dict[int, int] = {}
+        for a, b in swaps:
+            oa, ob = origin.get(a, a), origin.get(b, b)
+            origin[a], origin[b] = ob, oa
+        moved = [(dst, src) for dst, src in origin.items() if dst != src]
+        if not moved:
+            return
+        device = self._k[0].device
+        dst = torch.tensor([m[0] for m in moved], dtype=torch.long, device=device)
+        src = torch.tensor([m[1] for m in moved], dtype=torch.long, device=device)
+        for t in self._k + self._v:
+            t[dst] = t[src]
 
     def describe(self) -> dict[str, Any]:
-        return {"budget_tokens": self.budget_tokens, "bytes": self.nbytes, "cols": self.cols}
+        return {"blocks": self.num_blocks, "block_size": self.block_size, "bytes": self.nbytes}

@@ -1,8 +1,8 @@
 """One forward pass of a Hugging Face causal LM over a scheduler step.
 
-Builds the flattened token row, the positions and the `StepBatch` layout for the ragged
-attention, applies the scheduler's KV moves and re-layout, runs the model with
-`logits_to_keep` so only sampling positions reach the LM head, and returns those logits.
+Applies the scheduler's KV slot swaps, builds the flattened token row, the positions and the
+`StepBatch` layout for the ragged attention, runs the model with `logits_to_keep` so only
+sampling positions reach the LM head, and returns those logits.
 """
 
 from __future__ import annotations
@@ -11,13 +11,20 @@ from typing import Any
 
 import torch
 
-from workers.engine.attention import IMPLEMENTATION, Prefill, StepBatch, register
+from workers.engine.attention import IMPLEMENTATION, Decode, Prefill, StepBatch, register
 from workers.engine.kv_cache import KVCache
 from workers.engine.scheduler import SchedulerOutput
 
 
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token position takes across all layers."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return int(config.num_hidden_layers * 2 * kv_heads * head_dim * dtype.itemsize)
+
+
 class ModelRunner:
-    def __init__(self, model: Any, *, kv_budget_tokens: int) -> None:
+    def __init__(self, model: Any, *, num_blocks: int, block_size: int) -> None:
         register()
         model.set_attn_implementation(IMPLEMENTATION)
         self.model = model
@@ -27,11 +34,13 @@ class ModelRunner:
         head_dim = getattr(config, "head_dim", None) or (
             config.hidden_size // config.num_attention_heads
         )
+        self.block_size = block_size
         self.cache = KVCache(
             num_layers=config.num_hidden_layers,
             kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
             head_dim=head_dim,
-            budget_tokens=kv_budget_tokens,
+            num_blocks=num_blocks,
+            block_size=block_size,
             dtype=self.dtype,
             device=self.device,
         )
@@ -39,70 +48,103 @@ class ModelRunner:
     def run(self, out: SchedulerOutput) -> torch.Tensor:
         """Logits [number of sampling sequences, vocab] (float32), in scheduled order."""
         with torch.inference_mode():
-            return self._run(out)
+            self.cache.swap(out.swaps)
+            batch, input_ids, positions, sample_index = self._layout(out)
+            result = self.model(
+                input_ids=input_ids[None],
+                position_ids=positions[None],
+                use_cache=False,
+                logits_to_keep=sample_index,
+                jetserve_step=batch,
+            )
+            return result.logits[0].float()
 
-    def _run(self, out: SchedulerOutput) -> torch.Tensor:
-        rows, cols = out.kv_shape
-        self.cache.move_rows(out.moves)
-        self.cache.set_cols(cols, rows)
-        batch, input_ids, positions, sample_index = self._layout(out)
-        result = self.model(
-            input_ids=input_ids[None],
-            position_ids=positions[None],
-            use_cache=False,
-            logits_to_keep=sample_index,
-            jetserve_step=batch,
-        )
-        return result.logits[0].float()
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
 
     def _layout(
         self, out: SchedulerOutput
     ) -> tuple[StepBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+        bs = self.block_size
         ids: list[int] = []
         pos: list[int] = []
-        tok_rows: list[int] = []
-        dec_rows: list[int] = []
+        slots: list[int] = []
         dec_tokens: list[int] = []
         dec_lengths: list[int] = []
+        dec_tables: list[list[int]] = []
         prefills: list[Prefill] = []
         samples: list[int] = []
-        for s in out.scheduled:
+        for s, table in zip(out.scheduled, out.tables, strict=True):
             seq, n, start = s.seq, s.num_tokens, s.start
             t0 = len(ids)
-            ids.extend(seq.token_ids[start : start + n])
-            pos.extend(range(start, start + n))
-            tok_rows.extend([seq.slot] * n)
+            end = start + n
+            ids.extend(seq.token_ids[start:end])
+            pos.extend(range(start, end))
+            slots.extend(table[p // bs] for p in range(start, end))
             if n == 1:
-                dec_rows.append(seq.slot)
                 dec_tokens.append(t0)
-                dec_lengths.append(start + 1)
+                dec_lengths.append(end)
+                dec_tables.append(table[: -(-end // bs)])
             else:
-                prefills.append(Prefill(seq.slot, t0, n, start))
+                held = self._tensor(table[: -(-end // bs)]) if start else None
+                prefills.append(Prefill(t0, n, start, held))
             if s.samples:
                 samples.append(t0 + n - 1)
-        dev = self.device
-
-        def tensor(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=dev)
-
-        span = max(dec_rows) + 1 if dec_rows else 0
-        dense = dec_rows == list(range(span)) and dec_tokens == dec_rows
-        mask = None
-        if span:
-            lengths = [1] * span  # padding rows see position 0 only (no all-masked rows)
-            for row, length in zip(dec_rows, dec_lengths, strict=True):
-                lengths[row] = length
-            length_t = tensor(lengths)
-            mask = torch.arange(max(lengths), device=dev)[None, :] < length_t[:, None]
+        positions = self._tensor(pos)
         batch = StepBatch(
             cache=self.cache,
-            token_rows=tensor(tok_rows),
-            token_positions=tensor(pos),
-            decode_span=span,
-            decode_rows=None if dense else tensor(dec_rows),
-            decode_tokens=None if dense else tensor(dec_tokens),
-            decode_mask=mask,
-            decode_dense=dense,
+            token_slots=self._tensor(slots),
+            token_offsets=positions % bs,
+            decode=self._decode(out, dec_tokens, dec_lengths, dec_tables) if dec_tokens else None,
             prefills=prefills,
         )
-        return batch, tensor(ids), tensor(pos), tensor(samples)
+        return batch, self._tensor(ids), positions, self._tensor(samples)
+
+    def _decode(
+        self,
+        out: SchedulerOutput,
+        tokens: list[int],
+        lengths: list[int],
+        tables: list[list[int]],
+    ) -> Decode:
+        bs = self.block_size
+        rows = len(tokens)
+        shared = {slot: i for i, slot in enumerate(out.shared)}
+        own_slots: list[int] = []
+        own_rows: list[int] = []
+        own_valid: list[int] = []
+        held_rows: list[int] = []
+        held_cols: list[int] = []
+        for row, (table, length) in enumerate(zip(tables, lengths, strict=True)):
+            for j, slot in enumerate(table):
+                col = shared.get(slot)
+                if col is None:
+                    own_slots.append(slot)
+                    own_rows.append(row)
+                    own_valid.append(min(bs, length - j * bs))
+                else:
+                    held_rows.append(row)
+                    held_cols.append(col)
+        n = out.num_live
+        owner = torch.full((n,), rows, dtype=torch.long, device=self.device)
+        valid_len = torch.zeros(n, dtype=torch.long, device=self.device)
+        own = self._tensor(own_slots)
+        owner[own] = self._tensor(own_rows)
+        valid_len[own] = self._tensor(own_valid)
+        valid = torch.arange(bs, device=self.device)[None, :] < valid_len[:, None]
+        shared_t = not_held = None
+        if shared:
+            held = torch.zeros(rows, len(shared), dtype=torch.bool, device=self.device)
+            held[self._tensor(held_rows), self._tensor(held_cols)] = True
+            not_held = ~held.repeat_interleave(bs, dim=1)
+            shared_t = self._tensor(out.shared)
+        dense = tokens == list(range(rows))
+        return Decode(
+            count=rows,
+            tokens=None if dense else self._tensor(tokens),
+            num_live=n,
+            owner=owner,
+            valid=valid,
+            shared=shared_t,
+            not_held=not_held,
+        )

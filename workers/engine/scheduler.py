@@ -1,17 +1,21 @@
 """Which tokens the model runs each step. Plain code: no torch, no I/O, no clock.
 
-The KV cache is a rectangle: one row per running sequence (rows are kept dense: a sequence
-that leaves is replaced by the last row, reported as a move), and enough columns for the
-longest running sequence. Its area, rows x columns, must stay within `kv_budget_tokens`.
+KV memory is counted in blocks (`block_manager`): a running sequence holds the blocks of its
+tokens, so memory grows with the tokens held, not with the longest sequence.
 
 Each step (`schedule()`):
-1. Every running sequence gets its uncomputed tokens, within the step's token budget: one for
-   a decoding sequence, a chunk of its prompt for one still prefilling.
-2. If the rectangle that needs no longer fits the KV budget, the newest batch sequence (then
-   the newest online one) is preempted: it leaves the cache and goes back to the front of the
-   waiting queue, to be recomputed later (prompt and output so far).
-3. Waiting sequences are admitted, online before batch, oldest first, while the token budget,
-   `max_num_seqs` and the KV budget allow.
+1. Every running sequence, in admission order, gets its uncomputed tokens within the step's
+   token budget: one for a decoding sequence, a chunk of its prompt for one still prefilling.
+   When the blocks for them are not free, the newest batch sequence (then the newest online
+   one) not yet scheduled in this step is preempted: it gives its blocks back and goes to the
+   front of the waiting queue, to be recomputed later (prompt and output so far).
+2. Waiting sequences are admitted, online before batch, oldest first, while the token budget,
+   `max_num_seqs` and the free blocks allow. Each first takes the longest prefix of its tokens
+   already in the prefix cache, and is given blocks for the rest of its tokens at once (so its
+   later prompt chunks never wait for memory).
+3. Every full block whose last position is computed in this step is registered in the prefix
+   cache (a sequence admitted later in the same step may share it: the step writes all new
+   keys/values before any attention reads them).
 
 After the model ran, `update()` records which tokens were computed; the engine appends sampled
 tokens and calls `finish()` for sequences that are done.
@@ -22,27 +26,26 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from workers.engine.block_manager import BlockManager
 from workers.engine.sequence import Sequence, Status
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    #: Sequences running at once (rows of the KV cache).
+    #: Sequences running at once.
     max_num_seqs: int = 64
     #: Tokens fed to the model in one step: prompt chunks plus one per decoding sequence.
     max_num_batched_tokens: int = 1024
-    #: KV cache area (rows x columns, in token positions).
-    kv_budget_tokens: int = 64 * 2048
-    #: Columns grow in multiples of this.
-    kv_block: int = 32
-    #: Columns grow by at least this factor, so the cache is re-laid out rarely.
-    kv_growth: float = 1.25
+    #: KV cache size, in blocks of `block_size` token positions.
+    num_kv_blocks: int = 4096
+    block_size: int = 16
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.kv_block < 1:
-            raise ValueError("max_num_seqs, max_num_batched_tokens and kv_block must be >= 1")
-        if self.kv_budget_tokens < self.kv_block:
-            raise ValueError("kv_budget_tokens must hold at least one block")
+        if min(self.max_num_seqs, self.max_num_batched_tokens, self.block_size) < 1:
+            raise ValueError("max_num_seqs, max_num_batched_tokens and block_size must be >= 1")
+        if self.num_kv_blocks < 1:
+            raise ValueError("the KV cache must hold at least one block")
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,16 @@ def _scheduled(seq: Sequence, take: int) -> Scheduled:
 
 @dataclass
 class SchedulerOutput:
-    #: In row order.
     scheduled: list[Scheduled]
-    #: KV rows to copy (src row, dst row, positions), in order, before the step runs.
-    moves: list[tuple[int, int, int]]
-    #: Shape of the KV cache rectangle this step needs: (rows, columns).
-    kv_shape: tuple[int, int]
+    #: Physical slots of each scheduled sequence's blocks, in scheduled order.
+    tables: list[list[int]]
+    #: KV slot swaps (a, b) to apply in order before the step runs.
+    swaps: list[tuple[int, int]]
+    #: Slots [0, num_live) hold every block in use.
+    num_live: int
+    #: Slots of the blocks that one-token (decoding) sequences of this step hold together
+    #: with another sequence.
+    shared: list[int] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
 
     @property
@@ -79,20 +86,22 @@ class SchedulerOutput:
         return not self.scheduled
 
 
-def _round_up(n: int, block: int) -> int:
-    return -(-n // block) * block
-
-
 class Scheduler:
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
+        self.blocks = BlockManager(
+            config.num_kv_blocks, config.block_size, config.enable_prefix_caching
+        )
         self.online: deque[Sequence] = deque()
         self.batch: deque[Sequence] = deque()
-        #: Running sequences; index == KV row.
+        #: Running sequences, in admission order.
         self.running: list[Sequence] = []
-        self.kv_cols = 0
-        self._moves: list[tuple[int, int, int]] = []
         self._arrivals = 0
+        #: Blocks kept free at admission while others run (vLLM's watermark), besides one
+        #: block per running sequence: room for every running sequence's next `block_size`
+        #: tokens, so that an admission does not force a preemption a few steps later (and a
+        #: preempted sequence does not bounce straight back in).
+        self._watermark = max(1, config.num_kv_blocks // 100)
 
     # -- queue ---------------------------------------------------------------------------
 
@@ -113,12 +122,12 @@ class Scheduler:
         return bool(self.running or self.online or self.batch)
 
     def kv_usage(self) -> float:
-        """Fraction of the KV budget the current rectangle occupies."""
-        return len(self.running) * self.kv_cols / self.config.kv_budget_tokens
+        """Fraction of the KV blocks held by running sequences."""
+        return self.blocks.num_used / self.config.num_kv_blocks
 
     def fits(self, seq_len: int) -> bool:
         """Whether a sequence of `seq_len` tokens could ever run alone in the cache."""
-        return _round_up(seq_len, self.config.kv_block) <= self.config.kv_budget_tokens
+        return self.blocks.blocks_for(seq_len) <= self.config.num_kv_blocks
 
     # -- leaving ---------------------------------------------------------------------------
 
@@ -126,24 +135,22 @@ class Scheduler:
         """Remove a running or waiting sequence for good."""
         assert status.is_finished
         if seq.status is Status.RUNNING:
-            self._release_row(seq)
+            self.running.remove(seq)
+            self._free(seq)
         else:
             for queue in (self.online, self.batch):
                 if seq in queue:
                     queue.remove(seq)
         seq.status = status
 
-    def _release_row(self, seq: Sequence) -> None:
-        row = seq.slot
-        last = self.running.pop()
-        if last is not seq:
-            self.running[row] = last
-            self._moves.append((last.slot, row, last.num_computed))
-            last.slot = row
-        seq.slot = -1
+    def _free(self, seq: Sequence) -> None:
+        self.blocks.release(seq.block_table)
+        seq.block_table = []
+        seq.num_registered = 0
 
     def _preempt(self, seq: Sequence) -> None:
-        self._release_row(seq)
+        self.running.remove(seq)
+        self._free(seq)
         seq.status = Status.PREEMPTED
         seq.num_computed = 0
         seq.preemptions += 1
@@ -151,85 +158,94 @@ class Scheduler:
 
     # -- the step --------------------------------------------------------------------------
 
-    def _cols_for(self, needed: int, current: int) -> int:
-        if needed <= current:
-            return current
-        grown = max(needed, int(current * self.config.kv_growth))
-        return _round_up(grown, self.config.kv_block)
-
-    def _maybe_shrink(self) -> None:
-        """Give columns back once the longest running sequence needs under half of them."""
-        if not self.running:
-            self.kv_cols = 0
-            return
-        live = max(len(s.token_ids) for s in self.running) + 1
-        if live * 2 <= self.kv_cols:
-            self.kv_cols = _round_up(int(live * self.config.kv_growth), self.config.kv_block)
-
-    def _fits(self, rows: int, cols: int) -> bool:
-        return rows * cols <= self.config.kv_budget_tokens
-
-    def _preemption_victim(self) -> Sequence:
-        # Newest batch sequence first, then the newest online one.
-        return max(self.running, key=lambda s: (not s.request.online, s.arrival))
-
     def schedule(self) -> SchedulerOutput:
-        cfg = self.config
-        budget = cfg.max_num_batched_tokens
+        budget = self.config.max_num_batched_tokens
         preempted: list[Sequence] = []
-        self._maybe_shrink()
+        scheduled: list[Scheduled] = []
 
-        # 1+2: the running sequences, preempting while their rectangle does not fit.
-        while True:
-            plan = self._plan_running(budget)
-            needed = max((s.seq.num_computed + s.num_tokens for s in plan), default=0)
-            cols = self._cols_for(needed, self.kv_cols)
-            if self._fits(len(self.running), cols) or len(self.running) <= 1:
-                break
-            victim = self._preemption_victim()
-            self._preempt(victim)
-            preempted.append(victim)
-        scheduled = plan
-        budget -= sum(s.num_tokens for s in scheduled)
-        if not self._fits(len(self.running), cols):
-            # A single sequence longer than the whole budget: the engine refuses those on
-            # arrival (`fits`), so this only happens if the budget was misconfigured.
-            raise RuntimeError("KV budget cannot hold a single running sequence")
-
-        # 3: admissions.
-        # Columns are sized for a whole prompt at admission, so its later chunks never force
-        # a re-layout; a sequence preempted in this step is not readmitted in it.
-        for queue in (self.online, self.batch):
-            while queue and budget > 0 and len(self.running) < cfg.max_num_seqs:
-                seq = queue[0]
-                if seq.status is Status.PREEMPTED and seq in preempted:
-                    break
-                new_cols = self._cols_for(max(needed, seq.num_uncomputed + 1), cols)
-                if not self._fits(len(self.running) + 1, new_cols):
-                    break
-                queue.popleft()
-                take = min(seq.num_uncomputed, budget)
-                seq.status = Status.RUNNING
-                seq.slot = len(self.running)
-                self.running.append(seq)
-                scheduled.append(_scheduled(seq, take))
-                budget -= take
-                needed = max(needed, seq.num_uncomputed + 1)
-                cols = new_cols
-
-        self.kv_cols = cols
-        moves, self._moves = self._moves, []
-        return SchedulerOutput(scheduled, moves, (len(self.running), cols), preempted)
-
-    def _plan_running(self, budget: int) -> list[Scheduled]:
-        plan: list[Scheduled] = []
-        for seq in self.running:
+        # 1: the running sequences, preempting while their blocks are not free.
+        i = 0
+        while i < len(self.running):
+            seq = self.running[i]
             take = min(seq.num_uncomputed, budget)
             if take <= 0:
+                i += 1
                 continue
-            plan.append(_scheduled(seq, take))
+            need = self.blocks.blocks_for(seq.num_computed + take) - len(seq.block_table)
+            while need > self.blocks.num_free and seq.status is Status.RUNNING:
+                victim = max(self.running[i:], key=lambda s: (not s.request.online, s.arrival))
+                self._preempt(victim)
+                preempted.append(victim)
+            if seq.status is not Status.RUNNING:
+                continue  # it was the victim; the next sequence is now at index i
+            seq.block_table.extend(self.blocks.allocate() for _ in range(need))
+            scheduled.append(_scheduled(seq, take))
+            self._register(seq, seq.num_computed + take)
             budget -= take
-        return plan
+            i += 1
+
+        # 2: admissions. A sequence preempted in this step is not readmitted in it.
+        for queue in (self.online, self.batch):
+            while queue and budget > 0 and len(self.running) < self.config.max_num_seqs:
+                seq = queue[0]
+                if seq in preempted or not self._admit(seq, budget):
+                    break
+                queue.popleft()
+                scheduled.append(_scheduled(seq, min(seq.num_uncomputed, budget)))
+                budget -= scheduled[-1].num_tokens
+                self._register(seq, seq.num_computed + scheduled[-1].num_tokens)
+
+        return self._output(scheduled, preempted)
+
+    def _admit(self, seq: Sequence, budget: int) -> bool:
+        """Take the sequence's cached prefix and blocks for the rest, if they are free."""
+        bm = self.blocks
+        tokens = seq.token_ids
+        # At least one token is computed, so that a next token can be sampled.
+        seq.block_hashes = bm.hashes(tokens, seq.block_hashes, (len(tokens) - 1) // bm.block_size)
+        hits = bm.lookup(tokens, seq.block_hashes)
+        new = bm.blocks_for(len(tokens)) - len(hits)
+        reserve = self._watermark + len(self.running) if self.running else 0
+        if not bm.can_take(new + reserve, hits):
+            bm.touch(hits)
+            return False
+        cached = len(hits) * bm.block_size
+        if seq.preemptions == 0:
+            bm.count_query(seq.num_prompt_tokens, min(cached, seq.num_prompt_tokens))
+            seq.num_cached_tokens = min(cached, seq.num_prompt_tokens)
+        bm.hold(hits)
+        seq.block_table = hits + [bm.allocate() for _ in range(new)]
+        seq.num_registered = len(hits)
+        seq.num_computed = cached
+        seq.status = Status.RUNNING
+        self.running.append(seq)
+        return True
+
+    def _register(self, seq: Sequence, computed: int) -> None:
+        """Register the full blocks of `seq` whose positions are all computed by `computed`."""
+        bm = self.blocks
+        full = computed // bm.block_size
+        if not bm.enable_caching or full <= seq.num_registered:
+            return
+        seq.block_hashes = bm.hashes(seq.token_ids, seq.block_hashes, full)
+        bs = bm.block_size
+        for j in range(seq.num_registered, full):
+            ids = tuple(seq.token_ids[j * bs : (j + 1) * bs])
+            bm.register(seq.block_table[j], seq.block_hashes[j], ids)
+        seq.num_registered = full
+
+    def _output(self, scheduled: list[Scheduled], preempted: list[Sequence]) -> SchedulerOutput:
+        bm = self.blocks
+        tables = []
+        shared: set[int] = set()
+        for s in scheduled:
+            table = s.seq.block_table
+            tables.append([bm.slot(b) for b in table])
+            if s.num_tokens == 1:
+                shared.update(bm.slot(b) for b in table if bm.blocks[b].ref_count > 1)
+        return SchedulerOutput(
+            scheduled, tables, bm.take_swaps(), bm.num_live, sorted(shared), preempted
+        )
 
     def update(self, output: SchedulerOutput) -> None:
         """Record that the model computed the scheduled tokens."""

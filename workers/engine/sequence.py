@@ -64,8 +64,15 @@ class Sequence:
     #: Tokens whose keys/values are in the KV cache.
     num_computed: int = 0
     status: Status = Status.WAITING
-    #: Row of the KV cache while RUNNING, else -1.
-    slot: int = -1
+    #: KV blocks held while RUNNING (logical ids, in position order); empty otherwise.
+    block_table: list[int] = field(default_factory=list)
+    #: Chain hashes of its full blocks, as far as computed (tokens only grow: kept across
+    #: preemptions).
+    block_hashes: list[int] = field(default_factory=list)
+    #: Leading blocks of `block_table` registered in the prefix cache.
+    num_registered: int = 0
+    #: Prompt tokens found in the prefix cache when first admitted (whole blocks).
+    num_cached_tokens: int = 0
     #: Times this sequence lost its KV cache to make room.
     preemptions: int = 0
 
