@@ -58,11 +58,13 @@ def test_background_responses_survive_killed_bridge_and_worker(
         assert stack.bridge is not None
         stack.bridge.send_signal(signal.SIGKILL)
         stack.bridge.wait(10)
-        stack.start_worker(MODEL, "tests.models:SlowChatModel", "capacity=4", f"record={record}")
+        new_worker = stack.start_worker(
+            MODEL, "tests.models:SlowChatModel", "capacity=4", f"record={record}"
+        )
         second, url = _start_bridge(stack.bridge_env, tmp_path / "bridge2.log")
         try:
             other = openai.OpenAI(base_url=f"{url}/v1", api_key=stack.keys["alpha"], max_retries=0)
-            end = time.monotonic() + 90
+            end = time.monotonic() + 120
             done: dict[str, Any] = {}
             while len(done) < len(ids):
                 assert time.monotonic() < end, f"{len(done)} of {len(ids)} finished"
@@ -80,7 +82,7 @@ def test_background_responses_survive_killed_bridge_and_worker(
             assert {r["status"] for r in rows} == {"completed"}
             other.close()
             pids = {line.split()[1] for line in record.read_text().splitlines() if line}
-            assert len(pids) == 2  # the killed worker ran some, the new one the rest
+            assert str(new_worker.pid) in pids  # the new worker ran what was left
         finally:
             second.terminate()
             second.wait(20)
