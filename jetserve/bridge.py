@@ -159,10 +159,13 @@ async def serve(
     *,
     allow_private_webhooks: bool = False,
     file_limits: tuple[int, int] | None = None,
+    responses_keep_s: float = 30 * 86400.0,
 ) -> int:
     import uvicorn
 
+    from jetserve.responses_store import PgResponseStore
     from producer.http.app import create_app
+    from producer.http.responses_routes import ResponsesRoutes
 
     pools = None
     if config.database_url is not None:
@@ -174,7 +177,9 @@ async def serve(
         pools = LazyPool(config.database_url)
     authenticator = build_authenticator(config, pools)
     batch = BatchApi(config, authenticator, pools, allow_private_webhooks, file_limits)
-    routes = batch.routes()
+    store = None if pools is None else PgResponseStore(pools, responses_keep_s)
+    responses = ResponsesRoutes(store, config.max_body_bytes)
+    routes = batch.routes() + responses.routes()
     bench = None
     if config.echo_route:  # the HTTP benchmark's routes (loadtest/http_bridge.py)
         from producer.http.bench import BenchRoutes
@@ -184,6 +189,7 @@ async def serve(
 
     async def on_startup(bridge: Bridge) -> None:
         await batch.on_startup(bridge)
+        await responses.on_startup(bridge)
         if bench is not None:
             await bench.on_startup(bridge)
         settle()  # the app and its clients are built: what follows is per request
@@ -219,9 +225,10 @@ async def serve(
 def main(env: Mapping[str, str]) -> int:
     import uvloop
 
+    from jetserve.responses_store import DEFAULT_KEEP_S, KEEP_S_SETTING
     from scheduler.config import WEBHOOKS_ALLOW_PRIVATE
     from scheduler.store.files import MAX_FILE_BYTES, MAX_FILE_LINES
-    from schemas.settings import get_bool, get_int
+    from schemas.settings import get_bool, get_float, get_int
 
     config = BridgeConfig.from_env(env)
     allow_private = get_bool(env, WEBHOOKS_ALLOW_PRIVATE, False)
@@ -230,4 +237,12 @@ def main(env: Mapping[str, str]) -> int:
         get_int(env, "JETSERVE_FILES_MAX_LINES", MAX_FILE_LINES, minimum=1),
     )
     log.info("bridge on http://%s:%d (auth %s)", config.host, config.port, config.auth.value)
-    return uvloop.run(serve(config, allow_private_webhooks=allow_private, file_limits=limits))
+    keep_s = get_float(env, KEEP_S_SETTING, DEFAULT_KEEP_S, minimum=1.0)
+    return uvloop.run(
+        serve(
+            config,
+            allow_private_webhooks=allow_private,
+            file_limits=limits,
+            responses_keep_s=keep_s,
+        )
+    )

@@ -11,7 +11,8 @@ from typing import Any
 import msgspec
 
 from producer.http import convert
-from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, Endpoint
+from producer.http import responses_convert as rc
+from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, RESPONSES, Endpoint
 from producer.http.errors import from_error_result
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
 from schemas.names import Priority
@@ -21,9 +22,12 @@ _ENDPOINTS: dict[str, Endpoint] = {
     "/v1/chat/completions": CHAT,
     "/v1/completions": COMPLETION,
     "/v1/embeddings": EMBEDDING,
+    "/v1/responses": RESPONSES,
 }
 #: Request metadata key: the embeddings `encoding_format` the response must use.
 ENCODING_FORMAT = "encoding_format"
+#: Request metadata key: a Responses body (its response object echoes the request's fields).
+RESPONSES_BODY = "responses_body"
 _encoder = msgspec.json.Encoder()
 
 
@@ -56,6 +60,8 @@ class OpenAICodec:
         metadata: dict[str, str] = {}
         if ep is EMBEDDING and parsed.encoding_format != "float":
             metadata[ENCODING_FORMAT] = parsed.encoding_format
+        if ep is RESPONSES:
+            metadata[RESPONSES_BODY] = body.decode()
         return msgspec.structs.replace(request, stream=False, priority=priority, metadata=metadata)
 
     def response_body(
@@ -72,6 +78,10 @@ class OpenAICodec:
             return _encoder.encode(convert.chat_response(result, response_id, created))
         if ep is COMPLETION:
             return _encoder.encode(convert.completion_response(result, response_id, created))
+        if ep is RESPONSES:
+            parsed = RESPONSES.decoder.decode(metadata[RESPONSES_BODY])
+            base = rc.base_response(parsed, response_id, created, stored=False)
+            return _encoder.encode(rc.finished_response(base, result, created))
         encoding = metadata.get(ENCODING_FORMAT, "float")
         return _encoder.encode(convert.embedding_response(result, encoding))
 

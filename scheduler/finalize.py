@@ -42,6 +42,11 @@ _EVENTS = {
 }
 
 
+#: Endpoints whose response bodies read the request's metadata (the others skip reading
+#: and decoding it).
+_READS_REQUEST = ("embeddings", "responses")
+
+
 class _Response(msgspec.Struct):
     status_code: int
     request_id: str
@@ -123,9 +128,12 @@ class Finalizer:
         status = end_status(batch)
         output: FileWriter | None = None
         errors: FileWriter | None = None
-        embeddings = batch.endpoint.endswith("embeddings")
+        # Only these endpoints' responses read the request's metadata.
+        needs_request = batch.endpoint.endswith(_READS_REQUEST)
         for start in range(0, batch.total, PAGE):
-            rows = await bs.outcomes_in(self._pool, batch.id, start, PAGE, with_request=embeddings)
+            rows = await bs.outcomes_in(
+                self._pool, batch.id, start, PAGE, with_request=needs_request
+            )
             good, bad = bytearray(), bytearray()
             for idx, custom_id, request, _ok, reply, finished in rows:
                 line, is_ok = self._line(batch, status, idx, custom_id, request, reply, finished)
@@ -191,9 +199,8 @@ class Finalizer:
             api = self._codec.error(result)
             code, body = api.status, api.body()
         else:
-            metadata = (
-                decode_request(request).metadata if batch.endpoint.endswith("embeddings") else {}
-            )
+            needs_metadata = batch.endpoint.endswith(_READS_REQUEST)
+            metadata = decode_request(request).metadata if needs_metadata else {}
             try:
                 body = self._codec.response_body(
                     batch.endpoint, request_id, result, finished or int(time.time()), metadata

@@ -46,6 +46,7 @@ from scheduler.finalize import Finalizer
 from scheduler.metrics import SchedulerMetrics
 from scheduler.store import async_requests as ar
 from scheduler.store import batches as bs
+from scheduler.store import responses as stored_responses
 from scheduler.store import webhooks as wh
 from scheduler.store.files import delete_stale_uploads
 from scheduler.store.migrate import migrate_dsn
@@ -225,6 +226,7 @@ class BatchScheduler:
         async def housekeeping_pass() -> bool:
             await intake.requeue(c.async_requeue_s)
             await ar.delete_expired(pool)
+            await stored_responses.delete_expired(pool)
             await delete_stale_uploads(pool, 3600.0)
             for batch_id in await bs.ended_with_rows(pool):
                 await bs.delete_ended_rows(pool, batch_id)

@@ -12,6 +12,8 @@ import msgspec
 
 from producer.http import convert
 from producer.http import openai_types as oa
+from producer.http import responses_convert as rc
+from producer.http import responses_types as rt
 from schemas.messages import FinalResult, InferenceRequest
 
 CHUNK = "chat.completion.chunk"
@@ -32,6 +34,9 @@ COMPLETION = Endpoint(
     msgspec.json.Decoder(oa.CompletionRequest), convert.completion_request, "cmpl-"
 )
 EMBEDDING = Endpoint(msgspec.json.Decoder(oa.EmbeddingRequest), convert.embedding_request, "emb-")
+#: A Responses body as one request with no stored conversation (a batch line; the bridge's
+#: own route, `responses_api`, also continues stored ones).
+RESPONSES = Endpoint(msgspec.json.Decoder(rt.ResponsesRequest), rc.standalone_request, rc.ID_PREFIX)
 
 
 def response(

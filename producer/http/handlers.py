@@ -81,7 +81,7 @@ class Bridge:
         self._directory = ModelDirectory(client.nc, ttl_s=2.0)
         self._ids: Iterator[str] = iter(())
 
-    def _new_id(self) -> str:
+    def new_id(self) -> str:
         """128 random bits from the OS CSPRNG: ids are in every response and are the NATS
         de-duplication id, so one tenant must not be able to predict another's."""
         try:
@@ -97,7 +97,7 @@ class Bridge:
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         return await require_principal(self.auth, headers.get(AUTHORIZATION_HEADER))
 
-    def _timeout_s(self, headers: Mapping[str, str], queue: Priority) -> float:
+    def timeout_s(self, headers: Mapping[str, str], queue: Priority = Priority.ONLINE) -> float:
         """The header's timeout, else the default; both capped at the default. A `flex`
         request (the batch queue) has its own, longer default."""
         limit = self.config.flex_timeout_s if queue is Priority.BATCH else self.config.timeout_s
@@ -131,7 +131,7 @@ class Bridge:
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise from_decode_error(exc) from None
         queue = tier_queue(getattr(parsed, "service_tier", None))
-        timeout_s = self._timeout_s(headers, queue)
+        timeout_s = self.timeout_s(headers, queue)
         key = headers.get(IDEMPOTENCY_HEADER)
         if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
             raise invalid(
@@ -140,7 +140,7 @@ class Bridge:
         now_ms = int(time.time() * 1000)
         request = endpoint.to_request(
             parsed,
-            id=token(principal.tenant, key) if key else self._new_id(),
+            id=token(principal.tenant, key) if key else self.new_id(),
             tenant=principal.tenant,
             created_ms=now_ms,
             deadline_ms=now_ms + int(timeout_s * 1000),
@@ -186,7 +186,7 @@ class Bridge:
     ) -> FinalResult:
         """One `predict` request (KServe V1 / V2 inference) through the queue: its result,
         or an `ApiError` (a worker's `invalid_request` is a 400)."""
-        timeout_s = self._timeout_s(headers)
+        timeout_s = self.timeout_s(headers)
         now_ms = int(time.time() * 1000)
         try:
             names.validate_model_name(model)

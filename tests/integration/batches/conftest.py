@@ -62,6 +62,9 @@ class BatchStack:
     #: Worker processes (those started with the stack, then any `start_worker` added).
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     worker_env: dict[str, str] = field(default_factory=dict)
+    #: The environment the stack's bridge was started with (for a second bridge).
+    bridge_env: dict[str, str] = field(default_factory=dict)
+    bridge: subprocess.Popen[bytes] | None = None
 
     @property
     def v1(self) -> str:
@@ -257,6 +260,8 @@ def launch_stack(
         metrics_port=metrics_port,
         workers=procs[:-1],
         worker_env=workers_env,
+        bridge_env=bridge_env,
+        bridge=procs[-1],
     )
     stack.start_scheduler()
     try:

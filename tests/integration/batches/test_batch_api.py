@@ -113,7 +113,7 @@ def test_create_refusals(batch_stack: BatchStack) -> None:
     with pytest.raises(openai.BadRequestError) as bad_endpoint:
         client.batches.create(
             input_file_id=uploaded.id,
-            endpoint="/v1/responses",
+            endpoint="/v1/moderations",
             completion_window="24h",
         )
     assert bad_endpoint.value.body["param"] == "endpoint"  # type: ignore[index]

@@ -1,0 +1,343 @@
+"""Responses API bodies <-> the chat request jetserve already serves. Pure functions: no I/O.
+
+A Responses request becomes one `chat` `InferenceRequest` (so workers need nothing new):
+`instructions` -> a system message first; `input` items -> chat messages (`input_text` parts
+joined, `function_call` items -> an assistant message's `tool_calls`, `function_call_output`
+-> a `tool` message); function `tools` and `tool_choice` -> chat's nested shape; the flat
+`text.format` json_schema -> chat's `response_format`. A continued conversation
+(`previous_response_id`) is the stored conversation of that response, then the new input;
+instructions are not carried over (as OpenAI).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from producer.http import convert
+from producer.http import responses_types as rt
+from producer.http.errors import invalid
+from schemas.messages import FinalResult, InferenceRequest
+from schemas.names import Priority
+from schemas.params import SamplingParams
+from schemas.payloads import ChatMessage, ChatPayload
+from schemas.tiers import resolve_tier
+
+ID_PREFIX = "resp_"
+#: Known request fields jetserve does not serve: refused when set, naming the field.
+REFUSED = ("reasoning", "conversation", "prompt", "top_logprobs", "max_tool_calls")
+_ROLES = ("user", "system", "developer", "assistant")
+_TEXT_PARTS = ("input_text", "output_text", "text")
+_TOOL_CHOICES = ("none", "auto", "required")
+
+
+class Converted(msgspec.Struct, frozen=True):
+    request: InferenceRequest
+    #: This request's input items, each with an id (GET .../input_items).
+    input_items: list[dict[str, Any]]
+    #: The conversation so far without instructions (history + this input).
+    conversation: list[ChatMessage]
+
+
+def serving_tier(asked: str | None) -> tuple[Priority, str]:
+    """(the subject priority, the tier reported) for the `service_tier` asked: the same
+    mapping as chat and completions (schemas/tiers.py)."""
+    tier = resolve_tier(asked)
+    return tier.queue, tier.reported
+
+
+def _text(content: Any, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise invalid("content must be a string or a list of text parts.", param)
+    parts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in _TEXT_PARTS or not isinstance(part.get("text"), str):
+            raise invalid(
+                f"Only input_text parts are supported, not {str(kind)[:40]!r}.",
+                f"{param}[{j}].type",
+            )
+        parts.append(part["text"])
+    return "".join(parts)
+
+
+def input_messages(
+    value: str | list[Any], response_id: str
+) -> tuple[list[ChatMessage], list[dict[str, Any]]]:
+    """Chat messages and the normalised input items of `input`."""
+    if isinstance(value, str):
+        item = {"type": "message", "role": "user", "content": [_part(value)]}
+        return [ChatMessage(role="user", content=value)], [_with_id(item, response_id, 0)]
+    if not value:
+        raise invalid("input must not be empty.", "input")
+    messages: list[ChatMessage] = []
+    items: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        param = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise invalid("Each input item must be an object.", param)
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in _ROLES:
+                raise invalid(f"role must be one of {', '.join(_ROLES)}.", f"{param}.role")
+            text = _text(item.get("content"), f"{param}.content")
+            messages.append(ChatMessage(role=role, content=text))  # type: ignore[arg-type]
+            part = "output_text" if role == "assistant" else "input_text"
+            norm = {"type": "message", "role": role, "content": [_part(text, part)]}
+        elif kind == "function_call":
+            call = _function_call(item, param)
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant" and last.tool_calls:
+                messages[-1] = msgspec.structs.replace(last, tool_calls=[*last.tool_calls, call])
+            else:
+                messages.append(ChatMessage(role="assistant", tool_calls=[call]))
+            norm = {
+                "type": "function_call",
+                "call_id": call["id"],
+                "name": call["function"]["name"],
+                "arguments": call["function"]["arguments"],
+                "status": "completed",
+            }
+        elif kind == "function_call_output":
+            call_id, output = item.get("call_id"), item.get("output")
+            if not isinstance(call_id, str) or not call_id:
+                raise invalid("call_id must be a non-empty string.", f"{param}.call_id")
+            if not isinstance(output, str):
+                output = _text(output, f"{param}.output")
+            messages.append(ChatMessage(role="tool", content=output, tool_call_id=call_id))
+            norm = {"type": "function_call_output", "call_id": call_id, "output": output}
+        else:
+            raise invalid(f"Input items of type {str(kind)[:40]!r} are not supported.", param)
+        items.append(_with_id(norm, response_id, i))
+    return messages, items
+
+
+def _part(text: str, kind: str = "input_text") -> dict[str, Any]:
+    return {"type": kind, "text": text}
+
+
+def _with_id(item: dict[str, Any], response_id: str, index: int) -> dict[str, Any]:
+    prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}[item["type"]]
+    return {"id": f"{prefix}_in{index}_{response_id.removeprefix(ID_PREFIX)}", **item}
+
+
+def _function_call(item: dict[str, Any], param: str) -> dict[str, Any]:
+    call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
+    for field, value in (("call_id", call_id), ("name", name), ("arguments", arguments)):
+        if not isinstance(value, str) or (field != "arguments" and not value):
+            raise invalid(f"{field} must be a string.", f"{param}.{field}")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if not tools:
+        return None
+    out = []
+    for i, tool in enumerate(tools):
+        if tool.get("type") != "function":
+            raise invalid(
+                f"Only function tools are supported, not {str(tool.get('type'))[:40]!r}.",
+                f"tools[{i}].type",
+            )
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise invalid("A function tool needs a name.", f"tools[{i}].name")
+        function = {
+            k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool
+        }
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def chat_tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    if choice is None or choice in _TOOL_CHOICES:
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = choice.get("name")
+        if isinstance(name, str) and name:
+            return {"type": "function", "function": {"name": name}}
+    raise invalid(
+        "tool_choice must be none, auto, required or {type: function, name}.", "tool_choice"
+    )
+
+
+def response_format(text: rt.TextConfig | None) -> dict[str, Any] | None:
+    fmt = text.format if text is not None else None
+    if fmt is None or fmt.get("type") == "text":
+        return None
+    kind = fmt.get("type")
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        name, schema = fmt.get("name"), fmt.get("schema")
+        if not isinstance(name, str) or not name:
+            raise invalid("A json_schema format needs a name.", "text.format.name")
+        if not isinstance(schema, dict):
+            raise invalid("schema must be a JSON Schema object.", "text.format.schema")
+        spec = {"name": name, "schema": schema, "strict": bool(fmt.get("strict"))}
+        return {"type": "json_schema", "json_schema": spec}
+    raise invalid("text.format.type must be text, json_object or json_schema.", "text.format.type")
+
+
+def check_refused(body: rt.ResponsesRequest) -> None:
+    for field in REFUSED:
+        if getattr(body, field) is not None:
+            raise invalid(f"{field} is not supported.", field)
+
+
+def responses_request(
+    body: rt.ResponsesRequest, history: list[ChatMessage], **fields: Any
+) -> Converted:
+    """`fields`: id, tenant, deadline_ms, created_ms, idempotency_key (already checked)."""
+    model = convert.check_model(body.model)
+    check_refused(body)
+    response_id = ID_PREFIX + fields["id"]
+    new, items = input_messages(body.input, response_id)
+    conversation = [*history, *new]
+    messages = conversation
+    if body.instructions:
+        messages = [ChatMessage(role="system", content=body.instructions), *conversation]
+    payload = ChatPayload(
+        messages=messages,
+        tools=chat_tools(body.tools),
+        tool_choice=chat_tool_choice(body.tool_choice),
+        parallel_tool_calls=body.parallel_tool_calls,
+        response_format=response_format(body.text),
+    )
+    params = SamplingParams(
+        max_tokens=body.max_output_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+    )
+    priority, _ = serving_tier(body.service_tier)
+    request = InferenceRequest(
+        model=model,
+        kind="chat",
+        payload=payload,
+        parameters=params,
+        stream=bool(body.stream),
+        priority=priority,
+        **fields,
+    )
+    return Converted(request, items, conversation)
+
+
+def standalone_request(body: rt.ResponsesRequest, **fields: Any) -> InferenceRequest:
+    """A request that needs nothing stored (a batch line): no `previous_response_id`, not
+    streamed, not in the background, not stored."""
+    for field in ("previous_response_id", "stream", "background", "store"):
+        if getattr(body, field):
+            raise invalid(f"{field} is not supported here.", field)
+    return responses_request(body, [], **fields).request
+
+
+# ---- results ------------------------------------------------------------------------------
+
+
+def message_id(response_id: str) -> str:
+    return "msg_" + response_id.removeprefix(ID_PREFIX)
+
+
+def call_item_id(response_id: str, index: int) -> str:
+    return f"fc_{index}_{response_id.removeprefix(ID_PREFIX)}"
+
+
+def function_call(response_id: str, index: int, call: dict[str, Any]) -> rt.FunctionCall:
+    function = call.get("function") or {}
+    return rt.FunctionCall(
+        id=call_item_id(response_id, index),
+        call_id=str(call.get("id") or call_item_id(response_id, index)),
+        name=str(function.get("name", "")),
+        arguments=str(function.get("arguments", "")),
+    )
+
+
+def output_items(
+    response_id: str, text: str, tool_calls: list[dict[str, Any]] | None, status: str
+) -> list[rt.OutputItem]:
+    items: list[rt.OutputItem] = []
+    if text or not tool_calls:
+        items.append(rt.OutputMessage(message_id(response_id), status, [rt.OutputText(text)]))
+    items.extend(function_call(response_id, i, c) for i, c in enumerate(tool_calls or ()))
+    return items
+
+
+def status_of(finish_reason: str | None) -> tuple[rt.Status, rt.IncompleteDetails | None]:
+    if finish_reason in ("length", "deadline"):
+        return "incomplete", rt.IncompleteDetails("max_output_tokens")
+    if finish_reason == "cancelled":
+        return "cancelled", None
+    return "completed", None
+
+
+def usage(result: FinalResult) -> rt.ResponseUsage:
+    u = result.usage
+    return rt.ResponseUsage(
+        u.prompt_tokens,
+        rt.InputTokensDetails(0),
+        u.completion_tokens,
+        rt.OutputTokensDetails(0),
+        u.total_tokens,
+    )
+
+
+def assistant_message(output: list[rt.OutputItem]) -> ChatMessage:
+    """The response's output as the assistant turn of the conversation that continues it."""
+    text = "".join(p.text for o in output if isinstance(o, rt.OutputMessage) for p in o.content)
+    calls = [
+        {
+            "id": o.call_id,
+            "type": "function",
+            "function": {"name": o.name, "arguments": o.arguments},
+        }
+        for o in output
+        if isinstance(o, rt.FunctionCall)
+    ]
+    return ChatMessage(role="assistant", content=text or None, tool_calls=calls or None)
+
+
+def base_response(
+    body: rt.ResponsesRequest, response_id: str, created: int, *, stored: bool
+) -> rt.Response:
+    """The response object before any output: what `response.created` carries."""
+    _, tier = serving_tier(body.service_tier)
+    return rt.Response(
+        id=response_id,
+        created_at=created,
+        status="in_progress",
+        model=body.model,
+        output=[],
+        instructions=body.instructions,
+        max_output_tokens=body.max_output_tokens,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        previous_response_id=body.previous_response_id,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        tool_choice=body.tool_choice or "auto",
+        tools=body.tools or [],
+        text={"format": (body.text.format if body.text and body.text.format else {"type": "text"})},
+        metadata=body.metadata or {},
+        store=stored,
+        background=bool(body.background),
+        service_tier=tier,
+        user=body.user,
+    )
+
+
+def finished_response(base: rt.Response, result: FinalResult, completed_at: int) -> rt.Response:
+    text, _, tool_calls = convert.text_of(result)
+    status, incomplete = status_of(result.finish_reason)
+    item_status = "incomplete" if status == "incomplete" else "completed"
+    return msgspec.structs.replace(
+        base,
+        status=status,
+        model=result.model,
+        output=output_items(base.id, text, tool_calls, item_status),
+        incomplete_details=incomplete,
+        usage=usage(result),
+        completed_at=completed_at,
+    )
