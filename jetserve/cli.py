@@ -223,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--watch", action="store_true", help="redraw in place until Ctrl-C")
     p.add_argument("--interval-s", type=float, default=2.0)
+    p.add_argument("--model", action="append", help="only this model (repeatable)")
 
     p = add("worker", cmd_worker, "serve one model from its NATS stream")
     p.add_argument("--model", required=True)

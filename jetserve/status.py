@@ -121,10 +121,15 @@ async def database_status(dsn: str) -> dict[str, Any]:
     }
 
 
-async def gather(nats_url: str, database_url: str | None) -> dict[str, Any]:
+async def gather(
+    nats_url: str, database_url: str | None, only: list[str] | None = None
+) -> dict[str, Any]:
+    """The report; `only`: these models alone (else every model with a request stream)."""
     nc = await connect(nats_url, name="jetserve-status")
     try:
         models = await list_models(nc)
+        if only:
+            models = [m for m in models if m in only]
         per = await asyncio.gather(*(model_status(nc, m) for m in models))
         dead = await dead_letters(nc)
     finally:
@@ -174,7 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise ConfigError(f"no NATS: pass --nats-url, set {NATS_URL}, or run `jetserve up`")
     dsn = args.database_url or os.environ.get(DATABASE_URL) or stack_value("database_url")
     while True:
-        report = asyncio.run(gather(nats_url, dsn))
+        report = asyncio.run(gather(nats_url, dsn, args.model))
         if args.json:
             print(json.dumps(report, indent=2, default=str), flush=True)
         elif args.watch:

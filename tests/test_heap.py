@@ -54,6 +54,7 @@ def test_settle_hides_what_exists_and_still_collects_later_cycles() -> None:
 def test_the_worker_command_settles_the_heap_once_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
+    import jetserve.heap
     import workers.worker
     from jetserve.cli import cmd_worker
 
@@ -63,7 +64,14 @@ def test_the_worker_command_settles_the_heap_once_serving(monkeypatch: pytest.Mo
         seen["on_serving"] = on_serving
         return 0
 
+    settled: list[bool] = []
     monkeypatch.setattr(workers.worker, "main", fake_main)
+    monkeypatch.setattr(jetserve.heap, "settle", lambda: settled.append(True))
+    monkeypatch.delenv("JETSERVE_READY_FILE", raising=False)
     args = argparse.Namespace(model="m", model_class="echo", option=[])
     assert cmd_worker(args) == 0
-    assert seen["on_serving"] is settle
+    on_serving = seen["on_serving"]
+    assert callable(on_serving)
+    assert settled == []  # not before the worker serves ...
+    on_serving()
+    assert settled == [True]  # ... and once it does

@@ -82,9 +82,10 @@ def _status_json(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _watch_in_tmux(session: str, env: dict[str, str]) -> str:
-    """The screen of `jetserve status --watch` in a 120x30 tmux pane after a few redraws."""
-    command = f"{sys.executable} -m jetserve status --watch --interval-s 0.3"
+def _watch_in_tmux(session: str, env: dict[str, str], model: str) -> str:
+    """The screen of `jetserve status --watch --model MODEL` in a 120x30 tmux pane after a few
+    redraws (one model: the suite's shared server holds more streams than the pane has rows)."""
+    command = f"{sys.executable} -m jetserve status --watch --interval-s 0.3 --model {model}"
     subprocess.run(
         ["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "30", command],
         env=env,
@@ -110,7 +111,7 @@ async def test_status_watch_redraws_in_place_in_a_terminal(
     start_worker(model_name, "tests.models:SlowModel")
     await wait_for_workers(nc, model_name, 1)
     env = _env(nats_server, tmp_path)
-    screen = await asyncio.to_thread(_watch_in_tmux, f"status-{model_name}", env)
+    screen = await asyncio.to_thread(_watch_in_tmux, f"status-{model_name}", env, model_name)
     assert screen.count("jetserve status") == 1, screen  # redrawn, not scrolled
     row = next(line for line in screen.splitlines() if line.startswith(model_name))
     assert row.split()[1] == "1"  # one worker
