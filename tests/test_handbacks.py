@@ -111,6 +111,7 @@ class _Sim:
             return consumers[-1]
 
         intake = Intake(
+            priority=factory,
             online=factory,
             batch=factory,
             capacity=lambda: 64,
@@ -119,8 +120,9 @@ class _Sim:
             handbacks=handbacks,
         )
         await intake.start()
+        online = consumers[1]  # made in the order priority, online, batch
         for msg in deliveries:
-            consumers[0].on_msg(msg)
+            online.on_msg(msg)
         idle = asyncio.create_task(intake.wait_idle(5.0))
         ended = asyncio.create_task(crashed.wait())
         done, _ = await asyncio.wait({idle, ended}, timeout=5.0, return_when="FIRST_COMPLETED")

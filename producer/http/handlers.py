@@ -193,7 +193,7 @@ class Bridge:
         except names.InvalidName:
             raise ApiError(404, f"The model `{model[:100]}` does not exist.") from None
         request = InferenceRequest(
-            id=self._new_id(),
+            id=self.new_id(),
             model=model,
             kind="predict",
             payload=payload,
