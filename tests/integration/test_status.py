@@ -48,7 +48,8 @@ def _env(server: NatsServer, tmp: Path) -> dict[str, str]:
 async def test_status_json_matches_the_monitoring_endpoint(
     nc: NATS, nats_server: NatsServer, model_name: str, start_worker: Any, tmp_path: Path
 ) -> None:
-    start_worker(model_name, "tests.models:SlowModel", options={"capacity": 4})
+    # Capacity 5: one slot of credit stays on the priority consumer, 4 hold online requests.
+    start_worker(model_name, "tests.models:SlowModel", options={"capacity": 5})
     await wait_for_workers(nc, model_name, 1)
     client = Client(nc)
     requests = [make_request(model_name, "predict", {"sleep_s": 20.0}) for _ in range(10)]
@@ -61,9 +62,9 @@ async def test_status_json_matches_the_monitoring_endpoint(
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)["models"][model_name]
     server = _jsz(nats_server, model_name)
-    assert status["queued"] == {"online": server["online"][0], "batch": server["batch"][0]}
-    assert status["in_flight"] == server["online"][1] + server["batch"][1] == 4
-    assert (status["workers"], status["capacity"], status["load"]) == (1, 4, 4)
+    assert status["queued"] == {name: pending for name, (pending, _) in server.items()}
+    assert status["in_flight"] == sum(acked for _, acked in server.values()) == 4
+    assert (status["workers"], status["capacity"], status["load"]) == (1, 5, 4)
     assert status["oldest_request_age_s"] is not None
     assert status["dead_letters"] == 0
     for task in pending:
