@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -95,6 +96,8 @@ class RouteTable:
         #: served name -> its plan
         self._plans: dict[str, Plan] = {}
         self.metrics = metrics or RouteMetrics()
+        #: (served name, model) -> its child of `metrics.routed`
+        self._counters: dict[tuple[str, str], Any] = {}
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -161,7 +164,12 @@ class RouteTable:
         else:
             key = request.id
         model = plan.choose(key)
-        self.metrics.routed.labels(request.model, model).inc()
+        counter = self._counters.get((request.model, model))
+        if counter is None:  # labels() takes a lock and hashes the label values (~1.1 us)
+            counter = self._counters[request.model, model] = self.metrics.routed.labels(
+                request.model, model
+            )
+        counter.inc()
         return msgspec.structs.replace(request, model=model), plan.shadow(key)
 
 

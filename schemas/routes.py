@@ -141,7 +141,10 @@ def _cycle(start: str, first: str, table: Mapping[str, Route]) -> list[str]:
 
 def point(key: str, salt: bytes = b"") -> float:
     """`key` hashed to [0, 1): blake2b, 64 bits (uniform; not for secrets)."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8, salt=salt).digest()
+    if salt:
+        digest = hashlib.blake2b(key.encode(), digest_size=8, salt=salt).digest()
+    else:
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / _2_64
 
 
