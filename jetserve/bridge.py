@@ -121,6 +121,9 @@ class BatchApi:
             )
         return await self.pools.get()
 
+    def route(self, request: InferenceRequest, sticky: str | None) -> InferenceRequest:
+        return request if self.client is None else self.client.route(request, sticky)
+
     async def submit(self, request: InferenceRequest, data: bytes, reply_to: str) -> None:
         from producer.errors import JetserveError
         from producer.http.errors import from_producer_error
@@ -144,6 +147,7 @@ class BatchApi:
             codec=OpenAICodec(),
             submit=self.submit,
             read_body=read_body,
+            route=self.route,
             allow_private_webhooks=self.allow_private_webhooks,
             max_body_bytes=self.config.max_body_bytes,
         )

@@ -17,10 +17,11 @@ import asyncpg
 
 from natsio.acks import Outcome
 from natsio.inbox import AckInbox, Message
+from natsio.routes import RouteTable
 from scheduler.metrics import SchedulerMetrics
 from scheduler.store import batches as bs
 from schemas import names
-from schemas.codec import encode
+from schemas.codec import decode_request, encode
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult
 from schemas.names import Header, Priority, ResultKind
@@ -37,8 +38,10 @@ class BatchDispatcher:
         *,
         in_flight: int,
         max_publish: int = 1024,
+        routes: RouteTable | None = None,
     ) -> None:
         self._pool = pool
+        self._routes = routes
         self._publisher = publisher
         self._metrics = metrics
         self._window = in_flight
@@ -67,7 +70,6 @@ class BatchDispatcher:
         items = await bs.items_from(self._pool, batch.id, batch.dispatched, count)
         if not items:
             return 0
-        subject = names.request_subject(batch.model, Priority.BATCH)
         reply_to = names.results_subject(ResultKind.BATCH, batch.id)
         results = await self._publisher.publish_many(
             [
@@ -79,7 +81,7 @@ class BatchDispatcher:
                         Header.REPLY_TO.value: reply_to,
                     },
                 )
-                for idx, data in items
+                for idx, subject, data in self._routed(batch.model, items)
             ]
         )
         outcomes = [outcome for outcome, _ack in results]
@@ -99,6 +101,20 @@ class BatchDispatcher:
             await bs.advance_cursor(self._pool, batch.id, cursor)
             self._metrics.items_dispatched.inc(stored)
         return stored
+
+    def _routed(self, model: str, items: list[tuple[int, bytes]]) -> list[tuple[int, str, bytes]]:
+        """(index, subject, data) of each item: the batch's model, or, when it is a served name,
+        the version each item's id chooses (the same on a republish while the weights stay:
+        JetStream's de-duplication holds), its body rewritten for that version."""
+        if self._routes is None or self._routes.plan(model) is None:
+            subject = names.request_subject(model, Priority.BATCH)
+            return [(idx, subject, data) for idx, data in items]
+        out = []
+        for idx, data in items:
+            request, _shadow = self._routes.resolve(decode_request(data))
+            subject = names.request_subject(request.model, Priority.BATCH)
+            out.append((idx, subject, encode(request)))
+        return out
 
 
 def _refusal(batch: bs.BatchRow, idx: int, outcome: Outcome) -> bytes:

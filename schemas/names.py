@@ -93,6 +93,9 @@ HTTP_IDEMPOTENCY_KEY = "idempotency-key"
 HTTP_TIMEOUT = "x-jetserve-timeout-s"
 #: Async requests: the webhook endpoint to notify when the result is stored.
 HTTP_CALLBACK_URL = "x-jetserve-callback-url"
+#: A sticky routing key for served names with several versions (schemas/routes.py): requests
+#: with the same key see the same version while the weights do not change.
+HTTP_ROUTE_KEY = "x-jetserve-route-key"
 
 #: Inbox prefixes of jetserve's shared-inbox subscriptions (a random token follows each).
 INBOX_ROOT = "_INBOX"
@@ -260,6 +263,12 @@ def idempotent_reply_subject(token: str) -> str:
     retry (on any bridge replica) listens where the first attempt's result will arrive."""
     return f"{IDEMPOTENT_REPLY_PREFIX}.{validate_request_id(token)}"
 
+
+#: NATS KV bucket of routes (`routes.Route`, JSON): key = the served name. Every producer
+#: watches it; its history (`ROUTES_HISTORY` values a key) is what `jetserve routes rollback`
+#: goes back through.
+ROUTES_BUCKET = f"{ROOT}-routes"
+ROUTES_HISTORY = 16
 
 #: NATS KV bucket of delivery records (`messages.DeliveryRecord`): per request message (key
 #: `<stream>.<stream sequence>`), its deliveries that do not count as attempts (handed back

@@ -20,6 +20,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, ControllerRouterHandler
 
+from natsio.routes import RouteMetrics
 from producer.client import Client
 from producer.http.auth import Authenticator
 from producer.http.calls import Calls
@@ -84,7 +85,9 @@ async def connected(
     config: BridgeConfig, authenticator: Authenticator, metrics: BridgeMetrics
 ) -> AsyncIterator[Bridge]:
     """The bridge and its parts, connected to NATS; closed on exit."""
-    client = await Client.connect(config.nats_url, name="jetserve-bridge")
+    client = await Client.connect(
+        config.nats_url, name="jetserve-bridge", route_metrics=RouteMetrics(metrics.registry)
+    )
     presence = Presence(client.nc, ttl_s=min(1.0, config.no_worker_timeout_s))
     calls = Calls(
         client,

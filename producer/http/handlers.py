@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 TIMEOUT_HEADER = names.HTTP_TIMEOUT
 IDEMPOTENCY_HEADER = names.HTTP_IDEMPOTENCY_KEY
 AUTHORIZATION_HEADER = names.HTTP_AUTHORIZATION
+ROUTE_KEY_HEADER = names.HTTP_ROUTE_KEY
+OWNER, MODEL = "jetserve", "model"
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _encoder = msgspec.json.Encoder()
 
@@ -147,6 +149,15 @@ class Bridge:
             idempotency_key=key,
             priority=queue,
         )
+        routes = self.client.routes
+        if routes is not None and routes.plan(request.model) is not None:  # a served name
+            sticky = (
+                getattr(parsed, "prompt_cache_key", None)
+                or parsed.safety_identifier
+                or parsed.user
+                or headers.get(ROUTE_KEY_HEADER)
+            )
+            request = self.client.route(request, sticky)
         streaming = request.stream
         call: Call | StoredCall
         if key:
@@ -201,6 +212,7 @@ class Bridge:
             created_ms=now_ms,
             deadline_ms=now_ms + int(timeout_s * 1000),
         )
+        request = self.client.route(request, headers.get(ROUTE_KEY_HEADER))
         call = await self.calls.open(request, streaming=False, timeout_s=timeout_s)
         try:
             return await call.result()
@@ -261,9 +273,25 @@ class Bridge:
         """Models with a request stream (JetStream's stream names API), cached 2 s."""
         return await self._directory.models()
 
+    def served_names(self) -> dict[str, list[str]]:
+        """Served name -> its versions (weight 0 included), from the live route table."""
+        table = self.client.routes
+        if table is None:
+            return {}
+        return {n: [t.model for t in r.targets] for n, r in table.routes().items()}
+
     async def model_list(self) -> bytes:
+        """The served names (each with its versions, a jetserve extension), then every model
+        with a request stream: versions stay callable by their own names."""
         created = int(time.time())
-        cards = [oa.ModelCard(id=m, created=created) for m in await self.models()]
+        cards = [
+            oa.ModelCard(id=name, created=created, owned_by=OWNER, object=MODEL, versions=versions)
+            for name, versions in sorted(self.served_names().items())
+        ]
+        cards += [
+            oa.ModelCard(id=m, created=created, owned_by=OWNER, object=MODEL)
+            for m in await self.models()
+        ]
         return _encoder.encode(oa.ModelList(cards))
 
     async def readiness(self) -> tuple[bool, bytes]:

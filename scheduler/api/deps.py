@@ -31,6 +31,9 @@ class Deps:
     submit: Callable[[InferenceRequest, bytes, str], Awaitable[None]]
     #: The request body from an ASGI `receive`, 413 past the limit (the bridge's own reader).
     read_body: Callable[[Callable[[], Awaitable[Any]], int], Awaitable[bytes]]
+    #: A request for its version when its model is a served name (the sticky key given, or
+    #: None); the request itself otherwise.
+    route: Callable[[InferenceRequest, str | None], InferenceRequest] = lambda r, _key: r
     allow_private_webhooks: bool = False
     max_body_bytes: int = 1024 * 1024
     max_file_bytes: int = MAX_FILE_BYTES
