@@ -39,9 +39,26 @@ class BridgeMetrics:
         self.in_flight = Gauge(
             "jetserve_http_requests_in_flight", "Requests being answered", ["route"], registry=r
         )
+        self.tenant_requests = Counter(
+            "jetserve_tenant_requests",
+            "Requests under tenant limits, by tenant and outcome (admitted, refused)",
+            ["tenant", "outcome"],
+            registry=r,
+        )
+        self.tenant_tokens = Counter(
+            "jetserve_tenant_estimated_tokens",
+            "Tokens estimated at admission, by tenant and outcome (admitted, refused)",
+            ["tenant", "outcome"],
+            registry=r,
+        )
         self.cancels = Counter(
             "jetserve_http_cancels",
             "Requests cancelled upstream, by reason (disconnect, deadline, no_workers)",
             ["reason"],
             registry=r,
         )
+
+    def tenant_decision(self, tenant: str, admitted: bool, tokens: int) -> None:
+        outcome = "admitted" if admitted else "refused"
+        self.tenant_requests.labels(tenant, outcome).inc()
+        self.tenant_tokens.labels(tenant, outcome).inc(tokens)
