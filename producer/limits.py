@@ -113,6 +113,7 @@ class TenantGate:
         self._limiter = limiter
         self.default_max_tokens = default_max_tokens
         self._in_flight: dict[str, int] = {}
+        self._rates: dict[int, Rate] = {}
         #: (tenant, admitted, estimated tokens): for metrics.
         self._on_decision = on_decision
 
@@ -132,7 +133,7 @@ class TenantGate:
             )
         token_key = request_key = None
         if limits.rpm is not None:
-            rate = Rate(limits.rpm)
+            rate = self._rate(limits.rpm)
             request_key = ratelimit_key(tenant, scope, REQUESTS)
             verdict = await self._limiter.acquire(request_key, 1, rate)
             _headers(headers, REQUESTS, limits.rpm, verdict)
@@ -145,7 +146,7 @@ class TenantGate:
                     headers,
                 )
         if limits.tpm is not None:
-            rate = Rate(limits.tpm)
+            rate = self._rate(limits.tpm)
             token_key = ratelimit_key(tenant, scope, TOKENS)
             try:
                 verdict = await self._limiter.acquire(token_key, estimated_tokens, rate)
@@ -171,6 +172,14 @@ class TenantGate:
         if self._on_decision is not None:
             self._on_decision(tenant, True, estimated_tokens)
         return Admission(headers, self, tenant, token_key, estimated_tokens)
+
+    def _rate(self, per_minute: int) -> Rate:
+        rate = self._rates.get(per_minute)
+        if rate is None:
+            if len(self._rates) > 1000:
+                self._rates.clear()
+            rate = self._rates[per_minute] = Rate(per_minute)
+        return rate
 
     async def usage(self, tenant: str, model: str) -> tuple[TenantLimits, dict[str, float]]:
         """The limits that apply and what is left of each, as this replica last saw it."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 ROUTES = (
@@ -39,6 +41,7 @@ class BridgeMetrics:
         self.in_flight = Gauge(
             "jetserve_http_requests_in_flight", "Requests being answered", ["route"], registry=r
         )
+        self._tenant_children: dict[tuple[str, bool], tuple[Any, Any]] = {}
         self.tenant_requests = Counter(
             "jetserve_tenant_requests",
             "Requests under tenant limits, by tenant and outcome (admitted, refused)",
@@ -59,6 +62,13 @@ class BridgeMetrics:
         )
 
     def tenant_decision(self, tenant: str, admitted: bool, tokens: int) -> None:
-        outcome = "admitted" if admitted else "refused"
-        self.tenant_requests.labels(tenant, outcome).inc()
-        self.tenant_tokens.labels(tenant, outcome).inc(tokens)
+        children = self._tenant_children.get((tenant, admitted))
+        if children is None:
+            outcome = "admitted" if admitted else "refused"
+            children = (
+                self.tenant_requests.labels(tenant, outcome),
+                self.tenant_tokens.labels(tenant, outcome),
+            )
+            self._tenant_children[(tenant, admitted)] = children
+        children[0].inc()
+        children[1].inc(tokens)
