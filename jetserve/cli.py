@@ -357,6 +357,16 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_keys("cmd_keys_revoke"))
     p.add_argument("key_id")
 
+    from jetserve import tenants_cli
+
+    tenants = sub.add_parser("tenants", help="tenant limits (in JETSERVE_DATABASE_URL)")
+    tenants_cli.add_arguments(
+        tenants.add_subparsers(dest="tenants_command", required=True),
+        tenants_cli.cmd_set_limits,
+        tenants_cli.cmd_clear_limits,
+        tenants_cli.cmd_list,
+    )
+
     dlq = sub.add_parser("dlq", help="dead letters: list, show, replay, purge")
     qsub = dlq.add_subparsers(dest="dlq_command", required=True)
 

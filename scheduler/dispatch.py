@@ -1,12 +1,14 @@
 """Moving validated batch items onto the model streams, at batch priority, a bounded window
 at a time.
 
-Per model, at most `in_flight` items are published and unanswered (over all its batches,
-oldest batch first), so the batch consumer never holds a large backlog and a new batch of
-another tenant does not wait behind a whole stream. Items are published in index order and
-the batch's cursor (`dispatched`) advances over the prefix JetStream stored; an item published
-twice (the scheduler died before moving the cursor) has the same `Nats-Msg-Id` and is dropped
-by JetStream within the duplicate window, and its result is stored once in any case.
+Per model, at most `in_flight` items are published and unanswered (over all its batches), so
+the batch consumer never holds a large backlog; the window's free slots are split between
+tenants max-min fairly (`fairshare.py`), so a new batch of another tenant gets its share at
+once instead of waiting behind a whole batch (within a tenant, oldest batch first). Items are
+published in index order and the batch's cursor (`dispatched`) advances over the prefix
+JetStream stored; an item published twice (the scheduler died before moving the cursor) has
+the same `Nats-Msg-Id` and is dropped by JetStream within the duplicate window, and its
+result is stored once in any case.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncpg
 from natsio.acks import Outcome
 from natsio.inbox import AckInbox, Message
 from natsio.routes import RouteTable
+from scheduler.fairshare import fair_split
 from scheduler.metrics import SchedulerMetrics
 from scheduler.store import batches as bs
 from schemas import names
@@ -51,18 +54,29 @@ class BatchDispatcher:
 
     async def run_once(self) -> int:
         """Publish what the windows allow; returns how many items were stored."""
-        busy = await bs.in_flight_by_model(self._pool)
-        total = 0
+        held = await bs.in_flight_by_tenant(self._pool)
+        by_model: dict[str, list[bs.BatchRow]] = {}
         for batch in await bs.dispatchable(self._pool):
             assert batch.model is not None
-            in_flight = busy.get(batch.model, 0)
-            free = self._window - in_flight
-            wanted = min(self._min_publish, batch.total - batch.dispatched)
-            if free <= 0 or (in_flight and free < wanted):
+            by_model.setdefault(batch.model, []).append(batch)
+        total = 0
+        for model, batches in by_model.items():
+            in_flight = {t: n for (m, t), n in held.items() if m == model}
+            busy = sum(in_flight.values())
+            free = self._window - busy
+            wants: dict[str, int] = {}
+            for batch in batches:  # oldest first: a tenant's place is its oldest batch's
+                wants[batch.tenant] = wants.get(batch.tenant, 0) + batch.total - batch.dispatched
+            if free <= 0 or (busy and free < min(self._min_publish, sum(wants.values()))):
                 continue
-            sent = await self._publish(batch, min(free, self._max_publish))
-            busy[batch.model] = busy.get(batch.model, 0) + sent
-            total += sent
+            shares = fair_split(min(free, self._max_publish), in_flight, wants)
+            for batch in batches:
+                count = min(shares[batch.tenant], batch.total - batch.dispatched)
+                if count <= 0:
+                    continue
+                sent = await self._publish(batch, count)
+                shares[batch.tenant] -= sent
+                total += sent
         return total
 
     async def _publish(self, batch: bs.BatchRow, count: int) -> int:

@@ -16,6 +16,8 @@ Layout (one stream per model, so each model has its own limits, backlog bound an
                                             NATS; the scheduler records, then dispatches them)
     idem     jetserve-idempotent-results    KV bucket: replies to requests with an idempotency key
              jetserve.reply.idem.<token>    their shared reply subject
+    limits   jetserve-ratelimits            KV bucket: tenants' rate buckets, shared by every
+                                            bridge replica (key <tenant>.<scope>.<dimension>)
 
 Model names and request ids become subject tokens, so both are restricted to
 `[A-Za-z0-9_-]`: nothing a user sends can become a wildcard (`*`, `>`), a token separator
@@ -276,3 +278,17 @@ ROUTES_HISTORY = 16
 #: quarantine group. The dead-letter decision counts deliveries minus these
 #: (workers/handbacks.py).
 HANDBACK_BUCKET = f"{ROOT}-handbacks"
+
+
+#: NATS KV bucket of the tenants' token buckets (`limits.BucketState`), one key per tenant,
+#: scope and dimension (`ratelimit_key`), updated compare-and-set by every bridge replica.
+RATELIMIT_BUCKET = f"{ROOT}-ratelimits"
+#: The scope token of a limit that applies to every model (`=` is in no model name).
+_ALL_MODELS_SCOPE = "=all"
+
+
+def ratelimit_key(tenant: str, model: str | None, dimension: str) -> str:
+    """The KV key of `tenant`'s bucket for `dimension` (`requests`, `tokens`), for `model`,
+    or for all its models when `model` is None. Tenants are `[A-Za-z0-9_.-]` (keys.py) and
+    models `[A-Za-z0-9_-]`: both are valid KV key characters."""
+    return f"{tenant}.{_ALL_MODELS_SCOPE if model is None else model}.{dimension}"
