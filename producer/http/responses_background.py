@@ -141,12 +141,17 @@ class Background:
             return await self.settle(tenant, stored)
         request_id = current.id.removeprefix(rc.ID_PREFIX)
         reply = ErrorResult(id=request_id, code=ErrorCode.CANCELLED, message="cancelled")
+        first: bool | None
         try:
             first = await self.log.end(request_id, reply)
         except LOG_ERRORS as exc:
             log.warning("cancel of %s not written to its event log: %s", current.id, exc)
-            first = True
-        if first and await self.store.end(request_id, encode(reply)):
+            first = None
+        if first is False:
+            return await self.settle(tenant, stored)  # the worker's result came first
+        # Stored here, or already by the scheduler from the log: either way it is cancelled.
+        stored_here = await self.store.end(request_id, encode(reply))
+        if first or stored_here:
             with contextlib.suppress(JetserveError, OSError):
                 await self.bridge.client.cancel(
                     current.model, request_id, stream_seq=stored.stream_seq
