@@ -124,7 +124,10 @@ def build_model(device: str, dtype: Any, small: bool) -> tuple[Any, dict[str, in
 
 
 def describe(name: str, r: dict[str, Any]) -> str:
-    return f"{name} {r['tok_s']:.1f} tok/s (TTFT median {r['ttft_median_s']:.3f} s)"
+    ttft = r["ttft_median_s"]
+    return f"{name} {r['tok_s']:.1f} tok/s (TTFT median " + (
+        "not recorded)" if ttft != ttft else f"{ttft:.3f} s)"
+    )
 
 
 def spread(values: list[float]) -> str:
@@ -135,6 +138,9 @@ def alternate(
     rounds: int, sides: dict[str, Callable[[], dict[str, Any]]]
 ) -> dict[str, list[dict[str, Any]]]:
     names = list(sides)
+    # One untimed run of each side first (kernels, the allocator, cuBLAS heuristics).
+    warm = ", ".join(describe(n, sides[n]()) for n in names)
+    print(f"  warm-up (not counted): {warm}", flush=True)
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else list(reversed(names)):
