@@ -12,7 +12,13 @@ from schemas import names
 
 #: The request headers the POST routes read (lower case, as ASGI delivers them).
 _WANTED = {
-    h.encode() for h in (names.HTTP_AUTHORIZATION, names.HTTP_IDEMPOTENCY_KEY, names.HTTP_TIMEOUT)
+    h.encode()
+    for h in (
+        names.HTTP_AUTHORIZATION,
+        names.HTTP_IDEMPOTENCY_KEY,
+        names.HTTP_TIMEOUT,
+        names.HTTP_ROUTE_KEY,
+    )
 }
 
 
