@@ -20,6 +20,7 @@ from producer.http.auth import (
 )
 from producer.http.config import AuthMode, BridgeConfig
 from producer.http.handlers import Bridge
+from producer.limits import LimitsSource
 from schemas import names
 from schemas.messages import InferenceRequest
 from schemas.openai_errors import ApiError
@@ -64,6 +65,33 @@ class KeyStoreAuth:
         return None if key is None else Principal(key.tenant, key.id)
 
 
+def build_limits(config: BridgeConfig, pools: LazyPool | None) -> LimitsSource | None:
+    """Where tenant limits come from: the `tenant_limits` table (read through a cache), else
+    the defaults alone; None when none are enforced."""
+    from producer.limits import CachedLimits
+    from schemas.limits import TenantLimits
+
+    if not config.limits:
+        return None
+    defaults = config.default_limits
+    if pools is None:
+        if defaults.unlimited:
+            return None
+
+        async def fixed(tenant: str, model: str) -> tuple[TenantLimits, str | None]:
+            return defaults, None
+
+        return CachedLimits(fixed, 3600.0)
+    lazy = pools
+
+    async def load(tenant: str, model: str) -> tuple[TenantLimits, str | None]:
+        from scheduler.store.limits import limits_for
+
+        return await limits_for(await lazy.get(), tenant, model, defaults)
+
+    return CachedLimits(load, config.limits_cache_ttl_s)
+
+
 def database_unavailable_errors() -> tuple[type[Exception], ...]:
     """What asyncpg raises while PostgreSQL is down, restarting or unreachable: the bridge
     answers these 503 (retry later), not 500."""
@@ -103,9 +131,11 @@ class BatchApi:
         self.pools = pools
         self.allow_private_webhooks = allow_private_webhooks
         self.client: Client | None = None
+        self.bridge: Bridge | None = None
 
     async def on_startup(self, bridge: Bridge) -> None:
         self.client = bridge.client
+        self.bridge = bridge
 
     async def authenticate(self, headers: Mapping[str, str]) -> str:
         return (
@@ -121,12 +151,21 @@ class BatchApi:
             )
         return await self.pools.get()
 
+    def route(self, request: InferenceRequest, sticky: str | None) -> InferenceRequest:
+        return request if self.client is None else self.client.route(request, sticky)
+
     async def submit(self, request: InferenceRequest, data: bytes, reply_to: str) -> None:
         from producer.errors import JetserveError
         from producer.http.errors import from_producer_error
 
-        if self.client is None:
+        if self.client is None or self.bridge is None:
             raise ApiError(503, "The bridge is starting.", code="starting")
+        # Tenant limits (429 when over): requests and estimated tokens are counted at
+        # submission; an async request is not in flight on this bridge once it is queued.
+        admission = await self.bridge.admit(
+            request.tenant, request.model, len(data), request.parameters.max_tokens
+        )
+        admission.finish()
         try:
             await self.client.submit(request, reply_to=reply_to)
         except JetserveError as exc:
@@ -144,8 +183,11 @@ class BatchApi:
             codec=OpenAICodec(),
             submit=self.submit,
             read_body=read_body,
+            route=self.route,
             allow_private_webhooks=self.allow_private_webhooks,
             max_body_bytes=self.config.max_body_bytes,
+            default_limits=self.config.default_limits,
+            enforce_limits=self.config.limits,
         )
         if self.file_limits is not None:
             deps = dataclasses.replace(
@@ -200,6 +242,7 @@ async def serve(
         on_startup=on_startup,
         routes=routes,
         unavailable=database_unavailable_errors() if pools is not None else (),
+        limits=build_limits(config, pools),
     )
     server = uvicorn.Server(
         uvicorn.Config(

@@ -68,7 +68,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
     import nats
 
-    from workers.config import WorkerConfig, load_models_file
+    from natsio.routes import provision_routes
+    from workers.config import WorkerConfig, load_models_file, load_routes
     from workers.provision import provision_model
     from workers.worker import queue_settings
 
@@ -77,9 +78,12 @@ def cmd_provision(args: argparse.Namespace) -> int:
     async def run() -> None:
         nc = await nats.connect(config.nats_url)
         js = nc.jetstream()
-        for spec in load_models_file(_models_file(args)):
+        path = _models_file(args)
+        for spec in load_models_file(path):
             await provision_model(js, spec.name, queue_settings(config, spec))
             print(f"provisioned {spec.name}")
+        for route in await provision_routes(nc, load_routes(path), config.stream_replicas):
+            print(f"provisioned route {route.name}")
         await nc.close()
 
     asyncio.run(run())
@@ -154,6 +158,15 @@ def _keys(name: str) -> Callable[[argparse.Namespace], int]:
         from jetserve import keys_cli
 
         return int(getattr(keys_cli, name)(args))
+
+    return run
+
+
+def _routes(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from jetserve import routes_cli
+
+        return int(getattr(routes_cli, name)(args))
 
     return run
 
@@ -344,6 +357,16 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_keys("cmd_keys_revoke"))
     p.add_argument("key_id")
 
+    from jetserve import tenants_cli
+
+    tenants = sub.add_parser("tenants", help="tenant limits (in JETSERVE_DATABASE_URL)")
+    tenants_cli.add_arguments(
+        tenants.add_subparsers(dest="tenants_command", required=True),
+        tenants_cli.cmd_set_limits,
+        tenants_cli.cmd_clear_limits,
+        tenants_cli.cmd_list,
+    )
+
     dlq = sub.add_parser("dlq", help="dead letters: list, show, replay, purge")
     qsub = dlq.add_subparsers(dest="dlq_command", required=True)
 
@@ -365,6 +388,29 @@ def _parser() -> argparse.ArgumentParser:
     p = dlq_cmd("purge", "delete dead letters for good (of one model)")
     p.add_argument("--model")
     p.add_argument("--yes", action="store_true")
+
+    routes = sub.add_parser("routes", help="served names -> weighted model versions (live)")
+    rsub = routes.add_subparsers(dest="routes_command", required=True)
+
+    def routes_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        p = rsub.add_parser(name, help=help_)
+        p.set_defaults(func=_routes(f"cmd_{name}"))
+        p.add_argument("--nats-url", help="default JETSERVE_NATS_URL, else the local stack's")
+        return p
+
+    p = routes_cmd("set", "set a served name's targets: NAME MODEL=WEIGHT ...")
+    p.add_argument("name")
+    p.add_argument("targets", nargs="+", metavar="MODEL=WEIGHT")
+    p.add_argument("--shadow", metavar="MODEL=PERCENT", help="mirror PERCENT of the requests")
+    p = routes_cmd("show", "list the routes")
+    p.add_argument("--json", action="store_true")
+    p = routes_cmd("promote", "all of NAME's traffic to MODEL (the others stay at weight 0)")
+    p.add_argument("name")
+    p.add_argument("model")
+    p = routes_cmd("rollback", "NAME back to its route before the last change")
+    p.add_argument("name")
+    p = routes_cmd("delete", "remove a served name")
+    p.add_argument("name")
 
     db = sub.add_parser("db", help="the Postgres store")
     dsub = db.add_subparsers(dest="db_command", required=True)

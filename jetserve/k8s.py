@@ -42,7 +42,7 @@ from jetserve.k8s_pod import (
 )
 from jetserve.k8s_scaling import capacity, scaled_object
 from schemas.settings import ConfigError
-from workers.config import ModelsFile, ModelSpec, WorkerConfig, load_models_file
+from workers.config import ModelsFile, ModelSpec, WorkerConfig, load_models_file, load_routes
 
 Manifest = dict[str, Any]
 
@@ -385,6 +385,11 @@ def render(models_text: str, specs: list[ModelSpec], o: RenderOptions) -> dict[s
 
 
 def render_file(models_file: Path, o: RenderOptions) -> dict[str, list[Manifest]]:
+    """The file's routes are checked too (a bad one is refused here, not by the Job); they
+    travel in the models ConfigMap, and the provisioning Job stores them in the routes
+    bucket. A version is a model: its own Deployment and ScaledObject, scaled to zero once a
+    weight of 0 has drained its queue."""
+    load_routes(models_file)
     return render(models_file.read_text(), load_models_file(models_file), o)
 
 

@@ -31,8 +31,9 @@ from pathlib import Path
 from types import FrameType
 
 from jetserve.servers import NatsServer, PostgresServer, free_port, write_private
+from schemas.routes import Route
 from schemas.settings import DATABASE_URL, NATS_URL, get_int, get_str
-from workers.config import ModelSpec, load_models_file
+from workers.config import ModelSpec, load_models_file, load_routes
 
 log = logging.getLogger("jetserve.stack")
 
@@ -251,7 +252,9 @@ class Stack:
                 )
         self.info["models"] = [s.name for s in specs]
         # Every model's queue exists before "up": a request for a model still loading waits.
-        asyncio.run(_provision(str(self.info["nats_url"]), specs, env))
+        routes = load_routes(self.options.models_file)
+        self.info["routes"] = {r.name: [t.model for t in r.targets] for r in routes}
+        asyncio.run(_provision(str(self.info["nats_url"]), specs, routes, env))
         port = self.options.http_port or free_port()
         # Local use: webhooks may target this machine (a receiver on localhost).
         env.setdefault("JETSERVE_WEBHOOKS_ALLOW_PRIVATE", "true")
@@ -399,8 +402,11 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-async def _provision(nats_url: str, specs: list[ModelSpec], env: Mapping[str, str]) -> None:
+async def _provision(
+    nats_url: str, specs: list[ModelSpec], routes: list[Route], env: Mapping[str, str]
+) -> None:
     from natsio.connection import connect
+    from natsio.routes import provision_routes
     from workers.config import WorkerConfig
     from workers.provision import provision_model
     from workers.worker import queue_settings
@@ -410,5 +416,6 @@ async def _provision(nats_url: str, specs: list[ModelSpec], env: Mapping[str, st
     try:
         for spec in specs:
             await provision_model(nc.jetstream(), spec.name, queue_settings(config, spec))
+        await provision_routes(nc, routes, config.stream_replicas)
     finally:
         await nc.close()

@@ -22,10 +22,12 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
+from prometheus_client import Counter
 
 from natsio.connection import connect
+from natsio.routes import RouteMetrics, RouteTable, shadow_request
 from producer.acks import AckTracker, AwaitedAck
-from producer.errors import InvalidRequest, RequestFailed, RequestTimeout
+from producer.errors import InvalidRequest, JetserveError, RequestFailed, RequestTimeout
 from producer.pending import Accepted, Pending
 from producer.routing import ReplyRouter
 from producer.timers import CoarseTimers
@@ -112,14 +114,32 @@ class Client:
         self._inbox = self._acks.inbox
         self._prefix = self._inbox.prefix
         self._subjects: dict[tuple[str, Priority], str] = {}
+        self._mirrors: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def connect(cls, url: str = "nats://127.0.0.1:4222", **options: Any) -> Client:
+    async def connect(
+        cls,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        routes: bool = True,
+        route_metrics: RouteMetrics | None = None,
+        **options: Any,
+    ) -> Client:
+        """`routes`: follow the route table, so a served name is sent to one of its versions
+        (natsio/routes.py); without it every `model` is taken as a concrete model."""
         client = cls(await connect(url, **options))
         client._owns_connection = True
+        if routes:
+            try:
+                client.routes = await RouteTable.watch(client.js, route_metrics)
+            except BaseException:
+                await client.nc.close()
+                raise
         return client
 
     _owns_connection = False
+    #: The route table this client resolves served names with; None: no routing.
+    routes: RouteTable | None = None
 
     async def __aenter__(self) -> Client:
         return self
@@ -130,6 +150,11 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        for task in list(self._mirrors):  # each a publish (its PubAck is not waited for)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 1.0)
+        if self.routes is not None:
+            await self.routes.close()
         await self._inbox.close()
         if self._owns_connection:
             await self.nc.drain()
@@ -141,7 +166,38 @@ class Client:
     def reply_subject(self, request_id: str) -> str:
         return f"{self._prefix}.{request_id}"
 
-    async def begin(self, request: InferenceRequest, *, streaming: bool) -> Pending:
+    def route(self, request: InferenceRequest, sticky: str | None = None) -> InferenceRequest:
+        """`request` for the version its served name chooses (schemas/routes.py; unchanged
+        for a concrete model), mirroring it to the route's shadow model when chosen. `sticky`:
+        the caller's sticky key (requests with the same key see the same version)."""
+        routes = self.routes
+        if routes is None:
+            return request
+        routed, shadow = routes.resolve(request, sticky)
+        if shadow is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._mirror(request.model, shadow_request(routed, shadow))
+            )
+            self._mirrors.add(task)
+            task.add_done_callback(self._mirrors.discard)
+        return routed
+
+    async def _mirror(self, served_name: str, shadow: InferenceRequest) -> None:
+        """Publish the mirror with no reply subject (its result is discarded by the worker);
+        the outcome of the publish is counted, never raised."""
+        assert self.routes is not None
+        counter = self.routes.metrics.shadowed
+        if not self._inbox.started:
+            await self._inbox.start()
+        subject, data, headers = self._message(shadow, None)
+        try:
+            await self._acks.publish(_Mirror(shadow, served_name, counter), subject, data, headers)
+        except Exception:
+            counter.labels(served_name, shadow.model, "refused").inc()
+
+    async def begin(
+        self, request: InferenceRequest, *, streaming: bool, sticky: str | None = None
+    ) -> Pending:
         """Listen for replies on the client's inbox and publish; returns once published, not
         once stored: the PubAck is handled when it arrives, setting `pending.accepted`, or
         `pending.refused` (unknown model, full backlog, too large, not stored in time) and
@@ -150,6 +206,8 @@ class Client:
         reply anyway (the HTTP bridge): their task is woken once per request, not twice."""
         if not self._inbox.started:
             await self._inbox.start()
+        if self.routes is not None:
+            request = self.route(request, sticky)
         pending = Pending(request, streaming)
         self._router.add(pending)
         subject, data, headers = self._message(request, self.reply_subject(request.id))
@@ -160,11 +218,15 @@ class Client:
             raise
         return pending
 
-    async def submit(self, request: InferenceRequest, *, reply_to: str | None = None) -> Accepted:
+    async def submit(
+        self, request: InferenceRequest, *, reply_to: str | None = None, sticky: str | None = None
+    ) -> Accepted:
         """Publish and wait for JetStream to store it (the publish of `begin`, its outcome
-        awaited). Retries the publish (same de-dup id) until `publish_timeout_s` has passed."""
+        awaited). Retries the publish (same de-dup id) until `publish_timeout_s` has passed.
+        A served name is resolved first: `Accepted.stream` names the version's stream."""
         if not self._inbox.started:
             await self._inbox.start()
+        request = self.route(request, sticky)
         awaited = AwaitedAck(request)
         subject, data, headers = self._message(request, reply_to)
         try:
@@ -174,11 +236,17 @@ class Client:
             awaited.live = False
 
     async def start(
-        self, request: InferenceRequest, *, streaming: bool, reply_to: str | None = None
+        self,
+        request: InferenceRequest,
+        *,
+        streaming: bool,
+        reply_to: str | None = None,
+        sticky: str | None = None,
     ) -> Pending:
         """Listen for replies, publish, and wait until stored. `reply_to` replaces the
         client's inbox with a subject of the caller's choosing (several requesters may listen
         on it)."""
+        request = self.route(request, sticky)
         pending = Pending(request, streaming)
         if reply_to is None:
             if not self._inbox.started:
@@ -240,14 +308,18 @@ class Client:
         payload: Any,
         *,
         timeout_s: float = _DEFAULT_TIMEOUT_S,
+        sticky: str | None = None,
         **fields: Any,
     ) -> FinalResult:
-        """Send a request and wait for its result. Raises `RequestFailed` on an error result."""
+        """Send a request and wait for its result. Raises `RequestFailed` on an error result.
+        `model` may be a served name; the result's `model` is the version that served it."""
         request = make_request(model, kind, payload, timeout_s=timeout_s, **fields)
-        return await self.request_obj(request, timeout_s)
+        return await self.request_obj(request, timeout_s, sticky=sticky)
 
-    async def request_obj(self, request: InferenceRequest, timeout_s: float) -> FinalResult:
-        pending = await self.start(request, streaming=False)
+    async def request_obj(
+        self, request: InferenceRequest, timeout_s: float, *, sticky: str | None = None
+    ) -> FinalResult:
+        pending = await self.start(request, streaming=False, sticky=sticky)
         try:
             async with asyncio.timeout(timeout_s):
                 reply = await pending.done
@@ -266,19 +338,20 @@ class Client:
         payload: Any,
         *,
         timeout_s: float = _DEFAULT_TIMEOUT_S,
+        sticky: str | None = None,
         **fields: Any,
     ) -> AsyncGenerator[StreamChunk | FinalResult, None]:
         """Chunks as they are produced, then the final result. Closing the iterator early
         cancels the request. If the request restarts on another worker, chunks it already
         yielded are not repeated."""
         request = make_request(model, kind, payload, timeout_s=timeout_s, stream=True, **fields)
-        async for item in self.stream_obj(request, timeout_s):
+        async for item in self.stream_obj(request, timeout_s, sticky=sticky):
             yield item
 
     async def stream_obj(
-        self, request: InferenceRequest, timeout_s: float
+        self, request: InferenceRequest, timeout_s: float, *, sticky: str | None = None
     ) -> AsyncGenerator[StreamChunk | FinalResult, None]:
-        waiter = await self.start(request, streaming=True)
+        waiter = await self.start(request, streaming=True, sticky=sticky)
         assert waiter.chunks is not None
         attempt, yielded = 0, 0
         try:
@@ -305,6 +378,24 @@ class Client:
             raise RequestTimeout(f"no result for {request.id} within {timeout_s:.1f}s") from None
         finally:
             await self.finish(waiter)
+
+
+class _Mirror:
+    """A shadow request's publish, which nobody waits for: its outcome is counted."""
+
+    __slots__ = ("_counter", "_served", "live", "request")
+
+    def __init__(self, request: InferenceRequest, served_name: str, counter: Counter) -> None:
+        self.request = request
+        self.live = True
+        self._served = served_name
+        self._counter = counter
+
+    def stored(self, accepted: Accepted) -> None:
+        self._counter.labels(self._served, self.request.model, "stored").inc()
+
+    def refuse(self, error: JetserveError) -> None:
+        self._counter.labels(self._served, self.request.model, "refused").inc()
 
 
 async def _next_chunk(waiter: Pending) -> StreamChunk | None:

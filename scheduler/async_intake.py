@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 
 from natsio.acks import Outcome
 from natsio.inbox import AckInbox, Message
+from natsio.routes import RouteTable
 from scheduler.store import async_requests as ar
 from scheduler.store.webhooks import endpoint_by_url
 from scheduler.urlguard import registered_form
@@ -43,8 +44,16 @@ def dispatch_message(request: InferenceRequest, data: bytes) -> Message:
 
 
 class AsyncIntake:
-    def __init__(self, pool: asyncpg.Pool, publisher: AckInbox, *, keep_s: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: AckInbox,
+        *,
+        keep_s: float,
+        routes: RouteTable | None = None,
+    ) -> None:
         self._pool = pool
+        self._routes = routes
         self._publisher = publisher
         self._keep_s = keep_s
 
@@ -62,6 +71,8 @@ class AsyncIntake:
             await msg.ack()
 
     async def _take_one(self, request: InferenceRequest) -> None:
+        if self._routes is not None:  # a served name: recorded and published for its version
+            request, _shadow = self._routes.resolve(request)
         data = encode(request)
         raw_callback = request.metadata.get(names.CALLBACK_URL_METADATA)
         callback = registered_form(raw_callback) if raw_callback else None

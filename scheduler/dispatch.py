@@ -1,12 +1,14 @@
 """Moving validated batch items onto the model streams, at batch priority, a bounded window
 at a time.
 
-Per model, at most `in_flight` items are published and unanswered (over all its batches,
-oldest batch first), so the batch consumer never holds a large backlog and a new batch of
-another tenant does not wait behind a whole stream. Items are published in index order and
-the batch's cursor (`dispatched`) advances over the prefix JetStream stored; an item published
-twice (the scheduler died before moving the cursor) has the same `Nats-Msg-Id` and is dropped
-by JetStream within the duplicate window, and its result is stored once in any case.
+Per model, at most `in_flight` items are published and unanswered (over all its batches), so
+the batch consumer never holds a large backlog; the window's free slots are split between
+tenants max-min fairly (`fairshare.py`), so a new batch of another tenant gets its share at
+once instead of waiting behind a whole batch (within a tenant, oldest batch first). Items are
+published in index order and the batch's cursor (`dispatched`) advances over the prefix
+JetStream stored; an item published twice (the scheduler died before moving the cursor) has
+the same `Nats-Msg-Id` and is dropped by JetStream within the duplicate window, and its
+result is stored once in any case.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import asyncpg
 
 from natsio.acks import Outcome
 from natsio.inbox import AckInbox, Message
+from natsio.routes import RouteTable
+from scheduler.fairshare import fair_split
 from scheduler.metrics import SchedulerMetrics
 from scheduler.store import batches as bs
 from schemas import names
-from schemas.codec import encode
+from schemas.codec import decode_request, encode
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult
 from schemas.names import Header, Priority, ResultKind
@@ -37,8 +41,10 @@ class BatchDispatcher:
         *,
         in_flight: int,
         max_publish: int = 1024,
+        routes: RouteTable | None = None,
     ) -> None:
         self._pool = pool
+        self._routes = routes
         self._publisher = publisher
         self._metrics = metrics
         self._window = in_flight
@@ -48,18 +54,29 @@ class BatchDispatcher:
 
     async def run_once(self) -> int:
         """Publish what the windows allow; returns how many items were stored."""
-        busy = await bs.in_flight_by_model(self._pool)
-        total = 0
+        held = await bs.in_flight_by_tenant(self._pool)
+        by_model: dict[str, list[bs.BatchRow]] = {}
         for batch in await bs.dispatchable(self._pool):
             assert batch.model is not None
-            in_flight = busy.get(batch.model, 0)
-            free = self._window - in_flight
-            wanted = min(self._min_publish, batch.total - batch.dispatched)
-            if free <= 0 or (in_flight and free < wanted):
+            by_model.setdefault(batch.model, []).append(batch)
+        total = 0
+        for model, batches in by_model.items():
+            in_flight = {t: n for (m, t), n in held.items() if m == model}
+            busy = sum(in_flight.values())
+            free = self._window - busy
+            wants: dict[str, int] = {}
+            for batch in batches:  # oldest first: a tenant's place is its oldest batch's
+                wants[batch.tenant] = wants.get(batch.tenant, 0) + batch.total - batch.dispatched
+            if free <= 0 or (busy and free < min(self._min_publish, sum(wants.values()))):
                 continue
-            sent = await self._publish(batch, min(free, self._max_publish))
-            busy[batch.model] = busy.get(batch.model, 0) + sent
-            total += sent
+            shares = fair_split(min(free, self._max_publish), in_flight, wants)
+            for batch in batches:
+                count = min(shares[batch.tenant], batch.total - batch.dispatched)
+                if count <= 0:
+                    continue
+                sent = await self._publish(batch, count)
+                shares[batch.tenant] -= sent
+                total += sent
         return total
 
     async def _publish(self, batch: bs.BatchRow, count: int) -> int:
@@ -67,7 +84,6 @@ class BatchDispatcher:
         items = await bs.items_from(self._pool, batch.id, batch.dispatched, count)
         if not items:
             return 0
-        subject = names.request_subject(batch.model, Priority.BATCH)
         reply_to = names.results_subject(ResultKind.BATCH, batch.id)
         results = await self._publisher.publish_many(
             [
@@ -79,7 +95,7 @@ class BatchDispatcher:
                         Header.REPLY_TO.value: reply_to,
                     },
                 )
-                for idx, data in items
+                for idx, subject, data in self._routed(batch.model, items)
             ]
         )
         outcomes = [outcome for outcome, _ack in results]
@@ -99,6 +115,20 @@ class BatchDispatcher:
             await bs.advance_cursor(self._pool, batch.id, cursor)
             self._metrics.items_dispatched.inc(stored)
         return stored
+
+    def _routed(self, model: str, items: list[tuple[int, bytes]]) -> list[tuple[int, str, bytes]]:
+        """(index, subject, data) of each item: the batch's model, or, when it is a served name,
+        the version each item's id chooses (the same on a republish while the weights stay:
+        JetStream's de-duplication holds), its body rewritten for that version."""
+        if self._routes is None or self._routes.plan(model) is None:
+            subject = names.request_subject(model, Priority.BATCH)
+            return [(idx, subject, data) for idx, data in items]
+        out = []
+        for idx, data in items:
+            request, _shadow = self._routes.resolve(decode_request(data))
+            subject = names.request_subject(request.model, Priority.BATCH)
+            out.append((idx, subject, encode(request)))
+        return out
 
 
 def _refusal(batch: bs.BatchRow, idx: int, outcome: Outcome) -> bytes:

@@ -22,6 +22,7 @@ import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 
+from natsio.routes import RouteTable
 from scheduler.codec import Codec
 from scheduler.store import batches as bs
 from scheduler.store.batches import BatchRow, BatchStatus
@@ -79,9 +80,16 @@ def end_status(batch: BatchRow) -> BatchStatus:
 
 class Finalizer:
     def __init__(
-        self, pool: asyncpg.Pool, nc: NATS, codec: Codec, *, cancel_grace_s: float
+        self,
+        pool: asyncpg.Pool,
+        nc: NATS,
+        codec: Codec,
+        *,
+        cancel_grace_s: float,
+        routes: RouteTable | None = None,
     ) -> None:
         self._pool = pool
+        self._routes = routes
         self._nc = nc
         self._codec = codec
         self._grace_s = cancel_grace_s
@@ -116,12 +124,15 @@ class Finalizer:
         if batch.id in self._cancels_sent or batch.model is None or batch.in_flight == 0:
             return
         self._cancels_sent.add(batch.id)
+        # A served name's items went to its versions: each hears the cancel.
+        models = [batch.model] if self._routes is None else self._routes.versions(batch.model)
         for idx in await bs.unanswered(self._pool, batch):
             request_id = bs.item_request_id(batch.id, idx)
-            await self._nc.publish(
-                names.cancel_subject(batch.model, request_id),
-                encode(CancelRequest(id=request_id, reason="batch")),
-            )
+            for model in models:
+                await self._nc.publish(
+                    names.cancel_subject(model, request_id),
+                    encode(CancelRequest(id=request_id, reason="batch")),
+                )
         await self._nc.flush()
 
     async def write_out(self, batch: BatchRow) -> bool:

@@ -37,6 +37,7 @@ from natsio.connection import connect
 from natsio.directory import ModelDirectory
 from natsio.inbox import AckInbox
 from natsio.pull import fetch, undelivered
+from natsio.routes import RouteMetrics, RouteTable
 from scheduler.async_intake import AsyncIntake
 from scheduler.codec import Codec
 from scheduler.collector import ResultCollector
@@ -79,6 +80,8 @@ class BatchScheduler:
         self.nc: NATS | None = None
         self.active = False
         self._wake: dict[str, asyncio.Event] = {}
+        #: The live route table (served names -> versions), made once connected.
+        self._routes: RouteTable | None = None
 
     def ready(self) -> bool:
         """Connected (active or standby): standbys are ready too, so rollouts do not stall."""
@@ -108,6 +111,8 @@ class BatchScheduler:
                         await asyncio.wait_for(lock.close(), 5)
         finally:
             await pool.close()
+            if self._routes is not None:
+                await self._routes.close()
             with contextlib.suppress(Exception):
                 await self.nc.drain()
 
@@ -145,15 +150,25 @@ class BatchScheduler:
         publisher = AckInbox(nc, names.SCHEDULER_INBOX)
         await publisher.start()
         directory = ModelDirectory(nc)
-        dispatcher = BatchDispatcher(pool, publisher, self.metrics, in_flight=c.batch_in_flight)
+        if self._routes is None:
+            self._routes = await RouteTable.watch(js, RouteMetrics(self.metrics.registry))
+        routes = self._routes
+
+        async def known_models() -> list[str]:
+            """Models with a stream, and the served names (a batch may name either)."""
+            return [*await directory.models(), *routes.routes()]
+
+        dispatcher = BatchDispatcher(
+            pool, publisher, self.metrics, in_flight=c.batch_in_flight, routes=routes
+        )
         collector = ResultCollector(
             pool,
             self.metrics,
             async_keep_s=c.async_keep_s,
             on_batch_results=lambda: self.wake("dispatch", "finalize"),
         )
-        intake = AsyncIntake(pool, publisher, keep_s=c.async_keep_s)
-        finalizer = Finalizer(pool, nc, self.codec, cancel_grace_s=c.cancel_grace_s)
+        intake = AsyncIntake(pool, publisher, keep_s=c.async_keep_s, routes=routes)
+        finalizer = Finalizer(pool, nc, self.codec, cancel_grace_s=c.cancel_grace_s, routes=routes)
         deliverer = WebhookDeliverer(
             pool,
             self.metrics,
@@ -177,7 +192,7 @@ class BatchScheduler:
             found = await bs.to_validate(pool)
             for batch in found:
                 try:
-                    started = await validate(pool, batch, self.codec, directory.models)
+                    started = await validate(pool, batch, self.codec, known_models)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                     raise  # the database: the loop retries
                 except Exception:

@@ -16,6 +16,8 @@ Layout (one stream per model, so each model has its own limits, backlog bound an
                                             NATS; the scheduler records, then dispatches them)
     idem     jetserve-idempotent-results    KV bucket: replies to requests with an idempotency key
              jetserve.reply.idem.<token>    their shared reply subject
+    limits   jetserve-ratelimits            KV bucket: tenants' rate buckets, shared by every
+                                            bridge replica (key <tenant>.<scope>.<dimension>)
 
 Model names and request ids become subject tokens, so both are restricted to
 `[A-Za-z0-9_-]`: nothing a user sends can become a wildcard (`*`, `>`), a token separator
@@ -93,6 +95,9 @@ HTTP_IDEMPOTENCY_KEY = "idempotency-key"
 HTTP_TIMEOUT = "x-jetserve-timeout-s"
 #: Async requests: the webhook endpoint to notify when the result is stored.
 HTTP_CALLBACK_URL = "x-jetserve-callback-url"
+#: A sticky routing key for served names with several versions (schemas/routes.py): requests
+#: with the same key see the same version while the weights do not change.
+HTTP_ROUTE_KEY = "x-jetserve-route-key"
 
 #: Inbox prefixes of jetserve's shared-inbox subscriptions (a random token follows each).
 INBOX_ROOT = "_INBOX"
@@ -261,9 +266,29 @@ def idempotent_reply_subject(token: str) -> str:
     return f"{IDEMPOTENT_REPLY_PREFIX}.{validate_request_id(token)}"
 
 
+#: NATS KV bucket of routes (`routes.Route`, JSON): key = the served name. Every producer
+#: watches it; its history (`ROUTES_HISTORY` values a key) is what `jetserve routes rollback`
+#: goes back through.
+ROUTES_BUCKET = f"{ROOT}-routes"
+ROUTES_HISTORY = 16
+
 #: NATS KV bucket of delivery records (`messages.DeliveryRecord`): per request message (key
 #: `<stream>.<stream sequence>`), its deliveries that do not count as attempts (handed back
 #: unrun by a draining worker, or ended by a crash while it was not running alone) and its
 #: quarantine group. The dead-letter decision counts deliveries minus these
 #: (workers/handbacks.py).
 HANDBACK_BUCKET = f"{ROOT}-handbacks"
+
+
+#: NATS KV bucket of the tenants' token buckets (`limits.BucketState`), one key per tenant,
+#: scope and dimension (`ratelimit_key`), updated compare-and-set by every bridge replica.
+RATELIMIT_BUCKET = f"{ROOT}-ratelimits"
+#: The scope token of a limit that applies to every model (`=` is in no model name).
+_ALL_MODELS_SCOPE = "=all"
+
+
+def ratelimit_key(tenant: str, model: str | None, dimension: str) -> str:
+    """The KV key of `tenant`'s bucket for `dimension` (`requests`, `tokens`), for `model`,
+    or for all its models when `model` is None. Tenants are `[A-Za-z0-9_.-]` (keys.py) and
+    models `[A-Za-z0-9_-]`: both are valid KV key characters."""
+    return f"{tenant}.{_ALL_MODELS_SCOPE if model is None else model}.{dimension}"

@@ -12,6 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from jetserve.k8s import OVERLAYS, RenderOptions, render_file
+from natsio.routes import RouteMetrics
 from producer.http.metrics import BridgeMetrics
 from scheduler.metrics import SchedulerMetrics
 from workers.metrics import WorkerMetrics
@@ -33,6 +34,7 @@ def _series() -> set[str]:
         WorkerMetrics(CollectorRegistry()),
         BridgeMetrics(CollectorRegistry()),
         SchedulerMetrics(CollectorRegistry()),
+        RouteMetrics(CollectorRegistry()),
     ):
         names |= {
             family.name + suffix
@@ -132,6 +134,7 @@ def test_dashboard_queries_parse_and_use_real_metrics() -> None:
         "jetserve_worker_num_requests_waiting",
         "jetserve_worker_kv_cache_usage_ratio",
         "jetserve_worker_errors_total",
+        "jetserve_routed_requests_total",
     ):
         assert name in used, name
     variable = next(v for v in dash["templating"]["list"] if v["name"] == "model")

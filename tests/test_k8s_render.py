@@ -291,6 +291,11 @@ def test_worker_deployment_and_scaling(models_file: Path, tmp_path: Path) -> Non
         ('[[models]]\nname = "ends-with-dash-"\ncapacity = 1\n', "label value"),
         # Billed for N GPUs, using one: refused until the engine shards.
         ('[[models]]\nname = "a"\ncapacity = 1\ngpus = 2\n', "does not shard"),
+        (
+            '[[models]]\nname = "a"\ncapacity = 1\n[[routes]]\nname = "c"\n'
+            "targets = { a = 1, b = 1 }\n",
+            "'b' has no request stream",
+        ),
     ],
 )
 def test_render_refuses_what_cannot_be_deployed(tmp_path: Path, models: str, error: str) -> None:
@@ -406,3 +411,41 @@ def test_runtime_models_render_and_validate(tmp_path: Path) -> None:
     (deployment,) = _by_kind(docs, "Deployment")
     requests = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
     assert (requests["cpu"], requests["memory"]) == ("500m", "1024Mi")
+
+
+def test_versions_of_a_route_render_as_models_and_the_routes_travel_to_provisioning(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text(
+        MODELS
+        + """
+[[models]]
+name = "echo-ft"
+class = "echo"
+capacity = 256
+
+[[routes]]
+name = "chat"
+targets = { echo = 90, echo-ft = 10 }
+shadow = { model = "embed", percent = 5 }
+"""
+    )
+    files = render_file(path, RenderOptions(OVERLAYS["dev"]))
+    for doc in _all(files):
+        validate(doc)
+    for version in ("echo", "echo-ft"):
+        own = files[f"{worker_name(version)}.yaml"]
+        assert [m["kind"] for m in own] == [
+            "ConfigMap",
+            "Deployment",
+            "PodDisruptionBudget",
+            "ScaledObject",
+        ]
+        # Scales to zero once its queue drains (a version at weight 0).
+        assert own[3]["spec"]["minReplicaCount"] == 0
+    [config_map] = files["models-configmap.yaml"]
+    assert config_map["data"]["models.toml"] == path.read_text()
+    [job] = files["provision-job.yaml"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["jetserve", "provision"]

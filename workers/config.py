@@ -22,6 +22,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.messages import ModelName
+from schemas.routes import InvalidRoute, Route, Shadow, Target, check_route
 from schemas.settings import (
     DEFAULT_NATS_URL,
     NATS_URL,
@@ -74,8 +75,31 @@ class ModelSpec(
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class RouteSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A served name in the models file (schemas/routes.py):
+
+    [[routes]]
+    name = "chat"
+    targets = { smollm2 = 90, smollm2-ft = 10 }
+    shadow = { model = "smollm2-next", percent = 5 }   # optional
+    """
+
+    name: str
+    targets: dict[str, int]
+    shadow: Shadow | None = None
+
+    def route(self) -> Route:
+        targets = [Target(model, weight) for model, weight in self.targets.items()]
+        return msgspec.convert(
+            {"name": self.name, "targets": targets, "shadow": self.shadow},
+            Route,
+            from_attributes=True,
+        )
+
+
 class ModelsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     models: list[ModelSpec]
+    routes: list[RouteSpec] = msgspec.field(default_factory=list)
 
 
 def load_models_file(path: Path) -> list[ModelSpec]:
@@ -88,6 +112,25 @@ def load_models_file(path: Path) -> list[ModelSpec]:
     if len(set(names)) != len(names):
         raise ConfigError(f"models file {path}: duplicate model names in {names}")
     return specs
+
+
+def load_routes(path: Path) -> list[Route]:
+    """The file's routes, each checked against the file's models and its other routes."""
+    try:
+        parsed = msgspec.convert(tomllib.loads(path.read_text()), ModelsFile)
+        routes = [spec.route() for spec in parsed.routes]
+    except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"models file {path}: {exc}") from None
+    models = {s.name for s in parsed.models}
+    table = {r.name: r for r in routes}
+    if len(table) != len(routes):
+        raise ConfigError(f"models file {path}: duplicate route names")
+    for route in routes:
+        try:
+            check_route(route, models, {n: r for n, r in table.items() if n != route.name})
+        except InvalidRoute as exc:
+            raise ConfigError(f"models file {path}: route {route.name!r}: {exc}") from None
+    return routes
 
 
 def find_model(specs: list[ModelSpec], name: str) -> ModelSpec:

@@ -20,6 +20,7 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, ControllerRouterHandler
 
+from natsio.routes import RouteMetrics
 from producer.client import Client
 from producer.http.auth import Authenticator
 from producer.http.calls import Calls
@@ -32,6 +33,9 @@ from producer.http.metrics import BridgeMetrics
 from producer.http.middleware import MetricsMiddleware
 from producer.http.presence import Presence
 from producer.http.routes import BridgeHolder, openai_routes, service_routes
+from producer.limits import LimitsSource, TenantGate
+from producer.ratelimit import Limiter
+from producer.ratelimit_kv import KvBuckets, open_ratelimit_bucket
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +48,18 @@ def create_app(
     on_startup: Callable[[Bridge], Awaitable[None]] | None = None,
     routes: Sequence[ControllerRouterHandler] = (),
     unavailable: Sequence[type[Exception]] = (),
+    limits: LimitsSource | None = None,
 ) -> ASGIApp:
     """`on_startup(bridge)` runs once connected (its `client` is the NATS client the routes
     publish with); `routes` are served beside the OpenAI routes, with the same errors and
-    metrics; `unavailable`: see `error_responses.exception_handlers`."""
+    metrics; `unavailable`: see `error_responses.exception_handlers`; `limits`: the tenants'
+    limits to enforce (None: none)."""
     metrics = metrics or BridgeMetrics()
     holder = BridgeHolder()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with connected(config, authenticator, metrics) as bridge:
+        async with connected(config, authenticator, metrics, limits) as bridge:
             holder.bridge = bridge
             if on_startup is not None:
                 await on_startup(bridge)
@@ -81,10 +87,15 @@ def create_app(
 
 @contextlib.asynccontextmanager
 async def connected(
-    config: BridgeConfig, authenticator: Authenticator, metrics: BridgeMetrics
+    config: BridgeConfig,
+    authenticator: Authenticator,
+    metrics: BridgeMetrics,
+    limits: LimitsSource | None = None,
 ) -> AsyncIterator[Bridge]:
     """The bridge and its parts, connected to NATS; closed on exit."""
-    client = await Client.connect(config.nats_url, name="jetserve-bridge")
+    client = await Client.connect(
+        config.nats_url, name="jetserve-bridge", route_metrics=RouteMetrics(metrics.registry)
+    )
     presence = Presence(client.nc, ttl_s=min(1.0, config.no_worker_timeout_s))
     calls = Calls(
         client,
@@ -96,7 +107,16 @@ async def connected(
     kv = await open_bucket(client.js, config.duplicate_window_s)
     try:
         idempotency = Idempotency(calls, kv, client.js)
-        yield Bridge(config, authenticator, client, calls, idempotency)
+        gate = None
+        if limits is not None:
+            buckets = KvBuckets(await open_ratelimit_bucket(client.js))
+            gate = TenantGate(
+                limits,
+                Limiter(buckets),
+                default_max_tokens=config.limits_default_max_tokens,
+                on_decision=metrics.tenant_decision,
+            )
+        yield Bridge(config, authenticator, client, calls, idempotency, gate)
     finally:
         await calls.close()
         await client.close()

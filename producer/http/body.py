@@ -18,6 +18,7 @@ _WANTED = {
         names.HTTP_AUTHORIZATION,
         names.HTTP_IDEMPOTENCY_KEY,
         names.HTTP_TIMEOUT,
+        names.HTTP_ROUTE_KEY,
         HEADER_LENGTH,  # the Open Inference Protocol's binary tensor extension
     )
 }

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from schemas.limits import FIELDS, UNLIMITED, TenantLimits, check_limits
 from schemas.settings import (
     DATABASE_URL,
     DEFAULT_NATS_URL,
@@ -54,6 +55,14 @@ class BridgeConfig:
     #: Serve the benchmark's `POST /bench/echo` (returns its body: the trivial endpoint) and
     #: `POST /bench/chat` (the chat endpoint answered in-process, without NATS).
     echo_route: bool = False
+    #: Enforce tenant limits (rows set with `jetserve tenants set-limits`, else the defaults).
+    limits: bool = True
+    #: Every tenant's limits where it has no row of its own (all None: no limit).
+    default_limits: TenantLimits = UNLIMITED
+    #: A request's output tokens counted at admission when it names no `max_tokens`.
+    limits_default_max_tokens: int = 1024
+    #: Limit rows are read through a cache this long: a change applies within it.
+    limits_cache_ttl_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BridgeConfig:
@@ -83,4 +92,24 @@ class BridgeConfig:
             duplicate_window_s=get_float(env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0),
             graceful_shutdown_s=get_int(env, "JETSERVE_HTTP_GRACEFUL_SHUTDOWN_S", 10, minimum=0),
             echo_route=get_bool(env, "JETSERVE_HTTP_ECHO_ROUTE", False),
+            limits=get_bool(env, "JETSERVE_LIMITS", True),
+            default_limits=default_limits(env),
+            limits_default_max_tokens=get_int(
+                env, "JETSERVE_LIMITS_DEFAULT_MAX_TOKENS", 1024, minimum=1
+            ),
+            limits_cache_ttl_s=get_float(env, "JETSERVE_LIMITS_CACHE_TTL_S", 5.0, minimum=0.0),
         )
+
+
+def default_limits(env: Mapping[str, str]) -> TenantLimits:
+    """`JETSERVE_DEFAULT_RPM`, `_TPM`, `_MAX_IN_FLIGHT`, `_BATCH_QUEUE_LINES`,
+    `_BATCH_QUEUE_TOKENS` (unset: no limit)."""
+    values = {}
+    for name in FIELDS:
+        key = f"JETSERVE_DEFAULT_{name.upper()}"
+        if env.get(key, "").strip():
+            values[name] = get_int(env, key, 0, minimum=1)
+    try:
+        return check_limits(TenantLimits(**values))
+    except ValueError as exc:
+        raise ConfigError(f"default limits: {exc}") from None

@@ -37,6 +37,7 @@ from producer.http.endpoints import (
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
 from producer.http.sse import DONE, event
+from producer.limits import NO_LIMITS, Admission, TenantGate, estimate_tokens
 from schemas import names
 from schemas.messages import FinalResult, InferenceRequest, StreamChunk
 from schemas.names import Priority
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 TIMEOUT_HEADER = names.HTTP_TIMEOUT
 IDEMPOTENCY_HEADER = names.HTTP_IDEMPOTENCY_KEY
 AUTHORIZATION_HEADER = names.HTTP_AUTHORIZATION
+ROUTE_KEY_HEADER = names.HTTP_ROUTE_KEY
+OWNER, MODEL = "jetserve", "model"
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
 _encoder = msgspec.json.Encoder()
 
@@ -71,6 +74,7 @@ class Bridge:
         client: Client,
         calls: Calls,
         idempotency: Idempotency,
+        gate: TenantGate | None = None,
     ) -> None:
         self.config = config
         self.auth = authenticator
@@ -78,6 +82,8 @@ class Bridge:
         self.client = client
         self.calls = calls
         self.idempotency = idempotency
+        #: Tenant limits (None: none are enforced).
+        self.gate = gate
         self._directory = ModelDirectory(client.nc, ttl_s=2.0)
         self._ids: Iterator[str] = iter(())
 
@@ -92,10 +98,20 @@ class Bridge:
 
     def with_calls(self, calls: Calls) -> Bridge:
         """The same bridge, its calls opened by `calls` (the benchmark's in-process one)."""
-        return Bridge(self.config, self.auth, self.client, calls, self.idempotency)
+        return Bridge(self.config, self.auth, self.client, calls, self.idempotency, self.gate)
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         return await require_principal(self.auth, headers.get(AUTHORIZATION_HEADER))
+
+    async def admit(
+        self, tenant: str, model: str, body_bytes: int, max_tokens: int | None
+    ) -> Admission:
+        """The tenant's limits checked (a 429 `ApiError` when over one) for a request of
+        `body_bytes` asking for up to `max_tokens`; `Admission.finish` when it ends."""
+        if self.gate is None:
+            return NO_LIMITS
+        tokens = estimate_tokens(body_bytes, max_tokens, self.gate.default_max_tokens)
+        return await self.gate.admit(tenant, model, tokens)
 
     def timeout_s(self, headers: Mapping[str, str], queue: Priority = Priority.ONLINE) -> float:
         """The header's timeout, else the default; both capped at the default. A `flex`
@@ -147,22 +163,43 @@ class Bridge:
             idempotency_key=key,
             priority=queue,
         )
+        asked = request.model  # tenant limits count the name the client asked for
+        routes = self.client.routes
+        if routes is not None and routes.plan(request.model) is not None:  # a served name
+            sticky = (
+                getattr(parsed, "prompt_cache_key", None)
+                or parsed.safety_identifier
+                or parsed.user
+                or headers.get(ROUTE_KEY_HEADER)
+            )
+            request = self.client.route(request, sticky)
         streaming = request.stream
+        admission = await self.admit(
+            principal.tenant, asked, len(body), request.parameters.max_tokens
+        )
         call: Call | StoredCall
-        if key:
-            call = await self.idempotency.open(request, streaming=streaming, timeout_s=timeout_s)
-        else:
-            call = await self.calls.open(request, streaming=streaming, timeout_s=timeout_s)
+        try:
+            if key:
+                call = await self.idempotency.open(
+                    request, streaming=streaming, timeout_s=timeout_s
+                )
+            else:
+                call = await self.calls.open(request, streaming=streaming, timeout_s=timeout_s)
+        except BaseException:
+            admission.finish()
+            raise
         stop_watch = on_gone(call) if isinstance(call, Call) else _nothing
         try:
             first = await call.next()
         except ClientGone:
             stop_watch()
             call.abandon()
+            admission.finish()
             return Reply(status=499)
         except BaseException:
             stop_watch()
             await call.close()
+            admission.finish()
             raise
         stop_watch()
         # An idempotent retry answers with the first attempt's `created`: identical bodies.
@@ -171,15 +208,20 @@ class Bridge:
         tier = reported_tier(queue)
         if streaming:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-            return Reply(
-                stream=self._sse(endpoint, call, first, response_id, created, include_usage, tier)
+            stream = self._sse(
+                endpoint, call, first, response_id, created, include_usage, tier, admission
             )
+            return Reply(stream=stream, headers=admission.headers)
         try:
             result = first if isinstance(first, FinalResult) else await call.result()
+        except BaseException:
+            admission.finish()
+            raise
         finally:
             await call.close()
+        admission.finish(result.usage.total_tokens)
         body = response(endpoint, parsed, result, response_id, created, tier)
-        return Reply(body=_encoder.encode(body))
+        return Reply(body=_encoder.encode(body), headers=admission.headers)
 
     async def predict(
         self, principal: Principal, model: str, payload: Any, headers: Mapping[str, str]
@@ -192,6 +234,7 @@ class Bridge:
             names.validate_model_name(model)
         except names.InvalidName:
             raise ApiError(404, f"The model `{model[:100]}` does not exist.") from None
+        admission = await self.admit(principal.tenant, model, 0, 0)  # counted as requests only
         request = InferenceRequest(
             id=self.new_id(),
             model=model,
@@ -201,11 +244,15 @@ class Bridge:
             created_ms=now_ms,
             deadline_ms=now_ms + int(timeout_s * 1000),
         )
-        call = await self.calls.open(request, streaming=False, timeout_s=timeout_s)
+        request = self.client.route(request, headers.get(ROUTE_KEY_HEADER))
         try:
-            return await call.result()
+            call = await self.calls.open(request, streaming=False, timeout_s=timeout_s)
+            try:
+                return await call.result()
+            finally:
+                await call.close()
         finally:
-            await call.close()
+            admission.finish()
 
     async def _sse(
         self,
@@ -216,6 +263,7 @@ class Bridge:
         created: int,
         include_usage: bool,
         tier: str,
+        admission: Admission = NO_LIMITS,
     ) -> AsyncIterator[bytes]:
         chat = endpoint is CHAT
         model = call.request.model
@@ -242,6 +290,7 @@ class Bridge:
             if chat and tool_calls and not calls_streamed:
                 delta = oa.Delta(tool_calls=convert.tool_call_deltas(tool_calls))
                 yield event(chat_chunk(response_id, created, model, delta, None, tier))
+            admission.finish(item.usage.total_tokens)
             reason = convert.finish_reason(item.finish_reason)
             yield event(frame(response_id, created, model, None, reason, tier))
             if include_usage:
@@ -250,6 +299,7 @@ class Bridge:
             log.info("stream %s ended with %d %s", response_id, exc.status, exc.code)
             yield b"data: " + exc.body() + b"\n\n"
         finally:
+            admission.finish()  # (a no-op once settled with the usage above)
             # Also runs when the client disconnects mid-stream (the response is cancelled).
             if call.finished:
                 self.calls.spawn(call.close())
@@ -257,13 +307,40 @@ class Bridge:
                 call.abandon()
         yield DONE
 
+    async def limits_of(self, tenant: str, model: str) -> bytes:
+        """`GET /v1/limits`: the limits that apply to `tenant` (for `model`, `*`: any) and
+        what is left of each as this bridge last saw it."""
+        body: dict[str, Any] = {"object": "limits", "tenant": tenant, "model": model}
+        if self.gate is None:
+            body.update(enforced=False, limits={}, usage={})
+        else:
+            limits, usage = await self.gate.usage(tenant, model)
+            body.update(enforced=True, limits=msgspec.to_builtins(limits), usage=usage)
+        return _encoder.encode(body)
+
     async def models(self) -> list[str]:
         """Models with a request stream (JetStream's stream names API), cached 2 s."""
         return await self._directory.models()
 
+    def served_names(self) -> dict[str, list[str]]:
+        """Served name -> its versions (weight 0 included), from the live route table."""
+        table = self.client.routes
+        if table is None:
+            return {}
+        return {n: [t.model for t in r.targets] for n, r in table.routes().items()}
+
     async def model_list(self) -> bytes:
+        """The served names (each with its versions, a jetserve extension), then every model
+        with a request stream: versions stay callable by their own names."""
         created = int(time.time())
-        cards = [oa.ModelCard(id=m, created=created) for m in await self.models()]
+        cards = [
+            oa.ModelCard(id=name, created=created, owned_by=OWNER, object=MODEL, versions=versions)
+            for name, versions in sorted(self.served_names().items())
+        ]
+        cards += [
+            oa.ModelCard(id=m, created=created, owned_by=OWNER, object=MODEL)
+            for m in await self.models()
+        ]
         return _encoder.encode(oa.ModelList(cards))
 
     async def readiness(self) -> tuple[bool, bytes]:

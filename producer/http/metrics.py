@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 ROUTES = (
@@ -39,9 +41,34 @@ class BridgeMetrics:
         self.in_flight = Gauge(
             "jetserve_http_requests_in_flight", "Requests being answered", ["route"], registry=r
         )
+        self._tenant_children: dict[tuple[str, bool], tuple[Any, Any]] = {}
+        self.tenant_requests = Counter(
+            "jetserve_tenant_requests",
+            "Requests under tenant limits, by tenant and outcome (admitted, refused)",
+            ["tenant", "outcome"],
+            registry=r,
+        )
+        self.tenant_tokens = Counter(
+            "jetserve_tenant_estimated_tokens",
+            "Tokens estimated at admission, by tenant and outcome (admitted, refused)",
+            ["tenant", "outcome"],
+            registry=r,
+        )
         self.cancels = Counter(
             "jetserve_http_cancels",
             "Requests cancelled upstream, by reason (disconnect, deadline, no_workers)",
             ["reason"],
             registry=r,
         )
+
+    def tenant_decision(self, tenant: str, admitted: bool, tokens: int) -> None:
+        children = self._tenant_children.get((tenant, admitted))
+        if children is None:
+            outcome = "admitted" if admitted else "refused"
+            children = (
+                self.tenant_requests.labels(tenant, outcome),
+                self.tenant_tokens.labels(tenant, outcome),
+            )
+            self._tenant_children[(tenant, admitted)] = children
+        children[0].inc()
+        children[1].inc(tokens)

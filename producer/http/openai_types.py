@@ -46,6 +46,9 @@ class _Sampling(msgspec.Struct, frozen=True, kw_only=True):
     #: Refused when not empty: not supported.
     logit_bias: dict[str, float] | None = None
     user: Annotated[str, Meta(max_length=256)] | None = None
+    #: OpenAI's stable end-user id (replaces `user`); like `user` and `prompt_cache_key`, a
+    #: sticky key when `model` is a served name with several versions (schemas/routes.py).
+    safety_identifier: Annotated[str, Meta(max_length=256)] | None = None
     #: OpenAI's tiers (schemas/tiers.py); checked there, so a bad value names the param.
     service_tier: str | None = None
     # vLLM's extras. top_k -1 (vLLM) and 0 both mean "off".
@@ -53,8 +56,8 @@ class _Sampling(msgspec.Struct, frozen=True, kw_only=True):
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
-    #: OpenAI's prompt-caching hint. Accepted and not used: each worker caches prefixes by
-    #: their tokens, whatever the key (routing by prefix is not done).
+    #: OpenAI's prompt-caching hint. Each worker caches prefixes by their tokens, whatever
+    #: the key; for a served name it is the first sticky key (one version per key).
     prompt_cache_key: Annotated[str, Meta(max_length=1024)] | None = None
 
 
@@ -93,6 +96,7 @@ class EmbeddingRequest(msgspec.Struct, frozen=True, kw_only=True):
     #: Refused unless omitted: models here have one output size.
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     user: Annotated[str, Meta(max_length=256)] | None = None
+    safety_identifier: Annotated[str, Meta(max_length=256)] | None = None
 
 
 # ---- responses ------------------------------------------------------------------------
@@ -220,11 +224,13 @@ class EmbeddingList(msgspec.Struct, frozen=True):
     object: str = "list"
 
 
-class ModelCard(msgspec.Struct, frozen=True):
+class ModelCard(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     id: str
     created: int
-    owned_by: str = "jetserve"
-    object: str = "model"
+    owned_by: str
+    object: str
+    #: A served name's concrete models (jetserve's extension; absent for a model).
+    versions: list[str] | None = None
 
 
 class ModelList(msgspec.Struct, frozen=True):

@@ -152,6 +152,10 @@ class Responses:
             deadline_ms=now_ms + int(timeout_s * 1000),
             idempotency_key=None,
         )
+        # A served name: the version by the user, the routing header or the conversation.
+        sticky = body.user or headers.get(names.HTTP_ROUTE_KEY) or body.previous_response_id
+        routed = bridge.client.route(converted.request, sticky)
+        converted = msgspec.structs.replace(converted, request=routed)
         request = converted.request
         base = rc.base_response(body, rc.ID_PREFIX + request.id, now_ms // 1000, stored=store)
         if body.background:

@@ -54,7 +54,8 @@ async def serve(
     headers = wanted_headers(request.scope["headers"])
     reply = await bridge.post(endpoint, body, headers, watch)
     if reply.stream is not None:
-        return Stream(reply.stream, media_type="text/event-stream", headers=SSE_HEADERS)
+        headers = {**SSE_HEADERS, **reply.headers} if reply.headers else SSE_HEADERS
+        return Stream(reply.stream, media_type="text/event-stream", headers=headers)
     return Response(reply.body, status_code=reply.status, media_type=JSON, headers=reply.headers)
 
 
@@ -77,7 +78,14 @@ def openai_routes(holder: BridgeHolder, max_body_bytes: int) -> list[ControllerR
         await bridge.authenticate(request.headers)
         return Response(await bridge.model_list(), media_type=JSON)
 
-    return [chat, completions, embeddings, models]
+    @get("/v1/limits", summary="The calling key's tenant: its limits and what is left")
+    async def limits(request: Request[Any, Any, Any]) -> Response[Any]:
+        bridge = holder.get()
+        principal = await bridge.authenticate(request.headers)
+        model = request.query_params.get("model") or "*"
+        return Response(await bridge.limits_of(principal.tenant, model), media_type=JSON)
+
+    return [chat, completions, embeddings, models, limits]
 
 
 def service_routes(holder: BridgeHolder, metrics: BridgeMetrics) -> list[ControllerRouterHandler]:

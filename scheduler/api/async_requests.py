@@ -35,9 +35,11 @@ from schemas.codec import decode_reply, decode_request, encode
 from schemas.messages import ErrorResult, StreamChunk
 from schemas.names import Priority, ResultKind
 from schemas.openai_errors import ApiError, invalid, not_found
+from schemas.routes import sticky_of_body
 
 log = logging.getLogger(__name__)
 CALLBACK_HEADER = names.HTTP_CALLBACK_URL
+ROUTE_KEY_HEADER = names.HTTP_ROUTE_KEY
 _encode = msgspec.json.encode
 #: Refusals after which nothing was stored; anything else (NATS unavailable) leaves the request
 #: queued for the scheduler to publish.
@@ -57,6 +59,8 @@ def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
             priority=Priority.ONLINE,
             deadline_ms=None,
         )
+        # Recorded for its version, so the scheduler's republish goes where this one goes.
+        wire = deps.route(wire, sticky_of_body(body) or request.headers.get(ROUTE_KEY_HEADER))
         pool = await deps.pool()
         raw_callback = request.headers.get(CALLBACK_HEADER)
         callback = registered_form(raw_callback) if raw_callback else None

@@ -25,6 +25,7 @@ from scheduler.api.objects import batch_object, list_page
 from scheduler.store import batches as bs
 from scheduler.store.batches import TERMINAL, BatchStatus
 from scheduler.store.files import get_file
+from scheduler.store.limits import enqueued, queue_error
 from schemas.openai_errors import BODY_ERRORS, ApiError, from_decode_error, invalid, not_found
 
 _WINDOW_RE = re.compile(r"^(\d{1,6})([smh])$")
@@ -75,16 +76,28 @@ def batch_routes(deps: Deps) -> list[ControllerRouterHandler]:
             raise not_found("file", body.input_file_id, "input_file_id")
         if source.purpose != "batch":
             raise invalid("The input file's purpose must be 'batch'.", "input_file_id")
-        batch = await bs.create_batch(
-            pool,
-            tenant=tenant,
-            endpoint=body.endpoint,
-            input_file_id=source.id,
-            completion_window=body.completion_window,
-            window_s=window_s,
-            metadata=body.metadata,
-        )
-        await notify_scheduler(pool)
+        limits = await deps.tenant_limits(pool, tenant)
+        async with pool.acquire() as conn, conn.transaction():
+            # One creation per tenant at a time: the queue check and the insert together.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"batches:{tenant}")
+            over = None
+            if limits.batch_queue_lines is not None or limits.batch_queue_tokens is not None:
+                adding = (source.lines, source.bytes // 4)
+                over = queue_error(limits, tenant, await enqueued(conn, tenant), adding)
+            batch = await bs.create_batch(
+                conn,
+                tenant=tenant,
+                endpoint=body.endpoint,
+                input_file_id=source.id,
+                completion_window=body.completion_window,
+                window_s=window_s,
+                metadata=body.metadata,
+            )
+            if over is not None:  # failed at creation, as OpenAI's are: nothing is queued
+                await bs.fail_batch(conn, batch.id, [over])
+                batch = await bs.get_batch(conn, batch.id) or batch
+        if over is None:
+            await notify_scheduler(pool)
         return Response(_encode(batch_object(batch)), media_type=JSON)
 
     @get("/v1/batches", summary="List batches, newest first")

@@ -248,24 +248,30 @@ async def fail_batch(conn: asyncpg.Connection, batch_id: str, errors: list[dict[
 # ---- dispatch ------------------------------------------------------------------------------
 
 
-async def in_flight_by_model(db: Db) -> dict[str, int]:
-    """Items published and not yet answered, per model, over unsealed batches."""
+async def in_flight_by_tenant(db: Db) -> dict[tuple[str, str], int]:
+    """Items published and not yet answered, per (model, tenant), over unsealed batches."""
     rows = await db.fetch(
-        "SELECT model, sum(greatest(dispatched - completed - failed, 0))::int AS n "
+        "SELECT model, tenant, sum(greatest(dispatched - completed - failed, 0))::int AS n "
         "FROM batches WHERE status IN ('in_progress', 'cancelling') AND NOT sealed "
-        "AND model IS NOT NULL GROUP BY model"
+        "AND model IS NOT NULL GROUP BY model, tenant"
     )
-    return {r["model"]: r["n"] for r in rows}
+    return {(r["model"], r["tenant"]): r["n"] for r in rows}
 
 
+#: The oldest few dispatchable batches of every tenant (so one tenant's many batches cannot
+#: hide another's), oldest first.
 _DISPATCHABLE = (
-    "status = 'in_progress' AND NOT sealed AND dispatched < total ORDER BY created_at, id LIMIT $1"
+    "id IN (SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY tenant "
+    "ORDER BY created_at, id) AS nth FROM batches WHERE status = 'in_progress' "
+    "AND NOT sealed AND dispatched < total) per_tenant WHERE nth <= $2) "
+    "ORDER BY created_at, id LIMIT $1"
 )
 
 
-async def dispatchable(db: Db, limit: int = 100) -> list[BatchRow]:
-    """In-progress batches with items left to publish, oldest first."""
-    return await _select(db, _DISPATCHABLE, limit)
+async def dispatchable(db: Db, limit: int = 100, per_tenant: int = 8) -> list[BatchRow]:
+    """In-progress batches with items left to publish: up to `per_tenant` of each tenant's
+    oldest, oldest first."""
+    return await _select(db, _DISPATCHABLE, limit, per_tenant)
 
 
 async def items_from(db: Db, batch_id: str, start: int, count: int) -> list[tuple[int, bytes]]:

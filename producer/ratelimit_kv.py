@@ -1,0 +1,60 @@
+"""The shared token buckets in the NATS KV bucket `names.RATELIMIT_BUCKET`
+(`ratelimit.SharedBuckets`): one key per tenant, scope and dimension, compare-and-set."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from natsio.kv import compare_and_set
+from producer.ratelimit import Rate, Taken, take
+from schemas import names
+from schemas.limits import decode_bucket, encode_bucket
+
+#: A bucket untouched for this long is full again at any rate: its key may go.
+_IDLE_TTL_S = 3600.0
+
+
+async def open_ratelimit_bucket(js: JetStreamContext) -> KeyValue:
+    config = KeyValueConfig(
+        bucket=names.RATELIMIT_BUCKET,
+        description="tenants' rate buckets, shared by every bridge replica",
+        history=1,
+        ttl=_IDLE_TTL_S,
+        storage=StorageType.MEMORY,
+    )
+    try:
+        return await js.create_key_value(config)
+    except Exception:  # exists already: use it as it is
+        return await js.key_value(names.RATELIMIT_BUCKET)
+
+
+class KvBuckets:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def take(self, key: str, cost: float, extra: float, rate: Rate, now_s: float) -> Taken:
+        def change(value: bytes | None) -> tuple[bytes | None, Taken]:
+            state = None
+            if value is not None:
+                with contextlib.suppress(msgspec.DecodeError):  # unreadable: as if full
+                    state = decode_bucket(value)
+            after, taken = take(state, cost, extra, rate, now_s)
+            return (None if after is None else encode_bucket(after)), taken
+
+        return await compare_and_set(self._kv, key, change)
+
+    async def level(self, key: str, rate: Rate, now_s: float) -> float:
+        """The bucket's level now (full when it has no key)."""
+        try:
+            entry = await self._kv.get(key)
+        except Exception:
+            return rate.capacity
+        if entry.value is None:
+            return rate.capacity
+        state = decode_bucket(entry.value)
+        return rate.level(state.tokens, state.at_s, now_s)
