@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from producer.http.responses_api import StoredResponse
+from producer.http.responses_storage import StoredResponse
+from schemas import names
 from schemas.messages import InferenceRequest
 
 if TYPE_CHECKING:
@@ -18,8 +19,6 @@ DEFAULT_KEEP_S = 30 * 86400.0
 #: How long the async record of a cancelled background request is kept (the response row
 #: holds the outcome).
 ASYNC_KEEP_S = 86400.0
-#: The endpoint background responses are recorded under in `async_requests`.
-RESPONSES_ENDPOINT = "/v1/responses"
 
 
 class PgResponseStore:
@@ -64,7 +63,7 @@ class PgResponseStore:
                 conn,
                 request_id=request.id,
                 tenant=tenant,
-                endpoint=RESPONSES_ENDPOINT,
+                endpoint=names.RESPONSES_ENDPOINT,
                 model=request.model,
                 request=encode(request),
                 callback_url=None,
@@ -79,13 +78,14 @@ class PgResponseStore:
             await responses.set_stream_seq(conn, response_id, stream_seq)
 
     async def end(self, request_id: str, reply: bytes) -> bool:
-        from scheduler.store import async_requests
+        from scheduler.store.async_answers import answer
+        from schemas.codec import decode_reply
+        from schemas.messages import FinalResult
 
+        ok = isinstance(decode_reply(reply), FinalResult)
         pool = await self._pools.get()
         async with pool.acquire() as conn, conn.transaction():
-            answered = await async_requests.store_results(
-                conn, [(request_id, False, reply)], ASYNC_KEEP_S
-            )
+            answered = await answer(conn, [(request_id, ok, reply)], ASYNC_KEEP_S)
         return bool(answered)
 
     async def discard(self, tenant: str, response_id: str, request_id: str) -> None:

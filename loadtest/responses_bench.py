@@ -6,7 +6,8 @@ One bridge process (auth off, a PostgreSQL for stored responses), one echo worke
 and a nats-server. In each round, against the same processes and at the same concurrency
 (wrk, after a warm-up): chat with a one-message body; Responses with the same input and
 `store: false`; Responses with `store: true` (one INSERT per response). Prints each round's
-ratios responses / chat and their medians (the gate: store false >= 0.95), the machine's
+ratios responses / chat and their medians (the gate: store false >= 0.95; the order of the
+three alternates from round to round), the machine's
 CPU model and the thread count (the echo model has no dtype: no tensors are computed).
 """
 
@@ -96,7 +97,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in bodies:
                 wrk(base + paths[name], args.connections, 2, scripts[name], pids)  # warm-up
             rounds: list[dict[str, dict[str, float]]] = []
-            for _ in range(args.rounds):
+            for i in range(args.rounds):
+                # Alternating order (even rounds chat first, odd rounds chat last), so no
+                # variant always runs right after the warm-up or right after another.
+                order = list(bodies) if i % 2 == 0 else list(reversed(bodies))
                 rounds.append(
                     {
                         name: wrk(
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             scripts[name],
                             pids,
                         )
-                        for name in bodies
+                        for name in order
                     }
                 )
         finally:

@@ -45,16 +45,17 @@ def work_queue_stream(
 ) -> StreamConfig:
     """A file-backed work-queue stream (a message is gone once acked); `config` adds or
     overrides fields."""
-    return StreamConfig(
-        name=name,
-        description=description,
-        subjects=subjects,
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        duplicate_window=duplicate_window_s,
-        num_replicas=replicas,
+    fields: dict[str, Any] = {
+        "name": name,
+        "description": description,
+        "subjects": subjects,
+        "retention": RetentionPolicy.WORK_QUEUE,
+        "storage": StorageType.FILE,
+        "duplicate_window": duplicate_window_s,
+        "num_replicas": replicas,
         **config,
-    )
+    }
+    return StreamConfig(**fields)
 
 
 def durable_consumer(

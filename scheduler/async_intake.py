@@ -2,7 +2,8 @@
 
 Over NATS a client publishes an `InferenceRequest` to `jetserve.async.submit` (JetStream: the
 PubAck means it is stored). This loop records it in Postgres, publishes it to its model's
-online subject with the durable reply subject `jetserve.results.async.<id>`, and only then
+online subject with the durable reply subject `jetserve.results.async.<id>` (a streamed one,
+a background response: its event log `jetserve.revents.<id>`), and only then
 acks it. Over HTTP the bridge records and publishes the request itself; a request it recorded
 but could not publish (it died in between) stays `queued` and is published again here.
 """
@@ -25,7 +26,7 @@ from schemas import names
 from schemas.codec import decode_request, encode, encoding_of
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult, InferenceRequest
-from schemas.names import Header, ResultKind
+from schemas.names import Header
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ def dispatch_message(request: InferenceRequest, data: bytes) -> Message:
         data,
         {
             Header.MSG_ID.value: request.id,
-            Header.REPLY_TO.value: names.results_subject(ResultKind.ASYNC, request.id),
+            # A streamed one (a background response) replies to its event log.
+            Header.REPLY_TO.value: names.async_reply_subject(request.id, events=request.stream),
         },
     )
 

@@ -1,7 +1,8 @@
 """The result collector: the results stream -> Postgres, idempotently, then ack.
 
 Workers hold no database credentials. A worker publishes the result of a batch item or async
-request to its durable reply subject (`jetserve.results.<kind>.<owner>`) with a JetStream
+request to its durable reply subject (`jetserve.results.<kind>.<owner>`, or a background
+response's event log `jetserve.revents.<id>`, whose chunks are skipped here) with a JetStream
 acknowledgement and only then acks the request; this loop fetches up to `fetch` results at a
 time, stores them in one statement per kind (`INSERT ... ON CONFLICT DO NOTHING` keyed by the
 item), and acks them after the commit. A result delivered twice (a worker died after
@@ -19,11 +20,10 @@ import msgspec
 from nats.aio.msg import Msg
 
 from scheduler.metrics import SchedulerMetrics
-from scheduler.store import async_requests as ar
 from scheduler.store import batches as bs
-from scheduler.store.webhooks import EventType, enqueue
+from scheduler.store.async_answers import answer
 from schemas.codec import decode_reply, encode, encoding_of
-from schemas.names import ResultKind, owner_from_results_subject
+from schemas.names import ResultKind, owner_from_results_subject, request_of_events_subject
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ResultCollector:
         batch: list[tuple[str, int, bool, bytes]] = []
         single: list[tuple[str, bool, bytes]] = []
         for msg in msgs:
-            owner = owner_from_results_subject(msg.subject)
+            owner = _owner(msg.subject)
             data = _as_json(msg)
             if owner is None or data is None:
                 continue
@@ -97,19 +97,20 @@ class ResultCollector:
 
     async def _store_async(self, results: list[tuple[str, bool, bytes]]) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            answered = await ar.store_results(conn, results, self._keep_s)
-            for row in answered:
-                await enqueue(
-                    conn,
-                    row.tenant,
-                    EventType.REQUEST_COMPLETED if row.ok else EventType.REQUEST_FAILED,
-                    {"id": row.id, "status": row.status, "model": row.model},
-                    only_url=row.callback_url,
-                )
+            answered = await answer(conn, results, self._keep_s)
         good = sum(1 for r in answered if r.ok)
         self._counts[(ResultKind.ASYNC, "ok")].inc(good)
         self._counts[(ResultKind.ASYNC, "error")].inc(len(answered) - good)
         self._counts[(ResultKind.ASYNC, "duplicate")].inc(len(results) - len(answered))
+
+
+def _owner(subject: str) -> tuple[str, str] | None:
+    """(kind, owner id) of a result's subject: a results subject, or a background response's
+    event log (an async request's)."""
+    request_id = request_of_events_subject(subject)
+    if request_id is not None:
+        return ResultKind.ASYNC, request_id
+    return owner_from_results_subject(subject)
 
 
 def _as_json(msg: Msg) -> bytes | None:

@@ -47,6 +47,9 @@ class SchedulerConfig:
     duplicate_window_s: float = 120.0
     #: A standby tries to take the scheduler lock this often.
     lock_retry_s: float = 2.0
+    #: A background response's events are kept this long for replay (its stored response,
+    #: `JETSERVE_RESPONSES_KEEP_S`, much longer).
+    response_events_keep_s: float = 86400.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SchedulerConfig:
@@ -75,4 +78,7 @@ class SchedulerConfig:
             webhooks_allow_private=get_bool(env, WEBHOOKS_ALLOW_PRIVATE, False),
             duplicate_window_s=get_float(env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0),
             lock_retry_s=get_float(env, "JETSERVE_SCHEDULER_LOCK_RETRY_S", 2.0, minimum=0.05),
+            response_events_keep_s=get_float(
+                env, "JETSERVE_RESPONSE_EVENTS_KEEP_S", 86400.0, minimum=1.0
+            ),
         )

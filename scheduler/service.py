@@ -12,7 +12,8 @@ Loops of the active instance, each woken by work or every `poll_s`:
 
     validate    new batches: input file -> items (or failed, with line errors)
     dispatch    items -> model streams, at batch priority, bounded in-flight window per model
-    collect     results stream -> Postgres (idempotent), then ack
+    collect     results stream -> Postgres (idempotent), then ack; the same for the results
+                in background responses' event logs (collect-events)
     intake      async requests over NATS -> Postgres -> model streams
     finalize    finished / cancelled / expired batches -> output and error files -> end status
     webhooks    the outbox -> signed POSTs, with backoff; dead after the retry period
@@ -50,9 +51,10 @@ from scheduler.store import batches as bs
 from scheduler.store import responses as stored_responses
 from scheduler.store import webhooks as wh
 from scheduler.store.files import delete_stale_uploads
+from scheduler.store.installation import installation_id
 from scheduler.store.migrate import migrate_dsn
 from scheduler.store.pool import NOTIFY_CHANNEL, create_pool
-from scheduler.streams import provision
+from scheduler.streams import ConsumerClaimed, provision
 from scheduler.validate import fail_unvalidated, validate
 from scheduler.webhooks import RetryPolicy, WebhookDeliverer
 from schemas import names
@@ -64,6 +66,8 @@ LOCK_KEY = 0x6A65747363686564
 HOUSEKEEPING_S = 5.0
 #: Results that could not be stored come back after this long (not after ack_wait, 30 s).
 RESULTS_RETRY_S = 1.0
+#: A scheduler whose consumers feed another installation looks again this often.
+CLAIMED_RETRY_S = 30.0
 
 
 class LockLost(Exception):
@@ -101,6 +105,9 @@ class BatchScheduler:
                     await self._act(pool, lock, stop)
                 except LockLost:
                     log.error("lost the scheduler lock's connection: standing by")
+                except ConsumerClaimed as exc:
+                    log.error("not acting, standing by: %s", exc)
+                    await _sleep(stop, max(c.lock_retry_s, CLAIMED_RETRY_S))
                 except Exception:
                     log.exception("the active scheduler failed: standing by")
                     await _sleep(stop, c.lock_retry_s)
@@ -146,7 +153,13 @@ class BatchScheduler:
         assert self.nc is not None
         nc = self.nc
         js = nc.jetstream()
-        await provision(js, duplicate_window_s=c.duplicate_window_s)
+        owner = await installation_id(pool)
+        await provision(
+            js,
+            duplicate_window_s=c.duplicate_window_s,
+            owner=owner,
+            events_keep_s=c.response_events_keep_s,
+        )
         publisher = AckInbox(nc, names.SCHEDULER_INBOX)
         await publisher.start()
         directory = ModelDirectory(nc)
@@ -187,6 +200,9 @@ class BatchScheduler:
         submitted = await js.pull_subscribe_bind(
             durable=names.ASYNC_CONSUMER, stream=names.ASYNC_STREAM
         )
+        events = await js.pull_subscribe_bind(
+            durable=names.EVENTS_CONSUMER, stream=names.EVENTS_STREAM
+        )
 
         async def validate_pass() -> bool:
             found = await bs.to_validate(pool)
@@ -214,8 +230,8 @@ class BatchScheduler:
                 self.wake("webhooks")
             return False
 
-        async def collect_pass() -> bool:
-            msgs = await fetch(results, 512, c.poll_s)
+        async def collect_pass(sub: JetStreamContext.PullSubscription = results) -> bool:
+            msgs = await fetch(sub, 512, c.poll_s)
             if msgs:
                 try:
                     await collector.store(msgs)
@@ -260,6 +276,7 @@ class BatchScheduler:
                     ("finalize", finalize_pass),
                     ("webhooks", webhooks_pass),
                     ("collect", collect_pass),
+                    ("collect-events", lambda: collect_pass(events)),
                     ("intake", intake_pass),
                     ("housekeep", housekeeping_pass),
                 ):
@@ -270,7 +287,7 @@ class BatchScheduler:
             # server delivers meanwhile (or what a cancelled fetch left) waits in the
             # subscription. Hand it back now, or it is held until the consumer's ack_wait.
             await asyncio.sleep(max(c.poll_s, 1.0) + 0.1)
-            for sub in (results, submitted):
+            for sub in (results, submitted, events):
                 await _hand_back_undelivered(sub, RESULTS_RETRY_S)
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

@@ -12,6 +12,9 @@ Layout (one stream per model, so each model has its own limits, backlog bound an
     dlq      jetserve-dlq                   subjects jetserve.dlq.<model>
     results  jetserve-results               subjects jetserve.results.>  (durable replies)
                                             consumer scheduler (the scheduler's result collector)
+    events   jetserve-response-events       subjects jetserve.revents.<request id> (a background
+                                            response's chunks and result, kept for replay)
+                                            consumer scheduler (stores the results)
     async    jetserve-async                 subject  jetserve.async.submit (async requests over
                                             NATS; the scheduler records, then dispatches them)
     idem     jetserve-idempotent-results    KV bucket: replies to requests with an idempotency key
@@ -218,6 +221,10 @@ class ResultKind(StrEnum):
 
 #: The scheduler's durable pull consumer of the results stream.
 RESULTS_CONSUMER = "scheduler"
+#: Metadata key of the scheduler's consumers: the installation (its database's id) whose
+#: scheduler they feed. Another installation's scheduler on the same NATS server refuses
+#: them, rather than take results it has no record of and ack them away.
+CONSUMER_OWNER_METADATA = "jetserve-installation"
 
 
 def owner_from_results_subject(subject: str) -> tuple[str, str] | None:
@@ -236,11 +243,58 @@ ASYNC_STREAM = f"{ROOT}-async"
 ASYNC_SUBMIT_SUBJECT = f"{ROOT}.async.submit"
 ASYNC_CONSUMER = "scheduler"
 CALLBACK_URL_METADATA = "callback_url"
+#: The endpoint background responses are recorded under among the async requests, and the
+#: prefix of a response id (`resp_` + its request's id), which the scheduler's webhooks name.
+RESPONSES_ENDPOINT = "/v1/responses"
+RESPONSE_ID_PREFIX = "resp_"
+
+
+#: A background response's event log: its request's reply subject, where the worker publishes
+#: every chunk and the result (each JetStream-acknowledged), kept (limits retention, max_age)
+#: so that any bridge can replay the response's stream from its first event; the scheduler's
+#: consumer stores the results, as for `jetserve.results.>`.
+EVENTS_STREAM = f"{ROOT}-response-events"
+EVENTS_PREFIX = f"{ROOT}.revents"
+EVENTS_SUBJECTS = f"{EVENTS_PREFIX}.>"
+EVENTS_CONSUMER = "scheduler"
+
+
+def response_events_subject(request_id: str) -> str:
+    return f"{EVENTS_PREFIX}.{validate_request_id(request_id)}"
+
+
+def request_of_events_subject(subject: str) -> str | None:
+    """The request id of `jetserve.revents.<request id>`; None for anything else."""
+    prefix = EVENTS_PREFIX + "."
+    if not subject.startswith(prefix):
+        return None
+    request_id = subject[len(prefix) :]
+    return request_id if _REQUEST_ID_RE.fullmatch(request_id) else None
+
+
+def async_reply_subject(request_id: str, *, events: bool) -> str:
+    """Where an async request's worker replies: its event log when it is streamed (a
+    background response), else its durable result subject."""
+    if events:
+        return response_events_subject(request_id)
+    return results_subject(ResultKind.ASYNC, request_id)
 
 
 def is_durable_reply(subject: str) -> bool:
     """Replies on these subjects must be published with a JetStream acknowledgement."""
-    return subject.startswith(RESULTS_PREFIX + ".")
+    return subject.startswith((RESULTS_PREFIX + ".", EVENTS_PREFIX + "."))
+
+
+def result_msg_id(request_id: str) -> str:
+    """The `Nats-Msg-Id` of a request's durable result: one result per request is stored
+    (within the stream's duplicate window), whoever publishes it first (a redelivered
+    request's worker, or a bridge cancelling it)."""
+    return f"result-{request_id}"
+
+
+def keeps_chunks(subject: str) -> bool:
+    """Durable replies carry only the result, except in an event log (chunks too)."""
+    return subject.startswith(EVENTS_PREFIX + ".")
 
 
 def model_from_stream_name(stream: str) -> str | None:
@@ -257,7 +311,7 @@ IDEMPOTENCY_BUCKET = f"{ROOT}-idempotent-results"
 IDEMPOTENT_REPLY_PREFIX = f"{ROOT}.reply.idem"
 #: What `validate_reply_subject` allows inside `jetserve.` (checked per request).
 _ROOT_DOT = f"{ROOT}."
-_REPLY_PREFIXES = (f"{RESULTS_PREFIX}.", f"{IDEMPOTENT_REPLY_PREFIX}.")
+_REPLY_PREFIXES = (f"{RESULTS_PREFIX}.", f"{IDEMPOTENT_REPLY_PREFIX}.", f"{EVENTS_PREFIX}.")
 
 
 def idempotent_reply_subject(token: str) -> str:

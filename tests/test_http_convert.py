@@ -8,7 +8,7 @@ import struct
 import msgspec
 import pytest
 
-from producer.http import convert
+from producer.http import convert, responses_convert
 from producer.http import openai_types as oa
 from producer.http.auth import CachedAuthenticator, Principal, bearer_token
 from producer.http.config import AuthMode, BridgeConfig
@@ -213,6 +213,9 @@ def test_cached_prompt_tokens_are_reported_as_openai_does() -> None:
     }
     for response in (convert.chat_response, convert.completion_response):
         assert msgspec.to_builtins(response(result, "id", 5))["usage"] == expected
+    # The Responses API's shape of the same.
+    usage_r = responses_convert.usage(result)
+    assert (usage_r.input_tokens, usage_r.input_tokens_details.cached_tokens) == (40, 32)
     # A result from a worker that predates the field decodes, and reports no details.
     old = b'{"type":"result.v1","id":"r","model":"m","output":{"text":"x"},"finish_reason":"stop",'
     old += b'"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}'

@@ -78,3 +78,39 @@ async def test_a_durable_reply_is_stored_once(own_nats: NatsServer) -> None:
     assert stored.headers[names.Header.MSG_ID] == f"result-{rid}"
     assert isinstance(decode_reply(stored.data or b"", Encoding.JSON), FinalResult)
     await nc.close()
+
+
+async def test_an_event_log_keeps_every_chunk_and_one_result(own_nats: NatsServer) -> None:
+    """A background response's reply subject keeps the chunks too, each attempt's once; the
+    result once, whoever publishes it first."""
+    nc = await nats.connect(own_nats.url)
+    js = nc.jetstream()
+    await provision(js, duplicate_window_s=60)
+    rid = f"r{uuid.uuid4().hex[:12]}"
+    subject = names.response_events_subject(rid)
+    durable = DurablePublisher(nc, timeout_s=2.0)
+    for attempt in (1, 2):  # the first attempt's worker died after two chunks
+        sink = ReplySink(nc, subject, Encoding.JSON, rid, attempt, durable)
+        await sink.chunk("He")
+        await sink.chunk("llo")
+        await sink.final(FinalResult(rid, "m", {"text": "Hello"}, "stop"))
+    sub = await js.subscribe(subject, stream=names.EVENTS_STREAM, ordered_consumer=True)
+    got = [decode_reply((await sub.next_msg(2)).data) for _ in range(5)]
+    await sub.unsubscribe()
+    assert [type(r).__name__ for r in got] == [
+        "StreamChunk",
+        "StreamChunk",
+        "FinalResult",
+        "StreamChunk",
+        "StreamChunk",
+    ]
+    assert [(r.attempt, r.seq) for r in got if isinstance(r, StreamChunk)] == [
+        (1, 0),
+        (1, 1),
+        (2, 0),
+        (2, 1),
+    ]
+    info = await js.stream_info(names.EVENTS_STREAM)
+    assert info.config.max_age  # kept for a while, then expired
+    assert info.state.messages == 5  # limits retention: still there for the next replay
+    await nc.close()

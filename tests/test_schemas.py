@@ -73,6 +73,18 @@ def test_subject_layout() -> None:
     assert names.cancel_subject("m1", "abc") == "jetserve.cancel.m1.abc"
     assert names.is_durable_reply(names.results_subject("batch", "b1"))
     assert not names.is_durable_reply("_INBOX.x.y")
+    # A background response's event log: durable, keeps chunks, a worker may reply there.
+    log = names.response_events_subject("r1")
+    assert log == "jetserve.revents.r1"
+    assert names.async_reply_subject("r1", events=True) == log
+    assert names.async_reply_subject("r1", events=False) == "jetserve.results.async.r1"
+    assert names.is_durable_reply(log)
+    assert names.keeps_chunks(log)
+    assert not names.keeps_chunks(names.results_subject("async", "r1"))
+    assert names.validate_reply_subject(log) == log
+    assert names.request_of_events_subject(log) == "r1"
+    assert names.request_of_events_subject("jetserve.revents.a.b") is None
+    assert names.request_of_events_subject(names.results_subject("async", "r1")) is None
 
 
 @pytest.mark.parametrize(

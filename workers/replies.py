@@ -2,7 +2,9 @@
 
 Interactive replies are core NATS publishes: a requester that has gone away is not an error.
 Replies on durable subjects (`jetserve.results.>`, captured by the results stream) wait for the
-JetStream acknowledgement, so the request is acked only once its result is stored.
+JetStream acknowledgement, so the request is acked only once its result is stored. A
+background response's event log (`jetserve.revents.<id>`) is durable too, and keeps the
+chunks as well, each stored before the next is sent.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from natsio.inbox import AckInbox
 from schemas import names
 from schemas.codec import encode
 from schemas.messages import ErrorResult, FinalResult, StreamChunk, TokenLogprobs
-from schemas.names import Encoding, Header, is_durable_reply
+from schemas.names import Encoding, Header, is_durable_reply, keeps_chunks, result_msg_id
 
 
 class DurableReplyFailed(Exception):
@@ -70,6 +72,10 @@ class ReplySink:
         self._attempt = attempt
         self._seq = 0
         self._durable = self.subject is not None and is_durable_reply(self.subject)
+        #: Chunks are sent: to a core subject, or to an event log.
+        self._chunks = self.subject is not None and (
+            not self._durable or keeps_chunks(self.subject)
+        )
         self._durable_publisher = durable
 
     async def chunk(
@@ -79,8 +85,8 @@ class ReplySink:
         logprobs: list[TokenLogprobs] | None = None,
         tool_calls: list[dict[str, Any]] | None = None,
     ) -> None:
-        if self.subject is None or self._durable:
-            return  # durable replies carry only the final result
+        if not self._chunks:
+            return  # durable replies carry only the final result, but in an event log
         chunk = StreamChunk(
             id=self.request_id,
             seq=self._seq,
@@ -91,26 +97,34 @@ class ReplySink:
             attempt=self._attempt,
         )
         self._seq += 1
-        await self._publish(encode(chunk, self._encoding))
+        data = encode(chunk, self._encoding)
+        if self._durable:  # an event log: each attempt's chunks stored once
+            await self._publish_durable(
+                data, f"chunk-{self.request_id}-{chunk.attempt}-{chunk.seq}"
+            )
+        else:
+            await self._publish(data)
 
     async def final(self, result: FinalResult | ErrorResult) -> None:
-        await self._publish(encode(result, self._encoding))
+        data = encode(result, self._encoding)
+        if self._durable:
+            # The result id de-duplicates a redelivered request's second result.
+            await self._publish_durable(data, result_msg_id(self.request_id))
+        else:
+            await self._publish(data)
+
+    async def _publish_durable(self, data: bytes, msg_id: str) -> None:
+        assert self.subject is not None
+        headers = {Header.ENCODING.value: self._encoding.value, Header.MSG_ID.value: msg_id}
+        await self._durable_publisher.publish(self.subject, data, headers)
 
     async def _publish(self, data: bytes) -> None:
         if self.subject is None:
             return
-        if self._durable:
-            # The result id de-duplicates a redelivered request's second result.
-            headers = {
-                Header.ENCODING.value: self._encoding.value,
-                Header.MSG_ID.value: f"result-{self.request_id}",
-            }
-            await self._durable_publisher.publish(self.subject, data, headers)
-        else:
-            if not self._nc.is_connected:
-                await _after_reconnect(self._nc)
-            # The requester chose the encoding; core replies carry no headers (hot path).
-            await self._nc.publish(self.subject, data)
+        if not self._nc.is_connected:
+            await _after_reconnect(self._nc)
+        # The requester chose the encoding; core replies carry no headers (hot path).
+        await self._nc.publish(self.subject, data)
 
 
 #: After a reconnect, how long replies wait for requesters to re-subscribe.

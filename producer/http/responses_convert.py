@@ -18,13 +18,14 @@ import msgspec
 from producer.http import convert
 from producer.http import responses_types as rt
 from producer.http.errors import invalid
+from schemas import names
 from schemas.messages import FinalResult, InferenceRequest
 from schemas.names import Priority
 from schemas.params import SamplingParams
 from schemas.payloads import ChatMessage, ChatPayload
 from schemas.tiers import resolve_tier
 
-ID_PREFIX = "resp_"
+ID_PREFIX = names.RESPONSE_ID_PREFIX
 #: Known request fields jetserve does not serve: refused when set, naming the field.
 REFUSED = ("reasoning", "conversation", "prompt", "top_logprobs", "max_tool_calls")
 _ROLES = ("user", "system", "developer", "assistant")
@@ -276,9 +277,10 @@ def status_of(finish_reason: str | None) -> tuple[rt.Status, rt.IncompleteDetail
 
 def usage(result: FinalResult) -> rt.ResponseUsage:
     u = result.usage
+    cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
     return rt.ResponseUsage(
         u.prompt_tokens,
-        rt.InputTokensDetails(0),
+        rt.InputTokensDetails(cached),
         u.completion_tokens,
         rt.OutputTokensDetails(0),
         u.total_tokens,

@@ -2,7 +2,8 @@
 the app by the composition root (`jetserve/bridge.py`), which brings the response store.
 
 POST   /v1/responses                      create (JSON, or the event stream)
-GET    /v1/responses/{id}                 retrieve
+GET    /v1/responses/{id}                 retrieve (with ?stream=true&starting_after=N: the
+                                          events of a background response, replayed)
 DELETE /v1/responses/{id}                 delete
 POST   /v1/responses/{id}/cancel          cancel
 GET    /v1/responses/{id}/input_items     list this response's input items
@@ -22,7 +23,8 @@ from producer.http.calls import Call
 from producer.http.disconnect import DisconnectWatch
 from producer.http.errors import ApiError
 from producer.http.handlers import Bridge
-from producer.http.responses_api import Responses, ResponseStore
+from producer.http.responses_api import Responses
+from producer.http.responses_storage import ResponseStore
 from producer.http.routes import JSON
 from producer.http.sse import HEADERS as SSE_HEADERS
 
@@ -55,14 +57,19 @@ class ResponsesRoutes:
             headers = wanted_headers(request.scope["headers"])
             reply = await self.api().create(body, headers, watch)
             if reply.stream is not None:
-                return Stream(reply.stream, media_type="text/event-stream", headers=SSE_HEADERS)
-            return Response(reply.body, status_code=reply.status, media_type=JSON)
+                headers = {**SSE_HEADERS, **reply.headers}
+                return Stream(reply.stream, media_type="text/event-stream", headers=headers)
+            return Response(
+                reply.body, status_code=reply.status, media_type=JSON, headers=reply.headers
+            )
 
         @get("/v1/responses/{response_id:str}", summary="Retrieve a stored response")
         async def retrieve(request: Request[Any, Any, Any], response_id: str) -> Response[Any]:
-            stream = request.query_params.get("stream", "false").lower() == "true"
-            body = await self.api().retrieve(request.headers, response_id, stream)
-            return Response(body, media_type=JSON)
+            query = {k: v for k, v in request.query_params.items()}
+            reply = await self.api().retrieve(request.headers, response_id, query)
+            if reply.stream is not None:
+                return Stream(reply.stream, media_type="text/event-stream", headers=SSE_HEADERS)
+            return Response(reply.body, media_type=JSON)
 
         @delete(
             "/v1/responses/{response_id:str}", status_code=200, summary="Delete a stored response"

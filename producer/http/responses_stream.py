@@ -45,6 +45,10 @@ class EventWriter:
             self._event("response.in_progress", response=self.base),
         ]
 
+    def lifecycle(self, kind: str, response: rt.Response) -> bytes:
+        """`response.created` / `.queued` / `.in_progress` with that response object."""
+        return self._event(kind, response=response)
+
     def text(self, delta: str) -> list[bytes]:
         out = []
         item_id = rc.message_id(self.base.id)
@@ -79,11 +83,15 @@ class EventWriter:
         )
         return out
 
-    def _close_message(self, status: str) -> list[bytes]:
+    def _close_message(self, status: str, text: str | None = None) -> list[bytes]:
+        """`text`: the message's final text, when it is not the text streamed (a restarted
+        attempt's output differed from what was sent before it)."""
         index = self._message_index
         if index is None:
             return []
-        item_id, text = rc.message_id(self.base.id), "".join(self._text)
+        item_id = rc.message_id(self.base.id)
+        if text is None:
+            text = "".join(self._text)
         part = rt.OutputText(text)
         return [
             self._event(
@@ -140,8 +148,9 @@ class EventWriter:
 
     def finish(self, final: rt.Response) -> list[bytes]:
         """The end: open items done, then the terminal event with the whole response."""
-        item_status = "incomplete" if final.status == "incomplete" else "completed"
-        out = self._close_message(item_status)
+        item_status = "incomplete" if final.status in ("incomplete", "cancelled") else "completed"
+        texts = [p.text for o in final.output if isinstance(o, rt.OutputMessage) for p in o.content]
+        out = self._close_message(item_status, "".join(texts) if texts else None)
         self._message_index = None
         kind = {
             "completed": "response.completed",

@@ -31,6 +31,11 @@ class EventType(StrEnum):
     #: An async single request finished with a result, or with an error.
     REQUEST_COMPLETED = "request.completed"
     REQUEST_FAILED = "request.failed"
+    #: A background response ended (OpenAI's names).
+    RESPONSE_COMPLETED = "response.completed"
+    RESPONSE_INCOMPLETE = "response.incomplete"
+    RESPONSE_FAILED = "response.failed"
+    RESPONSE_CANCELLED = "response.cancelled"
 
 
 ALL_EVENTS = tuple(EventType)

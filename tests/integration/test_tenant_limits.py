@@ -182,3 +182,20 @@ def test_batch_over_the_queue_limit_fails_at_creation(bridge_stack: BridgeStack)
         assert small.status in ("validating", "in_progress")
     finally:
         client.close()
+
+
+def test_responses_count_against_the_same_limits(bridge_stack: BridgeStack) -> None:
+    key = tenant_with(bridge_stack, TenantLimits(rpm=60))  # a bucket of 10
+    client = openai.OpenAI(base_url=bridge_stack.v1, api_key=key, max_retries=0)
+    try:
+        for i in range(5):  # chat and Responses share the tenant's bucket
+            client.chat.completions.create(**chat_body())  # type: ignore[call-overload]
+            raw = client.responses.with_raw_response.create(
+                model=ECHO, input=f"turn {i}", store=False
+            )
+            assert raw.parse().output_text == f"turn {i}"
+        assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(openai.RateLimitError):
+            client.responses.create(model=ECHO, input="one too many", store=False)
+    finally:
+        client.close()
