@@ -1,6 +1,7 @@
 """The scheduler's `Codec`, made of the HTTP bridge's own conversion (`producer/http`), so that
-batch output lines and async results carry exactly the bodies the synchronous endpoints return.
-Composed here because `scheduler` must not import `producer`."""
+batch output lines and async results carry exactly the bodies the synchronous endpoints return:
+OpenAI's endpoints here, KServe's inference endpoints in `jetserve/kserve_codec.py`. Composed
+here because `scheduler` must not import `producer`."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from typing import Any
 
 import msgspec
 
+from jetserve import kserve_codec
 from producer.http import convert
 from producer.http import responses_convert as rc
 from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, RESPONSES, Endpoint
 from producer.http.errors import from_error_result
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
 from schemas.names import Priority
-from schemas.openai_errors import BODY_ERRORS, ApiError, from_decode_error
+from schemas.openai_errors import BODY_ERRORS, from_decode_error
 
 _ENDPOINTS: dict[str, Endpoint] = {
     "/v1/chat/completions": CHAT,
@@ -32,7 +34,13 @@ _encoder = msgspec.json.Encoder()
 
 
 class OpenAICodec:
-    endpoints = frozenset(_ENDPOINTS)
+    endpoints = frozenset(_ENDPOINTS) | kserve_codec.PATTERNS
+
+    def accepts(self, endpoint: str) -> bool:
+        return endpoint in _ENDPOINTS or kserve_codec.target(endpoint) is not None
+
+    def model_param(self, endpoint: str) -> str:
+        return "body.model" if endpoint in _ENDPOINTS else "url"
 
     def request(
         self,
@@ -44,6 +52,16 @@ class OpenAICodec:
         priority: Priority,
         deadline_ms: int | None,
     ) -> InferenceRequest:
+        kserve = kserve_codec.target(endpoint)
+        if kserve is not None:
+            return kserve_codec.request(
+                kserve,
+                body,
+                request_id=request_id,
+                tenant=tenant,
+                priority=priority,
+                deadline_ms=deadline_ms,
+            )
         ep = _ENDPOINTS[endpoint]
         try:
             parsed: Any = ep.decoder.decode(body)
@@ -72,6 +90,8 @@ class OpenAICodec:
         created: int,
         metadata: Mapping[str, str],
     ) -> bytes:
+        if endpoint not in _ENDPOINTS:
+            return kserve_codec.response_body(result)
         ep = _ENDPOINTS[endpoint]
         response_id = ep.id_prefix + request_id
         if ep is CHAT:
@@ -85,5 +105,9 @@ class OpenAICodec:
         encoding = metadata.get(ENCODING_FORMAT, "float")
         return _encoder.encode(convert.embedding_response(result, encoding))
 
-    def error(self, result: ErrorResult) -> ApiError:
-        return from_error_result(result)
+    def error_response(self, endpoint: str, result: ErrorResult) -> tuple[int, bytes]:
+        kserve = kserve_codec.target(endpoint)
+        if kserve is not None:
+            return kserve_codec.error_response(kserve, result)
+        api = from_error_result(result)
+        return api.status, api.body()

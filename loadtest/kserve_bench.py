@@ -258,10 +258,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             key = f"{side}-{name}"
             med = {k: statistics.median(r[key][k] for r in rounds) for k in rounds[0][key]}
             result[key] = med
+            # CPU per request of each server process (jetserve: bridge, worker, nats-server).
+            cpu = "  ".join(
+                f"{k.removesuffix('_cpu_us_per_req')} {v:4.0f}"
+                for k, v in med.items()
+                if k.endswith("_cpu_us_per_req")
+            )
             print(
                 f"  {key:14s} {med['req_per_s']:8.0f} req/s  p50 {med['p50_ms']:7.2f} ms  "
-                f"p99 {med['p99_ms']:7.2f} ms  "
-                f"server CPU {med['bridge_cpu_us_per_req']:5.0f} us/req"
+                f"p99 {med['p99_ms']:7.2f} ms  CPU us/req: {cpu}"
             )
         result[f"ratio_{name}"] = statistics.median(ratios)
         result[f"ratio_{name}_rounds"] = ratios

@@ -1,6 +1,7 @@
-"""How the scheduler turns OpenAI bodies into wire requests and results back into OpenAI
-bodies: the HTTP bridge's own conversion, injected by the composition root (`jetserve/`), so a
-batch output line carries exactly the JSON the synchronous endpoint returns.
+"""How the scheduler turns request bodies (OpenAI's, and KServe's V1 and V2 inference) into
+wire requests and results back into response bodies: the HTTP bridge's own conversion,
+injected by the composition root (`jetserve/`), so a batch output line carries exactly the
+JSON the synchronous endpoint returns.
 """
 
 from __future__ import annotations
@@ -10,12 +11,20 @@ from typing import Protocol
 
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
 from schemas.names import Priority
-from schemas.openai_errors import ApiError
 
 
 class Codec(Protocol):
-    #: The endpoints it converts: "/v1/chat/completions", "/v1/completions", ...
+    #: The endpoints it converts, as they are listed to a caller: "/v1/chat/completions", ...,
+    #: and patterns such as "/v2/models/{name}/infer".
     endpoints: frozenset[str]
+
+    def accepts(self, endpoint: str) -> bool:
+        """Whether `endpoint` is one it converts (a pattern's instance, for patterns)."""
+        ...
+
+    def model_param(self, endpoint: str) -> str:
+        """Where a request to `endpoint` names its model: "body.model", or "url"."""
+        ...
 
     def request(
         self,
@@ -42,6 +51,6 @@ class Codec(Protocol):
         """The JSON body the endpoint returns for this result. `metadata`: the request's."""
         ...
 
-    def error(self, result: ErrorResult) -> ApiError:
+    def error_response(self, endpoint: str, result: ErrorResult) -> tuple[int, bytes]:
         """The HTTP status and error body the endpoint returns for a worker's error."""
         ...

@@ -207,8 +207,7 @@ class Finalizer:
             return b"", False
         code, body = 200, b""
         if isinstance(result, ErrorResult):
-            api = self._codec.error(result)
-            code, body = api.status, api.body()
+            code, body = self._codec.error_response(batch.endpoint, result)
         else:
             needs_metadata = batch.endpoint.endswith(_READS_REQUEST)
             metadata = decode_request(request).metadata if needs_metadata else {}

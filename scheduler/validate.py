@@ -140,7 +140,7 @@ async def validate(
                     line,
                     "model_not_found",
                     f"The model '{request.model}' does not exist.",
-                    "body.model",
+                    codec.model_param(batch.endpoint),
                 )
                 continue
             if model is None:

@@ -9,15 +9,17 @@ from litestar.types import Receive
 
 from producer.http.errors import ApiError
 from schemas import names
+from schemas.v2 import HEADER_LENGTH
 
 #: The request headers the POST routes read (lower case, as ASGI delivers them).
 _WANTED = {
-    h.encode()
+    h.lower().encode()
     for h in (
         names.HTTP_AUTHORIZATION,
         names.HTTP_IDEMPOTENCY_KEY,
         names.HTTP_TIMEOUT,
         names.HTTP_ROUTE_KEY,
+        HEADER_LENGTH,  # the Open Inference Protocol's binary tensor extension
     )
 }
 

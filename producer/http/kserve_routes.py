@@ -24,20 +24,20 @@ from litestar.types import ControllerRouterHandler
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from producer.http.body import read_body
+from producer.http.body import read_body, wanted_headers
 from producer.http.errors import ApiError
 from producer.http.handlers import Bridge
 from producer.http.routes import BridgeHolder
-from producer.http.v2 import bad, decode_request, encode_response
+from producer.http.v2 import bad, decode_request, encode_response, v1_payload
 from schemas import names
 from schemas.codec import decode_worker_info
 from schemas.messages import WorkerInfo
-from schemas.v2 import HEADER_LENGTH, V1Request
+from schemas.v2 import HEADER_LENGTH
 
 JSON = "application/json"
+_HEADER_LENGTH = HEADER_LENGTH.lower()  # as ASGI delivers header names
 SERVER = {"name": "jetserve", "version": "1", "extensions": ["binary_tensor_data"]}
 _encoder = msgspec.json.Encoder()
-_v1 = msgspec.json.Decoder(V1Request)
 PING_TIMEOUT_S = 0.5
 
 
@@ -119,10 +119,11 @@ def kserve_routes(holder: BridgeHolder, max_body_bytes: int) -> list[ControllerR
     async def infer(request: Request[Any, Any, Any], name: str) -> Response[Any]:
         async def run() -> Response[Any]:
             bridge = holder.get()
-            principal = await bridge.authenticate(request.headers)
+            headers = wanted_headers(request.scope["headers"])  # one pass (hot path)
+            principal = await bridge.authenticate(headers)
             body = await read_body(request.receive, max_body_bytes)
-            decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
-            result = await bridge.predict(principal, name, decoded.payload, request.headers)
+            decoded = decode_request(body, headers.get(_HEADER_LENGTH))
+            result = await bridge.predict(principal, name, decoded.payload, headers)
             content, headers = encode_response(result.output, decoded)
             media = "application/octet-stream" if headers else JSON
             return Response(content, media_type=media, headers=headers)
@@ -135,19 +136,10 @@ def kserve_routes(holder: BridgeHolder, max_body_bytes: int) -> list[ControllerR
         if not sep or verb != "predict":
             raise ApiError(404, f"Unknown route: POST /v1/models/{target[:100]}")
         bridge = holder.get()
-        principal = await bridge.authenticate(request.headers)
-        body = await read_body(request.receive, max_body_bytes)
-        try:
-            parsed = _v1.decode(body)
-        except msgspec.DecodeError as exc:
-            raise bad(f"invalid predict request: {exc}") from None
-        rows = parsed.instances if parsed.instances is not None else parsed.inputs
-        if rows is None:
-            raise ApiError(
-                400, "A predict request needs `instances` (or `inputs`).", param="instances"
-            )
-        payload = {"instances": rows}
-        result = await bridge.predict(principal, name, payload, request.headers)
+        headers = wanted_headers(request.scope["headers"])
+        principal = await bridge.authenticate(headers)
+        payload = v1_payload(await read_body(request.receive, max_body_bytes))
+        result = await bridge.predict(principal, name, payload, headers)
         return Response(_encoder.encode(result.output), media_type=JSON)
 
     @get("/v1/models/{name:str}", summary="One model: OpenAI's model object, plus `ready`")

@@ -1,6 +1,7 @@
-"""The Open Inference Protocol's bodies at the bridge: a request (JSON, or JSON plus the
-binary tensor extension) to the `predict` payload put on the queue, and a worker's
-`InferResponse` back to JSON or binary outputs.
+"""KServe's bodies at the bridge: an Open Inference Protocol request (JSON, or JSON plus the
+binary tensor extension) or a KServe V1 request to the `predict` payload put on the queue,
+and a worker's `InferResponse` back to JSON or binary outputs. The scheduler's batch lines
+and async requests use the same functions (`jetserve/kserve_codec.py`).
 
 A JSON-only request goes on the queue as it came (`msgspec.Raw`, not parsed twice); the
 worker checks its tensors. A binary request's tensors are decoded here into `data` lists.
@@ -17,7 +18,13 @@ import msgspec
 import numpy as np
 
 from producer.http.errors import ApiError
-from schemas.v2 import BINARY_DATA, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, ELEMENT_BYTES
+from schemas.v2 import (
+    BINARY_DATA,
+    BINARY_DATA_OUTPUT,
+    BINARY_DATA_SIZE,
+    ELEMENT_BYTES,
+    V1Request,
+)
 
 #: Little-endian numpy dtypes of the binary extension (BYTES handled apart).
 _DTYPES: dict[str, str] = {
@@ -49,11 +56,24 @@ class _Peek(msgspec.Struct):
 
 
 _peek = msgspec.json.Decoder(_Peek)
+_v1 = msgspec.json.Decoder(V1Request)
 _encoder = msgspec.json.Encoder()
 
 
 def bad(message: str) -> ApiError:
     return ApiError(400, message, code="invalid_request")
+
+
+def v1_payload(body: bytes) -> dict[str, Any]:
+    """A KServe V1 `:predict` body to the queue's payload, `{"instances": rows}`."""
+    try:
+        parsed = _v1.decode(body)
+    except msgspec.DecodeError as exc:
+        raise bad(f"invalid predict request: {exc}") from None
+    rows = parsed.instances if parsed.instances is not None else parsed.inputs
+    if rows is None:
+        raise ApiError(400, "A predict request needs `instances` (or `inputs`).", param="instances")
+    return {"instances": rows}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,9 @@
     POST /v1/async/chat/completions   the body of POST /v1/chat/completions (never streamed)
     POST /v1/async/completions        the body of POST /v1/completions
     POST /v1/async/embeddings         the body of POST /v1/embeddings
+    POST /v1/async/v2/models/{name}/infer    the body of POST /v2/models/{name}/infer (JSON
+                                      tensors; no binary extension)
+    POST /v1/async/models/{name}:predict     the body of POST /v1/models/{name}:predict
     GET  /v1/async/requests/{id}      status; once finished, `response` {status_code,
                                       request_id, body} (body: what the sync endpoint returns)
 
@@ -102,6 +105,20 @@ def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
     async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
         return await submit(request, "/v1/embeddings")
 
+    @post("/v1/async/v2/models/{name:str}/infer", status_code=202, summary="Submit a V2 inference")
+    async def v2_infer(request: Request[Any, Any, Any], name: str) -> Response[Any]:
+        endpoint = f"/v2/models/{name}/infer"
+        if not deps.codec.accepts(endpoint):  # a name no model can have
+            raise ApiError(404, f"The model `{name[:100]}` does not exist.", code="model_not_found")
+        return await submit(request, endpoint)
+
+    @post("/v1/async/models/{target:str}", status_code=202, summary="Submit a KServe V1 predict")
+    async def v1_predict(request: Request[Any, Any, Any], target: str) -> Response[Any]:
+        endpoint = f"/v1/models/{target}"
+        if not deps.codec.accepts(endpoint):  # not `{name}:predict`, or a name no model can have
+            raise ApiError(404, f"Unknown route: POST /v1/async/models/{target[:100]}")
+        return await submit(request, endpoint)
+
     @get("/v1/async/requests/{request_id:str}", summary="Status and result of an async request")
     async def retrieve(request: Request[Any, Any, Any], request_id: str) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
@@ -110,7 +127,7 @@ def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
             raise not_found("request", request_id, "request_id")
         return Response(_encode(async_object(deps, row)), media_type=JSON)
 
-    return [chat, completions, embeddings, retrieve]
+    return [chat, completions, embeddings, v2_infer, v1_predict, retrieve]
 
 
 def async_object(deps: Deps, row: AsyncRow) -> AsyncRequestObject:
@@ -121,11 +138,10 @@ def async_object(deps: Deps, row: AsyncRow) -> AsyncRequestObject:
     if isinstance(result, StreamChunk):  # never stored: only final replies are
         return AsyncRequestObject(**base)
     if isinstance(result, ErrorResult):
-        if row.endpoint not in deps.codec.endpoints:  # over NATS: the wire error
+        if not deps.codec.accepts(row.endpoint):  # over NATS: the wire error
             return AsyncRequestObject(**base, error=ErrorObject(result.code, result.message))
-        api = deps.codec.error(result)
-        body, status = api.body(), api.status
-    elif row.endpoint not in deps.codec.endpoints:
+        status, body = deps.codec.error_response(row.endpoint, result)
+    elif not deps.codec.accepts(row.endpoint):
         body, status = row.reply, 200
     else:
         created = base["completed_at"] or base["created_at"]

@@ -67,7 +67,7 @@ def batch_routes(deps: Deps) -> list[ControllerRouterHandler]:
             body = _decode_create(raw)
         except BODY_ERRORS as exc:
             raise from_decode_error(exc) from None
-        if body.endpoint not in deps.codec.endpoints:
+        if not deps.codec.accepts(body.endpoint):
             raise invalid(f"endpoint must be one of {sorted(deps.codec.endpoints)}.", "endpoint")
         window_s = window_seconds(body.completion_window)
         pool = await deps.pool()

@@ -5,12 +5,15 @@ splits the outputs back to their requests.
 
 Options (the models file's `[models.options]`): `max_batch_size` (rows' requests per model
 call, 32), `max_batch_wait_ms` (2), `max_tensor_elements` (per input tensor, 1,000,000),
-`threads` (the library's intra-op threads, where it has the setting).
+`threads` (the library's intra-op threads, where it has the setting), `inline_below_ms`
+(a call predicted shorter runs on the event loop, not the model's thread: `placement.py`;
+1 ms, or 0 = never for a library with OpenMP teams unless `threads = 1`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from schemas.v2 import (
     V1Response,
 )
 from workers.errors import PermanentError
+from workers.runtimes.placement import Placement
 from workers.runtimes.tensors import NUMPY_DTYPES, to_array, to_output
 from workers.sdk import Model, ModelInput
 from workers.threads import single_thread_executor
@@ -51,6 +55,9 @@ class TensorModel(Model):
     kinds: ClassVar[frozenset[str]] = frozenset({"predict"})
     #: V2 metadata `platform`.
     platform: ClassVar[str] = ""
+    #: The library runs OpenMP teams: each thread that calls it keeps a team of its own, so
+    #: calls on the event loop beside the model's thread would double them (unless one thread).
+    openmp: ClassVar[bool] = False
 
     def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(name, options)
@@ -59,6 +66,9 @@ class TensorModel(Model):
         self.max_batch_size = int(opts.get("max_batch_size", 32))  # type: ignore[misc]
         self.max_batch_wait_ms = float(opts.get("max_batch_wait_ms", 2.0))  # type: ignore[misc]
         self.max_tensor_elements = int(opts.get("max_tensor_elements", 1_000_000))
+        one_thread = int(opts.get("threads", 0) or 0) == 1
+        inline_ms = float(opts.get("inline_below_ms", 1.0 if one_thread or not self.openmp else 0))
+        self._placement = Placement(inline_ms)
         #: Model calls made (each runs one joined batch).
         self.calls = 0
         self._inputs: list[TensorMetadata] = []
@@ -93,15 +103,28 @@ class TensorModel(Model):
         good = [p for p in parsed if isinstance(p, Parsed)]
         results: dict[int, Arrays] = {}
         if good:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self._thread, self._run_joined, good)
+            rows = sum(p.rows for p in good)
+            if self._placement.inline(rows):
+                outputs = self._run_timed(good, rows)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._thread, self._run_timed, good, rows)
             results = {id(p): out for p, out in zip(good, outputs, strict=True)}
         return [
             p if isinstance(p, PermanentError) else self._answer(p, results[id(p)]) for p in parsed
         ]
 
+    def _run_timed(self, parts: list[Parsed], rows: int) -> list[Arrays]:
+        start = time.perf_counter()
+        try:
+            return self._run_joined(parts)
+        finally:
+            self._placement.observe(time.perf_counter() - start, rows)
+
     def _run_joined(self, parts: list[Parsed]) -> list[Arrays]:
         """One model call for all rows; the outputs split back by rows."""
+        if len(parts) == 1:
+            return [self._run_one(parts[0].arrays)]
         try:
             joined = {
                 name: np.concatenate([p.arrays[name] for p in parts]) for name in parts[0].arrays

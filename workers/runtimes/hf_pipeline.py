@@ -28,6 +28,7 @@ TASKS = ("text-classification", "token-classification", "feature-extraction")
 
 class HFPipelineModel(TensorModel):
     platform: ClassVar[str] = "hf-pipeline"
+    openmp: ClassVar[bool] = True
 
     def load_file(self, path: Path) -> tuple[list[TensorMetadata], list[TensorMetadata]]:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

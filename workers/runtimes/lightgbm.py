@@ -17,6 +17,7 @@ from workers.runtimes.base import Arrays, TensorModel
 
 class LightGBMModel(TensorModel):
     platform: ClassVar[str] = "lightgbm"
+    openmp: ClassVar[bool] = True
 
     def load_file(self, path: Path) -> tuple[list[TensorMetadata], list[TensorMetadata]]:
         import lightgbm

@@ -17,6 +17,7 @@ from workers.runtimes.base import Arrays, TensorModel
 
 class XGBoostModel(TensorModel):
     platform: ClassVar[str] = "xgboost"
+    openmp: ClassVar[bool] = True
 
     def load_file(self, path: Path) -> tuple[list[TensorMetadata], list[TensorMetadata]]:
         import xgboost
