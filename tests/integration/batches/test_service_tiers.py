@@ -1,12 +1,15 @@
 """`service_tier` end to end: the queue each tier waits in, and the tier each response reports.
 
-The model (`SlowChatModel`, 8 slots, its own worker) sleeps a fixed 50 ms per request, so
-latency here is about scheduling, not CPU. A background load of 64 clients, each sending its
-next request as soon as the last is answered, keeps every slot its tier may use busy and a
-backlog of about 56 requests in that tier's queue.
+The model (`SlowChatModel`, 8 slots, its own worker) sleeps a fixed time per request, so
+latency here is about scheduling, not CPU: 50 ms for the requests measured, 250 ms for the
+background load. That load, 64 clients each sending its next request as soon as the last is
+answered, keeps every slot its tier may use busy and a backlog of about 56 requests in that
+tier's queue. Its longer service time keeps its rate low (about 30 requests a second), so the
+backlog forms even on a busy 2-core machine: at 50 ms the load needed 160 requests a second
+through the bridge, and under CPU contention the clients could not keep the queue full.
 
 - `priority` under a `default` backlog: without its own queue a priority request would wait
-  behind that backlog, about 56 / 7 x 50 ms = 400 ms. Bound: median within 1.5x of the
+  behind that backlog, about 56 / 7 x 250 ms = 2 s. Bound: median within 1.5x of the
   median on the idle model.
 - `default` under a `flex` backlog: bounded as the batch priority test bounds online work
   under a batch (median + half a service time, p90 + one service time).
@@ -35,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 TIERS = "b-tiers"
 SERVICE_S = 0.05
+LOAD_SERVICE_S = 0.25
 SAMPLES = 30
 LOAD_CLIENTS = 64
 
@@ -93,7 +97,8 @@ class _Load:
 
     async def _client(self, http: httpx.AsyncClient) -> None:
         while not self._stop.is_set():
-            response = await http.post("/chat/completions", json=_body(self.tier))
+            body = _body(self.tier, f"sleep {LOAD_SERVICE_S}")
+            response = await http.post("/chat/completions", json=body)
             if response.status_code != 200:
                 self.errors.append(response.text[:200])
                 return
@@ -109,7 +114,7 @@ class _Load:
 
     def __enter__(self) -> _Load:
         self._thread.start()
-        end = time.monotonic() + 20
+        end = time.monotonic() + 30
         while self.done < 2 * LOAD_CLIENTS:  # the backlog has formed and is being served
             assert not self.errors, self.errors
             assert time.monotonic() < end, "the load did not start"
@@ -152,7 +157,7 @@ def test_priority_is_not_delayed_by_a_default_backlog(tiers: BatchStack) -> None
     with _Load(tiers, "default") as load:
         busy = _latencies(tiers, "priority")
         # The control: a default request waits behind the backlog the priority ones skip.
-        behind = _latencies(tiers, "default", samples=5)
+        behind = _latencies(tiers, "default", samples=3)
         backlog = load.pending(Priority.ONLINE)
     report = (
         _report("priority", alone, busy)
