@@ -1,7 +1,8 @@
-"""The batched prompt-chunk attention: chunks that follow KV already in the cache (a cached
-prefix, earlier chunks) are padded into groups and attended in one call per group; the
-result is the same as attending to each chunk alone, and greedy output is the same with the
-prefix cache as without it."""
+"""The batched prompt-chunk attention: chunks attend causally to their own keys and, when KV
+is already in the cache before them (a cached prefix, earlier chunks), to that prefix, the two
+merged by log-sum-exp; chunks are padded into groups, one call per group and part, and chunks
+on the same prefix share it. The result is the same as attending to each chunk alone, and
+greedy output is the same with the prefix cache as without it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 import torch
 
 from schemas.params import SamplingParams
-from workers.engine import model_runner
+from workers.engine import chunks as chunk_layout
+from workers.engine.chunks import MAX_PADDING, Chunk, PrefixRow, prefix_groups, prefix_rows
 from workers.engine.engine import Engine
-from workers.engine.model_runner import MAX_PADDING, _Chunk, group_chunks
 from workers.engine.sequence import EngineRequest
 
 from .conftest import run_to_end
@@ -31,20 +32,39 @@ def request(rid: str, ids: list[int], n: int) -> EngineRequest:
     return EngineRequest(id=rid, prompt_token_ids=ids, params=GREEDY, max_tokens=n)
 
 
-def chunk(n: int, blocks: int, start: int = 0) -> _Chunk:
-    return _Chunk(start, n, 16, list(range(blocks)))
+def test_chunks_on_the_same_prefix_share_one_row() -> None:
+    bs = 16
+    # Three suffixes of one cached 64-token prefix (4 blocks), one chunk whose prefix ends
+    # mid-block (its own earlier chunk), and a first chunk (no prefix).
+    chunks = [
+        Chunk(0, 8, 64, [0, 1, 2, 3, 10]),
+        Chunk(8, 5, 64, [0, 1, 2, 3, 11]),
+        Chunk(13, 20, 64, [0, 1, 2, 3, 12, 13]),
+        Chunk(33, 7, 40, [20, 21, 22]),
+        Chunk(40, 30, 0, [30, 31]),
+    ]
+    rows = prefix_rows(chunks, bs)
+    assert [(r.length, r.slots, r.tokens) for r in rows] == [
+        (64, [0, 1, 2, 3], list(range(0, 33))),
+        (40, [20, 21, 22], list(range(33, 40))),
+    ]
 
 
-def test_groups_keep_every_chunk_and_bound_the_padding() -> None:
-    chunks = [chunk(32, 17), chunk(31, 17), chunk(700, 30), chunk(5, 2), chunk(30, 17)]
-    groups = group_chunks(chunks)
-    assert sorted(id(c) for g in groups for c in g) == sorted(id(c) for c in chunks)
+def test_groups_keep_every_row_and_bound_the_padding() -> None:
+    rows = [PrefixRow(64 * b, list(range(b)), list(range(n))) for n, b in MIXED]
+    groups = prefix_groups(rows)
+    assert sorted(id(r) for g in groups for r in g) == sorted(id(r) for r in rows)
     for g in groups:
-        padded = len(g) * max(c.num_tokens for c in g) * max(len(c.slots) for c in g)
-        assert padded <= MAX_PADDING * sum(c.area for c in g)
-    assert len(groups) < len(chunks)
-    # Chunks alike (a shared prefix's suffixes) all go together.
-    assert [len(g) for g in group_chunks([chunk(32, 17) for _ in range(40)])] == [40]
+        padded = len(g) * max(len(r.tokens) for r in g) * max(len(r.slots) for r in g)
+        assert padded <= MAX_PADDING * sum(len(r.tokens) * len(r.slots) for r in g)
+    assert len(groups) < len(rows)
+    # Rows alike (chunks of different prompts at the same depth) all go together.
+    same = [PrefixRow(64, [i], list(range(32))) for i in range(40)]
+    assert [len(g) for g in prefix_groups(same)] == [40]
+
+
+#: (queries, prefix blocks) of rows of different sizes.
+MIXED = [(32, 17), (31, 17), (700, 30), (5, 2), (30, 17)]
 
 
 def prefill_step_logits(engine: Engine) -> torch.Tensor:
@@ -68,7 +88,7 @@ def test_grouped_chunks_attend_as_one_chunk_at_a_time(
     make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     grouped = prefill_step_logits(make_engine())
-    monkeypatch.setattr(model_runner, "MAX_PADDING", 0.0)  # every chunk in its own group
+    monkeypatch.setattr(chunk_layout, "MAX_PADDING", 0.0)  # every chunk in its own group
     alone = prefill_step_logits(make_engine())
     assert grouped.shape == alone.shape == (7, grouped.shape[1])
     assert torch.allclose(grouped, alone, atol=1e-5)

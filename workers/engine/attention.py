@@ -10,10 +10,12 @@ In each layer: the new keys/values are written to their (block slot, offset) in 
 sequences with a single query token (decoding) attend together, batched (`_decode`: one
 product over every block in use, in place, and one over the blocks shared by several
 sequences; never a per-step copy of the sequences' KV); sequences with several tokens (prompt
-chunks) attend in groups (`_prefill`): each group's chunks padded to one rectangle, their
-blocks gathered, one masked attention call for the group (a lone first chunk attends to its
-own fresh keys, causally, with no gather and no mask).
-Grouped-query attention is done by grouping query heads, never by copying keys/values.
+chunks) attend in groups, in two parts merged by log-sum-exp (see `chunks`): causally over
+their own fresh keys (`_causal`: no gather, no mask), and over the positions before them in
+the cache (`_prefix`: no mask but key padding; a prefix shared by several chunks is read
+once).
+Grouped-query attention is done by grouping query heads, never by copying cached keys/values
+(a chunk's own fresh keys are repeated per query head: a small copy).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from workers.engine.kv_cache import KVCache
 
@@ -30,25 +31,37 @@ IMPLEMENTATION = "jetserve_ragged"
 
 
 @dataclass
-class Prefill:
-    """Prompt chunks attended in one call: chunk b's queries are row b of a [B, Lq]
-    rectangle (padding repeats the row's last query, and is dropped), its keys the first
-    positions of its blocks, gathered into row b of a [B, nb * block_size] rectangle."""
+class Causal:
+    """Prompt chunks attending causally to their own tokens of this step (fresh keys, no read
+    of the cache): chunk b is row b of a [B, Lq] rectangle of token indices, padded at the end
+    by repeating its last token (the causal mask keeps real queries off the padding, whose
+    own outputs are dropped)."""
 
-    #: Token index in the step of each query, [B, Lq].
+    #: Token index in the step of each query and key, [B, Lq].
     tokens: torch.Tensor
     #: [B, Lq] True for the real (not padding) queries.
     real: torch.Tensor
     #: Token index of each real query, in `real`'s order.
     real_tokens: torch.Tensor
-    #: Slots of each chunk's blocks, [B, nb] (padding: slot 0, masked); None for one chunk
-    #: that starts at position 0, which attends to its fresh keys with a causal mask.
-    slots: torch.Tensor | None
-    #: [B, 1, Lq, nb * block_size] True where a query attends to a key (its own sequence's
-    #: positions up to its own); None with `slots`.
-    mask: torch.Tensor | None
-    #: The lone chunk's tokens in the step, when `slots` is None.
+    #: One chunk alone: its tokens in the step (contiguous: no gather, no padding).
     span: slice | None = None
+
+
+@dataclass
+class Prefix:
+    """Queries attending to the positions before their chunk, read from the KV cache: row b's
+    queries (one or more chunks with the same prefix) are row b of a [B, Lq] rectangle
+    (padding repeats a query, and is dropped), its keys the first positions of its blocks,
+    [B, nb * block_size]. Every query of a row sees every key of its prefix."""
+
+    tokens: torch.Tensor
+    real: torch.Tensor
+    real_tokens: torch.Tensor
+    #: Slots of each row's prefix blocks, [B, nb] (padding: slot 0, masked by `bias`).
+    slots: torch.Tensor
+    #: [B, 1, 1, nb * block_size] 0 at the row's prefix positions, -inf past them (the
+    #: queries' dtype); None when every row's prefix fills its nb blocks.
+    bias: torch.Tensor | None
 
 
 @dataclass
@@ -80,7 +93,10 @@ class StepBatch:
     token_slots: torch.Tensor
     token_offsets: torch.Tensor
     decode: Decode | None
-    prefills: list[Prefill]
+    #: Every prompt chunk is in one `Causal` group; those with positions before them (start >
+    #: 0) are also in one `Prefix` group, and the two results are merged per query.
+    causal: list[Causal]
+    prefix: list[Prefix]
 
 
 def ragged_attention(
@@ -110,49 +126,96 @@ def ragged_attention(
             out[: d.count] = dec
         else:
             out[d.tokens] = dec
-    gqa = query.shape[1] != key.shape[1]
-    for p in step.prefills:
-        o = _prefill(query, key, value, k_cache, v_cache, p, scale, gqa)
-        if p.span is not None:
-            out[p.span] = o
-        else:
-            out[p.real_tokens] = o
+    # Log-sum-exp of each query's scores over its own chunk, to merge in its prefix's.
+    lse = q.new_empty(q.shape[:2], dtype=torch.float32) if step.prefix else None
+    for c in step.causal:
+        o, c_lse = _causal(query, key, value, c, scale)
+        rows = c.span if c.span is not None else c.real_tokens
+        out[rows] = o
+        if lse is not None:
+            lse[rows] = c_lse
+    for p in step.prefix:
+        assert lse is not None
+        o, p_lse = _prefix(query, k_cache, v_cache, p, scale)
+        t = p.real_tokens
+        own = out[t].float()
+        # Softmax over the union of both key sets: own * (1 - s) + prefix * s, with s the
+        # prefix's share of the total weight, sigmoid(lse_prefix - lse_own).
+        share = torch.sigmoid(p_lse - lse[t])[..., None]
+        out[t] = (own + (o.float() - own) * share).to(out.dtype)
     return out.unsqueeze(0), None
 
 
-def _prefill(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    p: Prefill,
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    bias: torch.Tensor | None,
     scale: float,
-    gqa: bool,
-) -> torch.Tensor:
-    """Attention of one group's real queries: [real queries, H, D]."""
-    if p.slots is None:
-        assert p.span is not None
-        # One chunk from position 0: its fresh keys/values (contiguous per head; SDPA stays
-        # on its causal flash kernel).
-        t = p.span
-        o = F.scaled_dot_product_attention(
-            query[:, :, t],
-            key[:, :, t],
-            value[:, :, t],
-            is_causal=True,
-            scale=scale,
-            enable_gqa=gqa,
-        )
-        return o[0].transpose(0, 1)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention and the log-sum-exp of each query's scores: q [B, H, Lq, D], k and v [B, H,
+    Lk, D] (as many heads) -> [B, H, Lq, D], [B, H, Lq] (float32). On CPU, torch's flash
+    kernel (which returns both); elsewhere the plain product."""
+    if q.device.type == "cpu":
+        # The kernel reads the last dimension as contiguous, whatever its stride says (a
+        # one-block prefix gathered from the transposed keys is a view with stride bs there).
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, attn_mask=bias, scale=scale
+        )[:2]
+        return o, lse
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    if bias is not None:
+        scores = scores + bias
+    if causal:
+        lq, lk = scores.shape[-2:]
+        above = torch.ones(lq, lk, dtype=torch.bool, device=q.device).triu(lk - lq + 1)
+        scores = scores.masked_fill(above, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    weights = torch.exp(scores - lse[..., None]).to(v.dtype)
+    return torch.matmul(weights, v), lse
+
+
+def _causal(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, c: Causal, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A group's chunks over their own keys: [real queries, H, D], and the log-sum-exp [real
+    queries, H]."""
+    if c.span is not None:
+        q, k, v = query[:, :, c.span], key[:, :, c.span], value[:, :, c.span]
+    else:  # [B, heads, Lq, D]
+        q = query[0][:, c.tokens].transpose(0, 1)
+        k = key[0][:, c.tokens].transpose(0, 1)
+        v = value[0][:, c.tokens].transpose(0, 1)
+    group = q.shape[1] // k.shape[1]
+    if group > 1:  # the chunk's own keys only: a small copy
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    o, lse = _attend(q, k, v, True, None, scale)
+    o, lse = o.transpose(1, 2), lse.transpose(1, 2)  # [B, Lq, H, ...]
+    if c.span is not None:
+        return o[0], lse[0]
+    return o[c.real], lse[c.real]
+
+
+def _prefix(
+    query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, p: Prefix, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A group's queries over their prefixes in the cache: [real queries, H, D], and the
+    log-sum-exp [real queries, H]."""
     qp = query[0][:, p.tokens].transpose(0, 1)  # [B, H, Lq, D]
-    b, nb = p.slots.shape
-    kvh, dim, bs = k_cache.shape[1:]
+    b, heads, lq, dim = qp.shape
+    nb = p.slots.shape[1]
+    kv_heads, _, bs = k_cache.shape[1:]
+    # Grouped-query attention: a KV head's query heads are folded into the query length
+    # (every query sees the whole prefix, so their order does not matter).
+    qf = qp.reshape(b, kv_heads, heads // kv_heads * lq, dim)
     # [B, nb, KVH, D, bs] -> [B, KVH, nb * bs, D]
-    kp = k_cache[p.slots].permute(0, 2, 1, 4, 3).reshape(b, kvh, nb * bs, dim)
-    vp = v_cache[p.slots].transpose(1, 2).reshape(b, kvh, nb * bs, dim)
-    o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask, scale=scale, enable_gqa=gqa)
-    return o.transpose(1, 2)[p.real]
+    kp = k_cache[p.slots].permute(0, 2, 1, 4, 3).reshape(b, kv_heads, nb * bs, dim)
+    vp = v_cache[p.slots].transpose(1, 2).reshape(b, kv_heads, nb * bs, dim)
+    o, lse = _attend(qf, kp, vp, False, p.bias, scale)
+    o = o.reshape(b, heads, lq, dim).transpose(1, 2)
+    return o[p.real], lse.reshape(b, heads, lq).transpose(1, 2)[p.real]
 
 
 def _flatten(blocks: torch.Tensor) -> torch.Tensor:
