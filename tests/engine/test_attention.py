@@ -14,6 +14,7 @@ import torch
 
 from schemas.params import SamplingParams
 from workers.engine import chunks as chunk_layout
+from workers.engine.attention import _attend, _attend_plain
 from workers.engine.chunks import MAX_PADDING, Chunk, PrefixRow, prefix_groups, prefix_rows
 from workers.engine.engine import Engine
 from workers.engine.sequence import EngineRequest
@@ -118,3 +119,20 @@ def test_many_chunks_on_a_cached_prefix_in_one_step_give_the_same_greedy_output(
     assert with_cache == without
     assert set(none.values()) == {0}
     assert cached == {"first": 0, **{f"r{i}": 64 for i in range(8)}}
+
+
+def test_the_kernel_path_returns_what_plain_products_give() -> None:
+    """`_attend` (torch's flash kernel, with its log-sum-exp) against plain products: causal,
+    a key-padding bias, and keys viewed with a non-unit last stride (as a one-block prefix
+    gathered from the transposed key cache is)."""
+    torch.manual_seed(0)
+    q = torch.randn(3, 4, 12, 16)
+    k, v = torch.randn(3, 4, 16, 12).transpose(-1, -2), torch.randn(3, 4, 12, 16)
+    assert k.stride(-1) != 1
+    past = torch.arange(12) >= torch.tensor([12, 5, 1])[:, None]
+    bias = torch.zeros(past.shape).masked_fill(past, float("-inf"))[:, None, None]
+    for causal, b in ((True, None), (False, bias), (False, None)):
+        o, lse = _attend(q, k, v, causal, b, 0.25)
+        o_ref, lse_ref = _attend_plain(q, k, v, causal, b, 0.25)
+        assert torch.allclose(o, o_ref, atol=1e-5)
+        assert torch.allclose(lse, lse_ref, atol=1e-5)

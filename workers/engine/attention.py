@@ -155,16 +155,35 @@ def _attend(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention and the log-sum-exp of each query's scores: q [B, H, Lq, D], k and v [B, H,
-    Lk, D] (as many heads) -> [B, H, Lq, D], [B, H, Lq] (float32). On CPU, torch's flash
-    kernel (which returns both); elsewhere the plain product."""
+    Lk, D] (as many heads) -> [B, H, Lq, D], [B, H, Lq] (float32). torch's kernels that
+    return both: flash on CPU, memory-efficient on CUDA; elsewhere plain products."""
+    # The kernels read the last dimension as contiguous, whatever its stride says (a one-block
+    # prefix gathered from the transposed keys is a view with stride block_size there).
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     if q.device.type == "cpu":
-        # The kernel reads the last dimension as contiguous, whatever its stride says (a
-        # one-block prefix gathered from the transposed keys is a view with stride bs there).
-        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, causal, attn_mask=bias, scale=scale
         )[:2]
         return o, lse
+    if q.device.type == "cuda":
+        b, heads, lq, _ = q.shape
+        full = None if bias is None else bias.expand(b, heads, lq, k.shape[2])
+        o, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, full, True, 0.0, causal, scale=scale
+        )[:2]
+        return o, lse[..., :lq]  # its log-sum-exp is padded to a multiple of 32 queries
+    return _attend_plain(q, k, v, causal, bias, scale)
+
+
+def _attend_plain(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    bias: torch.Tensor | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_attend` as plain products (any device)."""
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
     if bias is not None:
         scores = scores + bias
