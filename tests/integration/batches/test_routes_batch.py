@@ -142,12 +142,12 @@ def test_sticky_batch_lines_shadow_and_nats_async_of_a_served_name(
                 if count >= expected:
                     break
                 await asyncio.sleep(0.05)
-            subjects = []
+            subjects: list[str] = []
             for seq in range(1, count + 1):
                 msg = await js.get_msg(stream, seq=seq)
                 assert msg.headers is not None
                 assert names.Header.REPLY_TO.value not in msg.headers  # result discarded
-                subjects.append(msg.subject)
+                subjects.append(str(msg.subject))
             assert count == expected, (count, expected)
             return count, subjects
         finally:
