@@ -1,7 +1,7 @@
 """Served names through two real bridge processes: every request answered by the version its
 routing key chooses (`model` in the response is that version), `/v1/models` listing served
-names and versions, and weights changed under the issue's fixed-rate load (200 requests a second for 20 s,
-90/10 -> 50/50 -> 0/100) with no request failing."""
+names and versions, and weights changed under a fixed-rate load (200 requests a second for
+20 s, 90/10 -> 50/50 -> 0/100) with no request failing."""
 
 from __future__ import annotations
 
