@@ -21,6 +21,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, ControllerRouterHandler
 
 from natsio.routes import RouteMetrics
+from producer.capacity import ModelCapacity
 from producer.client import Client
 from producer.http.auth import Authenticator
 from producer.http.calls import Calls
@@ -34,6 +35,7 @@ from producer.http.middleware import MetricsMiddleware
 from producer.http.presence import Presence
 from producer.http.routes import BridgeHolder, openai_routes, service_routes
 from producer.limits import LimitsSource, TenantGate
+from producer.online_share import OnlineShare
 from producer.ratelimit import Limiter
 from producer.ratelimit_kv import KvBuckets, open_ratelimit_bucket
 
@@ -97,12 +99,17 @@ async def connected(
         config.nats_url, name="jetserve-bridge", route_metrics=RouteMetrics(metrics.registry)
     )
     presence = Presence(client.nc, ttl_s=min(1.0, config.no_worker_timeout_s))
+    capacity = ModelCapacity(client.nc)
+    share = OnlineShare(capacity.window) if config.online_fair_share else None
+    if share is not None:
+        metrics.watch_windows(share.models)
     calls = Calls(
         client,
         presence,
         metrics,
         no_worker_timeout_s=config.no_worker_timeout_s,
         retry_after_s=config.retry_after_s,
+        share=share,
     )
     kv = await open_bucket(client.js, config.duplicate_window_s)
     try:
@@ -119,4 +126,5 @@ async def connected(
         yield Bridge(config, authenticator, client, calls, idempotency, gate)
     finally:
         await calls.close()
+        await capacity.close()
         await client.close()

@@ -60,6 +60,7 @@ class EchoCalls(Calls):
             calls.metrics,
             no_worker_timeout_s=calls.no_worker_timeout_s,
             retry_after_s=calls.retry_after_s,
+            share=calls.share,
         )
 
 

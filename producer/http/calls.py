@@ -4,6 +4,10 @@
     item = await call.next()      # StreamChunk ..., then FinalResult; raises ApiError
     await call.close()            # always; cancels upstream if no terminal reply came
 
+An online request first takes a slot in its model's window (`OnlineShare`: tenants share a
+saturated model fairly); it waits there, within its deadline, while the window is full, and
+frees the slot when the call closes.
+
 Publishing does not wait for the PubAck (`Client.begin`): a refusal (unknown model, full
 backlog, not stored in time) comes out of `call.next()` like a reply, so the caller's task is
 woken once per request. Waiting is bounded twice. The deadline (`timeout_s`, also the
@@ -34,9 +38,11 @@ from producer.http.errors import (
 )
 from producer.http.metrics import BridgeMetrics
 from producer.http.presence import Presence
+from producer.online_share import NO_SLOT, OnlineShare, Slot
 from producer.pending import Pending
 from producer.timers import CoarseTimers
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest, StreamChunk
+from schemas.names import Priority
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +62,10 @@ class Call:
         pending: Pending,
         deadline: float,
         on_final: Callable[[FinalResult | ErrorResult], None] | None = None,
+        slot: Slot = NO_SLOT,
     ) -> None:
         self._d = calls
+        self._slot = slot
         self.pending = pending
         self.request = pending.request
         self._deadline = deadline
@@ -147,12 +155,14 @@ class Call:
 
     async def close(self) -> None:
         """Stop listening; cancel upstream unless the terminal reply came."""
+        self._slot.leave()
         await self._d.finish(self.pending, cancel=not self.finished)
 
     def abandon(self) -> None:
         """`close()` from a task being cancelled (the client went away): run it apart."""
         if not self.finished:
             self._d.cancelled("disconnect")
+        self._slot.leave()
         self._d.spawn(self.close())
 
 
@@ -168,8 +178,11 @@ class Calls:
         *,
         no_worker_timeout_s: float,
         retry_after_s: int,
+        share: OnlineShare | None = None,
     ) -> None:
         self.client = client
+        #: Online requests' fair share of each model's window (None: off).
+        self.share = share
         self.presence = presence
         self.metrics = metrics
         self.no_worker_timeout_s = no_worker_timeout_s
@@ -210,12 +223,29 @@ class Calls:
 
     async def open(self, request: InferenceRequest, *, streaming: bool, timeout_s: float) -> Call:
         """Publish; the call raises the refusal if the request is not stored, its reply
-        otherwise (one wait for both: `Client.begin`)."""
+        otherwise (one wait for both: `Client.begin`). An online request waits for its slot
+        first (504 if its deadline passes meanwhile)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        slot = await self._slot(request, timeout_s)
         try:
             pending = await self.client.begin(request, streaming=streaming)
         except JetserveError as exc:
+            slot.leave()
             raise self.refusal(exc, request) from None
-        return Call(self, pending, asyncio.get_running_loop().time() + timeout_s)
+        except BaseException:
+            slot.leave()
+            raise
+        return Call(self, pending, deadline, slot=slot)
+
+    async def _slot(self, request: InferenceRequest, timeout_s: float) -> Slot:
+        if self.share is None or request.priority is not Priority.ONLINE:
+            return NO_SLOT
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.share.enter(request.model, request.tenant)
+        except TimeoutError:
+            self.cancelled("deadline")
+            raise deadline_exceeded() from None
 
     async def close(self) -> None:
         for task in list(self._background):
