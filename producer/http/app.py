@@ -12,6 +12,7 @@ four need a key unless auth is off); GET /healthz, /readyz, /metrics, /openapi.j
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -34,10 +35,11 @@ from producer.http.metrics import BridgeMetrics
 from producer.http.middleware import MetricsMiddleware
 from producer.http.presence import Presence
 from producer.http.routes import BridgeHolder, openai_routes, service_routes
+from producer.inflight import InFlight
 from producer.limits import LimitsSource, TenantGate
 from producer.online_share import OnlineShare
 from producer.ratelimit import Limiter
-from producer.ratelimit_kv import KvBuckets, open_ratelimit_bucket
+from producer.ratelimit_kv import KvBuckets, KvSlots, open_ratelimit_bucket
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +113,29 @@ async def connected(
         retry_after_s=config.retry_after_s,
         share=share,
     )
+    in_flight: InFlight | None = None
+    renewals: asyncio.Task[None] | None = None
     kv = await open_bucket(client.js, config.duplicate_window_s)
     try:
         idempotency = Idempotency(calls, kv, client.js)
         gate = None
         if limits is not None:
-            buckets = KvBuckets(await open_ratelimit_bucket(client.js))
+            bucket = await open_ratelimit_bucket(client.js)
+            in_flight = InFlight(KvSlots(bucket))
+            renewals = asyncio.get_running_loop().create_task(in_flight.run_renewals())
             gate = TenantGate(
                 limits,
-                Limiter(buckets),
+                Limiter(KvBuckets(bucket)),
+                in_flight,
                 default_max_tokens=config.limits_default_max_tokens,
                 on_decision=metrics.tenant_decision,
             )
         yield Bridge(config, authenticator, client, calls, idempotency, gate)
     finally:
+        if renewals is not None:
+            renewals.cancel()
+        if in_flight is not None:
+            await in_flight.close()
         await calls.close()
         await capacity.close()
         await client.close()
