@@ -100,6 +100,15 @@ class InFlight:
         lease = self._leases.get(key)
         return lease.used if lease is not None else 0
 
+    def take_leased(self, key: str) -> bool:
+        """Take a slot of `key` from this replica's lease, if it has one free (no await: the
+        common case on the request path); else `acquire`."""
+        lease = self._leases.get(key)
+        if lease is not None and lease.used < lease.held and lease.resizing is None:
+            lease.used += 1
+            return True
+        return False
+
     async def acquire(self, key: str, limit: int) -> bool:
         """Take a slot of `key` (limit `limit`): True, or False when all are in use."""
         lease = self._leases.get(key)

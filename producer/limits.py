@@ -128,7 +128,10 @@ class TenantGate:
         slot_key = None
         if limits.max_in_flight is not None:
             slot_key = ratelimit_key(tenant, scope, IN_FLIGHT)
-            if not await self._slots.acquire(slot_key, limits.max_in_flight):
+            slots = self._slots
+            if not slots.take_leased(slot_key) and not await slots.acquire(
+                slot_key, limits.max_in_flight
+            ):
                 self._refuse(
                     tenant,
                     estimated_tokens,
