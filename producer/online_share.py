@@ -72,6 +72,11 @@ class OnlineShare:
         """A slot in `model`'s window for one of `tenant`'s requests: at once while the window
         has room (and nobody waits), else when the fair order reaches it. Cancelling the
         caller gives up its place (or the slot it was just given)."""
+        slot = self.try_enter(model, tenant)
+        return slot if slot is not None else await self.wait(model, tenant)
+
+    def try_enter(self, model: str, tenant: str) -> Slot | None:
+        """A slot at once, if the window has room and nobody waits; else None (`wait`)."""
         window = self._windows.get(model)
         if window is None:
             window = self._windows[model] = _Window(model)
@@ -79,6 +84,12 @@ class OnlineShare:
         if size is None or (window.in_flight < size and not window.waiting):
             self._take(window, tenant)
             return Slot(self, window, tenant)
+        return None
+
+    async def wait(self, model: str, tenant: str) -> Slot:
+        """A slot when the fair order reaches this request (after `try_enter` gave None)."""
+        window = self._windows[model]
+        size = self._size(model)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue = window.waiting.get(tenant)
         if queue is None:

@@ -47,6 +47,9 @@ from schemas.names import Priority
 log = logging.getLogger(__name__)
 
 Event = StreamChunk | FinalResult
+#: Start watching for the HTTP client going away: `watch(gone)` calls `gone()` when it does,
+#: and returns the function that stops watching.
+Watch = Callable[[Callable[[], None]], Callable[[], None]]
 
 
 class ClientGone(Exception):
@@ -221,12 +224,20 @@ class Calls:
         except JetserveError as exc:
             raise self.refusal(exc, request) from None
 
-    async def open(self, request: InferenceRequest, *, streaming: bool, timeout_s: float) -> Call:
+    async def open(
+        self,
+        request: InferenceRequest,
+        *,
+        streaming: bool,
+        timeout_s: float,
+        watch: Watch | None = None,
+    ) -> Call:
         """Publish; the call raises the refusal if the request is not stored, its reply
         otherwise (one wait for both: `Client.begin`). An online request waits for its slot
-        first (504 if its deadline passes meanwhile)."""
+        first (504 if its deadline passes meanwhile; `ClientGone` if the client goes away
+        meanwhile, seen through `watch`)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        slot = await self._slot(request, timeout_s)
+        slot = await self._slot(request, timeout_s, watch)
         try:
             pending = await self.client.begin(request, streaming=streaming)
         except JetserveError as exc:
@@ -237,17 +248,48 @@ class Calls:
             raise
         return Call(self, pending, deadline, slot=slot)
 
-    async def _slot(self, request: InferenceRequest, timeout_s: float) -> Slot:
-        if self.share is None or request.priority is not Priority.ONLINE:
+    async def _slot(self, request: InferenceRequest, timeout_s: float, watch: Watch | None) -> Slot:
+        share = self.share
+        if share is None or request.priority is not Priority.ONLINE:
             return NO_SLOT
+        slot = share.try_enter(request.model, request.tenant)
+        if slot is not None:  # room in the window: no wait, nothing to watch
+            return slot
+        entering = asyncio.ensure_future(share.wait(request.model, request.tenant))
+        gone = False
+
+        def client_gone() -> None:
+            nonlocal gone
+            gone = True
+            entering.cancel()  # gives its place (or its slot) up
+
+        stop = watch(client_gone) if watch is not None else _nothing
         try:
             async with asyncio.timeout(timeout_s):
-                return await self.share.enter(request.model, request.tenant)
-        except TimeoutError:
-            self.cancelled("deadline")
-            raise deadline_exceeded() from None
+                slot = await entering
+        except BaseException as exc:
+            stop()
+            if entering.done() and not entering.cancelled() and entering.exception() is None:
+                entering.result().leave()  # given as this request gave up
+            else:
+                entering.cancel()
+            if isinstance(exc, TimeoutError):
+                self.cancelled("deadline")
+                raise deadline_exceeded() from None
+            task = asyncio.current_task()
+            cancelling = task.cancelling() if task is not None else 0
+            if gone and isinstance(exc, asyncio.CancelledError) and not cancelling:
+                self.cancelled("disconnect")
+                raise ClientGone() from None
+            raise
+        stop()
+        return slot
 
     async def close(self) -> None:
         for task in list(self._background):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
+
+
+def _nothing() -> None:
+    pass
