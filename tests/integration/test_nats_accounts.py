@@ -15,16 +15,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 
 from jetserve.servers import free_port, nats_server_binary
+from natsio.routes import RouteStore
 from producer.client import make_request
 from schemas import names
 from schemas.codec import decode_reply, encode
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult, FinalResult
 from schemas.names import Header, Priority
+from schemas.routes import Route, Target
 from workers.provision import QueueSettings, provision_model
 
 from ..keda import StreamNotFound, keda_lag
@@ -190,3 +193,52 @@ async def test_a_tenants_nats_user_publishes_only_as_that_tenant(
     assert isinstance(served, FinalResult)
     assert served.output == {"x": 2}
     await tenant.close()
+
+
+async def test_a_tenant_reads_and_watches_the_routes_bucket_but_cannot_write_it(
+    accounts_server: Server,
+) -> None:
+    """NATS-native publishers resolve a served name from the routes bucket (README): the
+    tenant's user may get and watch its keys, not write them."""
+    url = accounts_server.url
+    service = await nats.connect(url, user="jetserve", password=PASSWORDS["JETSERVE_NATS_PASSWORD"])
+    await provision_model(service.jetstream(), "echo", QueueSettings())
+    await provision_model(service.jetstream(), "echo-b", QueueSettings())
+    store = await RouteStore.open(service)
+    await store.put(Route("chat", [Target("echo", 90), Target("echo-b", 10)]))
+    tenant = await nats.connect(
+        url,
+        user="tenant-acme",
+        password=PASSWORDS["TENANT_ACME_NATS_PASSWORD"],
+        inbox_prefix="_INBOX_acme",
+        error_cb=_ignore,
+    )
+    try:
+        kv = await tenant.jetstream(timeout=2).key_value(names.ROUTES_BUCKET)
+        entry = await kv.get("chat")
+        assert entry.value is not None
+        route = msgspec.json.decode(entry.value, type=Route)
+        assert [(t.model, t.weight) for t in route.targets] == [("echo", 90), ("echo-b", 10)]
+        watcher = await kv.watch("chat")
+        first = await watcher.updates(timeout=2)  # type: ignore[no-untyped-call]
+        assert first is not None
+        assert first.key == "chat"
+        await store.put(Route("chat", [Target("echo", 50), Target("echo-b", 50)]))
+        changed = await watcher.updates(timeout=2)  # type: ignore[no-untyped-call]
+        if changed is None:  # nats-py's marker: the values there were are all delivered
+            changed = await watcher.updates(timeout=2)  # type: ignore[no-untyped-call]
+        assert changed is not None
+        assert changed.value is not None
+        assert b"50" in changed.value
+        await watcher.stop()  # type: ignore[no-untyped-call]
+        with pytest.raises(nats.errors.Error):  # no write: the publish is refused, no PubAck
+            await kv.put("chat", b"{}")
+        again = await kv.get("chat")
+        assert again.value == changed.value
+    finally:
+        await tenant.close()
+        await service.close()
+
+
+async def _ignore(exc: Exception) -> None:
+    pass  # the refused put's permission violation
