@@ -192,6 +192,8 @@ def main() -> None:
         f"CPU {cpu} ({os.cpu_count()} cores); dtype {choose_dtype('auto', torch.device('cpu'))}; "
         f"torch threads {torch.get_num_threads()}; SmolLM2 worker, capacity 32"
     )
+    # Stopped (a timeout's SIGTERM): unwind like ^C, so the worker and nats-server stop too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncio.run(main_async(args))
 
 
