@@ -1,6 +1,7 @@
 """Recovery after a worker crash, side by side: 48 SmolLM2 requests (48 tokens each) through
-one `jetserve worker` with and without a SIGKILL mid-run (at half the pair's run without it,
-the first 32 in flight), in alternating rounds.
+one `jetserve worker` with and without a SIGKILL mid-run, in alternating rounds. The kill comes
+at half the time to the first answer of the pair's run without it: the first requests (31, the
+worker's online capacity) in flight and about half done (if the run is not twice as fast).
 
 A supervisor restarts the worker 0.5 s after it dies (the first backoff of `jetserve up`),
 with the model cache warm, as under `make up`. Printed per pair: the run's time without and with
@@ -75,9 +76,9 @@ class Supervised:
 
 
 async def one_run(client: Client, sup: Supervised, kill_at_s: float | None) -> dict[str, float]:
-    """48 requests at once (the worker runs 32, its capacity, and 16 wait in the stream); with
-    `kill_at_s`, SIGKILL the worker that long after the start, or at the first answer if that
-    comes sooner (so the kill finds the first 32 in flight however busy the machine is)."""
+    """48 requests at once (the worker runs 31: its capacity less the credit kept on the
+    priority consumer; the rest wait in the stream); with `kill_at_s`, SIGKILL the worker that
+    long after the start, or at the first answer if that comes sooner."""
     params = SamplingParams(temperature=0.0, max_tokens=48, ignore_eos=True)
     requests = [
         make_request(
@@ -108,6 +109,7 @@ async def one_run(client: Client, sup: Supervised, kill_at_s: float | None) -> d
         figures["killed_at_s"] = killed - start
     await asyncio.gather(*tasks)
     figures["total_s"] = time.time() - start
+    figures["first_answer_s"] = min(answered) - start
     if kill_at_s is not None and sup.restarted_at is not None:
         later = [t for t in answered if t > sup.restarted_at]
         figures["restart_to_first_answer_s"] = min(later) - sup.restarted_at if later else -1
@@ -153,12 +155,12 @@ async def pairs(args: argparse.Namespace, url: str, sup: Supervised) -> None:
     deltas = []
     for i in range(args.pairs):
         plain = await one_run(client, sup, None)
-        crash = await one_run(client, sup, plain["total_s"] * args.kill_at)
+        crash = await one_run(client, sup, plain["first_answer_s"] * args.kill_at)
         deltas.append(crash["total_s"] - plain["total_s"])
         print(
             f"pair {i + 1}: without kill {plain['total_s']:.1f} s; with kill "
             f"{crash['total_s']:.1f} s (killed at {crash['killed_at_s']:.1f} s with "
-            f"{crash['unanswered']:.0f} unanswered, up to 32 of them in flight; restart to "
+            f"{crash['unanswered']:.0f} unanswered, up to 31 of them in flight; restart to "
             f"first answer {crash.get('restart_to_first_answer_s', -1):.1f} s); "
             f"difference {deltas[-1]:+.1f} s",
             flush=True,
@@ -178,7 +180,8 @@ def main() -> None:
         "--kill-at",
         type=float,
         default=0.5,
-        help="kill at this fraction of the pair's run without a kill (or at the first answer)",
+        help="kill at this fraction of the time to the first answer in the pair's run without a "
+        "kill (the first requests in flight, half done)",
     )
     args = parser.parse_args()
     import torch
