@@ -45,9 +45,11 @@ log = logging.getLogger(__name__)
 #: Pull requests stay open this long; credit of a request that found nothing returns after it.
 ONLINE_EXPIRES_S = 5.0
 BATCH_EXPIRES_S = 1.0
-#: A quarantine group is chosen this long after its first suspect could run: the suspects that
-#: crashed together are redelivered together, in a few pull responses.
+#: A quarantine group is chosen once no redelivery has come in for this long (the suspects that
+#: crashed together are redelivered together, in a few pull responses), at most
+#: GROUP_SETTLE_MAX_S after its first suspect could run.
 GROUP_SETTLE_S = 0.05
+GROUP_SETTLE_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,8 @@ class Intake:
         self._priority_reserve_setting = priority_reserve
         self._handbacks = handbacks
         self._group_settle_s = group_settle_s
+        #: Redeliveries received (the quarantine chooses a group once they stop coming).
+        self._redeliveries = 0
         #: Redeliveries whose hand-backs are being looked up (held in `_waiting` meanwhile).
         self._checks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
@@ -288,6 +292,7 @@ class Intake:
             self._kick()  # top the credit up again
         self._idle.clear()
         if info is not None and info.delivered > 1:
+            self._redeliveries += 1
             if self._handbacks is not None:  # redeliveries only: why was it redelivered?
                 self._waiting[id(msg)] = (msg, time.monotonic())
                 check = asyncio.get_running_loop().create_task(self._classify(msg, info.delivered))
@@ -369,11 +374,18 @@ class Intake:
         group: list[Msg] = []
         cancelled = False
         try:
-            # Suspects that crashed together arrive together: let the rest of them come in
-            # (and be looked up) before choosing.
-            await asyncio.sleep(self._group_settle_s)
-            while self._checks and self._open:
-                await asyncio.wait(set(self._checks))
+            # Suspects that crashed together arrive together, but in a few pull responses (a
+            # restarted worker's first pull asks for its online reserve only): choose once no
+            # redelivery has come in for a settle period and all are looked up, at most
+            # GROUP_SETTLE_MAX_S after the first.
+            deadline = time.monotonic() + GROUP_SETTLE_MAX_S
+            while True:
+                seen = self._redeliveries
+                await asyncio.sleep(self._group_settle_s)
+                while self._checks and self._open:
+                    await asyncio.wait(set(self._checks))
+                if self._redeliveries == seen or time.monotonic() >= deadline:
+                    break
             group = next_group(list(self._suspects), self._capacity(), self._crashed)
             for _ in group:
                 self._suspects.popleft()
