@@ -101,6 +101,10 @@ HTTP_CALLBACK_URL = "x-jetserve-callback-url"
 #: A sticky routing key for served names with several versions (schemas/routes.py): requests
 #: with the same key see the same version while the weights do not change.
 HTTP_ROUTE_KEY = "x-jetserve-route-key"
+#: Request metadata key: a batch line's sticky routing key (its body's `prompt_cache_key`,
+#: `safety_identifier` or `user`), kept from validation to dispatch, where a served name's
+#: version is chosen.
+ROUTE_KEY_METADATA = "route_key"
 
 #: Inbox prefixes of jetserve's shared-inbox subscriptions (a random token follows each).
 INBOX_ROOT = "_INBOX"
@@ -333,6 +337,12 @@ ROUTES_HISTORY = 16
 #: (workers/handbacks.py).
 HANDBACK_BUCKET = f"{ROOT}-handbacks"
 
+
+#: JetStream Object Store bucket of images too large to ride inside their request (a request
+#: carries the object's name, the sha256 of its bytes). Objects expire with the bucket's
+#: time-to-live, not when their request ends: a redelivery or a dead-letter replay needs them.
+IMAGES_BUCKET = f"{ROOT}-images"
+IMAGES_TTL_S = 24 * 3600.0
 
 #: NATS KV bucket of the tenants' token buckets (`limits.BucketState`), one key per tenant,
 #: scope and dimension (`ratelimit_key`), updated compare-and-set by every bridge replica.
