@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from jetserve.servers import NatsServer
 
@@ -39,7 +40,10 @@ def nats_server() -> Iterator[str]:
 
 
 def spawn(
-    args: Sequence[str], env: dict[str, str] | None = None, tree: Path = REPO
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    tree: Path = REPO,
+    stderr: int | IO[bytes] = subprocess.PIPE,
 ) -> subprocess.Popen[bytes]:
     """Run `python args` from the source `tree` (this checkout, or another one's copy)."""
     full_env = dict(os.environ)
@@ -50,5 +54,5 @@ def spawn(
         env=full_env,
         cwd=tree,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
     )

@@ -3,9 +3,10 @@
 Two `jetserve worker` processes on one nats-server, each serving its own model with the test
 model `tests.models:SlowModel` (capacity 64): one runs this tree's code, one a baseline tree's
 (e.g. `git archive <commit> | tar -x -C /tmp/base`), each with its own defaults (ack_wait
-included). In alternating rounds each gets the same requests with 64 in flight; a request
-is held `--hold-s` by the model (0: the per-message path alone; 2: long enough for the
-in-progress signals). CPU is the worker's threads' run time from /proc (schedstat).
+included), or this tree with one setting changed (`--baseline . --base-env NAME=VALUE`). In
+alternating rounds each gets the same requests with 64 in flight; a request is held `--hold-s`
+by the model (0: the per-message path alone; 2: long enough for the in-progress signals). CPU
+is the worker's threads' run time from /proc (schedstat).
 
     .venv/bin/python -m loadtest.worker_cpu_bench --baseline /tmp/base --rounds 7
 """
@@ -35,9 +36,12 @@ def cpu_s(pid: int) -> float:
     return total / 1e9
 
 
-def start(tree: Path, url: str, model: str) -> subprocess.Popen[bytes]:
+def start(tree: Path, url: str, model: str, extra: list[str]) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(tree), JETSERVE_NATS_URL=url)
     env["JETSERVE_LOG_LEVEL"] = "WARNING"
+    for item in extra:
+        name, _, value = item.partition("=")
+        env[name] = value
     args = ["-m", "jetserve", "worker", "--model", model, "--class", "tests.models:SlowModel"]
     args.append("--option=capacity=64")
     return subprocess.Popen([sys.executable, *args], env=env, cwd=tree)
@@ -57,8 +61,8 @@ async def load(client: Client, model: str, count: int, hold_s: float) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     with nats_server() as url:
         procs = {
-            "base": start(args.baseline, url, "cpu-base"),
-            "this": start(REPO, url, "cpu-this"),
+            "base": start(args.baseline, url, "cpu-base", args.base_env),
+            "this": start(REPO, url, "cpu-this", []),
         }
         client = await Client.connect(url)
         for name in procs:
@@ -97,6 +101,14 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, required=True)
+    parser.add_argument(
+        "--base-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the baseline worker only (e.g. JETSERVE_ACK_WAIT_S=15 against this "
+        "tree: the cost of one setting alone)",
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--hold-s", type=float, default=0.0)

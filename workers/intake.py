@@ -45,9 +45,11 @@ log = logging.getLogger(__name__)
 #: Pull requests stay open this long; credit of a request that found nothing returns after it.
 ONLINE_EXPIRES_S = 5.0
 BATCH_EXPIRES_S = 1.0
-#: A quarantine group is chosen this long after its first suspect could run: the suspects that
-#: crashed together are redelivered together, in a few pull responses.
+#: A quarantine group is chosen once no redelivery has come in for this long (the suspects that
+#: crashed together are redelivered together, in a few pull responses), at most
+#: GROUP_SETTLE_MAX_S after its first suspect could run.
 GROUP_SETTLE_S = 0.05
+GROUP_SETTLE_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,13 +121,15 @@ def online_reserve(capacity: int, setting: int | None = None) -> int:
     return min(reserve, capacity)
 
 
-def next_group(suspects: list[tuple[Msg, int]], capacity: int) -> list[Msg]:
+def next_group(suspects: list[tuple[Msg, int]], capacity: int, crashed: int) -> list[Msg]:
     """The next quarantine group, from the front of `suspects` ((message, bound) in arrival
     order): as many as every member's bound allows, at most `capacity`. A suspect without a
     bound (its crash was beside other work, not in a group) may join a group of half the
-    unbounded suspects waiting (1 when it is alone: the old rule, run alone)."""
-    unbounded = sum(1 for _, bound in suspects if bound == 0)
-    default = max(1, (unbounded + 1) // 2)
+    `crashed` unbounded suspects of this quarantine, those already run included (1 when it is
+    alone: run alone). Half of those that crashed together, not of those still waiting: the
+    bystanders of one crash are served in two groups, not in halves of halves (32 suspects
+    ran as 16, 8, 4, 2, 1 and 1, six runs one after another)."""
+    default = max(1, (crashed + 1) // 2)
     limit = max(1, capacity)
     group: list[Msg] = []
     for msg, bound in suspects:
@@ -184,12 +188,16 @@ class Intake:
         self._priority_reserve_setting = priority_reserve
         self._handbacks = handbacks
         self._group_settle_s = group_settle_s
+        #: Redeliveries received (the quarantine chooses a group once they stop coming).
+        self._redeliveries = 0
         #: Redeliveries whose hand-backs are being looked up (held in `_waiting` meanwhile).
         self._checks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
         #: Suspects waiting for their quarantine group: (message, largest group it may join;
         #: 0: any), and the other messages held meanwhile.
         self._suspects: deque[tuple[Msg, int]] = deque()
+        #: Unbounded suspects placed since the quarantine began (what `next_group` halves).
+        self._crashed = 0
         self._held: deque[Msg] = deque()
         #: Messages held (not running), by id(msg): (msg, since) - for in-progress signals.
         self._waiting: dict[int, tuple[Msg, float]] = {}
@@ -197,6 +205,7 @@ class Intake:
         self._group: set[asyncio.Task[None]] = set()
         self._group_forming = False
         self._grouping: asyncio.Task[None] | None = None
+        self._group_started = 0.0
         #: Consumers known to have messages waiting (priority and online are tracked).
         self._backlog: set[Priority] = set()
         self._open = False
@@ -283,6 +292,7 @@ class Intake:
             self._kick()  # top the credit up again
         self._idle.clear()
         if info is not None and info.delivered > 1:
+            self._redeliveries += 1
             if self._handbacks is not None:  # redeliveries only: why was it redelivered?
                 self._waiting[id(msg)] = (msg, time.monotonic())
                 check = asyncio.get_running_loop().create_task(self._classify(msg, info.delivered))
@@ -296,6 +306,7 @@ class Intake:
     def _place(self, msg: Msg, verdict: Verdict | None) -> None:
         if verdict is not None and verdict.suspect:
             self._suspects.append((msg, verdict.bound))
+            self._crashed += verdict.bound == 0
             self._waiting[id(msg)] = (msg, time.monotonic())
         elif self._quarantined:
             self._hold(msg, self._held)
@@ -305,7 +316,10 @@ class Intake:
 
     @property
     def _quarantined(self) -> bool:
-        return bool(self._suspects or self._group or self._group_forming)
+        # A redelivery still being looked up may be a suspect: a first delivery that started
+        # meanwhile would hold the quarantine up for its whole run (a restarted worker's first
+        # pull brings the suspects and first deliveries together).
+        return bool(self._suspects or self._group or self._group_forming or self._checks)
 
     async def _classify(self, msg: Msg, delivered: int) -> None:
         assert self._handbacks is not None
@@ -348,6 +362,9 @@ class Intake:
                 self._group_forming = True
                 self._grouping = asyncio.get_running_loop().create_task(self._run_group())
             return
+        if self._checks:  # the held wait for the verdicts
+            return
+        self._crashed = 0  # the quarantine is over
         while self._held:
             self._start(self._held.popleft())
 
@@ -357,18 +374,32 @@ class Intake:
         group: list[Msg] = []
         cancelled = False
         try:
-            # Suspects that crashed together arrive together: let the rest of them come in
-            # (and be looked up) before choosing.
-            await asyncio.sleep(self._group_settle_s)
-            while self._checks and self._open:
-                await asyncio.wait(set(self._checks))
-            group = next_group(list(self._suspects), self._capacity())
+            # Suspects that crashed together arrive together, but in a few pull responses (a
+            # restarted worker's first pull asks for its online reserve only): choose once no
+            # redelivery has come in for a settle period and all are looked up, at most
+            # GROUP_SETTLE_MAX_S after the first.
+            deadline = time.monotonic() + GROUP_SETTLE_MAX_S
+            while True:
+                seen = self._redeliveries
+                await asyncio.sleep(self._group_settle_s)
+                while self._checks and self._open:
+                    await asyncio.wait(set(self._checks))
+                if self._redeliveries == seen or time.monotonic() >= deadline:
+                    break
+            group = next_group(list(self._suspects), self._capacity(), self._crashed)
             for _ in group:
                 self._suspects.popleft()
+            log.info(
+                "quarantine: a group of %d suspects runs (%d more waiting, %d held)",
+                len(group),
+                len(self._suspects),
+                len(self._held),
+            )
             if self._handbacks is not None:
                 handbacks = self._handbacks
                 await asyncio.gather(*(handbacks.started(m, len(group)) for m in group))
             if self._open:
+                self._group_started = time.monotonic()
                 for msg in group:
                     self._group.add(self._start(msg))
                 group = []
@@ -390,7 +421,13 @@ class Intake:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
-        self._group.discard(task)
+        if task in self._group:
+            self._group.discard(task)
+            if not self._group:
+                log.info(
+                    "quarantine: the group ran in %.2f s",
+                    time.monotonic() - self._group_started,
+                )
         if not task.cancelled() and task.exception() is not None:
             log.error("message handler failed", exc_info=task.exception())
         if self._open:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,35 @@ async def test_sigkill_with_requests_in_flight_loses_nothing(
     assert [r.id for r in results] == [r.id for r in requests]
     assert set(_completions(record)) == {r.id for r in requests}
     print("FIGURE online-sigkill: 20 requests, 8 in flight at the SIGKILL; 20/20 completed")
+    await client.close()
+
+
+async def test_a_restarted_worker_runs_the_bystanders_of_a_crash_in_two_groups(
+    nc: NATS, model_name: str, start_worker: Any, tmp_path: Path
+) -> None:
+    """Target (a)'s mechanism, bounded: a worker SIGKILLed holding 32 requests, 16 more
+    queued. Its replacement's first pull brings the 32 redelivered (suspects) and first
+    deliveries together; the 32 run as two groups of 16, half of those that crashed together
+    (they ran as 16, 8, 4, 2, 1 and 1, one group after another), and no first delivery starts
+    while the redeliveries are looked up (one used to, and the quarantine waited for it)."""
+    record = tmp_path / "done.txt"
+    opts = {"record": str(record), "capacity": 33}
+    env = {"JETSERVE_ACK_WAIT_S": "1", "JETSERVE_LOG_LEVEL": "INFO"}
+    first = start_worker(model_name, "tests.models:SlowModel", options=opts, **env)
+    await wait_for_workers(nc, model_name, 1)
+    client = Client(nc)
+    requests = [make_request(model_name, "predict", {"sleep_s": 2.0, "n": i}) for i in range(48)]
+    pending = [asyncio.create_task(client.request_obj(r, 90)) for r in requests]
+    await _until(lambda: _ack_pending_is(nc, model_name, 32))
+    first.kill()
+    await asyncio.sleep(1.5)  # past ack_wait: all 32 are due for redelivery, as after a load
+    second = start_worker(model_name, "tests.models:SlowModel", options=opts, **env)
+    await asyncio.wait_for(asyncio.gather(*pending), 90)
+    assert set(_completions(record)) == {r.id for r in requests}
+    log = second.log.read_text()
+    groups = [int(n) for n in re.findall(r"quarantine: a group of (\d+) suspects", log)]
+    assert groups == [16, 16], log[-2000:]
+    print(f"FIGURE crash-bystanders: 32 redelivered after a SIGKILL ran as groups {groups}")
     await client.close()
 
 
