@@ -106,6 +106,12 @@ def test_the_sdk_raises_bad_request_naming_the_param(batch_stack: BatchStack) ->
         )
     assert chat.value.param == "messages[0].content[1]"
     assert "does not take images" in chat.value.message
+    # A stream is refused before it starts (the refusal is the first reply).
+    with pytest.raises(openai.BadRequestError) as streamed:
+        sdk.chat.completions.create(
+            model=ECHO, messages=[{"role": "user", "content": [PARTS["audio"]]}], stream=True
+        )
+    assert streamed.value.param == "messages[0].content[0]"
     with pytest.raises(openai.BadRequestError) as missing:
         sdk.chat.completions.create(model=ECHO, messages=[{"role": "user"}])
     assert missing.value.param == "messages[0].content"
