@@ -6,6 +6,7 @@ as SmolLM2's), plus an echo worker whose models-file entry says it takes images.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -17,7 +18,9 @@ import nats
 import openai
 import pytest
 
+from producer.client import make_request
 from schemas import names
+from schemas.codec import encode
 
 from ..conftest import worker_process
 from .conftest import ECHO, LLM, BatchStack, jsonl, read_lines, wait_batch
@@ -226,3 +229,26 @@ def test_async_requests_are_refused_the_same_way(batch_stack: BatchStack) -> Non
     response = done["response"]
     assert response["status_code"] == 400
     assert response["body"]["error"]["param"] == "messages[0].content[1]"
+    # Submitted over NATS: the stored error record names the part.
+    request_id = f"nats-img-{uuid.uuid4().hex[:8]}"
+
+    async def submit() -> None:
+        nc = await nats.connect(batch_stack.nats_url)
+        try:
+            request = make_request(
+                ECHO, "chat", {"messages": body["messages"]}, request_id=request_id, tenant="alpha"
+            )
+            await nc.jetstream().publish(
+                names.ASYNC_SUBMIT_SUBJECT, encode(request), headers={"Nats-Msg-Id": request_id}
+            )
+        finally:
+            await nc.close()
+
+    asyncio.run(submit())
+    url = f"{batch_stack.v1}/async/requests/{request_id}"
+    end = time.monotonic() + 30
+    while (done := httpx.get(url, headers=headers).json())["status"] not in ("completed", "failed"):
+        assert time.monotonic() < end, done
+        time.sleep(0.05)
+    assert done["error"]["code"] == "invalid_request", done
+    assert done["error"]["param"] == "messages[0].content[1]"
