@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -135,38 +136,12 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return scheduler_main(env)
 
 
-def _batch(name: str) -> Callable[[argparse.Namespace], int]:
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """`jetserve.<module>.<name>`, imported when the command runs (not at start: the CLI's
+    other commands do not pay for its imports)."""
+
     def run(args: argparse.Namespace) -> int:
-        from jetserve import batch_cli
-
-        return int(getattr(batch_cli, name)(args))
-
-    return run
-
-
-def _dlq(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from jetserve import dlq_cli
-
-        return int(getattr(dlq_cli, name)(args))
-
-    return run
-
-
-def _keys(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from jetserve import keys_cli
-
-        return int(getattr(keys_cli, name)(args))
-
-    return run
-
-
-def _routes(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from jetserve import routes_cli
-
-        return int(getattr(routes_cli, name)(args))
+        return int(getattr(importlib.import_module(f"jetserve.{module}"), name)(args))
 
     return run
 
@@ -333,7 +308,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bsub = batch.add_subparsers(dest="batch_command", required=True)
     p = bsub.add_parser("submit", help="upload a JSONL file and create a batch")
-    p.set_defaults(func=_batch("cmd_submit"))
+    p.set_defaults(func=_command("batch_cli", "cmd_submit"))
     p.add_argument("file", help="OpenAI batch JSONL: {custom_id, method, url, body} per line")
     p.add_argument("--model", help="set this model in every line's body")
     p.add_argument("--endpoint", default="/v1/chat/completions")
@@ -341,32 +316,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="show progress until the batch ends")
     p.add_argument("-o", "--output", help="with --wait: write the results here")
     p = bsub.add_parser("status", help="show a batch")
-    p.set_defaults(func=_batch("cmd_status"))
+    p.set_defaults(func=_command("batch_cli", "cmd_status"))
     p.add_argument("batch_id")
     p.add_argument("--wait", action="store_true", help="show progress until the batch ends")
     p = bsub.add_parser("results", help="download a batch's output (and errors)")
-    p.set_defaults(func=_batch("cmd_results"))
+    p.set_defaults(func=_command("batch_cli", "cmd_results"))
     p.add_argument("batch_id")
     p.add_argument("-o", "--output", required=True, help="output JSONL file")
     p.add_argument("--errors", help="also write the error file here")
     p = bsub.add_parser("cancel", help="cancel a batch")
-    p.set_defaults(func=_batch("cmd_cancel"))
+    p.set_defaults(func=_command("batch_cli", "cmd_cancel"))
     p.add_argument("batch_id")
     p = bsub.add_parser("list", help="list recent batches")
-    p.set_defaults(func=_batch("cmd_list"))
+    p.set_defaults(func=_command("batch_cli", "cmd_list"))
     p.add_argument("--limit", type=int, default=20)
 
     keys = sub.add_parser("keys", help="API keys (in JETSERVE_DATABASE_URL)")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     p = ksub.add_parser("create", help="create a key for a tenant; prints it once")
-    p.set_defaults(func=_keys("cmd_keys_create"))
+    p.set_defaults(func=_command("keys_cli", "cmd_keys_create"))
     p.add_argument("--tenant", required=True)
     p.add_argument("--name", help="a note to recognise the key by")
     p = ksub.add_parser("list", help="list keys (ids, tenants, prefixes; never the keys)")
-    p.set_defaults(func=_keys("cmd_keys_list"))
+    p.set_defaults(func=_command("keys_cli", "cmd_keys_list"))
     p.add_argument("--tenant")
     p = ksub.add_parser("revoke", help="revoke a key by its id (key_...)")
-    p.set_defaults(func=_keys("cmd_keys_revoke"))
+    p.set_defaults(func=_command("keys_cli", "cmd_keys_revoke"))
     p.add_argument("key_id")
 
     from jetserve import tenants_cli
@@ -384,7 +359,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def dlq_cmd(name: str, help_: str) -> argparse.ArgumentParser:
         p = qsub.add_parser(name, help=help_)
-        p.set_defaults(func=_dlq(f"cmd_{name}"))
+        p.set_defaults(func=_command("dlq_cli", f"cmd_{name}"))
         p.add_argument("--nats-url", help="default JETSERVE_NATS_URL, else the local stack's")
         return p
 
@@ -406,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def routes_cmd(name: str, help_: str) -> argparse.ArgumentParser:
         p = rsub.add_parser(name, help=help_)
-        p.set_defaults(func=_routes(f"cmd_{name}"))
+        p.set_defaults(func=_command("routes_cli", f"cmd_{name}"))
         p.add_argument("--nats-url", help="default JETSERVE_NATS_URL, else the local stack's")
         return p
 
@@ -427,7 +402,7 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="the Postgres store")
     dsub = db.add_subparsers(dest="db_command", required=True)
     p = dsub.add_parser("migrate", help="apply pending schema migrations")
-    p.set_defaults(func=_keys("cmd_db_migrate"))
+    p.set_defaults(func=_command("keys_cli", "cmd_db_migrate"))
     return parser
 
 

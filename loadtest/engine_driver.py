@@ -12,7 +12,9 @@ submitted at once, in order), or `conversations` (system ids, each conversation'
 turns, reply length: every turn resends the whole history, token ids, and is submitted when
 the previous turn of its conversation finishes), `long` (how many leading requests count as
 long, for the peak while they run), `warmup` (requests run untimed first), or `system: hf_cb`
-(transformers' continuous batching with its block sharing on, on `requests`).
+(transformers' continuous batching with its block sharing on, on `requests`), or `system:
+probe` (`prefix`, `suffixes`: time to first token of a prefix-cache hit alone, see
+`run_probe`).
 """
 
 from __future__ import annotations
@@ -122,8 +124,41 @@ def run_engine(model: Any, tokenizer: Any, job: dict[str, Any]) -> dict[str, Any
     }
 
 
+def run_probe(model: Any, tokenizer: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """Time to first token of one request alone, median of a few: a prompt whose prefix is
+    cached (`prefix` + a suffix, after one request with that prefix ran), the suffix alone
+    (what a hit should cost), and prefix + suffix uncached. A hit that truly skips its
+    prefix's compute costs about what the suffix alone does."""
+    engine = _engine(model, tokenizer, job["engine"])
+    prefix, suffixes = job["prefix"], job["suffixes"]
+    count = 0
+
+    def ttft(ids: list[int]) -> float:
+        nonlocal count
+        count += 1
+        engine.add(_request(f"p{count}", ids, 1))
+        start = time.perf_counter()
+        while engine.has_work():
+            engine.step()
+        return time.perf_counter() - start
+
+    ttft([*prefix, prefix[0]])  # warm-up, and the prefix's blocks enter the cache
+    hit = [ttft(prefix + s) for s in suffixes]
+    alone = [ttft(s) for s in suffixes]
+    # As long, starting with the suffix: its first block, and so every block, is new.
+    cold = [ttft([*s, *prefix[len(s) :], *s]) for s in suffixes]
+    return {
+        "hit_s": statistics.median(hit),
+        "suffix_alone_s": statistics.median(alone),
+        "uncached_s": statistics.median(cold),
+    }
+
+
 def run_hf_cb(model: Any, job: dict[str, Any]) -> dict[str, Any]:
     """transformers' continuous batching on `requests`, block sharing on (its default)."""
+    import dataclasses
+    import inspect
+
     from transformers import ContinuousBatchingConfig, GenerationConfig
 
     requests = job["requests"]
@@ -135,13 +170,19 @@ def run_hf_cb(model: Any, job: dict[str, Any]) -> dict[str, Any]:
         pad_token_id=0,
     )
     total = sum(len(ids) + n for ids, n in requests)
-    cb = ContinuousBatchingConfig(
-        max_batch_tokens=job["engine"]["max_num_batched_tokens"],
-        num_blocks=total // 32 + 64,
-        page_size=32,
-        max_requests_per_batch=64,
-        allow_block_sharing=True,
-    )
+    wanted = {
+        "max_batch_tokens": job["engine"]["max_num_batched_tokens"],
+        "num_blocks": total // 32 + 64,
+        "page_size": 32,
+        "max_requests_per_batch": job["engine"].get("max_num_seqs", 64),
+        "allow_block_sharing": True,
+    }
+    # Settings this transformers version has (the config gained fields release by release).
+    try:
+        known = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+    except TypeError:
+        known = set(inspect.signature(ContinuousBatchingConfig).parameters)
+    cb = ContinuousBatchingConfig(**{k: v for k, v in wanted.items() if k in known})
     manager = model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb)
     manager.start()
     start = time.perf_counter()
@@ -161,6 +202,8 @@ def run_hf_cb(model: Any, job: dict[str, Any]) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
     sharing = bool(getattr(manager, "_use_prefix_sharing", False))
     manager.stop(block=True)
+    if hasattr(model, "destroy_cached_continuous_batching_manager"):
+        model.destroy_cached_continuous_batching_manager()
     return {
         "tok_s": produced / elapsed,
         "elapsed_s": elapsed,
@@ -184,6 +227,8 @@ def main() -> None:
     model, tokenizer = load_model(Path(job["model_path"]), torch.device("cpu"), dtype)
     if job.get("system") == "hf_cb":
         result = run_hf_cb(model, job)
+    elif job.get("system") == "probe":
+        result = run_probe(model, tokenizer, job)
     else:
         result = run_engine(model, tokenizer, job)
     result["threads"] = torch.get_num_threads()

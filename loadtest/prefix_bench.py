@@ -150,7 +150,8 @@ def engine_fields(**kw: Any) -> dict[str, Any]:
 def scenario_shared(run: Runner, tree: Path, usable: list[int], args: Any) -> None:
     rng = random.Random(args.seed)
     system = tokens(rng, usable, 1024)
-    requests = [[system + tokens(rng, usable, 32), 64] for _ in range(64)]
+    suffixes = [tokens(rng, usable, 32) for _ in range(64)]
+    requests = [[system + s, 64] for s in suffixes]
     warmup = [[tokens(rng, usable, 48), 8] for _ in range(8)]
     fields = engine_fields(kv_cache_tokens=64 * 1152, max_model_len=2048)
 
@@ -166,6 +167,21 @@ def scenario_shared(run: Runner, tree: Path, usable: list[int], args: Any) -> No
     print(
         f"  cached tokens (cache on): {res['cache on'][0]['cached_tokens']} of "
         f"{res['cache on'][0]['prompt_tokens']} prompt tokens"
+    )
+    probe = run.run(
+        tree,
+        {
+            "system": "probe",
+            "engine": fields,
+            "prefix": system,
+            "suffixes": suffixes[:5],
+        },
+    )
+    print(
+        f"  one request alone, time to first token: a hit (1,024 cached + 32) "
+        f"{probe['hit_s'] * 1000:.0f} ms; its 32-token suffix as a prompt "
+        f"{probe['suffix_alone_s'] * 1000:.0f} ms; 1,056 tokens uncached "
+        f"{probe['uncached_s'] * 1000:.0f} ms (median of 5)"
     )
     if args.hf:
         hf = run.run(tree, {"system": "hf_cb", "engine": fields, "requests": requests})

@@ -18,7 +18,8 @@ from nats.aio.msg import Msg
 
 from natsio.acks import Outcome
 from natsio.inbox import AckInbox, Message
-from natsio.routes import RouteTable
+from natsio.routes import RouteTable, shadow_request
+from scheduler.mirror import publish_mirrors
 from scheduler.store import async_requests as ar
 from scheduler.store.webhooks import endpoint_by_url
 from scheduler.urlguard import registered_form
@@ -73,8 +74,13 @@ class AsyncIntake:
             await msg.ack()
 
     async def _take_one(self, request: InferenceRequest) -> None:
+        mirror = None
         if self._routes is not None:  # a served name: recorded and published for its version
-            request, _shadow = self._routes.resolve(request)
+            served = request.model
+            sticky = request.metadata.get(names.ROUTE_KEY_METADATA)
+            request, shadow = self._routes.resolve(request, sticky)
+            if shadow is not None:
+                mirror = (served, shadow_request(request, shadow))
         data = encode(request)
         raw_callback = request.metadata.get(names.CALLBACK_URL_METADATA)
         callback = registered_form(raw_callback) if raw_callback else None
@@ -96,6 +102,8 @@ class AsyncIntake:
             )
             return
         await self.publish([(request, data)])
+        if mirror is not None and self._routes is not None:
+            await publish_mirrors(self._publisher, self._routes, [mirror])
 
     async def publish(self, requests: list[tuple[InferenceRequest, bytes]]) -> None:
         results = await self._publisher.publish_many([dispatch_message(r, d) for r, d in requests])

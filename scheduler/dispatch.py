@@ -19,9 +19,10 @@ import asyncpg
 
 from natsio.acks import Outcome
 from natsio.inbox import AckInbox, Message
-from natsio.routes import RouteTable
+from natsio.routes import RouteTable, shadow_request
 from scheduler.fairshare import fair_split
 from scheduler.metrics import SchedulerMetrics
+from scheduler.mirror import Mirror, publish_mirrors
 from scheduler.store import batches as bs
 from schemas import names
 from schemas.codec import decode_request, encode
@@ -85,6 +86,7 @@ class BatchDispatcher:
         if not items:
             return 0
         reply_to = names.results_subject(ResultKind.BATCH, batch.id)
+        routed, mirrors = self._routed(batch.model, items)
         results = await self._publisher.publish_many(
             [
                 Message(
@@ -95,7 +97,7 @@ class BatchDispatcher:
                         Header.REPLY_TO.value: reply_to,
                     },
                 )
-                for idx, subject, data in self._routed(batch.model, items)
+                for idx, subject, data in routed
             ]
         )
         outcomes = [outcome for outcome, _ack in results]
@@ -114,21 +116,33 @@ class BatchDispatcher:
         if stored:
             await bs.advance_cursor(self._pool, batch.id, cursor)
             self._metrics.items_dispatched.inc(stored)
+        if mirrors and self._routes is not None:  # the items stored are mirrored (once each)
+            sent = [m for idx, m in mirrors if idx < cursor]
+            await publish_mirrors(self._publisher, self._routes, sent)
         return stored
 
-    def _routed(self, model: str, items: list[tuple[int, bytes]]) -> list[tuple[int, str, bytes]]:
+    def _routed(
+        self, model: str, items: list[tuple[int, bytes]]
+    ) -> tuple[list[tuple[int, str, bytes]], list[tuple[int, Mirror]]]:
         """(index, subject, data) of each item: the batch's model, or, when it is a served name,
-        the version each item's id chooses (the same on a republish while the weights stay:
-        JetStream's de-duplication holds), its body rewritten for that version."""
+        the version chosen by the line's sticky key (its body's `prompt_cache_key`,
+        `safety_identifier` or `user`), else by its item id (the same on a republish while the
+        weights stay: JetStream's de-duplication holds), its body rewritten for that version;
+        and the mirrors of the items the route's shadow takes, by index."""
         if self._routes is None or self._routes.plan(model) is None:
             subject = names.request_subject(model, Priority.BATCH)
-            return [(idx, subject, data) for idx, data in items]
+            return [(idx, subject, data) for idx, data in items], []
         out = []
+        mirrors: list[tuple[int, Mirror]] = []
         for idx, data in items:
-            request, _shadow = self._routes.resolve(decode_request(data))
+            request = decode_request(data)
+            sticky = request.metadata.get(names.ROUTE_KEY_METADATA)
+            request, shadow = self._routes.resolve(request, sticky)
             subject = names.request_subject(request.model, Priority.BATCH)
             out.append((idx, subject, encode(request)))
-        return out
+            if shadow is not None:
+                mirrors.append((idx, (model, shadow_request(request, shadow))))
+        return out, mirrors
 
 
 def _refusal(batch: bs.BatchRow, idx: int, outcome: Outcome) -> bytes:

@@ -20,9 +20,11 @@ from scheduler.store import batches as bs
 from scheduler.store.batches import BatchRow
 from scheduler.store.files import MAX_LINE_BYTES, get_file, iter_lines
 from scheduler.store.webhooks import EventType, enqueue
+from schemas import names
 from schemas.codec import encode
 from schemas.names import Priority
 from schemas.openai_errors import ApiError, decode_error_param
+from schemas.routes import sticky_of_body
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,10 @@ async def validate(
                 )
                 continue
             if errors.count == 0:
+                sticky = sticky_of_body(bytes(parsed.body))
+                if sticky:  # a served name's version is chosen at dispatch, by this key
+                    metadata = {**request.metadata, names.ROUTE_KEY_METADATA: sticky}
+                    request = msgspec.structs.replace(request, metadata=metadata)
                 rows.append((batch.id, idx, parsed.custom_id, encode(request)))
                 if len(rows) >= COPY_ROWS:
                     await bs.copy_items(conn, rows)

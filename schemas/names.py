@@ -101,6 +101,10 @@ HTTP_CALLBACK_URL = "x-jetserve-callback-url"
 #: A sticky routing key for served names with several versions (schemas/routes.py): requests
 #: with the same key see the same version while the weights do not change.
 HTTP_ROUTE_KEY = "x-jetserve-route-key"
+#: Request metadata key: a batch line's sticky routing key (its body's `prompt_cache_key`,
+#: `safety_identifier` or `user`), kept from validation to dispatch, where a served name's
+#: version is chosen.
+ROUTE_KEY_METADATA = "route_key"
 
 #: Inbox prefixes of jetserve's shared-inbox subscriptions (a random token follows each).
 INBOX_ROOT = "_INBOX"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
@@ -42,13 +41,19 @@ class Presence:
                 future.set_result(False)
 
     async def _ping(self, model: str) -> bool:
-        """True when at least one worker answers (the first answer is enough). While the
-        connection to NATS is down nobody can answer: that says nothing about the workers,
-        so it counts as alive (the request's deadline still bounds the wait, and a request
+        """True when at least one worker answers (the first answer is enough), or when one
+        is subscribed but slow to answer: the server answers "no responders" at once when
+        nobody listens on the ping subject, so a ping that times out instead has reached a
+        worker, busy (a loaded CPU, a long model call on its loop), not gone; its request
+        waits for it, bounded by its deadline. While the connection to NATS is down nobody
+        can answer: that says nothing about the workers, so it counts as alive too (a request
         stored before the outage is served after it)."""
-        with contextlib.suppress(NoRespondersError, NatsTimeoutError, TimeoutError):
+        try:
             msg = await self._nc.request(
                 names.ping_subject(model), b"", timeout=self._ping_timeout_s
             )
-            return bool(msg.data)
-        return not self._nc.is_connected
+        except NoRespondersError:
+            return not self._nc.is_connected
+        except (NatsTimeoutError, TimeoutError):
+            return True
+        return bool(msg.data)

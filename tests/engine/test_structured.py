@@ -374,3 +374,32 @@ def test_tool_call_stream_splits_calls_from_text() -> None:
     assert stream.calls[0]["id"] == calls[0]["id"]
     plain = structured.ToolCallStream()
     assert plain.feed("Hello") == ("Hello", [])
+
+
+def test_tool_arguments_take_only_the_listed_properties(engine: Engine, submit: Submit) -> None:
+    """A tool whose schema leaves `additionalProperties` open still gets arguments with only
+    its listed keys (objects closed as in strict mode): without that, a model may add keys
+    until it runs out of tokens."""
+    open_tool: dict[str, Any] = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {
+                "type": "object",
+                "properties": {"q": {"type": "string", "maxLength": 8}},
+                "required": ["q"],
+            },
+        },
+    }
+    choice = {"type": "function", "function": {"name": "lookup"}}
+    for i in range(10):
+        submit(f"o{i}", _chat("Look it up", tools=[open_tool], tool_choice=choice), seed=i)
+    outputs = run_to_end(engine)
+    for i in range(10):
+        final = outputs[f"o{i}"][-1]
+        assert final.finish is Status.FINISHED_STOP, final.text
+        _text, calls = structured.parse_tool_calls(final.text or "")
+        assert calls
+        for call in calls:
+            assert call["function"]["name"] == "lookup"
+            assert set(json.loads(call["function"]["arguments"])) == {"q"}, call

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 
 from producer.client import Client, make_request
@@ -18,6 +19,7 @@ from producer.http.errors import ApiError
 from producer.http.metrics import BridgeMetrics
 from producer.http.presence import Presence
 from producer.pending import Accepted, Pending
+from schemas import names
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult, FinalResult, StreamChunk
 
@@ -129,3 +131,24 @@ async def test_the_client_going_away_raises_client_gone(nc: NATS) -> None:
     call.client_gone()
     with pytest.raises(ClientGone):
         await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_worker_slow_to_answer_the_ping_counts_as_alive(nc: NATS) -> None:
+    """No subscriber: the server's "no responders" says no worker at once. A subscriber that
+    answers after the ping's timeout (a busy worker) is still a worker: its request waits."""
+    model = f"slow-{uuid.uuid4().hex[:8]}"
+    presence = Presence(nc, ttl_s=0.0, ping_timeout_s=0.2)
+    assert not await presence.any_worker(model)
+
+    async def answer_late(msg: Msg) -> None:
+        await asyncio.sleep(0.5)
+        await msg.respond(b"{}")
+
+    sub = await nc.subscribe(names.ping_subject(model), cb=answer_late)
+    try:
+        await nc.flush()
+        assert await presence.any_worker(model)
+    finally:
+        await sub.unsubscribe()
+    await nc.flush()
+    assert not await presence.any_worker(model)

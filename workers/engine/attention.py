@@ -9,8 +9,10 @@ registered as an attention implementation); the step's layout arrives as the key
 In each layer: the new keys/values are written to their (block slot, offset) in the cache;
 sequences with a single query token (decoding) attend together, batched (`_decode`: one
 product over every block in use, in place, and one over the blocks shared by several
-sequences; never a per-step copy of the sequences' KV); sequences with several tokens (a
-prompt chunk) attend one by one, causally, over their own blocks gathered once.
+sequences; never a per-step copy of the sequences' KV); sequences with several tokens (prompt
+chunks) attend in groups (`_prefill`): each group's chunks padded to one rectangle, their
+blocks gathered, one masked attention call for the group (a lone first chunk attends to its
+own fresh keys, causally, with no gather and no mask).
 Grouped-query attention is done by grouping query heads, never by copying keys/values.
 """
 
@@ -29,13 +31,24 @@ IMPLEMENTATION = "jetserve_ragged"
 
 @dataclass
 class Prefill:
-    #: Index of its first token in the flattened step.
-    token_start: int
-    num_tokens: int
-    #: Position of its first token in the sequence.
-    pos_start: int
-    #: Slots of its blocks covering [0, pos_start + num_tokens), when pos_start > 0.
+    """Prompt chunks attended in one call: chunk b's queries are row b of a [B, Lq]
+    rectangle (padding repeats the row's last query, and is dropped), its keys the first
+    positions of its blocks, gathered into row b of a [B, nb * block_size] rectangle."""
+
+    #: Token index in the step of each query, [B, Lq].
+    tokens: torch.Tensor
+    #: [B, Lq] True for the real (not padding) queries.
+    real: torch.Tensor
+    #: Token index of each real query, in `real`'s order.
+    real_tokens: torch.Tensor
+    #: Slots of each chunk's blocks, [B, nb] (padding: slot 0, masked); None for one chunk
+    #: that starts at position 0, which attends to its fresh keys with a causal mask.
     slots: torch.Tensor | None
+    #: [B, 1, Lq, nb * block_size] True where a query attends to a key (its own sequence's
+    #: positions up to its own); None with `slots`.
+    mask: torch.Tensor | None
+    #: The lone chunk's tokens in the step, when `slots` is None.
+    span: slice | None = None
 
 
 @dataclass
@@ -99,31 +112,47 @@ def ragged_attention(
             out[d.tokens] = dec
     gqa = query.shape[1] != key.shape[1]
     for p in step.prefills:
-        t0, t1 = p.token_start, p.token_start + p.num_tokens
-        qp = query[:, :, t0:t1]  # [1, H, n, D]
-        if p.slots is None:
-            # A prompt's first chunk attends only to itself: use the fresh keys/values
-            # directly (contiguous per head; SDPA stays on its flash kernel).
-            o = F.scaled_dot_product_attention(
-                qp,
-                key[:, :, t0:t1],
-                value[:, :, t0:t1],
-                is_causal=True,
-                scale=scale,
-                enable_gqa=gqa,
-            )
+        o = _prefill(query, key, value, k_cache, v_cache, p, scale, gqa)
+        if p.span is not None:
+            out[p.span] = o
         else:
-            # Earlier chunks or a cached prefix: this sequence's blocks, gathered once.
-            end = p.pos_start + p.num_tokens
-            kp = _flatten(k_cache[p.slots].transpose(-1, -2))[:, :end]
-            vp = _flatten(v_cache[p.slots])[:, :end]
-            rows = torch.arange(p.pos_start, end, device=q.device)[:, None]
-            mask = torch.arange(end, device=q.device)[None, :] <= rows
-            o = F.scaled_dot_product_attention(
-                qp, kp[None], vp[None], attn_mask=mask, scale=scale, enable_gqa=gqa
-            )
-        out[t0:t1] = o[0].transpose(0, 1)
+            out[p.real_tokens] = o
     return out.unsqueeze(0), None
+
+
+def _prefill(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    p: Prefill,
+    scale: float,
+    gqa: bool,
+) -> torch.Tensor:
+    """Attention of one group's real queries: [real queries, H, D]."""
+    if p.slots is None:
+        assert p.span is not None
+        # One chunk from position 0: its fresh keys/values (contiguous per head; SDPA stays
+        # on its causal flash kernel).
+        t = p.span
+        o = F.scaled_dot_product_attention(
+            query[:, :, t],
+            key[:, :, t],
+            value[:, :, t],
+            is_causal=True,
+            scale=scale,
+            enable_gqa=gqa,
+        )
+        return o[0].transpose(0, 1)
+    qp = query[0][:, p.tokens].transpose(0, 1)  # [B, H, Lq, D]
+    b, nb = p.slots.shape
+    kvh, dim, bs = k_cache.shape[1:]
+    # [B, nb, KVH, D, bs] -> [B, KVH, nb * bs, D]
+    kp = k_cache[p.slots].permute(0, 2, 1, 4, 3).reshape(b, kvh, nb * bs, dim)
+    vp = v_cache[p.slots].transpose(1, 2).reshape(b, kvh, nb * bs, dim)
+    o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask, scale=scale, enable_gqa=gqa)
+    return o.transpose(1, 2)[p.real]
 
 
 def _flatten(blocks: torch.Tensor) -> torch.Tensor:

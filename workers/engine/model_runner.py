@@ -7,6 +7,7 @@ sampling positions reach the LM head, and returns those logits.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +22,45 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     return int(config.num_hidden_layers * 2 * kv_heads * head_dim * dtype.itemsize)
+
+
+@dataclass
+class _Chunk:
+    """A prompt chunk of the step: its tokens [token_start, + num_tokens) in the step, at
+    positions [start, + num_tokens), and the slots of its blocks up to its last position."""
+
+    token_start: int
+    num_tokens: int
+    start: int
+    slots: list[int]
+
+    @property
+    def area(self) -> int:
+        return self.num_tokens * len(self.slots)
+
+
+#: A group of prompt chunks is padded to its largest chunk (queries) and its longest block
+#: table (keys); a chunk joins the group only while the padded rectangle stays within this
+#: factor of the positions the group's chunks really attend (so a long chunk does not pad
+#: many short ones to its size).
+MAX_PADDING = 2.0
+
+
+def group_chunks(chunks: list[_Chunk]) -> list[list[_Chunk]]:
+    """Chunks in groups attended together, largest first."""
+    groups: list[list[_Chunk]] = []
+    area = lq = nb = 0
+    for c in sorted(chunks, key=lambda c: (c.num_tokens, len(c.slots)), reverse=True):
+        if groups:
+            g = groups[-1]
+            new_lq, new_nb = max(lq, c.num_tokens), max(nb, len(c.slots))
+            if (len(g) + 1) * new_lq * new_nb <= MAX_PADDING * (area + c.area):
+                g.append(c)
+                area, lq, nb = area + c.area, new_lq, new_nb
+                continue
+        groups.append([c])
+        area, lq, nb = c.area, c.num_tokens, len(c.slots)
+    return groups
 
 
 class ModelRunner:
@@ -72,7 +112,7 @@ class ModelRunner:
         dec_tokens: list[int] = []
         dec_lengths: list[int] = []
         dec_tables: list[list[int]] = []
-        prefills: list[Prefill] = []
+        chunks: list[_Chunk] = []
         samples: list[int] = []
         for s, table in zip(out.scheduled, out.tables, strict=True):
             seq, n, start = s.seq, s.num_tokens, s.start
@@ -86,8 +126,7 @@ class ModelRunner:
                 dec_lengths.append(end)
                 dec_tables.append(table[: -(-end // bs)])
             else:
-                held = self._tensor(table[: -(-end // bs)]) if start else None
-                prefills.append(Prefill(t0, n, start, held))
+                chunks.append(_Chunk(t0, n, start, table[: -(-end // bs)]))
             if s.samples:
                 samples.append(t0 + n - 1)
         positions = self._tensor(pos)
@@ -96,9 +135,36 @@ class ModelRunner:
             token_slots=self._tensor(slots),
             token_offsets=positions % bs,
             decode=self._decode(out, dec_tokens, dec_lengths, dec_tables) if dec_tokens else None,
-            prefills=prefills,
+            prefills=[self._prefill(g) for g in group_chunks(chunks)],
         )
         return batch, self._tensor(ids), positions, self._tensor(samples)
+
+    def _prefill(self, chunks: list[_Chunk]) -> Prefill:
+        bs = self.block_size
+        if len(chunks) == 1 and chunks[0].start == 0:
+            c = chunks[0]
+            span = slice(c.token_start, c.token_start + c.num_tokens)
+            empty = self._tensor([])
+            return Prefill(empty, empty, empty, None, None, span)
+        lq = max(c.num_tokens for c in chunks)
+        nb = max(len(c.slots) for c in chunks)
+        tokens: list[list[int]] = []
+        positions: list[list[int]] = []
+        real: list[list[bool]] = []
+        for c in chunks:
+            pad = lq - c.num_tokens
+            last = c.token_start + c.num_tokens - 1
+            tokens.append([*range(c.token_start, last + 1), *[last] * pad])
+            end = c.start + c.num_tokens
+            positions.append([*range(c.start, end), *[end - 1] * pad])
+            real.append([True] * c.num_tokens + [False] * pad)
+        padded = [c.slots + [0] * (nb - len(c.slots)) for c in chunks]
+        slots = torch.tensor(padded, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        mask = torch.arange(nb * bs, device=self.device) <= pos[:, :, None]
+        real_t = torch.tensor(real, dtype=torch.bool, device=self.device)
+        tokens_t = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        return Prefill(tokens_t, real_t, tokens_t[real_t], slots, mask[:, None])
 
     def _decode(
         self,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from schemas.messages import FinishReason
 from schemas.names import Priority
 from schemas.params import SamplingParams
+
+if TYPE_CHECKING:
+    from schemas.messages import FinishReason
 
 
 class Status(IntEnum):

@@ -174,7 +174,9 @@ def _calls_grammar(tools: dict[str, dict[str, Any]], names: list[str], parallel:
     options = [
         {
             "type": "object",
-            "properties": {"name": {"const": n}, "arguments": tools[n]["parameters"]},
+            # Objects closed to their listed properties (unless the schema says otherwise),
+            # as in strict mode: a small model otherwise keeps adding keys until max_tokens.
+            "properties": {"name": {"const": n}, "arguments": _strict(tools[n]["parameters"])},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
