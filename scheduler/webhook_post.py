@@ -29,7 +29,7 @@ class PostTimeout(Exception):
     """The attempt did not get a status within its deadline."""
 
 
-class _PinnedBackend(httpcore.AsyncNetworkBackend):
+class PinnedBackend(httpcore.AsyncNetworkBackend):
     """Connects to the given addresses (in order) whatever host the request names."""
 
     def __init__(self, addresses: list[str]) -> None:
@@ -82,7 +82,7 @@ async def post_status(
     """POST `body` to `url` over a connection to one of `addresses`; the response's status.
     Raises PostTimeout past `timeout_s` in all, or an httpcore error."""
     sent = {**headers, "accept-encoding": "identity", "connection": "close"}
-    backend = _PinnedBackend(addresses)
+    backend = PinnedBackend(addresses)
     async with httpcore.AsyncConnectionPool(
         ssl_context=ssl_context, max_connections=1, network_backend=backend
     ) as pool:

@@ -338,6 +338,12 @@ ROUTES_HISTORY = 16
 HANDBACK_BUCKET = f"{ROOT}-handbacks"
 
 
+#: JetStream Object Store bucket of images too large to ride inside their request (a request
+#: carries the object's name, the sha256 of its bytes). Objects expire with the bucket's
+#: time-to-live, not when their request ends: a redelivery or a dead-letter replay needs them.
+IMAGES_BUCKET = f"{ROOT}-images"
+IMAGES_TTL_S = 24 * 3600.0
+
 #: NATS KV bucket of the tenants' token buckets (`limits.BucketState`), one key per tenant,
 #: scope and dimension (`ratelimit_key`), updated compare-and-set by every bridge replica.
 RATELIMIT_BUCKET = f"{ROOT}-ratelimits"

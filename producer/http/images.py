@@ -1,0 +1,156 @@
+"""An image a request carries, made into checked bytes before anything is queued.
+
+An `image_url` is either a data URL (`data:image/png;base64,...`) or an http(s) URL that the
+bridge fetches (`Fetch`, injected: `jetserve/image_fetch.py` fetches through the same URL
+guard as webhooks, so private addresses are refused unless allowed). Either way the bytes are
+bounded (`MAX_IMAGE_BYTES`, OpenAI's 20 MB), their type must be one a vision model's
+processor reads (PNG, JPEG, WebP, non-animated GIF), and they are decoded in full with Pillow
+here, so a corrupt or truncated image is a 400 naming its content part, never a worker
+crash. Pillow is the optional `vision` extra: without it, a request with an image is refused
+with a 400 that says so.
+
+`detail` (`low`, `high`, `auto`, `original`) is kept with the image: it selects the model
+processor's resizing on the worker, and is part of the image's prefix-cache identity.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from schemas.openai_errors import ApiError, invalid
+
+#: OpenAI's limits: 20 MB an image, 50 MB of images a request.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_REQUEST_IMAGE_BYTES = 50 * 1024 * 1024
+#: The image types accepted, by their MIME type, and the Pillow format each must decode as.
+FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
+DETAILS = ("auto", "low", "high", "original")
+#: Decoding bound: more pixels than this is refused before they are decompressed (Pillow's
+#: own bomb check, made an error instead of a warning).
+MAX_PIXELS = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Fetched:
+    data: bytes
+    #: The response's Content-Type, without parameters (`image/png`).
+    content_type: str
+
+
+#: Fetches an http(s) URL: the body (at most `max_bytes`), or raises `FetchError`.
+Fetch = Callable[[str, int], Awaitable[Fetched]]
+
+
+class FetchError(Exception):
+    """The URL was refused or could not be fetched; the message says why (and never names
+    an address the host resolved to)."""
+
+
+@dataclass(frozen=True)
+class Image:
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+    detail: str
+    #: sha256 of the bytes: with `detail`, the image's identity (prefix caching, the object
+    #: store's key).
+    digest: str
+
+
+def bad_image(message: str, param: str) -> ApiError:
+    return invalid(message, param, "invalid_image")
+
+
+def bad_image_url(message: str, param: str) -> ApiError:
+    return invalid(message, param, "invalid_image_url")
+
+
+def decode_data_url(url: str, param: str, max_bytes: int = MAX_IMAGE_BYTES) -> Fetched:
+    """The bytes and type of a base64 data URL; ApiError (400, `param`) when it is not one,
+    or is larger than `max_bytes` decoded."""
+    head, sep, payload = url.partition(",")
+    if not sep or not head.startswith("data:") or not head.endswith(";base64"):
+        raise bad_image_url("An image data URL must look like data:image/png;base64,<data>.", param)
+    media_type = head[len("data:") : -len(";base64")].strip().lower()
+    if len(payload) > (max_bytes + 2) // 3 * 4 + 4:  # refused before decoding
+        raise bad_image(f"The image is larger than {max_bytes // (1024 * 1024)} MB.", param)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_image_url("The image data URL is not valid base64.", param) from None
+    if len(data) > max_bytes:
+        raise bad_image(f"The image is larger than {max_bytes // (1024 * 1024)} MB.", param)
+    return Fetched(data, media_type)
+
+
+def check(data: bytes, media_type: str, param: str) -> tuple[int, int]:
+    """(width, height) of an image decoded in full; ApiError (400, `param`) for a type not
+    accepted, bytes that are not that type, or a corrupt or truncated image."""
+    expected = FORMATS.get(media_type)
+    if expected is None:
+        raise bad_image(
+            f"Images of type {media_type[:60]!r} are not supported: use one of "
+            f"{', '.join(FORMATS)}.",
+            param,
+        )
+    try:
+        from PIL import Image as PILImage
+    except ImportError:
+        raise invalid(
+            "This server cannot read images: install jetserve[vision] (Pillow).", param
+        ) from None
+    try:
+        with PILImage.open(io.BytesIO(data)) as opened:
+            if opened.format != expected:
+                raise bad_image(
+                    f"The image is not a {expected} image, as its type {media_type!r} says.",
+                    param,
+                )
+            width, height = opened.size
+            if width * height > MAX_PIXELS:
+                raise bad_image(f"The image has more than {MAX_PIXELS} pixels.", param)
+            if getattr(opened, "is_animated", False):
+                raise bad_image("Animated images are not supported.", param)
+            opened.load()  # every byte decoded: a truncated image fails here
+    except ApiError:
+        raise
+    except Exception:  # Pillow raises many types for bad data (OSError, SyntaxError, ...)
+        raise bad_image("The image could not be decoded (corrupt or truncated).", param) from None
+    return width, height
+
+
+async def load(
+    url: str,
+    param: str,
+    *,
+    detail: str | None = None,
+    fetch: Fetch | None = None,
+    max_bytes: int = MAX_IMAGE_BYTES,
+) -> Image:
+    """The checked image an `image_url` names; ApiError (400, `param`) otherwise."""
+    detail = detail or "auto"
+    if detail not in DETAILS:
+        raise invalid(f"detail must be one of {', '.join(DETAILS)}.", f"{param}.detail")
+    if url.startswith("data:"):
+        fetched = decode_data_url(url, f"{param}.url", max_bytes)
+    elif url.startswith(("http://", "https://")):
+        if fetch is None:
+            raise bad_image_url("Image URLs are not fetched here: send a data URL.", param)
+        try:
+            fetched = await fetch(url, max_bytes)
+        except FetchError as exc:
+            raise bad_image_url(f"The image could not be fetched: {exc}", f"{param}.url") from None
+    else:
+        raise bad_image_url(
+            "An image URL must be a data URL (data:image/...;base64,...) or an http(s) URL.",
+            f"{param}.url",
+        )
+    width, height = check(fetched.data, fetched.content_type, param)
+    digest = hashlib.sha256(fetched.data).hexdigest()
+    return Image(fetched.data, fetched.content_type, width, height, detail, digest)
