@@ -116,10 +116,8 @@ def responses_request(
     new, items, new_origins = input_messages(body.input, response_id)
     conversation = [*history, *new]
     messages = conversation
-    origins = [*(HISTORY for _ in history), *new_origins]
     if body.instructions:
         messages = [ChatMessage(role="system", content=body.instructions), *conversation]
-        origins = ["instructions", *origins]
     payload = ChatPayload(
         messages=messages,
         tools=chat_tools(body.tools),
@@ -143,7 +141,19 @@ def responses_request(
         priority=priority,
         **fields,
     )
-    return Converted(request, items, conversation, origins)
+    return Converted(request, items, conversation, _origins(body, len(history), new_origins))
+
+
+def _origins(body: rt.ResponsesRequest, history: int, new: list[str]) -> list[str]:
+    """`Converted.origins`: the instructions' system message, the stored conversation's
+    `history` messages, then those of `input` (`new`)."""
+    found = [*(HISTORY for _ in range(history)), *new]
+    return ["instructions", *found] if body.instructions else found
+
+
+def origins(body: rt.ResponsesRequest) -> list[str]:
+    """`Converted.origins` of a request that continues no conversation (a batch line)."""
+    return _origins(body, 0, input_messages(body.input, ID_PREFIX)[2])
 
 
 def standalone_request(body: rt.ResponsesRequest, **fields: Any) -> InferenceRequest:

@@ -175,13 +175,11 @@ async def test_nats_error_records_name_the_field(batch_stack: BatchStack) -> Non
         await nc.close()
 
 
-def _upload(sdk: Any, lines: list[dict[str, Any]]) -> Any:
+def _upload(sdk: Any, lines: list[dict[str, Any]], endpoint: str = "/v1/chat/completions") -> Any:
     import io
 
     uploaded = sdk.files.create(file=("lines.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
-    return sdk.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
+    return sdk.batches.create(input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h")
 
 
 def line(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +209,19 @@ def test_batch_lines_name_the_field(batch_stack: BatchStack) -> None:
     assert bad["custom_id"] == "img"
     assert bad["response"]["status_code"] == 400
     assert bad["response"]["body"]["error"]["param"] == "messages[0].content[1]"
+    # A Responses line names its input item.
+    image = {"type": "input_image", "image_url": IMAGE_URL}
+    content = [{"type": "input_text", "text": "and this?"}, image]
+    responses_line = {
+        "custom_id": "r-img",
+        "method": "POST",
+        "url": "/v1/responses",
+        "body": {"model": ECHO, "input": [{"role": "user", "content": content}]},
+    }
+    done = wait_batch(sdk, _upload(sdk, [responses_line], "/v1/responses").id, {"completed"})
+    (bad,) = read_lines(sdk, done.error_file_id)
+    assert bad["response"]["status_code"] == 400
+    assert bad["response"]["body"]["error"]["param"] == "input[0].content[1]"
 
 
 def test_async_requests_are_refused_the_same_way(batch_stack: BatchStack) -> None:
