@@ -20,7 +20,7 @@ import pytest
 
 from producer.client import make_request
 from schemas import names
-from schemas.codec import encode
+from schemas.codec import decode_worker_info, encode
 
 from ..conftest import worker_process
 from .conftest import ECHO, LLM, BatchStack, jsonl, read_lines, wait_batch
@@ -82,6 +82,19 @@ def test_http_chat_refuses_a_part_the_model_does_not_take(
 def test_a_model_that_declares_images_takes_them(batch_stack: BatchStack, vision_echo: str) -> None:
     response = post(batch_stack, "/chat/completions", chat_body(vision_echo, PARTS["images"]))
     assert response.status_code == 200, response.text
+
+    async def announced(model: str) -> list[str]:
+        nc = await nats.connect(batch_stack.nats_url)
+        try:
+            return decode_worker_info(
+                (await nc.request(names.ping_subject(model), b"")).data
+            ).inputs
+        finally:
+            await nc.close()
+
+    # Its workers say so in their ping answer; a text model's say text.
+    assert asyncio.run(announced(vision_echo)) == ["text", "image"]
+    assert asyncio.run(announced(ECHO)) == ["text"]
     # Audio it does not take.
     error = error_of(post(batch_stack, "/chat/completions", chat_body(vision_echo, PARTS["audio"])))
     assert error["param"] == "messages[0].content[1]"
