@@ -24,8 +24,8 @@ from nats.aio.client import Client as NATS
 from jetserve.local_stack import stack_value
 from natsio.connection import connect
 from natsio.directory import list_models
+from natsio.ping import ping_workers
 from schemas import names
-from schemas.codec import decode_worker_info
 from schemas.names import Priority
 from schemas.settings import DATABASE_URL, NATS_URL, ConfigError
 
@@ -66,24 +66,8 @@ async def model_status(nc: NATS, model: str) -> dict[str, Any]:
 
 
 async def _ping(nc: NATS, model: str) -> list[dict[str, Any]]:
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    found: list[dict[str, Any]] = []
-    try:
-        await nc.publish(names.ping_subject(model), b"", reply=inbox)
-        end = time.monotonic() + PING_WINDOW_S
-        while (left := end - time.monotonic()) > 0:
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except Exception:  # the window closed (a nats-py TimeoutError), or no responders
-                break
-            if not msg.data:
-                continue
-            w = decode_worker_info(msg.data)
-            found.append({"state": w.state, "capacity": w.capacity, "in_flight": w.in_flight})
-    finally:
-        await sub.unsubscribe()
-    return found
+    workers = await ping_workers(nc, model, window_s=PING_WINDOW_S)
+    return [{"state": w.state, "capacity": w.capacity, "in_flight": w.in_flight} for w in workers]
 
 
 async def dead_letters(nc: NATS) -> dict[str, int]:

@@ -59,14 +59,17 @@ def work_queue_stream(
 
 
 def durable_consumer(
-    name: str, subject: str, *, ack_wait_s: float, **config: object
+    name: str, subjects: list[str], *, ack_wait_s: float, **config: object
 ) -> ConsumerConfig:
-    """A durable pull consumer of `subject`, every message acked explicitly; `config` adds
+    """A durable pull consumer of `subjects`, every message acked explicitly; `config` adds
     or overrides fields."""
+    filters: dict[str, object] = (
+        {"filter_subject": subjects[0]} if len(subjects) == 1 else {"filter_subjects": subjects}
+    )
     fields: dict[str, object] = {
         "name": name,
         "durable_name": name,
-        "filter_subject": subject,
+        **filters,
         "deliver_policy": DeliverPolicy.ALL,
         "ack_policy": AckPolicy.EXPLICIT,
         "ack_wait": ack_wait_s,

@@ -7,10 +7,11 @@
 Requests and tokens per minute are token buckets shared by every bridge replica
 (`ratelimit.py`); a request's tokens are estimated at admission (prompt bytes / 4 plus
 `max_tokens`, or `default_max_tokens` when it names none) and settled with its real usage.
-Requests in flight are counted by each bridge process (a tenant's `max_in_flight` holds per
-replica). Every answer carries OpenAI's `x-ratelimit-*` headers (`Admission.headers`); a
-refusal is a 429 `rate_limit_exceeded` with `Retry-After` and `retry-after-ms`, which the
-`openai` SDK's retries honour.
+Requests in flight are slots shared by every bridge replica too (`inflight.py`: each replica
+admits from a lease of slots), so a tenant's `max_in_flight` holds across replicas. Every
+answer carries OpenAI's `x-ratelimit-*` headers (`Admission.headers`); a refusal is a 429
+`rate_limit_exceeded` with `Retry-After` and `retry-after-ms`, which the `openai` SDK's
+retries honour.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from producer.inflight import InFlight
 from producer.ratelimit import Limiter, Rate, TooLarge, Verdict
 from schemas.limits import UNLIMITED, TenantLimits
 from schemas.names import ratelimit_key
 from schemas.openai_errors import ApiError
 
-REQUESTS, TOKENS = "requests", "tokens"
+REQUESTS, TOKENS, IN_FLIGHT = "requests", "tokens", "in_flight"
 
 
 class LimitsSource(Protocol):
@@ -83,7 +85,7 @@ class Admission:
 
     headers: dict[str, str] = field(default_factory=dict)
     _gate: TenantGate | None = None
-    _tenant: str = ""
+    _slot_key: str | None = None
     _token_key: str | None = None
     _estimate: int = 0
     _finished: bool = False
@@ -105,14 +107,15 @@ class TenantGate:
         self,
         source: LimitsSource,
         limiter: Limiter,
+        in_flight: InFlight,
         *,
         default_max_tokens: int = 1024,
         on_decision: Callable[[str, bool, int], None] | None = None,
     ) -> None:
         self._source = source
         self._limiter = limiter
+        self._slots = in_flight
         self.default_max_tokens = default_max_tokens
-        self._in_flight: dict[str, int] = {}
         self._rates: dict[int, Rate] = {}
         #: (tenant, admitted, estimated tokens): for metrics.
         self._on_decision = on_decision
@@ -122,15 +125,39 @@ class TenantGate:
         if limits.unlimited:
             return NO_LIMITS
         headers: dict[str, str] = {}
-        held = self._in_flight.get(tenant, 0)
-        if limits.max_in_flight is not None and held >= limits.max_in_flight:
-            self._refuse(
-                tenant,
-                estimated_tokens,
-                f"{held} requests in flight, the limit is {limits.max_in_flight}",
-                1.0,
-                headers,
-            )
+        slot_key = None
+        if limits.max_in_flight is not None:
+            slot_key = ratelimit_key(tenant, scope, IN_FLIGHT)
+            slots = self._slots
+            if not slots.take_leased(slot_key) and not await slots.acquire(
+                slot_key, limits.max_in_flight
+            ):
+                self._refuse(
+                    tenant,
+                    estimated_tokens,
+                    f"requests in flight: the limit is {limits.max_in_flight}",
+                    1.0,
+                    headers,
+                )
+        try:
+            token_key = await self._per_minute(tenant, scope, limits, estimated_tokens, headers)
+        except BaseException:
+            if slot_key is not None:
+                self._slots.release(slot_key)
+            raise
+        if self._on_decision is not None:
+            self._on_decision(tenant, True, estimated_tokens)
+        return Admission(headers, self, slot_key, token_key, estimated_tokens)
+
+    async def _per_minute(
+        self,
+        tenant: str,
+        scope: str | None,
+        limits: TenantLimits,
+        estimated_tokens: int,
+        headers: dict[str, str],
+    ) -> str | None:
+        """The per-minute limits checked (ApiError when over one); the token key to settle."""
         token_key = request_key = None
         if limits.rpm is not None:
             rate = self._rate(limits.rpm)
@@ -168,10 +195,7 @@ class TenantGate:
                     verdict.reset_s,
                     headers,
                 )
-        self._in_flight[tenant] = held + 1
-        if self._on_decision is not None:
-            self._on_decision(tenant, True, estimated_tokens)
-        return Admission(headers, self, tenant, token_key, estimated_tokens)
+        return token_key
 
     def _rate(self, per_minute: int) -> Rate:
         rate = self._rates.get(per_minute)
@@ -184,7 +208,8 @@ class TenantGate:
     async def usage(self, tenant: str, model: str) -> tuple[TenantLimits, dict[str, float]]:
         """The limits that apply and what is left of each, as this replica last saw it."""
         limits, scope = await self._source.limits(tenant, model)
-        left: dict[str, float] = {"in_flight": float(self._in_flight.get(tenant, 0))}
+        key = ratelimit_key(tenant, scope, IN_FLIGHT)
+        left: dict[str, float] = {"in_flight": float(self._slots.used(key))}
         for dimension, per_minute in ((REQUESTS, limits.rpm), (TOKENS, limits.tpm)):
             if per_minute is not None:
                 rate = Rate(per_minute)
@@ -207,12 +232,8 @@ class TenantGate:
         )
 
     def _finish(self, admission: Admission, used: int | None) -> None:
-        tenant = admission._tenant
-        left = self._in_flight.get(tenant, 0) - 1
-        if left > 0:
-            self._in_flight[tenant] = left
-        else:
-            self._in_flight.pop(tenant, None)
+        if admission._slot_key is not None:
+            self._slots.release(admission._slot_key)
         if admission._token_key is not None and used is not None:
             self._limiter.settle(admission._token_key, admission._estimate - used)
 

@@ -1,5 +1,6 @@
-"""The shared token buckets in the NATS KV bucket `names.RATELIMIT_BUCKET`
-(`ratelimit.SharedBuckets`): one key per tenant, scope and dimension, compare-and-set."""
+"""The shared token buckets (`ratelimit.SharedBuckets`) and in-flight slots
+(`inflight.SharedSlots`) in the NATS KV bucket `names.RATELIMIT_BUCKET`: one key per tenant,
+scope and dimension, compare-and-set."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from natsio.kv import compare_and_set
+from producer.inflight import HOLD_TTL_S, resize
 from producer.ratelimit import Rate, Taken, take
 from schemas import names
-from schemas.limits import decode_bucket, encode_bucket
+from schemas.limits import SlotsState, decode_bucket, decode_slots, encode_bucket, encode_slots
 
 #: A bucket untouched for this long is full again at any rate: its key may go.
 _IDLE_TTL_S = 3600.0
@@ -58,3 +60,21 @@ class KvBuckets:
             return rate.capacity
         state = decode_bucket(entry.value)
         return rate.level(state.tokens, state.at_s, now_s)
+
+
+class KvSlots:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    async def resize(self, key: str, holder: str, wanted: int, limit: int, now_s: float) -> int:
+        def change(value: bytes | None) -> tuple[bytes | None, int]:
+            state = None
+            if value is not None:
+                with contextlib.suppress(msgspec.DecodeError):  # unreadable: as if empty
+                    state = decode_slots(value)
+            after, held = resize(state, holder, wanted, limit, now_s, HOLD_TTL_S)
+            if after == (state or SlotsState()):
+                return None, held  # nothing to change (a renewal always changes the expiry)
+            return encode_slots(after), held
+
+        return await compare_and_set(self._kv, key, change)

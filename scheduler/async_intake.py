@@ -1,11 +1,14 @@
 """Async single requests: taking them in over NATS, and publishing the ones left behind.
 
 Over NATS a client publishes an `InferenceRequest` to `jetserve.async.submit` (JetStream: the
-PubAck means it is stored). This loop records it in Postgres, publishes it to its model's
-online subject with the durable reply subject `jetserve.results.async.<id>` (a streamed one,
-a background response: its event log `jetserve.revents.<id>`), and only then
-acks it. Over HTTP the bridge records and publishes the request itself; a request it recorded
-but could not publish (it died in between) stays `queued` and is published again here.
+PubAck means it is stored); a tenant's own NATS user publishes to
+`jetserve.async.submit.<tenant>`, and the request is that tenant's, whatever its body says (one
+naming another tenant is terminated unrecorded). This loop records it in Postgres, publishes
+it to its model's online subject with the durable reply subject
+`jetserve.results.async.<id>` (a streamed one, a background response: its event log
+`jetserve.revents.<id>`), and only then acks it. Over HTTP the bridge records and publishes
+the request itself; a request it recorded but could not publish (it died in between) stays
+`queued` and is published again here.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from scheduler.urlguard import registered_form
 from schemas import names
 from schemas.codec import decode_request, encode, encoding_of
 from schemas.errors import ErrorCode
-from schemas.messages import ErrorResult, InferenceRequest
+from schemas.messages import DEFAULT_TENANT, ErrorResult, InferenceRequest
 from schemas.names import Header
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,18 @@ class AsyncIntake:
                 log.warning("async submission on NATS refused: %s", exc)
                 await msg.term()
                 continue
+            owner = names.tenant_of_async_subject(msg.subject)
+            if owner is not None and request.tenant != owner:
+                if request.tenant != DEFAULT_TENANT:
+                    log.warning(
+                        "async submission %s on tenant %s's subject claims tenant %s: refused",
+                        request.id,
+                        owner,
+                        request.tenant,
+                    )
+                    await msg.term()
+                    continue
+                request = msgspec.structs.replace(request, tenant=owner)
             await self._take_one(request)
             await msg.ack()
 

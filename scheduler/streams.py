@@ -32,25 +32,25 @@ _ACK_WAIT_S = 30.0
 #: How long a background response's events are kept by default.
 DEFAULT_EVENTS_KEEP_S = 86400.0
 
-#: stream, its subject, its consumer, description, other stream settings
-_QUEUES: list[tuple[str, str, str, str, dict[str, object]]] = [
+#: stream, its subjects, its consumer, description, other stream settings
+_QUEUES: list[tuple[str, list[str], str, str, dict[str, object]]] = [
     (
         names.RESULTS_STREAM,
-        names.RESULTS_SUBJECTS,
+        [names.RESULTS_SUBJECTS],
         names.RESULTS_CONSUMER,
         "jetserve results of batch items and async requests",
         {},
     ),
     (
         names.ASYNC_STREAM,
-        names.ASYNC_SUBMIT_SUBJECT,
+        names.ASYNC_SUBMIT_SUBJECTS,
         names.ASYNC_CONSUMER,
         "jetserve async requests submitted over NATS",
         {"max_msg_size": 1024 * 1024},
     ),
     (
         names.EVENTS_STREAM,
-        names.EVENTS_SUBJECTS,
+        [names.EVENTS_SUBJECTS],
         names.EVENTS_CONSUMER,
         "jetserve background responses' events (replayed by the bridges)",
         # Kept until max_age, acked or not: the consumer only stores the results.
@@ -78,14 +78,14 @@ async def provision(
         for stream, _, consumer, _, _ in _QUEUES:
             await _check_claim(js, stream, consumer, owner)
     metadata = None if owner is None else {names.CONSUMER_OWNER_METADATA: owner}
-    for stream, subject, consumer, description, settings in _QUEUES:
+    for stream, subjects, consumer, description, settings in _QUEUES:
         window_s = duplicate_window_s
         if stream == names.EVENTS_STREAM:
             settings = {**settings, "max_age": events_keep_s}
             window_s = min(duplicate_window_s, events_keep_s)
         config = work_queue_stream(
             stream,
-            [subject],
+            subjects,
             description,
             duplicate_window_s=window_s,
             replicas=replicas,
@@ -95,7 +95,7 @@ async def provision(
         await js.add_consumer(
             stream,
             durable_consumer(
-                consumer, subject, ack_wait_s=_ACK_WAIT_S, max_deliver=-1, metadata=metadata
+                consumer, subjects, ack_wait_s=_ACK_WAIT_S, max_deliver=-1, metadata=metadata
             ),
         )
 

@@ -8,8 +8,9 @@
     batch_queue_tokens    estimated tokens in them
 
 A row applies to one model, or to every model when `model` is `*` (a model's own row wins).
-`BucketState` is the value every bridge replica reads and writes (compare-and-set) in the NATS
-KV bucket `names.RATELIMIT_BUCKET`, one key per tenant, scope and dimension.
+`BucketState` (a rate's bucket) and `SlotsState` (the in-flight slots each replica holds) are
+the values every bridge replica reads and writes (compare-and-set) in the NATS KV bucket
+`names.RATELIMIT_BUCKET`, one key per tenant, scope and dimension.
 """
 
 from __future__ import annotations
@@ -67,3 +68,21 @@ class BucketState(msgspec.Struct, frozen=True, array_like=True):
 
 encode_bucket = msgspec.json.Encoder().encode
 decode_bucket = msgspec.json.Decoder(BucketState).decode
+
+
+class SlotHolding(msgspec.Struct, frozen=True, array_like=True):
+    """The in-flight slots one bridge replica holds, until `expires_s` (Unix) unless renewed."""
+
+    slots: int
+    expires_s: float
+
+
+class SlotsState(msgspec.Struct, frozen=True):
+    """A tenant's in-flight slots as stored: replica id -> its holding. The replicas together
+    hold at most the limit."""
+
+    holders: dict[str, SlotHolding] = {}
+
+
+encode_slots = msgspec.json.Encoder().encode
+decode_slots = msgspec.json.Decoder(SlotsState).decode

@@ -20,6 +20,8 @@ from schemas.v2 import ModelMetadata
 ModelName = Annotated[str, Meta(pattern=MODEL_NAME_PATTERN)]
 RequestId = Annotated[str, Meta(pattern=REQUEST_ID_PATTERN)]
 Tenant = Annotated[str, Meta(min_length=1, max_length=128)]
+#: The tenant of a request that names none (and of every request with auth off).
+DEFAULT_TENANT = "default"
 
 #: What the request asks for; decides the shape of `payload` (see `schemas.payloads`).
 Kind = Literal["chat", "completion", "embedding", "predict"]
@@ -38,7 +40,7 @@ class InferenceRequest(
     #: JSON value for `predict`.
     payload: Any = None
     parameters: SamplingParams = msgspec.field(default_factory=SamplingParams)
-    tenant: Tenant = "default"
+    tenant: Tenant = DEFAULT_TENANT
     priority: Priority = Priority.ONLINE
     #: Send `StreamChunk`s as output is produced, not only the final result.
     stream: bool = False

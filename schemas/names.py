@@ -5,8 +5,11 @@ Layout (one stream per model, so each model has its own limits, backlog bound an
     stream   jetserve-req-<model>           subjects jetserve.req.<model>.priority
                                                      jetserve.req.<model>.online
                                                      jetserve.req.<model>.batch
-    consumer priority / online / batch      durable pull consumers (one per subject), shared
-                                            by all replicas, served in that order
+                                            and, for a tenant's own NATS user,
+                                                     jetserve.req.<model>.<priority>.<tenant>
+    consumer priority / online / batch      durable pull consumers (one per priority, each
+                                            filtering both forms), shared by all replicas,
+                                            served in that order
     cancel   jetserve.cancel.<model>.<id>   core NATS, fan-out to the model's workers
     ping     jetserve.ping.<model>          core NATS request; every live worker answers
     dlq      jetserve-dlq                   subjects jetserve.dlq.<model>
@@ -15,8 +18,9 @@ Layout (one stream per model, so each model has its own limits, backlog bound an
     events   jetserve-response-events       subjects jetserve.revents.<request id> (a background
                                             response's chunks and result, kept for replay)
                                             consumer scheduler (stores the results)
-    async    jetserve-async                 subject  jetserve.async.submit (async requests over
-                                            NATS; the scheduler records, then dispatches them)
+    async    jetserve-async                 subject  jetserve.async.submit[.<tenant>] (async
+                                            requests over NATS; the scheduler records, then
+                                            dispatches them)
     idem     jetserve-idempotent-results    KV bucket: replies to requests with an idempotency key
              jetserve.reply.idem.<token>    their shared reply subject
     limits   jetserve-ratelimits            KV bucket: tenants' rate buckets, shared by every
@@ -172,16 +176,60 @@ def request_subject(model: str, priority: Priority = Priority.ONLINE) -> str:
     return f"{ROOT}.req.{validate_model_name(model)}.{Priority(priority)}"
 
 
+def tenant_request_subject(model: str, tenant: str, priority: Priority = Priority.ONLINE) -> str:
+    """Where a tenant's own NATS user publishes its requests: the tenant is the rest of the
+    subject (a tenant name may hold `.`), so the NATS account's permissions, not the body,
+    say whose request it is (`k8s/nats/accounts.conf`)."""
+    return f"{request_subject(model, priority)}.{validate_tenant(tenant)}"
+
+
+def request_filters(model: str, priority: Priority) -> list[str]:
+    """The subjects of one of a model's queues: the service's, and every tenant's."""
+    subject = request_subject(model, priority)
+    return [subject, f"{subject}.>"]
+
+
 def request_subjects(model: str) -> list[str]:
-    return [request_subject(model, p) for p in Priority]
+    return [s for p in Priority for s in request_filters(model, p)]
 
 
 def model_from_request_subject(subject: str) -> str:
-    """The model token of a request subject (`jetserve.req.<model>.<priority>`)."""
-    parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != ROOT or parts[1] != "req":
+    """The model token of a request subject (`jetserve.req.<model>.<priority>[.<tenant>]`)."""
+    parts = subject.split(".", 4)
+    if len(parts) < 4 or parts[0] != ROOT or parts[1] != "req":
         raise InvalidName(f"not a request subject: {subject!r}")
     return validate_model_name(parts[2])
+
+
+def tenant_async_submit_subject(tenant: str) -> str:
+    return f"{ASYNC_SUBMIT_SUBJECT}.{validate_tenant(tenant)}"
+
+
+def tenant_of_async_subject(subject: str) -> str | None:
+    """The tenant of `jetserve.async.submit.<tenant>`; None for the service's own subject."""
+    prefix = ASYNC_SUBMIT_SUBJECT + "."
+    return subject[len(prefix) :] if subject.startswith(prefix) else None
+
+
+def tenant_of_request_subject(subject: str) -> str | None:
+    """The tenant of `jetserve.req.<model>.<priority>.<tenant>`; None for the service's own
+    subjects (`jetserve.req.<model>.<priority>`), whose publishers are trusted."""
+    parts = subject.split(".", 4)
+    return parts[4] if len(parts) == 5 else None
+
+
+#: A tenant name, as API keys are issued to (`scheduler/store/keys.py`); in a subject, its
+#: tokens.
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_TENANT_RE = re.compile(TENANT_PATTERN)
+
+
+def validate_tenant(tenant: str) -> str:
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+        raise InvalidName(f"invalid tenant {tenant!r}: use 1-128 of A-Z a-z 0-9 _ . -")
+    if ".." in tenant or tenant.endswith("."):
+        raise InvalidName(f"invalid tenant {tenant!r}: an empty subject token")
+    return tenant
 
 
 def cancel_subject(model: str, request_id: str) -> str:
@@ -245,6 +293,9 @@ def owner_from_results_subject(subject: str) -> tuple[str, str] | None:
 #: `request.completed` / `request.failed` event.
 ASYNC_STREAM = f"{ROOT}-async"
 ASYNC_SUBMIT_SUBJECT = f"{ROOT}.async.submit"
+#: Both: the service's subject and every tenant's (`jetserve.async.submit.<tenant>`, where a
+#: tenant's own NATS user submits: the scheduler takes the tenant from the subject).
+ASYNC_SUBMIT_SUBJECTS = [ASYNC_SUBMIT_SUBJECT, f"{ASYNC_SUBMIT_SUBJECT}.>"]
 ASYNC_CONSUMER = "scheduler"
 CALLBACK_URL_METADATA = "callback_url"
 #: The endpoint background responses are recorded under among the async requests, and the

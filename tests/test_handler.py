@@ -353,3 +353,27 @@ async def test_refusals_name_the_field_in_the_error_record() -> None:
     await s.handle(FakeMsg(body(), REPLY))
     params = [r.param for r in s.publisher.results if isinstance(r, ErrorResult)]
     assert params == ["temperature", "model", "response_format"]
+
+
+async def test_a_tenant_subject_says_whose_request_it_is() -> None:
+    """A request published by a tenant's own NATS user (on its tenant subject) runs as that
+    tenant; one claiming another tenant is refused, naming the field."""
+    seen: list[str] = []
+
+    def record(request: InferenceRequest, emit: ChunkSink) -> None:
+        seen.append(request.tenant)
+
+    s = Setup(FakeBackend(record))
+    own = "jetserve.req.m.online.acme.eu"
+    assert (await s.handle(FakeMsg(body(), REPLY, subject=own))).actions == ["ack"]
+    assert (await s.handle(FakeMsg(body(tenant="acme.eu"), REPLY, subject=own))).actions == ["ack"]
+    # The service's own subject: the body's tenant stands (its publishers are trusted).
+    assert (await s.handle(FakeMsg(body(tenant="other"), REPLY))).actions == ["ack"]
+    assert seen == ["acme.eu", "acme.eu", "other"]
+    msg = await s.handle(FakeMsg(body(tenant="other"), REPLY, subject=own))
+    assert msg.actions == ["term"]
+    error = s.publisher.results[-1]
+    assert isinstance(error, ErrorResult)
+    assert error.code == ErrorCode.INVALID_REQUEST
+    assert "$.tenant" in error.message
+    assert seen == ["acme.eu", "acme.eu", "other"]

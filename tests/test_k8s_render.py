@@ -186,7 +186,8 @@ def test_names_come_from_schemas(models_file: Path) -> None:
     accounts = (K8S / "nats" / "accounts.conf").read_text()
     allowed = re.findall(r'"(jetserve\.[^"]+)"', accounts)
     assert allowed == [
-        *names.request_subjects("echo"),
+        *[names.tenant_request_subject("echo", "acme", p) for p in Priority],
+        names.tenant_async_submit_subject("acme"),
         names.cancel_subscription("echo"),
         names.ping_subject("echo"),
     ]

@@ -65,11 +65,23 @@ def test_subject_layout() -> None:
     assert names.request_subject("m1", Priority.BATCH) == "jetserve.req.m1.batch"
     assert names.request_subjects("m1") == [
         "jetserve.req.m1.priority",
+        "jetserve.req.m1.priority.>",
         "jetserve.req.m1.online",
+        "jetserve.req.m1.online.>",
         "jetserve.req.m1.batch",
+        "jetserve.req.m1.batch.>",
     ]
     assert names.stream_name("m1") == "jetserve-req-m1"
     assert names.model_from_request_subject("jetserve.req.m1.online") == "m1"
+    # A tenant's own subject: the tenant is the rest of it (tenant names may hold dots).
+    own = names.tenant_request_subject("m1", "acme.eu", Priority.BATCH)
+    assert own == "jetserve.req.m1.batch.acme.eu"
+    assert names.model_from_request_subject(own) == "m1"
+    assert names.tenant_of_request_subject(own) == "acme.eu"
+    assert names.tenant_of_request_subject("jetserve.req.m1.online") is None
+    for bad in ("a..b", "a.", ".a", "a*", "a>", "a b", ""):
+        with pytest.raises(InvalidName):
+            names.tenant_request_subject("m1", bad)
     assert names.cancel_subject("m1", "abc") == "jetserve.cancel.m1.abc"
     assert names.is_durable_reply(names.results_subject("batch", "b1"))
     assert not names.is_durable_reply("_INBOX.x.y")

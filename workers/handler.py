@@ -30,8 +30,22 @@ import msgspec
 from schemas.codec import DecodeError, decode_request, encoding_of
 from schemas.content import DEFAULT_INPUTS, InvalidContent, check_messages
 from schemas.errors import ErrorCode
-from schemas.messages import ErrorResult, FinalResult, InferenceRequest, Timings, TokenLogprobs
-from schemas.names import Encoding, Header, InvalidName, dlq_subject, validate_reply_subject
+from schemas.messages import (
+    DEFAULT_TENANT,
+    ErrorResult,
+    FinalResult,
+    InferenceRequest,
+    Timings,
+    TokenLogprobs,
+)
+from schemas.names import (
+    Encoding,
+    Header,
+    InvalidName,
+    dlq_subject,
+    tenant_of_request_subject,
+    validate_reply_subject,
+)
 from schemas.openai_errors import request_param
 from schemas.payloads import ChatPayload, typed_payload
 from workers.backend import Backend, ChunkSink, Completion
@@ -172,6 +186,16 @@ class Handler:
             await self._reject(msg, sink, code, message, request_param(message))
             return
         sink = self._publisher.sink(reply_to, encoding, request.id, attempt)
+        owner = tenant_of_request_subject(msg.subject)
+        if owner is not None and request.tenant != owner:  # a tenant's own NATS user sent it
+            if request.tenant != DEFAULT_TENANT:
+                message = (
+                    f"$.tenant: {request.tenant!r} is not the tenant of the subject {owner!r} "
+                    "(a tenant's NATS user publishes only as that tenant)"
+                )
+                await self._reject(msg, sink, ErrorCode.INVALID_REQUEST, message, "tenant")
+                return
+            request = msgspec.structs.replace(request, tenant=owner)
         problem = self._precheck(request, pulled)
         if problem is not None:
             await self._reject(msg, sink, *problem)

@@ -71,7 +71,8 @@ def consumer_config(model: str, priority: Priority, s: QueueSettings) -> Consume
         name=name,
         durable_name=name,
         description=f"jetserve {priority} workers of {model}",
-        filter_subject=names.request_subject(model, priority),
+        # The service's subject and every tenant's (`names.request_filters`).
+        filter_subjects=names.request_filters(model, priority),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=s.ack_wait_s,

@@ -12,6 +12,7 @@ four need a key unless auth is off); GET /healthz, /readyz, /metrics, /openapi.j
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -21,6 +22,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, ControllerRouterHandler
 
 from natsio.routes import RouteMetrics
+from producer.capacity import ModelCapacity
 from producer.client import Client
 from producer.http.auth import Authenticator
 from producer.http.calls import Calls
@@ -33,9 +35,11 @@ from producer.http.metrics import BridgeMetrics
 from producer.http.middleware import MetricsMiddleware
 from producer.http.presence import Presence
 from producer.http.routes import BridgeHolder, openai_routes, service_routes
+from producer.inflight import InFlight
 from producer.limits import LimitsSource, TenantGate
+from producer.online_share import OnlineShare
 from producer.ratelimit import Limiter
-from producer.ratelimit_kv import KvBuckets, open_ratelimit_bucket
+from producer.ratelimit_kv import KvBuckets, KvSlots, open_ratelimit_bucket
 
 log = logging.getLogger(__name__)
 
@@ -97,26 +101,41 @@ async def connected(
         config.nats_url, name="jetserve-bridge", route_metrics=RouteMetrics(metrics.registry)
     )
     presence = Presence(client.nc, ttl_s=min(1.0, config.no_worker_timeout_s))
+    capacity = ModelCapacity(client.nc)
+    share = OnlineShare(capacity.window) if config.online_fair_share else None
+    if share is not None:
+        metrics.watch_windows(share.models)
     calls = Calls(
         client,
         presence,
         metrics,
         no_worker_timeout_s=config.no_worker_timeout_s,
         retry_after_s=config.retry_after_s,
+        share=share,
     )
+    in_flight: InFlight | None = None
+    renewals: asyncio.Task[None] | None = None
     kv = await open_bucket(client.js, config.duplicate_window_s)
     try:
         idempotency = Idempotency(calls, kv, client.js)
         gate = None
         if limits is not None:
-            buckets = KvBuckets(await open_ratelimit_bucket(client.js))
+            bucket = await open_ratelimit_bucket(client.js)
+            in_flight = InFlight(KvSlots(bucket))
+            renewals = asyncio.get_running_loop().create_task(in_flight.run_renewals())
             gate = TenantGate(
                 limits,
-                Limiter(buckets),
+                Limiter(KvBuckets(bucket)),
+                in_flight,
                 default_max_tokens=config.limits_default_max_tokens,
                 on_decision=metrics.tenant_decision,
             )
         yield Bridge(config, authenticator, client, calls, idempotency, gate)
     finally:
+        if renewals is not None:
+            renewals.cancel()
+        if in_flight is not None:
+            await in_flight.close()
         await calls.close()
+        await capacity.close()
         await client.close()

@@ -20,7 +20,7 @@ from litestar import Request, Response, post
 from litestar.types import ControllerRouterHandler
 
 from producer.http.body import read_body, wanted_headers
-from producer.http.calls import Call, Calls
+from producer.http.calls import Call, Calls, Watch
 from producer.http.endpoints import CHAT
 from producer.http.handlers import Bridge
 from producer.http.routes import JSON, BridgeHolder, serve
@@ -46,7 +46,14 @@ def echo_result(request: InferenceRequest) -> FinalResult:
 class EchoCalls(Calls):
     """Opens calls whose terminal reply is already there; nothing is published."""
 
-    async def open(self, request: InferenceRequest, *, streaming: bool, timeout_s: float) -> Call:
+    async def open(
+        self,
+        request: InferenceRequest,
+        *,
+        streaming: bool,
+        timeout_s: float,
+        watch: Watch | None = None,
+    ) -> Call:
         pending = Pending(request, streaming)
         pending.done.set_result(echo_result(request))
         return Call(self, pending, asyncio.get_running_loop().time() + timeout_s)
@@ -60,6 +67,7 @@ class EchoCalls(Calls):
             calls.metrics,
             no_worker_timeout_s=calls.no_worker_timeout_s,
             retry_after_s=calls.retry_after_s,
+            share=calls.share,
         )
 
 

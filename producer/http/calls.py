@@ -4,6 +4,10 @@
     item = await call.next()      # StreamChunk ..., then FinalResult; raises ApiError
     await call.close()            # always; cancels upstream if no terminal reply came
 
+An online request first takes a slot in its model's window (`OnlineShare`: tenants share a
+saturated model fairly); it waits there, within its deadline, while the window is full, and
+frees the slot when the call closes.
+
 Publishing does not wait for the PubAck (`Client.begin`): a refusal (unknown model, full
 backlog, not stored in time) comes out of `call.next()` like a reply, so the caller's task is
 woken once per request. Waiting is bounded twice. The deadline (`timeout_s`, also the
@@ -34,13 +38,18 @@ from producer.http.errors import (
 )
 from producer.http.metrics import BridgeMetrics
 from producer.http.presence import Presence
+from producer.online_share import NO_SLOT, OnlineShare, Slot
 from producer.pending import Pending
 from producer.timers import CoarseTimers
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest, StreamChunk
+from schemas.names import Priority
 
 log = logging.getLogger(__name__)
 
 Event = StreamChunk | FinalResult
+#: Start watching for the HTTP client going away: `watch(gone)` calls `gone()` when it does,
+#: and returns the function that stops watching.
+Watch = Callable[[Callable[[], None]], Callable[[], None]]
 
 
 class ClientGone(Exception):
@@ -56,8 +65,10 @@ class Call:
         pending: Pending,
         deadline: float,
         on_final: Callable[[FinalResult | ErrorResult], None] | None = None,
+        slot: Slot = NO_SLOT,
     ) -> None:
         self._d = calls
+        self._slot = slot
         self.pending = pending
         self.request = pending.request
         self._deadline = deadline
@@ -147,12 +158,14 @@ class Call:
 
     async def close(self) -> None:
         """Stop listening; cancel upstream unless the terminal reply came."""
+        self._slot.leave()
         await self._d.finish(self.pending, cancel=not self.finished)
 
     def abandon(self) -> None:
         """`close()` from a task being cancelled (the client went away): run it apart."""
         if not self.finished:
             self._d.cancelled("disconnect")
+        self._slot.leave()
         self._d.spawn(self.close())
 
 
@@ -168,8 +181,11 @@ class Calls:
         *,
         no_worker_timeout_s: float,
         retry_after_s: int,
+        share: OnlineShare | None = None,
     ) -> None:
         self.client = client
+        #: Online requests' fair share of each model's window (None: off).
+        self.share = share
         self.presence = presence
         self.metrics = metrics
         self.no_worker_timeout_s = no_worker_timeout_s
@@ -208,16 +224,72 @@ class Calls:
         except JetserveError as exc:
             raise self.refusal(exc, request) from None
 
-    async def open(self, request: InferenceRequest, *, streaming: bool, timeout_s: float) -> Call:
+    async def open(
+        self,
+        request: InferenceRequest,
+        *,
+        streaming: bool,
+        timeout_s: float,
+        watch: Watch | None = None,
+    ) -> Call:
         """Publish; the call raises the refusal if the request is not stored, its reply
-        otherwise (one wait for both: `Client.begin`)."""
+        otherwise (one wait for both: `Client.begin`). An online request waits for its slot
+        first (504 if its deadline passes meanwhile; `ClientGone` if the client goes away
+        meanwhile, seen through `watch`)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        slot = await self._slot(request, timeout_s, watch)
         try:
             pending = await self.client.begin(request, streaming=streaming)
         except JetserveError as exc:
+            slot.leave()
             raise self.refusal(exc, request) from None
-        return Call(self, pending, asyncio.get_running_loop().time() + timeout_s)
+        except BaseException:
+            slot.leave()
+            raise
+        return Call(self, pending, deadline, slot=slot)
+
+    async def _slot(self, request: InferenceRequest, timeout_s: float, watch: Watch | None) -> Slot:
+        share = self.share
+        if share is None or request.priority is not Priority.ONLINE:
+            return NO_SLOT
+        slot = share.try_enter(request.model, request.tenant)
+        if slot is not None:  # room in the window: no wait, nothing to watch
+            return slot
+        entering = asyncio.ensure_future(share.wait(request.model, request.tenant))
+        gone = False
+
+        def client_gone() -> None:
+            nonlocal gone
+            gone = True
+            entering.cancel()  # gives its place (or its slot) up
+
+        stop = watch(client_gone) if watch is not None else _nothing
+        try:
+            async with asyncio.timeout(timeout_s):
+                slot = await entering
+        except BaseException as exc:
+            stop()
+            if entering.done() and not entering.cancelled() and entering.exception() is None:
+                entering.result().leave()  # given as this request gave up
+            else:
+                entering.cancel()
+            if isinstance(exc, TimeoutError):
+                self.cancelled("deadline")
+                raise deadline_exceeded() from None
+            task = asyncio.current_task()
+            cancelling = task.cancelling() if task is not None else 0
+            if gone and isinstance(exc, asyncio.CancelledError) and not cancelling:
+                self.cancelled("disconnect")
+                raise ClientGone() from None
+            raise
+        stop()
+        return slot
 
     async def close(self) -> None:
         for task in list(self._background):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 5)
+
+
+def _nothing() -> None:
+    pass

@@ -63,6 +63,8 @@ class BridgeConfig:
     limits_default_max_tokens: int = 1024
     #: Limit rows are read through a cache this long: a change applies within it.
     limits_cache_ttl_s: float = 5.0
+    #: Share a saturated model's online slots fairly between tenants (`OnlineShare`).
+    online_fair_share: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BridgeConfig:
@@ -98,6 +100,7 @@ class BridgeConfig:
                 env, "JETSERVE_LIMITS_DEFAULT_MAX_TOKENS", 1024, minimum=1
             ),
             limits_cache_ttl_s=get_float(env, "JETSERVE_LIMITS_CACHE_TTL_S", 5.0, minimum=0.0),
+            online_fair_share=get_bool(env, "JETSERVE_ONLINE_FAIR_SHARE", True),
         )
 
 

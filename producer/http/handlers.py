@@ -24,7 +24,7 @@ from producer.client import Client
 from producer.http import convert
 from producer.http import openai_types as oa
 from producer.http.auth import Authenticator, Principal, require_principal
-from producer.http.calls import Call, Calls, ClientGone
+from producer.http.calls import Call, Calls, ClientGone, Watch
 from producer.http.config import BridgeConfig
 from producer.http.endpoints import (
     CHAT,
@@ -135,11 +135,11 @@ class Bridge:
         endpoint: Endpoint,
         read_body: Callable[[], Awaitable[bytes]],
         headers: Mapping[str, str],
-        on_gone: Callable[[Call], Callable[[], None]],
+        on_gone: Watch,
     ) -> Reply:
         """Serve one POST. The body is read only once the caller is authenticated.
-        `on_gone(call)` starts watching for a disconnect and returns the function that
-        stops watching."""
+        `on_gone(gone)` starts watching for a disconnect (`gone()` is called on one) and
+        returns the function that stops watching."""
         principal = await self.authenticate(headers)
         body = await read_body()
         try:
@@ -184,11 +184,16 @@ class Bridge:
                     request, streaming=streaming, timeout_s=timeout_s
                 )
             else:
-                call = await self.calls.open(request, streaming=streaming, timeout_s=timeout_s)
+                call = await self.calls.open(
+                    request, streaming=streaming, timeout_s=timeout_s, watch=on_gone
+                )
+        except ClientGone:  # while its request waited for a slot: nothing was published
+            admission.finish()
+            return Reply(status=499)
         except BaseException:
             admission.finish()
             raise
-        stop_watch = on_gone(call) if isinstance(call, Call) else _nothing
+        stop_watch = on_gone(call.client_gone) if isinstance(call, Call) else _nothing
         try:
             first = await call.next()
         except ClientGone:

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 ROUTES = (
     "/v1/chat/completions",
@@ -72,3 +75,29 @@ class BridgeMetrics:
             self._tenant_children[(tenant, admitted)] = children
         children[0].inc()
         children[1].inc(tokens)
+
+    def watch_windows(self, models: Callable[[], list[tuple[str, int, int]]]) -> None:
+        """Export the online windows (`OnlineShare.models`) when scraped."""
+        self.registry.register(_WindowCollector(models))
+
+
+class _WindowCollector(Collector):
+    def __init__(self, models: Callable[[], list[tuple[str, int, int]]]) -> None:
+        self._models = models
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_flight = GaugeMetricFamily(
+            "jetserve_online_window_in_flight",
+            "Online requests of this bridge in flight to the model (its fair-share window)",
+            labels=["model"],
+        )
+        waiting = GaugeMetricFamily(
+            "jetserve_online_window_waiting",
+            "Online requests waiting in this bridge for a slot in the model's window",
+            labels=["model"],
+        )
+        for model, held, queued in self._models():
+            in_flight.add_metric([model], held)
+            waiting.add_metric([model], queued)
+        yield in_flight
+        yield waiting

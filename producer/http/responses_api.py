@@ -25,7 +25,7 @@ import msgspec
 from producer.http import convert
 from producer.http import responses_convert as rc
 from producer.http import responses_types as rt
-from producer.http.calls import Call, ClientGone
+from producer.http.calls import Call, ClientGone, Watch
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.handlers import Bridge, Reply
 from producer.http.responses_background import Background
@@ -68,7 +68,7 @@ class Responses:
         self,
         read_body: Callable[[], Awaitable[bytes]],
         headers: Mapping[str, str],
-        on_gone: Callable[[Call], Callable[[], None]],
+        on_gone: Watch,
     ) -> Reply:
         bridge = self.bridge
         tenant = (await bridge.authenticate(headers)).tenant
@@ -117,11 +117,16 @@ class Responses:
             assert self.background is not None
             return await self.background.create(tenant, converted, base, stream=bool(body.stream))
         try:
-            call = await bridge.calls.open(request, streaming=request.stream, timeout_s=timeout_s)
+            call = await bridge.calls.open(
+                request, streaming=request.stream, timeout_s=timeout_s, watch=on_gone
+            )
+        except ClientGone:  # while its request waited for a slot: nothing was published
+            admission.finish()
+            return Reply(status=499)
         except BaseException:
             admission.finish()
             raise
-        stop_watch = on_gone(call)
+        stop_watch = on_gone(call.client_gone)
         try:
             first = await call.next()
         except ClientGone:

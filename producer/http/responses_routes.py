@@ -19,7 +19,6 @@ from litestar.response import Stream
 from litestar.types import ControllerRouterHandler
 
 from producer.http.body import read_body, wanted_headers
-from producer.http.calls import Call
 from producer.http.disconnect import DisconnectWatch
 from producer.http.errors import ApiError
 from producer.http.handlers import Bridge
@@ -48,8 +47,8 @@ class ResponsesRoutes:
 
         @post("/v1/responses", status_code=200, summary="Create a model response")
         async def create(request: Request[Any, Any, Any]) -> Response[Any]:
-            def watch(call: Call) -> Callable[[], None]:
-                return DisconnectWatch(request.receive, call.client_gone, call.timers).stop
+            def watch(gone: Callable[[], None]) -> Callable[[], None]:
+                return DisconnectWatch(request.receive, gone, self.api().bridge.calls.timers).stop
 
             async def body() -> bytes:
                 return await read_body(request.receive, limit)

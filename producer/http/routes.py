@@ -16,7 +16,6 @@ from litestar.types import ControllerRouterHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from producer.http.body import read_body, wanted_headers
-from producer.http.calls import Call
 from producer.http.disconnect import DisconnectWatch
 from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, Endpoint
 from producer.http.errors import ApiError
@@ -45,8 +44,8 @@ async def serve(
 ) -> Response[Any]:
     """One POST to `endpoint`, served by `bridge`."""
 
-    def watch(call: Call) -> Callable[[], None]:
-        return DisconnectWatch(request.receive, call.client_gone, call.timers).stop
+    def watch(gone: Callable[[], None]) -> Callable[[], None]:
+        return DisconnectWatch(request.receive, gone, bridge.calls.timers).stop
 
     async def body() -> bytes:
         return await read_body(request.receive, max_body_bytes)

@@ -13,15 +13,21 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import nats
 import pytest
 
 from jetserve.servers import free_port, nats_server_binary
+from natsio.routes import RouteStore
 from producer.client import make_request
 from schemas import names
-from schemas.codec import encode
+from schemas.codec import decode_reply, encode
+from schemas.errors import ErrorCode
+from schemas.messages import ErrorResult, FinalResult
 from schemas.names import Header, Priority
+from schemas.routes import Route, Target
 from workers.provision import QueueSettings, provision_model
 
 from ..keda import StreamNotFound, keda_lag
@@ -96,15 +102,20 @@ async def test_tenant_publishes_only_its_models_requests(accounts_server: Server
     js = tenant.jetstream()
     request = make_request("echo", "predict", {"x": 1})
     ack = await js.publish(
-        names.request_subject("echo", Priority.ONLINE),
+        names.tenant_request_subject("echo", "acme", Priority.ONLINE),
         encode(request),
         headers={Header.MSG_ID: request.id, Header.REPLY_TO: "_INBOX_acme.replies"},
     )
     assert ack.stream == names.stream_name("echo")  # stored, and the PubAck reached the tenant
 
-    # Another model's queue, the JetStream API, other inboxes: refused by the server.
+    # Another model's queue, the service's own subject, another tenant's subject, the
+    # JetStream API, other inboxes: refused by the server.
     with pytest.raises(nats.errors.TimeoutError):
-        await js.publish(names.request_subject("other"), b"{}", timeout=1)
+        await js.publish(names.tenant_request_subject("other", "acme"), b"{}", timeout=1)
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.publish(names.request_subject("echo"), b"{}", timeout=1)
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.publish(names.tenant_request_subject("echo", "globex"), b"{}", timeout=1)
     with pytest.raises(nats.errors.Error):
         await tenant.jetstream(timeout=1).stream_info(names.stream_name("echo"))
     await tenant.subscribe("_INBOX.>")
@@ -112,7 +123,8 @@ async def test_tenant_publishes_only_its_models_requests(accounts_server: Server
     await asyncio.sleep(0.2)
     joined = " ".join(violations).lower()
     assert "permissions violation for publish to" in joined
-    assert names.request_subject("other") in " ".join(violations)
+    assert names.tenant_request_subject("other", "acme") in " ".join(violations)
+    assert f'"{names.request_subject("echo")}"' in " ".join(violations)
     assert "permissions violation for subscription to" in joined
     assert "$js.api" in joined
 
@@ -143,3 +155,90 @@ async def test_tenant_publishes_only_its_models_requests(accounts_server: Server
         )
     await tenant.close()
     await service.close()
+
+
+async def test_a_tenants_nats_user_publishes_only_as_that_tenant(
+    accounts_server: Server, inproc_worker: Any
+) -> None:
+    """A worker of the service account takes the tenant from the subject: acme's request
+    naming another tenant is refused with an error naming `tenant`; one naming none runs."""
+    host = accounts_server.url.removeprefix("nats://")
+    service_url = f"nats://jetserve:{PASSWORDS['JETSERVE_NATS_PASSWORD']}@{host}"
+    await inproc_worker("echo", nats_url=service_url)
+    tenant = await nats.connect(
+        accounts_server.url,
+        user="tenant-acme",
+        password=PASSWORDS["TENANT_ACME_NATS_PASSWORD"],
+        inbox_prefix="_INBOX_acme",
+    )
+    replies = await tenant.subscribe("_INBOX_acme.tenancy")
+    js = tenant.jetstream()
+    claiming = make_request("echo", "predict", {"x": 1}, tenant="globex")
+    plain = make_request("echo", "predict", {"x": 2})
+    for request in (claiming, plain):
+        await js.publish(
+            names.tenant_request_subject("echo", "acme"),
+            encode(request),
+            headers={Header.MSG_ID: request.id, Header.REPLY_TO: "_INBOX_acme.tenancy"},
+        )
+    answers: dict[str, Any] = {}
+    while len(answers) < 2:
+        reply = decode_reply((await replies.next_msg(timeout=10)).data)
+        answers[reply.id] = reply
+    refused = answers[claiming.id]
+    assert isinstance(refused, ErrorResult)
+    assert refused.code == ErrorCode.INVALID_REQUEST
+    assert "$.tenant" in refused.message
+    served = answers[plain.id]
+    assert isinstance(served, FinalResult)
+    assert served.output == {"x": 2}
+    await tenant.close()
+
+
+async def test_a_tenant_reads_and_watches_the_routes_bucket_but_cannot_write_it(
+    accounts_server: Server,
+) -> None:
+    """NATS-native publishers resolve a served name from the routes bucket (README): the
+    tenant's user may get and watch its keys, not write them."""
+    url = accounts_server.url
+    service = await nats.connect(url, user="jetserve", password=PASSWORDS["JETSERVE_NATS_PASSWORD"])
+    await provision_model(service.jetstream(), "echo", QueueSettings())
+    await provision_model(service.jetstream(), "echo-b", QueueSettings())
+    store = await RouteStore.open(service)
+    await store.put(Route("chat", [Target("echo", 90), Target("echo-b", 10)]))
+    tenant = await nats.connect(
+        url,
+        user="tenant-acme",
+        password=PASSWORDS["TENANT_ACME_NATS_PASSWORD"],
+        inbox_prefix="_INBOX_acme",
+        error_cb=_ignore,
+    )
+    try:
+        kv = await tenant.jetstream(timeout=2).key_value(names.ROUTES_BUCKET)
+        entry = await kv.get("chat")
+        assert entry.value is not None
+        route = msgspec.json.decode(entry.value, type=Route)
+        assert [(t.model, t.weight) for t in route.targets] == [("echo", 90), ("echo-b", 10)]
+        watcher = await kv.watch("chat")
+        first = await watcher.updates(timeout=2)  # type: ignore[no-untyped-call]
+        assert first is not None
+        assert first.key == "chat"
+        await store.put(Route("chat", [Target("echo", 50), Target("echo-b", 50)]))
+        changed = await watcher.updates(timeout=2)  # type: ignore[no-untyped-call]
+        if changed is None:  # nats-py's marker: the values there were are all delivered
+            changed = await watcher.updates(timeout=2)  # type: ignore[no-untyped-call]
+        assert changed is not None
+        assert changed.value is not None
+        assert b"50" in changed.value
+        await watcher.stop()  # type: ignore[no-untyped-call]
+        with pytest.raises(nats.errors.Error):  # no write: the publish is refused, no PubAck
+            await kv.put("chat", b"{}")
+        again = await kv.get("chat")
+        assert again.value == changed.value
+    finally:
+        await tenant.close()
+        await service.close()
+
+
+async def _ignore(exc: Exception) -> None:
+    pass  # the refused put's permission violation

@@ -135,22 +135,46 @@ def test_tokens_are_settled_with_real_usage(bridge_stack: BridgeStack) -> None:
         assert "Request too large" in r.json()["error"]["message"]
 
 
-def test_requests_in_flight(bridge_stack: BridgeStack) -> None:
+def test_requests_in_flight_across_two_bridges(
+    bridge_stack: BridgeStack, bridge_on: Callable[..., str]
+) -> None:
+    """The limit holds across replicas: a request in flight on one bridge takes the tenant's
+    only slot on the other too; once it is answered, the slot is free everywhere."""
+    second = bridge_on(
+        bridge_stack.nats_url,
+        JETSERVE_AUTH="required",
+        JETSERVE_DATABASE_URL=bridge_stack.dsn,
+        JETSERVE_KEY_CACHE_TTL_S="0",
+    )
     key = tenant_with(bridge_stack, TenantLimits(max_in_flight=1))
     headers = {"Authorization": f"Bearer {key}"}
 
-    async def two() -> list[int]:
-        async with httpx.AsyncClient(base_url=bridge_stack.url, headers=headers, timeout=30) as c:
+    async def run() -> tuple[list[int], str, float]:
+        async with httpx.AsyncClient(headers=headers, timeout=30) as c:
             slow = asyncio.create_task(
-                c.post("/v1/chat/completions", json={**chat_body("sleep 1.5"), "model": SLOW})
+                c.post(
+                    f"{bridge_stack.url}/v1/chat/completions",
+                    json={**chat_body("sleep 1.5"), "model": SLOW},
+                )
             )
             await asyncio.sleep(0.5)
-            second = await c.post("/v1/chat/completions", json=chat_body())
+            on_first = await c.post(f"{bridge_stack.url}/v1/chat/completions", json=chat_body())
+            on_second = await c.post(f"{second}/v1/chat/completions", json=chat_body())
             first = await slow
-            third = await c.post("/v1/chat/completions", json=chat_body())
-            return [first.status_code, second.status_code, third.status_code]
+            # Freed: the first bridge gives its idle slot back within moments.
+            answered = time.monotonic()
+            while True:
+                third = await c.post(f"{second}/v1/chat/completions", json=chat_body())
+                if third.status_code != 429 or time.monotonic() - answered > 5:
+                    break
+                await asyncio.sleep(0.05)
+            codes = [first.status_code, on_first.status_code, on_second.status_code]
+            return [*codes, third.status_code], on_second.text, time.monotonic() - answered
 
-    assert asyncio.run(two()) == [200, 429, 200]
+    codes, refusal, freed_after_s = asyncio.run(run())
+    assert codes == [200, 429, 429, 200], (codes, refusal)
+    assert "the limit is 1" in refusal
+    assert freed_after_s < 2.0
 
 
 def test_batch_over_the_queue_limit_fails_at_creation(bridge_stack: BridgeStack) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import pytest
 from nats.aio.client import Client as NATS
@@ -18,6 +19,7 @@ from producer.http.calls import Call, Calls, ClientGone
 from producer.http.errors import ApiError
 from producer.http.metrics import BridgeMetrics
 from producer.http.presence import Presence
+from producer.online_share import OnlineShare
 from producer.pending import Accepted, Pending
 from schemas import names
 from schemas.errors import ErrorCode
@@ -152,3 +154,36 @@ async def test_a_worker_slow_to_answer_the_ping_counts_as_alive(nc: NATS) -> Non
         await sub.unsubscribe()
     await nc.flush()
     assert not await presence.any_worker(model)
+
+
+async def test_an_online_request_waits_for_its_slot_and_gives_it_up(nc: NATS) -> None:
+    """With the model's window full, `open` waits; a client that goes away, or a deadline
+    that passes, meanwhile ends the wait (nothing is published) and leaves the queue."""
+    calls = _calls(nc)
+    calls.share = share = OnlineShare(lambda _model: 1)
+    model = f"nobody-{uuid.uuid4().hex[:8]}"
+    held = await share.enter(model, "flood")
+    watching: list[Callable[[], None]] = []
+    stopped: list[bool] = []
+
+    def watch(gone: Callable[[], None]) -> Callable[[], None]:
+        watching.append(gone)
+        return lambda: stopped.append(True)
+
+    request = make_request(model, "predict", {}, tenant="quiet")
+    opening = asyncio.create_task(calls.open(request, streaming=False, timeout_s=30, watch=watch))
+    await asyncio.sleep(0.05)
+    assert share.waiting(model) == 1
+    watching[0]()  # the client went away
+    with pytest.raises(ClientGone):
+        await opening
+    assert stopped == [True]
+    assert share.waiting(model) == 0
+    assert _cancels(calls, "disconnect") == 1
+
+    with pytest.raises(ApiError) as late:
+        await calls.open(request, streaming=False, timeout_s=0.2, watch=watch)
+    assert late.value.status == 504
+    assert share.waiting(model) == 0
+    assert share.in_flight(model) == {"flood": 1}
+    held.leave()

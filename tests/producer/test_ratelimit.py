@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from producer.inflight import InFlight, resize
 from producer.limits import NO_LIMITS, TenantGate, duration, estimate_tokens
 from producer.ratelimit import LEASE_TTL_S, Limiter, Rate, Taken, TooLarge, take
-from schemas.limits import UNLIMITED, BucketState, TenantLimits, check_limits
+from schemas.limits import UNLIMITED, BucketState, SlotsState, TenantLimits, check_limits
 from schemas.openai_errors import ApiError
 
 
@@ -38,6 +39,17 @@ class MemoryBuckets:
         if after is not None:
             self.states[key] = after
         return taken
+
+
+class MemorySlots:
+    """`SharedSlots` over a dict, with `resize`'s own arithmetic."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, SlotsState] = {}
+
+    async def resize(self, key: str, holder: str, wanted: int, limit: int, now_s: float) -> int:
+        self.states[key], held = resize(self.states.get(key), holder, wanted, limit, now_s, 6.0)
+        return held
 
 
 T = TypeVar("T")
@@ -160,6 +172,7 @@ def gate(
     g = TenantGate(
         Source(limits),
         Limiter(MemoryBuckets(), clock or Clock()),
+        InFlight(MemorySlots(), clock or Clock()),
         on_decision=lambda *d: decisions.append(d),
     )
     return g, decisions
@@ -188,20 +201,31 @@ def test_gate_headers_and_refusal() -> None:
     assert decisions[0] == ("acme", True, 100)
 
 
-def test_gate_in_flight_and_unlimited() -> None:
+async def test_gate_in_flight_and_unlimited() -> None:
     g, _ = gate(TenantLimits(max_in_flight=2))
-    a, b = run(g.admit("t", "m", 1)), run(g.admit("t", "m", 1))
-    with pytest.raises(ApiError, match="2 requests in flight"):
-        run(g.admit("t", "m", 1))
-    assert run(g.admit("other", "m", 1)) is not NO_LIMITS  # per tenant
+    a, b = await g.admit("t", "m", 1), await g.admit("t", "m", 1)
+    with pytest.raises(ApiError, match="the limit is 2"):
+        await g.admit("t", "m", 1)
+    assert await g.admit("other", "m", 1) is not NO_LIMITS  # per tenant
     a.finish()
     a.finish()  # idempotent: frees one slot only
-    c = run(g.admit("t", "m", 1))
+    c = await g.admit("t", "m", 1)
     with pytest.raises(ApiError):
-        run(g.admit("t", "m", 1))
+        await g.admit("t", "m", 1)
+    _, usage = await g.usage("t", "m")
+    assert usage["in_flight"] == 2
     b.finish()
     c.finish()
-    assert run(gate(UNLIMITED)[0].admit("t", "m", 10**9)) is NO_LIMITS
+    assert await gate(UNLIMITED)[0].admit("t", "m", 10**9) is NO_LIMITS
+
+
+async def test_gate_refused_by_rate_frees_its_in_flight_slot() -> None:
+    g, _ = gate(TenantLimits(max_in_flight=1, rpm=6))  # a bucket of 1 request
+    (await g.admit("t", "m", 1)).finish()
+    with pytest.raises(ApiError, match="requests per minute"):
+        await g.admit("t", "m", 1)
+    _, usage = await g.usage("t", "m")
+    assert usage["in_flight"] == 0
 
 
 def test_gate_refused_tokens_give_the_request_back() -> None:

@@ -105,6 +105,15 @@ class BatchStack:
         return asyncio.run(run())
 
 
+def bridge_gauge(url: str, name: str, model: str) -> float:
+    """A bridge metric's value for `model` (`/metrics`)."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'model="{model}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def wait_batch(
     client: openai.OpenAI, batch_id: str, statuses: set[str], timeout_s: float = 60
 ) -> Any:

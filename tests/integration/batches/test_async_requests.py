@@ -140,3 +140,34 @@ def test_nats_submit_with_callback(batch_stack: BatchStack, receiver: Receiver) 
         assert json.loads(receiver.posts[0][1])["type"] == "request.completed"
     finally:
         unregister(batch_stack, endpoint["id"])
+
+
+def test_nats_submit_on_a_tenant_subject_is_that_tenants(batch_stack: BatchStack) -> None:
+    """On `jetserve.async.submit.<tenant>` the subject says whose request it is: one naming
+    no tenant is beta's (beta polls it, alpha gets 404); one claiming alpha is not recorded."""
+    own, claiming = (f"nats-{uuid.uuid4().hex[:12]}" for _ in range(2))
+
+    async def submit() -> None:
+        nc = await nats.connect(batch_stack.nats_url)
+        try:
+            js = nc.jetstream()
+            subject = names.tenant_async_submit_subject("beta")
+            for request_id, tenant in ((claiming, "alpha"), (own, "default")):
+                request = make_request(
+                    ECHO, "predict", {"x": 2}, request_id=request_id, tenant=tenant
+                )
+                await js.publish(subject, encode(request), headers={"Nats-Msg-Id": request_id})
+        finally:
+            await nc.close()
+
+    asyncio.run(submit())
+    done = _poll(batch_stack, own, tenant="beta")
+    assert done["status"] == "completed"
+    assert done["response"]["body"]["output"] == {"x": 2}
+    alpha = {"authorization": f"Bearer {batch_stack.keys['alpha']}"}
+    assert httpx.get(f"{batch_stack.v1}/async/requests/{own}", headers=alpha).status_code == 404
+    # Submitted before `own`, so taken (and refused) before it was recorded.
+    for tenant in ("alpha", "beta"):
+        headers = {"authorization": f"Bearer {batch_stack.keys[tenant]}"}
+        r = httpx.get(f"{batch_stack.v1}/async/requests/{claiming}", headers=headers)
+        assert r.status_code == 404, r.text
