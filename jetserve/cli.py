@@ -162,6 +162,13 @@ def _wait(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    if args.vision:
+        if args.size != "tiny":
+            raise SystemExit("--vision writes one size: leave out --size")
+        from workers.engine.tiny_vision import make_tiny_vision_model
+
+        print(make_tiny_vision_model(Path(args.folder), args.seed))
+        return 0
     from workers.engine.tiny import make_tiny_model
 
     path = make_tiny_model(Path(args.folder), args.size, args.seed)
@@ -235,6 +242,11 @@ def _parser() -> argparse.ArgumentParser:
         "write a small random Llama model + tokenizer to a folder (offline, seconds)",
     )
     p.add_argument("folder")
+    p.add_argument(
+        "--vision",
+        action="store_true",
+        help="a vision-language model + processor instead (Idefics3 / SmolVLM-style, ~0.9 M)",
+    )
     p.add_argument(
         "--size",
         choices=["tiny", "bench"],

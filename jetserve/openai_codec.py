@@ -16,6 +16,7 @@ from producer.http import convert
 from producer.http import responses_convert as rc
 from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, RESPONSES, Endpoint
 from producer.http.errors import from_error_result
+from producer.http.responses_input import input_param
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
 from schemas.names import Priority
 from schemas.openai_errors import BODY_ERRORS, from_decode_error
@@ -105,9 +106,15 @@ class OpenAICodec:
         encoding = metadata.get(ENCODING_FORMAT, "float")
         return _encoder.encode(convert.embedding_response(result, encoding))
 
-    def error_response(self, endpoint: str, result: ErrorResult) -> tuple[int, bytes]:
+    def error_response(
+        self, endpoint: str, result: ErrorResult, metadata: Mapping[str, str] | None = None
+    ) -> tuple[int, bytes]:
         kserve = kserve_codec.target(endpoint)
         if kserve is not None:
             return kserve_codec.error_response(kserve, result)
         api = from_error_result(result)
+        body = (metadata or {}).get(RESPONSES_BODY)
+        if _ENDPOINTS.get(endpoint) is RESPONSES and body is not None:
+            # The worker names a chat field; the line's body named its `input` item.
+            api.param = input_param(api.param, rc.origins(RESPONSES.decoder.decode(body)))
         return api.status, api.body()

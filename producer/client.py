@@ -328,7 +328,9 @@ class Client:
         finally:
             await self.finish(pending)
         if isinstance(reply, ErrorResult):
-            raise RequestFailed(reply.message, code=reply.code, retryable=reply.retryable)
+            raise RequestFailed(
+                reply.message, code=reply.code, retryable=reply.retryable, param=reply.param
+            )
         return reply
 
     async def stream(
@@ -362,7 +364,10 @@ class Client:
                         reply = waiter.done.result()
                         if isinstance(reply, ErrorResult):
                             raise RequestFailed(
-                                reply.message, code=reply.code, retryable=reply.retryable
+                                reply.message,
+                                code=reply.code,
+                                retryable=reply.retryable,
+                                param=reply.param,
                             )
                         yield reply
                         return

@@ -65,3 +65,15 @@ class RequestTimeout(JetserveError):
 
 class RequestFailed(JetserveError):
     """The worker answered with an `ErrorResult`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode | None = None,
+        retryable: bool | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, retryable=retryable)
+        #: The request field at fault (`ErrorResult.param`), when one is.
+        self.param = param

@@ -51,6 +51,10 @@ class Codec(Protocol):
         """The JSON body the endpoint returns for this result. `metadata`: the request's."""
         ...
 
-    def error_response(self, endpoint: str, result: ErrorResult) -> tuple[int, bytes]:
-        """The HTTP status and error body the endpoint returns for a worker's error."""
+    def error_response(
+        self, endpoint: str, result: ErrorResult, metadata: Mapping[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        """The HTTP status and error body the endpoint returns for a worker's error.
+        `metadata`: the request's, when the endpoint reads it (a Responses body names the
+        field at fault as its `input` item)."""
         ...

@@ -206,11 +206,11 @@ class Finalizer:
         if isinstance(result, StreamChunk):  # never stored: only final replies are
             return b"", False
         code, body = 200, b""
+        needs_metadata = batch.endpoint.endswith(_READS_REQUEST)
+        metadata = decode_request(request).metadata if needs_metadata else {}
         if isinstance(result, ErrorResult):
-            code, body = self._codec.error_response(batch.endpoint, result)
+            code, body = self._codec.error_response(batch.endpoint, result, metadata)
         else:
-            needs_metadata = batch.endpoint.endswith(_READS_REQUEST)
-            metadata = decode_request(request).metadata if needs_metadata else {}
             try:
                 body = self._codec.response_body(
                     batch.endpoint, request_id, result, finished or int(time.time()), metadata

@@ -127,6 +127,10 @@ class ErrorResult(msgspec.Struct, frozen=True, tag="error.v1", tag_field="type")
     message: str
     #: True when the same request may succeed if sent again later.
     retryable: bool = False
+    #: The request field at fault, in OpenAI's notation without the wire envelope
+    #: (`messages[0].content[1]`, `response_format`); None when no one field is. Added after
+    #: v1's first release: absent from older workers, ignored by older readers.
+    param: str | None = None
 
 
 class CancelRequest(msgspec.Struct, frozen=True, tag="cancel.v1", tag_field="type"):
@@ -150,6 +154,9 @@ class WorkerInfo(msgspec.Struct, frozen=True, tag="worker.v1", tag_field="type")
     state: Literal["loading", "serving", "draining"] = "serving"
     #: Tensors in and out (Open Inference Protocol), for models that declare them.
     metadata: ModelMetadata | None = None
+    #: The kinds of input the model takes (`schemas.content.Input`); older workers, which
+    #: do not send it, took text only.
+    inputs: list[str] = msgspec.field(default_factory=lambda: ["text"])
 
 
 Reply = StreamChunk | FinalResult | ErrorResult

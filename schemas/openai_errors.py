@@ -89,6 +89,16 @@ def decode_error_param(exc: msgspec.DecodeError) -> str | None:
     return prefix or None
 
 
+def request_param(text: str) -> str | None:
+    """The request field a worker's error message names (msgspec's `$.payload.messages[0]`),
+    as the OpenAI body names it (`messages[0]`): the wire envelope's `payload.` and
+    `parameters.` are not the caller's."""
+    found = _PATH_RE.search(text)
+    if found is None or not found.group(1):
+        return None
+    return found.group(1).removeprefix("payload.").removeprefix("parameters.")
+
+
 #: What decoding an untrusted body can raise: msgspec raises UnicodeDecodeError, not a
 #: DecodeError, for a string that is not valid UTF-8.
 BODY_ERRORS = (msgspec.DecodeError, UnicodeDecodeError)

@@ -295,6 +295,66 @@ async def test_a_backends_own_timeout_is_a_failure_not_the_deadline() -> None:
     assert s.publisher.results == []
 
 
+def chat(*parts: dict[str, Any]) -> bytes:
+    content = [{"type": "text", "text": "what is it?"}, *parts]
+    return body(kind="chat", payload={"messages": [{"role": "user", "content": content}]})
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+
+
+async def test_a_part_the_model_does_not_take_is_refused_unrun_naming_it() -> None:
+    s = Setup()  # the model takes text only: the default
+    msg = await s.handle(FakeMsg(chat(IMAGE), REPLY))
+    assert msg.actions == ["term"]
+    err = s.only_error()
+    assert err.code is ErrorCode.INVALID_REQUEST
+    assert err.param == "messages[0].content[1]"
+    assert "does not take images" in err.message
+    assert s.backend.started == []
+
+
+async def test_a_model_that_takes_images_gets_them() -> None:
+    s = Setup()
+    s.handler = Handler(
+        model="m",
+        backend=s.backend,
+        publisher=s.publisher,
+        cancels=s.cancels,
+        metrics=WorkerMetrics(),
+        max_attempts=3,
+        on_engine_dead=s.dead_engine.append,
+        inputs=("text", "image"),
+    )
+    msg = await s.handle(FakeMsg(chat(IMAGE), REPLY))
+    assert msg.actions == ["ack"]
+    assert s.backend.started == ["r1"]
+
+
+async def test_a_user_message_without_content_is_refused_naming_it() -> None:
+    s = Setup()
+    payload = {"messages": [{"role": "system", "content": "x"}, {"role": "user"}]}
+    msg = await s.handle(FakeMsg(body(kind="chat", payload=payload), REPLY))
+    assert msg.actions == ["term"]
+    err = s.only_error()
+    assert (err.code, err.param) == (ErrorCode.INVALID_REQUEST, "messages[1].content")
+    assert err.message == "Missing required parameter: 'messages[1].content'."
+
+
+async def test_refusals_name_the_field_in_the_error_record() -> None:
+    s = Setup()
+    await s.handle(FakeMsg(body(parameters={"temperature": 9}), REPLY))
+    await s.handle(FakeMsg(body(model="other"), REPLY))
+
+    async def bad_format(request: InferenceRequest, emit: ChunkSink) -> Any:
+        raise PermanentError("invalid response_format", param="response_format")
+
+    s.backend.behaviour = bad_format
+    await s.handle(FakeMsg(body(), REPLY))
+    params = [r.param for r in s.publisher.results if isinstance(r, ErrorResult)]
+    assert params == ["temperature", "model", "response_format"]
+
+
 async def test_a_tenant_subject_says_whose_request_it_is() -> None:
     """A request published by a tenant's own NATS user (on its tenant subject) runs as that
     tenant; one claiming another tenant is refused, naming the field."""

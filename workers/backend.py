@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import msgspec
 
 from schemas.messages import FinishReason, InferenceRequest, TokenLogprobs, Usage
+from schemas.openai_errors import request_param
 from schemas.payloads import TextOutput, typed_payload
 from schemas.v2 import ModelMetadata
 from workers.batcher import DynamicBatcher
@@ -96,7 +97,7 @@ def model_input(request: InferenceRequest) -> ModelInput:
     try:
         payload = typed_payload(request)
     except msgspec.ValidationError as exc:
-        raise PermanentError(str(exc)) from None
+        raise PermanentError(str(exc), param=request_param(str(exc))) from None
     return ModelInput(request.id, request.kind, payload, request.parameters)
 
 

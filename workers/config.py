@@ -8,6 +8,7 @@ worker per entry, `jetserve k8s render` writes a Deployment and ScaledObject per
     engine = "sdk"            # "sdk": a Model class; "llm": the continuous-batching engine
     class = "echo"            # registered name or "package.module:Class" (engine = "sdk")
     capacity = 64             # requests in flight per replica
+    inputs = ["text"]         # what chat messages may carry: "text", "image", "audio", "file"
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas.content import DEFAULT_INPUTS, Input
 from schemas.messages import ModelName
 from schemas.routes import InvalidRoute, Route, Shadow, Target, check_route
 from schemas.settings import (
@@ -71,8 +73,18 @@ class ModelSpec(
     #: it (times the replicas) from the servers' storage when the stream is made: the sum over
     #: all models must fit the NATS volumes.
     max_stream_mib: Annotated[int, Meta(ge=1)] = 256
+    #: The kinds of input the model takes: "text", "image", "audio", "file". A chat content
+    #: part of any other kind is refused (400, naming the part), never silently dropped.
+    inputs: Annotated[list[Input], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_INPUTS)
+    )
     #: Passed to the model class / engine.
     options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Told it takes images, the text-only engine would answer as if none had been sent.
+        if self.engine == "llm" and set(self.inputs) != {"text"}:
+            raise ValueError(f"model {self.name!r}: the llm engine takes text only (inputs)")
 
 
 class RouteSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

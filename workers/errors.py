@@ -19,11 +19,16 @@ from schemas.errors import ErrorCode
 
 class WorkerError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL_ERROR
+    #: The request field at fault (`ErrorResult.param`), when one is.
+    param: str | None = None
 
-    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+    def __init__(
+        self, message: str, code: ErrorCode | None = None, *, param: str | None = None
+    ) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        self.param = param
 
     @property
     def message(self) -> str:

@@ -22,12 +22,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 import msgspec
 
 from schemas.codec import DecodeError, decode_request, encoding_of
+from schemas.content import DEFAULT_INPUTS, InvalidContent, check_messages
 from schemas.errors import ErrorCode
 from schemas.messages import (
     DEFAULT_TENANT,
@@ -45,6 +46,8 @@ from schemas.names import (
     tenant_of_request_subject,
     validate_reply_subject,
 )
+from schemas.openai_errors import request_param
+from schemas.payloads import ChatPayload, typed_payload
 from workers.backend import Backend, ChunkSink, Completion
 from workers.cancels import CancelRegistry
 from workers.errors import (
@@ -123,11 +126,14 @@ class Handler:
         clock: Callable[[], float] = time.time,
         handbacks: HandBacks | None = None,
         max_deliveries: int | None = None,
+        inputs: Collection[str] = DEFAULT_INPUTS,
     ) -> None:
         """`handbacks`: where hand-backs are recorded, so that they do not count as attempts
         (None: every delivery counts). `max_deliveries`: the consumer's `max_deliver`; the
-        last delivery JetStream makes is treated as the last attempt."""
+        last delivery JetStream makes is treated as the last attempt. `inputs`: the kinds of
+        input the model takes (`schemas.content`); chat content of any other is refused."""
         self._model = model
+        self._inputs = frozenset(inputs)
         self._backend = backend
         self._publisher = publisher
         self._cancels = cancels
@@ -176,7 +182,8 @@ class Handler:
                 if "`$.type`" in str(exc)
                 else (ErrorCode.INVALID_REQUEST)
             )
-            await self._reject(msg, sink, code, f"malformed request: {exc}")
+            message = f"malformed request: {exc}"
+            await self._reject(msg, sink, code, message, request_param(message))
             return
         sink = self._publisher.sink(reply_to, encoding, request.id, attempt)
         owner = tenant_of_request_subject(msg.subject)
@@ -186,7 +193,7 @@ class Handler:
                     f"$.tenant: {request.tenant!r} is not the tenant of the subject {owner!r} "
                     "(a tenant's NATS user publishes only as that tenant)"
                 )
-                await self._reject(msg, sink, ErrorCode.INVALID_REQUEST, message)
+                await self._reject(msg, sink, ErrorCode.INVALID_REQUEST, message, "tenant")
                 return
             request = msgspec.structs.replace(request, tenant=owner)
         problem = self._precheck(request, pulled)
@@ -210,20 +217,41 @@ class Handler:
         last = attempt >= self._max_attempts or delivered >= self._max_deliveries
         await self._run(msg, sink, request, attempt, last, pulled, stored)
 
-    def _precheck(self, request: InferenceRequest, now: float) -> tuple[ErrorCode, str] | None:
+    def _precheck(
+        self, request: InferenceRequest, now: float
+    ) -> tuple[ErrorCode, str, str | None] | None:
+        """Why the request cannot run here: (code, message, the field at fault), or None."""
         if request.model != self._model:
-            return ErrorCode.MODEL_MISMATCH, (
-                f"request for model {request.model!r} published on {self._model!r}'s subject"
-            )
+            message = f"request for model {request.model!r} published on {self._model!r}'s subject"
+            return ErrorCode.MODEL_MISMATCH, message, "model"
         if request.kind not in self._backend.kinds:
-            return ErrorCode.UNSUPPORTED_KIND, (
+            message = (
                 f"model {self._model!r} does not serve {request.kind!r} requests "
                 f"(serves {sorted(self._backend.kinds)})"
             )
+            return ErrorCode.UNSUPPORTED_KIND, message, "model"
+        if request.kind == "chat":
+            problem = self._content_problem(request)
+            if problem is not None:
+                return ErrorCode.INVALID_REQUEST, problem.message, problem.param
         if self._cancels.is_cancelled(request.id):
-            return ErrorCode.CANCELLED, "cancelled before it started"
+            return ErrorCode.CANCELLED, "cancelled before it started", None
         if request.deadline_ms is not None and request.deadline_ms <= now * 1000:
-            return ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued"
+            return ErrorCode.DEADLINE_EXCEEDED, "deadline passed while queued", None
+        return None
+
+    def _content_problem(self, request: InferenceRequest) -> InvalidContent | None:
+        """A chat message the model cannot take (a missing field, an image for a text
+        model). A payload that does not decode is the backend's to refuse."""
+        try:
+            payload = typed_payload(request)
+        except msgspec.ValidationError:
+            return None
+        assert isinstance(payload, ChatPayload)
+        try:
+            check_messages(payload.messages, self._inputs, self._model)
+        except InvalidContent as exc:
+            return exc
         return None
 
     async def _run(
@@ -319,7 +347,8 @@ class Handler:
         message = public_message(exc)
         if action is Disposition.TERM:
             code = exc.code if isinstance(exc, PermanentError) else ErrorCode.INVALID_REQUEST
-            await self._reject(msg, sink, code, message)
+            param = exc.param if isinstance(exc, PermanentError) else None
+            await self._reject(msg, sink, code, message, param)
         elif action is Disposition.STOP:
             log.error("engine dead while running %s: %s", request.id, type(exc).__name__)
             await msg.nak()
@@ -342,9 +371,16 @@ class Handler:
             await msg.nak(delay=retry_delay_s(attempt))
             self._count["retry"].inc()
 
-    async def _reject(self, msg: Delivery, sink: Sink, code: ErrorCode, message: str) -> None:
+    async def _reject(
+        self,
+        msg: Delivery,
+        sink: Sink,
+        code: ErrorCode,
+        message: str,
+        param: str | None = None,
+    ) -> None:
         log.info("request %s rejected: %s", sink.request_id, code.value)
-        await sink.final(ErrorResult(id=sink.request_id, code=code, message=message))
+        await sink.final(ErrorResult(id=sink.request_id, code=code, message=message, param=param))
         await msg.term()
         self._count["error"].inc()
         self._metrics.errors.labels(self._model, code.value).inc()

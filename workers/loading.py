@@ -47,6 +47,7 @@ class Loading:
                 in_flight=0,
                 kinds=[],
                 state="loading",
+                inputs=list(spec.inputs),
             )
         )
 

@@ -159,6 +159,7 @@ class Worker:
             on_engine_dead=self._engine_dead,
             handbacks=handbacks,
             max_deliveries=max_deliveries(self.config.max_attempts),
+            inputs=self.spec.inputs,
         )
         stream = names.stream_name(model)
 
@@ -289,6 +290,7 @@ class Worker:
             draining=self._draining,
             state="draining" if self._draining else "serving",
             metadata=self.backend.metadata(),
+            inputs=list(self.spec.inputs),
         )
         await msg.respond(encode(info))
 

@@ -16,6 +16,7 @@ import msgspec
 
 from producer.http import openai_types as oa
 from producer.http.errors import ApiError, invalid, model_not_found
+from schemas.content import InvalidContent, check_messages
 from schemas.messages import FinalResult, InferenceRequest, Kind, TokenLogprobs
 from schemas.names import InvalidName, validate_model_name
 from schemas.params import SamplingParams
@@ -86,6 +87,12 @@ def chat_request(body: oa.ChatCompletionRequest, **fields: Any) -> InferenceRequ
     _common_checks(body)
     if body.top_logprobs and not body.logprobs:
         raise invalid("top_logprobs requires logprobs to be true.", "top_logprobs")
+    try:
+        # What every model refuses (a message without content); what this model cannot
+        # take (an image for a text model) its workers refuse.
+        check_messages(body.messages)
+    except InvalidContent as exc:
+        raise invalid(exc.message, exc.param, exc.code) from None
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = _sampling(body, max_tokens, bool(body.logprobs), body.top_logprobs or 0)
     payload = ChatPayload(

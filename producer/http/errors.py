@@ -8,8 +8,6 @@ used for bad input.
 
 from __future__ import annotations
 
-import re
-
 from producer.errors import (
     BacklogFull,
     InvalidRequest,
@@ -26,11 +24,10 @@ from schemas.openai_errors import (
     ErrorEnvelope,
     from_decode_error,
     invalid,
+    request_param,
 )
 
 __all__ = ["ApiError", "ErrorBody", "ErrorEnvelope", "from_decode_error", "invalid"]
-
-_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 
 
 def model_not_found(model: str) -> ApiError:
@@ -95,18 +92,17 @@ _RESULT_STATUS: dict[ErrorCode, int] = {
 
 
 def from_error_result(result: ErrorResult) -> ApiError:
+    """The worker's `param` when it names one; for older workers, which do not, the field
+    their message names."""
     status = _RESULT_STATUS.get(result.code, 500)
     message = result.message
-    param = None
+    param = result.param
     if result.code is ErrorCode.DEAD_LETTERED:
         message = f"The model failed on every attempt; the request was set aside. {message}"
-    elif result.code is ErrorCode.UNSUPPORTED_KIND:
+    elif param is None and result.code is ErrorCode.UNSUPPORTED_KIND:
         param = "model"
-    elif result.code is ErrorCode.CONTEXT_LENGTH_EXCEEDED:
+    elif param is None and result.code is ErrorCode.CONTEXT_LENGTH_EXCEEDED:
         param = "messages"
-    elif status == 400:
-        found = _PATH_RE.search(message)
-        param = (
-            found.group(1).removeprefix("payload.").removeprefix("parameters.") if found else None
-        )
+    elif param is None and status == 400:
+        param = request_param(message)
     return ApiError(status, message, code=result.code.value, param=param)

@@ -29,6 +29,7 @@ from producer.http.calls import Call, ClientGone, Watch
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.handlers import Bridge, Reply
 from producer.http.responses_background import Background
+from producer.http.responses_input import input_param
 from producer.http.responses_replay import LIVE
 from producer.http.responses_storage import ResponseStore, StoredResponse, no_database
 from producer.http.responses_stream import EventWriter
@@ -133,10 +134,12 @@ class Responses:
             call.abandon()
             admission.finish()
             return Reply(status=499)
-        except BaseException:
+        except BaseException as exc:
             stop_watch()
             await call.close()
             admission.finish()
+            if isinstance(exc, ApiError):  # a worker's refusal names a chat field
+                exc.param = input_param(exc.param, converted.origins)
             raise
         stop_watch()
         saver = _Saver(self.store if store else None, tenant, converted)
@@ -145,8 +148,10 @@ class Responses:
             return Reply(stream=stream, headers=admission.headers)
         try:
             result = first if isinstance(first, FinalResult) else await call.result()
-        except BaseException:
+        except BaseException as exc:
             admission.finish()
+            if isinstance(exc, ApiError):
+                exc.param = input_param(exc.param, converted.origins)
             raise
         finally:
             await call.close()

@@ -1,12 +1,13 @@
 """Responses API bodies <-> the chat request jetserve already serves. Pure functions: no I/O.
 
 A Responses request becomes one `chat` `InferenceRequest` (so workers need nothing new):
-`instructions` -> a system message first; `input` items -> chat messages (`input_text` parts
-joined, `function_call` items -> an assistant message's `tool_calls`, `function_call_output`
--> a `tool` message); function `tools` and `tool_choice` -> chat's nested shape; the flat
-`text.format` json_schema -> chat's `response_format`. A continued conversation
-(`previous_response_id`) is the stored conversation of that response, then the new input;
-instructions are not carried over (as OpenAI).
+`instructions` -> a system message first; `input` items -> chat messages
+(`responses_input`: text parts joined, image/file/audio parts as chat's, `function_call`
+items -> an assistant message's `tool_calls`, `function_call_output` -> a `tool` message);
+function `tools` and `tool_choice` -> chat's nested shape; the flat `text.format`
+json_schema -> chat's `response_format`. A continued conversation (`previous_response_id`)
+is the stored conversation of that response, then the new input; instructions are not
+carried over (as OpenAI).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 from producer.http import convert
 from producer.http import responses_types as rt
 from producer.http.errors import invalid
+from producer.http.responses_input import HISTORY, input_messages
 from schemas import names
 from schemas.messages import FinalResult, InferenceRequest
 from schemas.names import Priority
@@ -28,8 +30,6 @@ from schemas.tiers import resolve_tier
 ID_PREFIX = names.RESPONSE_ID_PREFIX
 #: Known request fields jetserve does not serve: refused when set, naming the field.
 REFUSED = ("reasoning", "conversation", "prompt", "top_logprobs", "max_tool_calls")
-_ROLES = ("user", "system", "developer", "assistant")
-_TEXT_PARTS = ("input_text", "output_text", "text")
 _TOOL_CHOICES = ("none", "auto", "required")
 
 
@@ -39,6 +39,9 @@ class Converted(msgspec.Struct, frozen=True):
     input_items: list[dict[str, Any]]
     #: The conversation so far without instructions (history + this input).
     conversation: list[ChatMessage]
+    #: Where the content of each of the request's chat messages came from (`instructions`,
+    #: `previous_response_id`, `input[2].content`): `responses_input.input_param`.
+    origins: list[str] = msgspec.field(default_factory=list)
 
 
 def serving_tier(asked: str | None) -> tuple[Priority, str]:
@@ -46,92 +49,6 @@ def serving_tier(asked: str | None) -> tuple[Priority, str]:
     mapping as chat and completions (schemas/tiers.py)."""
     tier = resolve_tier(asked)
     return tier.queue, tier.reported
-
-
-def _text(content: Any, param: str) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise invalid("content must be a string or a list of text parts.", param)
-    parts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in _TEXT_PARTS or not isinstance(part.get("text"), str):
-            raise invalid(
-                f"Only input_text parts are supported, not {str(kind)[:40]!r}.",
-                f"{param}[{j}].type",
-            )
-        parts.append(part["text"])
-    return "".join(parts)
-
-
-def input_messages(
-    value: str | list[Any], response_id: str
-) -> tuple[list[ChatMessage], list[dict[str, Any]]]:
-    """Chat messages and the normalised input items of `input`."""
-    if isinstance(value, str):
-        item = {"type": "message", "role": "user", "content": [_part(value)]}
-        return [ChatMessage(role="user", content=value)], [_with_id(item, response_id, 0)]
-    if not value:
-        raise invalid("input must not be empty.", "input")
-    messages: list[ChatMessage] = []
-    items: list[dict[str, Any]] = []
-    for i, item in enumerate(value):
-        param = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise invalid("Each input item must be an object.", param)
-        kind = item.get("type", "message")
-        if kind == "message":
-            role = item.get("role")
-            if role not in _ROLES:
-                raise invalid(f"role must be one of {', '.join(_ROLES)}.", f"{param}.role")
-            text = _text(item.get("content"), f"{param}.content")
-            messages.append(ChatMessage(role=role, content=text))  # type: ignore[arg-type]
-            part = "output_text" if role == "assistant" else "input_text"
-            norm = {"type": "message", "role": role, "content": [_part(text, part)]}
-        elif kind == "function_call":
-            call = _function_call(item, param)
-            last = messages[-1] if messages else None
-            if last is not None and last.role == "assistant" and last.tool_calls:
-                messages[-1] = msgspec.structs.replace(last, tool_calls=[*last.tool_calls, call])
-            else:
-                messages.append(ChatMessage(role="assistant", tool_calls=[call]))
-            norm = {
-                "type": "function_call",
-                "call_id": call["id"],
-                "name": call["function"]["name"],
-                "arguments": call["function"]["arguments"],
-                "status": "completed",
-            }
-        elif kind == "function_call_output":
-            call_id, output = item.get("call_id"), item.get("output")
-            if not isinstance(call_id, str) or not call_id:
-                raise invalid("call_id must be a non-empty string.", f"{param}.call_id")
-            if not isinstance(output, str):
-                output = _text(output, f"{param}.output")
-            messages.append(ChatMessage(role="tool", content=output, tool_call_id=call_id))
-            norm = {"type": "function_call_output", "call_id": call_id, "output": output}
-        else:
-            raise invalid(f"Input items of type {str(kind)[:40]!r} are not supported.", param)
-        items.append(_with_id(norm, response_id, i))
-    return messages, items
-
-
-def _part(text: str, kind: str = "input_text") -> dict[str, Any]:
-    return {"type": kind, "text": text}
-
-
-def _with_id(item: dict[str, Any], response_id: str, index: int) -> dict[str, Any]:
-    prefix = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}[item["type"]]
-    return {"id": f"{prefix}_in{index}_{response_id.removeprefix(ID_PREFIX)}", **item}
-
-
-def _function_call(item: dict[str, Any], param: str) -> dict[str, Any]:
-    call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
-    for field, value in (("call_id", call_id), ("name", name), ("arguments", arguments)):
-        if not isinstance(value, str) or (field != "arguments" and not value):
-            raise invalid(f"{field} must be a string.", f"{param}.{field}")
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def chat_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
@@ -196,7 +113,7 @@ def responses_request(
     model = convert.check_model(body.model)
     check_refused(body)
     response_id = ID_PREFIX + fields["id"]
-    new, items = input_messages(body.input, response_id)
+    new, items, new_origins = input_messages(body.input, response_id)
     conversation = [*history, *new]
     messages = conversation
     if body.instructions:
@@ -224,7 +141,19 @@ def responses_request(
         priority=priority,
         **fields,
     )
-    return Converted(request, items, conversation)
+    return Converted(request, items, conversation, _origins(body, len(history), new_origins))
+
+
+def _origins(body: rt.ResponsesRequest, history: int, new: list[str]) -> list[str]:
+    """`Converted.origins`: the instructions' system message, the stored conversation's
+    `history` messages, then those of `input` (`new`)."""
+    found = [*(HISTORY for _ in range(history)), *new]
+    return ["instructions", *found] if body.instructions else found
+
+
+def origins(body: rt.ResponsesRequest) -> list[str]:
+    """`Converted.origins` of a request that continues no conversation (a batch line)."""
+    return _origins(body, 0, input_messages(body.input, ID_PREFIX)[2])
 
 
 def standalone_request(body: rt.ResponsesRequest, **fields: Any) -> InferenceRequest:

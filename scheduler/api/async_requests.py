@@ -139,7 +139,8 @@ def async_object(deps: Deps, row: AsyncRow) -> AsyncRequestObject:
         return AsyncRequestObject(**base)
     if isinstance(result, ErrorResult):
         if not deps.codec.accepts(row.endpoint):  # over NATS: the wire error
-            return AsyncRequestObject(**base, error=ErrorObject(result.code, result.message))
+            error = ErrorObject(result.code, result.message, result.param)
+            return AsyncRequestObject(**base, error=error)
         status, body = deps.codec.error_response(row.endpoint, result)
     elif not deps.codec.accepts(row.endpoint):
         body, status = row.reply, 200

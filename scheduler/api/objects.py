@@ -108,6 +108,8 @@ class ResponseObject(msgspec.Struct, frozen=True):
 class ErrorObject(msgspec.Struct, frozen=True):
     code: str
     message: str
+    #: The request field at fault (the worker's `ErrorResult.param`), when one is.
+    param: str | None = None
 
 
 class AsyncRequestObject(msgspec.Struct, frozen=True):

@@ -356,6 +356,9 @@ def test_invalid_schemas_and_tools_name_the_problem(
         submit("bad", _chat("x", **payload))
     assert info.value.code is ErrorCode.INVALID_REQUEST
     assert problem in info.value.message
+    # The error record names the field (the bridge's 400 `param`).
+    param = "response_format.json_schema.schema" if problem == "nonsense" else problem
+    assert info.value.param == param
 
 
 def test_tool_call_stream_splits_calls_from_text() -> None:

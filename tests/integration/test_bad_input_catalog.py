@@ -68,6 +68,7 @@ TRICKY_MODELS = {
 }
 
 _B = "tests/integration/batches/test_bad_lines.py"
+_C = "tests/integration/batches/test_content_refusals.py"
 
 CATALOG: list[Case] = [
     # ---- NATS (raw publishes to jetserve.req.<model>.online, replies on an inbox) ----
@@ -98,6 +99,8 @@ CATALOG: list[Case] = [
     Case("nats-over-stream-max-msg-size", "nats", "body over the stream's max_msg_size", "RequestTooLarge (JetStream 10054), nothing stored"),
     Case("nats-prompt-over-context", "nats", "prompt (or prompt + max_tokens) longer than the context", "error.v1 context_length_exceeded", "tests/integration/test_llm_worker.py::test_prompt_longer_than_the_context"),
     Case("nats-duplicate-id", "nats", "the same id (or idempotency key) twice", "stored and run once", "tests/integration/test_request_path.py::test_duplicate_publish_runs_once"),
+    Case("nats-content-not-taken", "nats", "a chat image_url, input_audio or file part for a text-only model", "error.v1 invalid_request, param messages[0].content[1], not run", f"{_C}::test_nats_error_records_name_the_field"),
+    Case("nats-missing-content", "nats", "a user message without content", "error.v1 invalid_request, param messages[0].content", f"{_C}::test_nats_error_records_name_the_field"),
     Case("nats-backlog-full", "nats", "publish past the backlog bound", "BacklogFull (10077), nothing stored", "tests/integration/test_request_path.py::test_backlog_bound_refuses_new_publishes"),
     # ---- HTTP (the OpenAI-compatible bridge) ----
     Case("http-malformed-json", "http", "body is not JSON", "400 invalid_request"),
@@ -131,6 +134,9 @@ CATALOG: list[Case] = [
     Case("http-webhook-private-address", "http", "webhook URL on loopback, private, link-local, CGNAT, unspecified, IPv4-mapped addresses", "400 invalid_url, param url"),
     Case("http-webhook-bad-url", "http", "webhook URL ftp://, unknown event, bad secret", "400, param names the field", "tests/integration/batches/test_webhooks.py::test_registration_refusals"),
     Case("http-fuzz", "http", "arbitrary bodies and bytes (hypothesis)", "never 5xx; OpenAI error shape", "tests/integration/test_http_fuzz.py::test_structured_bodies_never_5xx"),
+    Case("http-content-not-taken", "http", "an image, audio or file part for a text model (echo, the tiny LLM); Responses' input_image; the official SDK", "400 invalid_request_error, param messages[0].content[1] (Responses: input[1].content[1]), \"does not take images\"", f"{_C}::test_http_chat_refuses_a_part_the_model_does_not_take"),
+    Case("http-missing-content", "http", "a user message without content (sync and async)", "400 missing_required_parameter, param messages[1].content", f"{_C}::test_a_user_message_without_content_is_refused_as_openai_does"),
+    Case("http-engine-refusals", "http", "a response_format json_schema that is not a schema; prompt token ids out of range", "400 invalid_request, param response_format.json_schema.schema / prompt", f"{_C}::test_every_400_names_its_param"),
     Case("http-backlog-full", "http", "a model at its backlog bound", "429 backlog_full, Retry-After", "tests/integration/test_http_bridge.py::test_429_backlog_full_with_retry_after"),
     Case("http-database-down", "http", "any keyed request while PostgreSQL is down", "503 service_unavailable, Retry-After", "tests/integration/batches/test_batch_faults.py::test_postgres_crash_and_restart_mid_batch_completes_exactly"),
     # ---- batch file lines ----
@@ -146,6 +152,8 @@ CATALOG: list[Case] = [
     Case("batch-line-mismatched-model", "batch", "two models in one file", "mismatched_model", f"{_B}::test_bad_line"),
     Case("batch-line-negative-max-tokens", "batch", "max_tokens -1", "invalid_request, param body.max_tokens", f"{_B}::test_bad_line"),
     Case("batch-line-n-2", "batch", "n 2", "invalid_request, param body.n", f"{_B}::test_bad_line"),
+    Case("batch-line-missing-content", "batch", "a user message without content", "batch failed; missing_required_parameter, param body.messages[0].content", f"{_C}::test_batch_lines_name_the_field"),
+    Case("batch-line-content-not-taken", "batch", "an image part for a text model", "the item's error line: 400, param messages[0].content[1]; the batch completes", f"{_C}::test_batch_lines_name_the_field"),
     Case("batch-empty-file", "batch", "only blank lines", "empty_file", f"{_B}::test_empty_file"),
     Case("batch-line-prompt-over-context", "batch", "prompt longer than the context", "the item's error line: 400 context_length_exceeded; the batch completes", f"{_B}::test_line_prompt_longer_than_the_context"),
     Case("batch-file-over-limits", "batch", "a file over the line or byte limit", "400 too_many_lines / 413 file_too_large while streaming, nothing stored", "tests/integration/batches/test_batch_api.py::test_upload_limits_apply_while_streaming"),

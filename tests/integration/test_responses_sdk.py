@@ -262,8 +262,12 @@ def test_function_tool_round_trip(batch_stack: BatchStack) -> None:
         ({"model": ECHO, "input": "x", "max_output_tokens": 0}, "max_output_tokens"),
         ({"model": ECHO, "input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
         (
-            {"model": ECHO, "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+            {"model": ECHO, "input": [{"role": "user", "content": [{"type": "input_video"}]}]},
             "input[0].content[0].type",
+        ),
+        (
+            {"model": ECHO, "input": [{"role": "user", "content": [{"type": "input_image"}]}]},
+            "input[0].content[0].image_url",
         ),
         ({"model": ECHO, "input": [{"type": "reasoning"}]}, "input[0]"),
         ({"model": ECHO, "input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),

@@ -125,7 +125,8 @@ class EngineAdapter:
         if plan.grammar is not None:
             if self.grammars is None:
                 raise PermanentError(
-                    "structured output is not available on this worker (install llguidance)"
+                    "structured output is not available on this worker (install llguidance)",
+                    param=plan.description or None,
                 )
             constraint = self.grammars.constraint(plan.grammar, plan.description)
         return plan, ids, constraint

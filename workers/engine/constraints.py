@@ -65,7 +65,8 @@ class Grammars:
 
     def constraint(self, grammar: str, description: str) -> Constraint:
         """A fresh constraint for `grammar` (llguidance grammar text). PermanentError if the
-        grammar is invalid, naming the problem."""
+        grammar is invalid, naming the problem; `description` is the request field it came
+        from (`response_format.json_schema.schema`, `tools`), named as the error's param."""
         from llguidance import LLMatcher
 
         with self._lock:
@@ -76,12 +77,16 @@ class Grammars:
             error = LLMatcher.validate_grammar(grammar, self._tokenizer)
             if error:
                 raise PermanentError(
-                    f"invalid {description}: {error.strip()}", ErrorCode.INVALID_REQUEST
+                    f"invalid {description}: {error.strip()}",
+                    ErrorCode.INVALID_REQUEST,
+                    param=description or None,
                 )
             template = LLMatcher(self._tokenizer, grammar, log_level=0)
             if template.is_error():
                 raise PermanentError(
-                    f"invalid {description}: {template.get_error()}", ErrorCode.INVALID_REQUEST
+                    f"invalid {description}: {template.get_error()}",
+                    ErrorCode.INVALID_REQUEST,
+                    param=description or None,
                 )
             with self._lock:
                 self.compiles += 1

@@ -13,14 +13,16 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
     """`messages` as rendered by `structured.plan` (text content, tools described)."""
     if not getattr(tokenizer, "chat_template", None):
         raise PermanentError(
-            "this model has no chat template: use completions", ErrorCode.UNSUPPORTED_KIND
+            "this model has no chat template: use completions",
+            ErrorCode.UNSUPPORTED_KIND,
+            param="model",
         )
     try:
         ids = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=False
         )
     except Exception as exc:  # a template that rejects the conversation (roles, ...)
-        raise PermanentError(f"chat template failed: {exc}") from None
+        raise PermanentError(f"chat template failed: {exc}", param="messages") from None
     return [int(i) for i in ids]
 
 
@@ -31,8 +33,10 @@ def completion_ids(tokenizer: Any, prompt: str | list[int]) -> list[int]:
         vocab = len(tokenizer)
         bad = [t for t in prompt if not 0 <= t < vocab]
         if bad:
-            raise PermanentError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
+            raise PermanentError(
+                f"prompt token ids out of range [0, {vocab}): {bad[:5]}", param="prompt"
+            )
         ids = list(prompt)
     if not ids:
-        raise PermanentError("prompt is empty")
+        raise PermanentError("prompt is empty", param="prompt")
     return ids

@@ -40,8 +40,9 @@ _CALL_RE = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), r
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def _bad(message: str) -> PermanentError:
-    return PermanentError(message, ErrorCode.INVALID_REQUEST)
+def _bad(message: str, param: str) -> PermanentError:
+    """A refusal naming the field at fault (the chat body's name for it)."""
+    return PermanentError(message, ErrorCode.INVALID_REQUEST, param=param)
 
 
 @dataclass(frozen=True)
@@ -89,27 +90,37 @@ def _response_grammar(fmt: dict[str, Any] | None) -> tuple[str | None, str]:
     if kind == "json_schema":
         spec = fmt.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-            raise _bad("response_format.json_schema.schema must be a JSON Schema object")
+            raise _bad(
+                "response_format.json_schema.schema must be a JSON Schema object",
+                "response_format.json_schema.schema",
+            )
         schema = _strict(spec["schema"]) if spec.get("strict") else spec["schema"]
         try:
             grammar = LLMatcher.grammar_from_json_schema(schema, defaults=options)
         except ValueError as exc:
-            raise _bad(f"response_format.json_schema.schema: {exc}") from None
+            raise _bad(
+                f"response_format.json_schema.schema: {exc}", "response_format.json_schema.schema"
+            ) from None
         return grammar, "response_format.json_schema.schema"
     if kind == "regex":
         regex = fmt.get("regex")
         if not isinstance(regex, str) or not regex:
-            raise _bad("response_format.regex must be a non-empty string")
+            raise _bad("response_format.regex must be a non-empty string", "response_format.regex")
         return LLMatcher.grammar_from_regex(regex), "response_format.regex"
     if kind == "choice":
         choices = fmt.get("choices")
         if not (
             isinstance(choices, list) and choices and all(isinstance(c, str) and c for c in choices)
         ):
-            raise _bad("response_format.choices must be a non-empty list of non-empty strings")
+            raise _bad(
+                "response_format.choices must be a non-empty list of non-empty strings",
+                "response_format.choices",
+            )
         return grammar_from("choice", json.dumps(choices)), "response_format.choices"
     raise _bad(
-        f"response_format.type {kind!r} is not one of text, json_object, json_schema, regex, choice"
+        f"response_format.type {kind!r} is not one of text, json_object, json_schema, regex, "
+        "choice",
+        "response_format.type",
     )
 
 
@@ -118,13 +129,22 @@ def _tools(payload: ChatPayload) -> dict[str, dict[str, Any]]:
     for i, tool in enumerate(payload.tools or []):
         fn = tool.get("function") if tool.get("type", "function") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise _bad(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}")
+            raise _bad(
+                f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}",
+                f"tools[{i}]",
+            )
         name = fn["name"]
         if not _NAME_RE.fullmatch(name):
-            raise _bad(f"tools[{i}].function.name {name!r}: use 1-64 of A-Z a-z 0-9 _ -")
+            raise _bad(
+                f"tools[{i}].function.name {name!r}: use 1-64 of A-Z a-z 0-9 _ -",
+                f"tools[{i}].function.name",
+            )
         params = fn.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(params, dict):
-            raise _bad(f"tools[{i}].function.parameters must be a JSON Schema object")
+            raise _bad(
+                f"tools[{i}].function.parameters must be a JSON Schema object",
+                f"tools[{i}].function.parameters",
+            )
         tools[name] = {"name": name, "description": fn.get("description", ""), "parameters": params}
     return tools
 
@@ -133,7 +153,7 @@ def _tool_mode(payload: ChatPayload, names: list[str]) -> tuple[str, list[str]]:
     choice = payload.tool_choice
     if not names:
         if choice not in (None, "none", "auto"):
-            raise _bad("tool_choice needs tools")
+            raise _bad("tool_choice needs tools", "tool_choice")
         return "none", []
     if choice is None or choice == "auto":
         return "auto", names
@@ -145,9 +165,9 @@ def _tool_mode(payload: ChatPayload, names: list[str]) -> tuple[str, list[str]]:
         fn = choice.get("function")
         name = fn.get("name") if isinstance(fn, dict) else None
         if name not in names:
-            raise _bad(f"tool_choice names function {name!r}, which is not in tools")
+            raise _bad(f"tool_choice names function {name!r}, which is not in tools", "tool_choice")
         return "named", [str(name)]
-    raise _bad("tool_choice must be 'none', 'auto', 'required' or a named function")
+    raise _bad("tool_choice must be 'none', 'auto', 'required' or a named function", "tool_choice")
 
 
 def _calls_grammar(tools: dict[str, dict[str, Any]], names: list[str], parallel: bool) -> str:
@@ -207,7 +227,9 @@ def _render(m: ChatMessage, template_knows_tools: bool) -> dict[str, Any]:
             try:
                 args = json.loads(fn.get("arguments") or "{}")
             except json.JSONDecodeError:
-                raise _bad("messages: tool_calls[].function.arguments must be JSON") from None
+                raise _bad(
+                    "messages: tool_calls[].function.arguments must be JSON", "messages"
+                ) from None
             calls.append(
                 CALL_OPEN + json.dumps({"name": fn.get("name"), "arguments": args}) + CALL_CLOSE
             )
@@ -235,7 +257,8 @@ def plan(payload: ChatPayload | CompletionPayload, template: str | None) -> Plan
         if fmt_grammar is not None:
             raise _bad(
                 "response_format with tools and tool_choice 'auto' is not supported: "
-                "use tool_choice 'none' or 'required'"
+                "use tool_choice 'none' or 'required'",
+                "response_format",
             )
         grammar = "start: TEXT | calls\nTEXT: /[^<](.|\\n)*/\n" + calls
     else:

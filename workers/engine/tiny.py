@@ -8,7 +8,9 @@ fixed seed, so the same command writes the same model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. A serving system takes requests from a queue,
@@ -37,18 +39,18 @@ SIZES = {
 }
 
 
-def make_tiny_model(path: Path, size: str = "tiny", seed: int = 0) -> Path:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        GenerationConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
-        PreTrainedTokenizerFast,
-    )
+SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>"]
 
-    hidden, layers, heads, kv_heads, intermediate, vocab_target = SIZES[size]
-    specials = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>"]
+
+def train_tokenizer(
+    vocab_target: int, chat_template: str = _CHAT_TEMPLATE, extra_specials: Sequence[str] = ()
+) -> Any:
+    """A byte-level BPE tokenizer trained on a fixed corpus (the same every time), with
+    `SPECIAL_TOKENS` and `extra_specials` as single tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [*SPECIAL_TOKENS, *extra_specials]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -59,13 +61,21 @@ def make_tiny_model(path: Path, size: str = "tiny", seed: int = 0) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token="<|bos|>",
         eos_token="<|eos|>",
         pad_token="<|pad|>",
-        chat_template=_CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
+
+
+def make_tiny_model(path: Path, size: str = "tiny", seed: int = 0) -> Path:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    hidden, layers, heads, kv_heads, intermediate, vocab_target = SIZES[size]
+    tokenizer = train_tokenizer(vocab_target)
     eos = [
         tokenizer.convert_tokens_to_ids("<|eos|>"),
         tokenizer.convert_tokens_to_ids("<|im_end|>"),
