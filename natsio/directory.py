@@ -31,17 +31,26 @@ async def list_models(nc: NATS, *, timeout_s: float = 5.0) -> list[str]:
 
 
 class ModelDirectory:
-    """`list_models`, asked at most once per `ttl_s`."""
+    """`list_models`, asked at most once per `ttl_s`; `fresh` asks again once the answer is
+    `min_age_s` old (a caller that missed a model: it may have appeared since)."""
 
-    def __init__(self, nc: NATS, ttl_s: float = 2.0) -> None:
+    def __init__(self, nc: NATS, ttl_s: float = 2.0, min_age_s: float = 0.25) -> None:
         self._nc = nc
         self._ttl_s = ttl_s
-        self._cached: tuple[float, list[str]] = (0.0, [])
+        self._min_age_s = min_age_s
+        #: (when it expires, when it was asked, the models)
+        self._cached: tuple[float, float, list[str]] = (0.0, 0.0, [])
 
-    async def models(self) -> list[str]:
+    async def models(self, *, fresh: bool = False) -> list[str]:
         now = time.monotonic()
-        if self._cached[0] > now:
-            return self._cached[1]
+        expires, asked, cached = self._cached
+        if expires > now and not (fresh and now - asked >= self._min_age_s):
+            return cached
         found = await list_models(self._nc)
-        self._cached = (now + self._ttl_s, found)
+        self._cached = (now + self._ttl_s, now, found)
         return found
+
+    async def has(self, model: str) -> bool:
+        """Whether `model` has a request stream, asking again when the cached answer says no
+        (a model provisioned a moment ago is found)."""
+        return model in await self.models() or model in await self.models(fresh=True)

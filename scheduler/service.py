@@ -167,9 +167,9 @@ class BatchScheduler:
             self._routes = await RouteTable.watch(js, RouteMetrics(self.metrics.registry))
         routes = self._routes
 
-        async def known_models() -> list[str]:
+        async def known_models(fresh: bool = False) -> list[str]:
             """Models with a stream, and the served names (a batch may name either)."""
-            return [*await directory.models(), *routes.routes()]
+            return [*await directory.models(fresh=fresh), *routes.routes()]
 
         dispatcher = BatchDispatcher(
             pool, publisher, self.metrics, in_flight=c.batch_in_flight, routes=routes

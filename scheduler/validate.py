@@ -63,9 +63,10 @@ async def validate(
     pool: asyncpg.Pool,
     batch: BatchRow,
     codec: Codec,
-    models: Callable[[], Awaitable[Collection[str]]],
+    models: Callable[[bool], Awaitable[Collection[str]]],
 ) -> bool:
-    """Validate and store the items of a `validating` batch; True when it went in progress."""
+    """Validate and store the items of a `validating` batch; True when it went in progress.
+    `models(fresh)`: the models a line may name (`fresh`: asked again, not cached)."""
     errors = LineErrors()
     async with pool.acquire() as conn:
         await conn.execute("DELETE FROM batch_items WHERE batch_id = $1", batch.id)
@@ -93,7 +94,8 @@ async def validate(
             )
             await _fail(conn, batch, errors.listed)
             return False
-        known = set(await models())  # looked up once per line
+        known = set(await models(False))  # looked up once per batch (and again on a miss)
+        refreshed = False
         deadline_ms = int(batch.expires_at.timestamp() * 1000)
         seen: set[str] = set()
         rows: list[tuple[str, int, str, bytes]] = []
@@ -137,6 +139,9 @@ async def validate(
                 param = f"body.{exc.param}" if exc.param else "body"
                 errors.add(line, code, exc.message, param)
                 continue
+            if request.model not in known and not refreshed:  # it may have appeared since
+                refreshed = True
+                known = set(await models(True))
             if request.model not in known:
                 errors.add(
                     line,

@@ -327,6 +327,11 @@ class Bridge:
         """Models with a request stream (JetStream's stream names API), cached 2 s."""
         return await self._directory.models()
 
+    async def has_model(self, model: str) -> bool:
+        """Whether `model` has a request stream (asked again on a miss: one provisioned a
+        moment ago is found)."""
+        return await self._directory.has(model)
+
     def served_names(self) -> dict[str, list[str]]:
         """Served name -> its versions (weight 0 included), from the live route table."""
         table = self.client.routes

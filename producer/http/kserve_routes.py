@@ -64,7 +64,7 @@ async def worker_info(bridge: Bridge, model: str) -> WorkerInfo | None:
 
 
 async def _known(bridge: Bridge, model: str) -> None:
-    if model not in await bridge.models():
+    if not await bridge.has_model(model):
         raise ApiError(404, f"The model `{model[:100]}` does not exist.", code="model_not_found")
 
 
