@@ -80,8 +80,21 @@ async def test_each_bridge_sends_each_key_to_its_version_and_lists_served_names(
             keys = [uuid.uuid4().hex for _ in range(500)]
             models = await asyncio.gather(*[one(url, k) for k in keys])
             assert models == [plan.choose(k) for k in keys]
-            share = Counter(models)[v2] / len(models)
-            assert abs(share - 0.10) < 0.05, share
+
+        async def unkeyed(url: str) -> tuple[str, str]:
+            """(request id, version) of a request with no sticky key: routed by its id."""
+            async with limit:
+                r = await http.post(f"{url}/v1/chat/completions", json=chat_body(served))
+            assert r.status_code == 200, r.text
+            body = r.json()
+            return body["id"].removeprefix("chatcmpl-"), body["model"]
+
+        for url in bridges:  # 10,000 requests with distinct ids on each bridge: 90/10 +- 1
+            answered = await asyncio.gather(*[unkeyed(url) for _ in range(10_000)])
+            assert len({rid for rid, _ in answered}) == 10_000
+            assert all(model == plan.choose(rid) for rid, model in answered)
+            share = Counter(model for _, model in answered)[v2] / len(answered)
+            assert abs(share - 0.10) <= 0.01, share
         # The body's sticky keys come before the header.
         got = await one(bridges[0], "header-key", user="alice")
         assert got == plan.choose("alice")
