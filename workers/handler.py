@@ -137,7 +137,6 @@ class Handler:
         self._backend = backend
         self._publisher = publisher
         self._cancels = cancels
-        self._metrics = metrics
         self._max_attempts = max_attempts
         self._handbacks = handbacks
         self._max_deliveries = max_deliveries or max_attempts + 1
@@ -154,6 +153,8 @@ class Handler:
         self._tpot = metrics.tpot.labels(model)
         self._prompt_tokens = metrics.prompt_tokens.labels(model)
         self._generation_tokens = metrics.generation_tokens.labels(model)
+        #: Error results by code: rare, so labelled when they happen.
+        self._errors = metrics.errors
 
     async def __call__(self, msg: Delivery) -> None:
         pulled = self._clock()
@@ -382,16 +383,14 @@ class Handler:
         log.info("request %s rejected: %s", sink.request_id, code.value)
         await sink.final(ErrorResult(id=sink.request_id, code=code, message=message, param=param))
         await msg.term()
-        self._count["error"].inc()
-        self._metrics.errors.labels(self._model, code.value).inc()
+        self._count_error(code)
 
     async def _unanswerable(self, msg: Delivery) -> None:
         """The reply subject is not one a worker may publish to (a wildcard, whitespace, a
         system or jetserve control subject): terminate without running or replying."""
         log.warning("request %r refused: invalid %s", _guess_id(msg), Header.REPLY_TO.value)
         await msg.term()
-        self._count["error"].inc()
-        self._metrics.errors.labels(self._model, ErrorCode.INVALID_REQUEST.value).inc()
+        self._count_error(ErrorCode.INVALID_REQUEST)
 
     async def _dead_letter(
         self,
@@ -423,8 +422,11 @@ class Handler:
             )
         )
         await msg.term()
-        self._count["dead_letter"].inc()
-        self._metrics.errors.labels(self._model, ErrorCode.DEAD_LETTERED.value).inc()
+        self._count_error(ErrorCode.DEAD_LETTERED, outcome="dead_letter")
+
+    def _count_error(self, code: ErrorCode, outcome: str = "error") -> None:
+        self._count[outcome].inc()
+        self._errors.labels(self._model, code.value).inc()
 
 
 async def _discard(

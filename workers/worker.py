@@ -33,7 +33,7 @@ from workers.cancels import CancelRegistry
 from workers.config import ModelSpec, WorkerConfig
 from workers.handbacks import HandBacks
 from workers.handler import Handler
-from workers.intake import Intake
+from workers.intake import Intake, IntakeSettings
 from workers.loading import Loading
 from workers.metrics import WorkerMetrics
 from workers.probes import ProbeServer, Readiness
@@ -174,9 +174,11 @@ class Worker:
             batch=consumer(Priority.BATCH),
             capacity=self.backend.capacity,
             handle=handler,
-            in_progress_every_s=max(0.2, self.config.ack_wait_s / 3),
-            online_reserve=self.config.online_reserve,
-            priority_reserve=self.config.priority_reserve,
+            settings=IntakeSettings(
+                in_progress_every_s=max(0.2, self.config.ack_wait_s / 3),
+                online_reserve=self.config.online_reserve,
+                priority_reserve=self.config.priority_reserve,
+            ),
             handbacks=handbacks,
         )
         self._intake = intake
