@@ -59,23 +59,11 @@ def spawn(
     )
 
 
-def echo_worker(model: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """A worker for `model` that echoes (no model compute): what the HTTP benchmarks measure
-    is the bridge and the queue, not a model."""
-    return spawn(
-        [
-            "-m",
-            "jetserve",
-            "worker",
-            "--model",
-            model,
-            "--class",
-            "echo",
-            "--option",
-            "capacity=256",
-        ],
-        env=env,
-    )
+def echo_worker(model: str, env: dict[str, str], capacity: int = 256) -> subprocess.Popen[bytes]:
+    """A worker for `model` that echoes (no model compute): what the benchmarks that use it
+    measure is the bridge and the queue, not a model."""
+    echo = ("--class", "echo", "--option", f"capacity={capacity}")
+    return spawn(["-m", "jetserve", "worker", "--model", model, *echo], env=env)
 
 
 def bridge(port: int, env: dict[str, str], tree: Path = REPO) -> subprocess.Popen[bytes]:
