@@ -25,7 +25,13 @@ from litestar import Request, Response, get, post
 from litestar.types import ControllerRouterHandler
 
 from scheduler.api.deps import JSON, Deps
-from scheduler.api.objects import AsyncRequestObject, ErrorObject, ResponseObject, async_base
+from scheduler.api.objects import (
+    AsyncRequestObject,
+    ErrorObject,
+    ResponseObject,
+    async_request_object,
+    unix,
+)
 from scheduler.store import async_requests as ar
 from scheduler.store.async_requests import AsyncRow
 from scheduler.store.webhooks import endpoint_by_url
@@ -131,25 +137,24 @@ def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
 
 
 def async_object(deps: Deps, row: AsyncRow) -> AsyncRequestObject:
-    base = async_base(row)
     if row.reply is None:
-        return AsyncRequestObject(**base)
+        return async_request_object(row)
     result = decode_reply(row.reply)
     if isinstance(result, StreamChunk):  # never stored: only final replies are
-        return AsyncRequestObject(**base)
+        return async_request_object(row)
     if isinstance(result, ErrorResult):
         if not deps.codec.accepts(row.endpoint):  # over NATS: the wire error
             error = ErrorObject(result.code, result.message, result.param)
-            return AsyncRequestObject(**base, error=error)
+            return async_request_object(row, error=error)
         status, body = deps.codec.error_response(row.endpoint, result)
     elif not deps.codec.accepts(row.endpoint):
         body, status = row.reply, 200
     else:
-        created = base["completed_at"] or base["created_at"]
+        created = unix(row.completed_at) or int(row.created_at.timestamp())
         metadata = decode_request(row.request).metadata
         try:
             body = deps.codec.response_body(row.endpoint, row.id, result, created, metadata)
             status = 200
         except ApiError as exc:
             body, status = exc.body(), exc.status
-    return AsyncRequestObject(**base, response=ResponseObject(status, row.id, msgspec.Raw(body)))
+    return async_request_object(row, ResponseObject(status, row.id, msgspec.Raw(body)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -195,13 +195,11 @@ def endpoint_object(e: Endpoint, *, with_secret: bool = False) -> WebhookEndpoin
     )
 
 
-def async_base(r: AsyncRow) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "status": r.status,
-        "endpoint": r.endpoint,
-        "model": r.model,
-        "created_at": int(r.created_at.timestamp()),
-        "completed_at": unix(r.completed_at),
-        "expires_at": unix(r.expires_at),
-    }
+def async_request_object(
+    r: AsyncRow, response: ResponseObject | None = None, error: ErrorObject | None = None
+) -> AsyncRequestObject:
+    created_at, completed_at = int(r.created_at.timestamp()), unix(r.completed_at)
+    expires_at = unix(r.expires_at)
+    return AsyncRequestObject(
+        r.id, r.status, r.endpoint, r.model, created_at, completed_at, expires_at, response, error
+    )
