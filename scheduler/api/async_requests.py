@@ -25,13 +25,7 @@ from litestar import Request, Response, get, post
 from litestar.types import ControllerRouterHandler
 
 from scheduler.api.deps import JSON, Deps
-from scheduler.api.objects import (
-    AsyncRequestObject,
-    ErrorObject,
-    ResponseObject,
-    async_request_object,
-    unix,
-)
+from scheduler.api.objects import AsyncRequestObject, ResponseObject, async_request_object
 from scheduler.store import async_requests as ar
 from scheduler.store.async_requests import AsyncRow
 from scheduler.store.webhooks import endpoint_by_url
@@ -144,13 +138,12 @@ def async_object(deps: Deps, row: AsyncRow) -> AsyncRequestObject:
         return async_request_object(row)
     if isinstance(result, ErrorResult):
         if not deps.codec.accepts(row.endpoint):  # over NATS: the wire error
-            error = ErrorObject(result.code, result.message, result.param)
-            return async_request_object(row, error=error)
+            return async_request_object(row, error=result)
         status, body = deps.codec.error_response(row.endpoint, result)
     elif not deps.codec.accepts(row.endpoint):
         body, status = row.reply, 200
     else:
-        created = unix(row.completed_at) or int(row.created_at.timestamp())
+        created = int((row.completed_at or row.created_at).timestamp())
         metadata = decode_request(row.request).metadata
         try:
             body = deps.codec.response_body(row.endpoint, row.id, result, created, metadata)

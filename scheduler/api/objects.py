@@ -13,6 +13,7 @@ from scheduler.store.async_requests import AsyncRow
 from scheduler.store.batches import BatchRow
 from scheduler.store.files import FileRow
 from scheduler.store.webhooks import Endpoint
+from schemas.messages import ErrorResult
 from schemas.openai_errors import not_found
 
 
@@ -196,10 +197,17 @@ def endpoint_object(e: Endpoint, *, with_secret: bool = False) -> WebhookEndpoin
 
 
 def async_request_object(
-    r: AsyncRow, response: ResponseObject | None = None, error: ErrorObject | None = None
+    r: AsyncRow, response: ResponseObject | None = None, error: ErrorResult | None = None
 ) -> AsyncRequestObject:
-    created_at, completed_at = int(r.created_at.timestamp()), unix(r.completed_at)
-    expires_at = unix(r.expires_at)
+    """The object of an async request; `error`: the worker's, when it is passed on as is."""
     return AsyncRequestObject(
-        r.id, r.status, r.endpoint, r.model, created_at, completed_at, expires_at, response, error
+        id=r.id,
+        status=r.status,
+        endpoint=r.endpoint,
+        model=r.model,
+        created_at=int(r.created_at.timestamp()),
+        completed_at=unix(r.completed_at),
+        expires_at=unix(r.expires_at),
+        response=response,
+        error=None if error is None else ErrorObject(error.code, error.message, error.param),
     )
