@@ -26,6 +26,7 @@ from litestar.types import ControllerRouterHandler
 
 from scheduler.api.deps import JSON, Deps
 from scheduler.api.objects import AsyncRequestObject, ResponseObject, async_request_object
+from scheduler.codec import Envelope
 from scheduler.store import async_requests as ar
 from scheduler.store.async_requests import AsyncRow
 from scheduler.store.webhooks import endpoint_by_url
@@ -51,14 +52,7 @@ def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
         tenant = await deps.authenticate(request.headers)
         body = await deps.read_body(request.receive, deps.max_body_bytes)
         request_id = ar.new_async_id()
-        wire = deps.codec.request(
-            endpoint,
-            body,
-            request_id=request_id,
-            tenant=tenant,
-            priority=Priority.ONLINE,
-            deadline_ms=None,
-        )
+        wire = deps.codec.request(endpoint, body, Envelope(request_id, tenant, Priority.ONLINE))
         # Recorded for its version, so the scheduler's republish goes where this one goes.
         wire = deps.route(wire, sticky_of_body(body) or request.headers.get(ROUTE_KEY_HEADER))
         pool = await deps.pool()
