@@ -25,14 +25,7 @@ from msgspec import Meta
 from schemas.content import DEFAULT_INPUTS, Input
 from schemas.messages import ModelName
 from schemas.routes import InvalidRoute, Route, Shadow, Target, check_route
-from schemas.settings import (
-    DEFAULT_NATS_URL,
-    NATS_URL,
-    ConfigError,
-    get_float,
-    get_int,
-    get_str,
-)
+from schemas.settings import DEFAULT_NATS_URL, ConfigError, get_float, get_int, nats_url
 
 
 class ModelSpec(
@@ -188,7 +181,7 @@ class WorkerConfig:
     def from_env(cls, env: Mapping[str, str]) -> WorkerConfig:
         reserve = get_int(env, "JETSERVE_ONLINE_RESERVE", -1)
         return cls(
-            nats_url=get_str(env, NATS_URL, DEFAULT_NATS_URL),
+            nats_url=nats_url(env),
             ack_wait_s=get_float(env, "JETSERVE_ACK_WAIT_S", 3.0, minimum=0.5),
             max_attempts=get_int(env, "JETSERVE_MAX_ATTEMPTS", 3, minimum=1),
             drain_timeout_s=get_float(env, "JETSERVE_DRAIN_TIMEOUT_S", 20.0, minimum=0.0),
