@@ -35,7 +35,7 @@ from producer.http.responses_storage import ResponseStore, StoredResponse, no_da
 from producer.http.responses_stream import EventWriter
 from schemas import names
 from schemas.messages import FinalResult, StreamChunk
-from schemas.openai_errors import not_found
+from schemas.openai_errors import not_found, require_found
 from schemas.payloads import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ class Responses:
 
     async def _stored(self, tenant: str, response_id: str, param: str) -> StoredResponse:
         stored = await self._store().get(tenant, response_id)
-        if stored is None:
-            raise not_found("response", response_id, param)
-        return stored
+        return require_found(stored, "response", response_id, param)
 
     async def create(
         self,

@@ -35,7 +35,7 @@ from schemas import names
 from schemas.codec import decode_reply, decode_request, encode
 from schemas.messages import ErrorResult, StreamChunk
 from schemas.names import Priority, ResultKind
-from schemas.openai_errors import ApiError, invalid, not_found
+from schemas.openai_errors import ApiError, invalid, require_found
 from schemas.routes import sticky_of_body
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,9 @@ def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
     @get("/v1/async/requests/{request_id:str}", summary="Status and result of an async request")
     async def retrieve(request: Request[Any, Any, Any], request_id: str) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
-        row = await ar.get(await deps.pool(), request_id, tenant)
-        if row is None:
-            raise not_found("request", request_id, "request_id")
+        row = require_found(
+            await ar.get(await deps.pool(), request_id, tenant), "request", request_id, "request_id"
+        )
         return Response(_encode(async_object(deps, row)), media_type=JSON)
 
     return [chat, completions, embeddings, v2_infer, v1_predict, retrieve]
