@@ -36,6 +36,7 @@ from producer.http.responses_stream import EventWriter
 from schemas import names
 from schemas.messages import FinalResult, StreamChunk
 from schemas.openai_errors import not_found, require_found
+from schemas.openai_objects import Deleted, ListPage
 from schemas.payloads import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ class Responses:
         tenant = (await self.bridge.authenticate(headers)).tenant
         if not await self._store().delete(tenant, response_id):
             raise not_found("response", response_id, "response_id")
-        return _encoder.encode(rt.Deleted(response_id))
+        return _encoder.encode(Deleted(response_id, "response"))
 
     async def cancel(self, headers: Mapping[str, str], response_id: str) -> bytes:
         """A background response not finished ends `cancelled` (`responses_background`)."""
@@ -264,7 +265,7 @@ class Responses:
             items = items[ids.index(after) + 1 :]
         page = items[:limit]
         return _encoder.encode(
-            rt.InputItemList(
+            ListPage(
                 page,
                 page[0]["id"] if page else None,
                 page[-1]["id"] if page else None,

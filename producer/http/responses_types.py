@@ -140,17 +140,3 @@ class Response(msgspec.Struct, frozen=True, kw_only=True):
     user: str | None = None
     completed_at: int | None = None
     truncation: str = "disabled"
-
-
-class InputItemList(msgspec.Struct, frozen=True):
-    data: list[Any]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-    object: str = "list"
-
-
-class Deleted(msgspec.Struct, frozen=True):
-    id: str
-    object: str = "response"
-    deleted: bool = True
