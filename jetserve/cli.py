@@ -83,7 +83,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         for spec in load_models_file(path):
             await provision_model(js, spec.name, queue_settings(config, spec))
             print(f"provisioned {spec.name}")
-        for route in await provision_routes(nc, load_routes(path), config.stream_replicas):
+        for route in await provision_routes(nc, load_routes(path), config.queue.replicas):
             print(f"provisioned route {route.name}")
         await nc.close()
 
