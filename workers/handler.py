@@ -293,7 +293,7 @@ class Handler:
             self._count["handed_back"].inc()
             raise
         except Exception as exc:
-            await self._failed(msg, sink, request, attempt, last, exc)
+            await self._failed(msg, sink, attempt, last, exc)
             return
         finally:
             self._cancels.unregister(request.id)
@@ -336,14 +336,9 @@ class Handler:
         )
 
     async def _failed(
-        self,
-        msg: Delivery,
-        sink: Sink,
-        request: InferenceRequest,
-        attempt: int,
-        last: bool,
-        exc: Exception,
+        self, msg: Delivery, sink: Sink, attempt: int, last: bool, exc: Exception
     ) -> None:
+        request_id = sink.request_id
         action = disposition(exc)
         message = public_message(exc)
         if action is Disposition.TERM:
@@ -351,22 +346,22 @@ class Handler:
             param = exc.param if isinstance(exc, PermanentError) else None
             await self._reject(msg, sink, code, message, param)
         elif action is Disposition.STOP:
-            log.error("engine dead while running %s: %s", request.id, type(exc).__name__)
+            log.error("engine dead while running %s: %s", request_id, type(exc).__name__)
             await msg.nak()
             self._count["handed_back"].inc()
             self._on_engine_dead(exc)
         elif last:
-            await self._dead_letter(msg, sink, request.id, attempt, message, detail_message(exc))
+            await self._dead_letter(msg, sink, request_id, attempt, message, detail_message(exc))
         else:
             # The model's message may quote its input: by default only its type is logged
             # (it reaches the requester, and the dead-letter headers if it comes to that).
             log.warning(
                 "request %s failed on attempt %d (will retry): %s",
-                request.id,
+                request_id,
                 attempt,
                 type(exc).__name__,
             )
-            log.debug("request %s: %s", request.id, detail_message(exc))
+            log.debug("request %s: %s", request_id, detail_message(exc))
             if self._handbacks is not None:  # an attempt that ended, not a crash
                 await self._handbacks.failed(msg)  # type: ignore[arg-type]
             await msg.nak(delay=retry_delay_s(attempt))
