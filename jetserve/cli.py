@@ -237,6 +237,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-s", type=float, default=2.0)
     p.add_argument("--model", action="append", help="only this model (repeatable)")
 
+    # One add_argument call per option, as argparse has it: the calls below look alike by
+    # design, a table of options would read worse.
     p = add("worker", cmd_worker, "serve one model from its NATS stream")
     p.add_argument("--model", required=True)
     p.add_argument("--models-file")

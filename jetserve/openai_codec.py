@@ -69,6 +69,8 @@ class OpenAICodec:
             request, stream=False, priority=envelope.priority, metadata=metadata
         )
 
+    # The signature of `Codec.response_body` (scheduler/codec.py), which this implements: the
+    # scheduler holds the protocol so that it imports nothing of the bridge.
     def response_body(
         self,
         endpoint: str,

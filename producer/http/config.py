@@ -18,6 +18,8 @@ class AuthMode(StrEnum):
     OFF = "off"
 
 
+# One setting per line with its default, as every process's config has them (alike in form
+# to the worker's QueueSettings; `duplicate_window_s` is one setting, shared on purpose).
 @dataclass(frozen=True)
 class BridgeConfig:
     nats_url: str = DEFAULT_NATS_URL

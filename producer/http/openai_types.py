@@ -172,7 +172,9 @@ class ChatChunkChoice(msgspec.Struct, frozen=True):
 
 
 class _Choices(msgspec.Struct, Generic[C], frozen=True, omit_defaults=True):
-    """The frame a streamed chat chunk and a completion share."""
+    """The frame a streamed chat chunk and a completion share. Fields in OpenAI's order (as
+    every object here and in responses_types.py: the JSON mirrors OpenAI's, so objects of
+    the same outline look alike)."""
 
     id: str
     #: What the object is (no default: omit_defaults would drop it).

@@ -126,6 +126,7 @@ class Responses:
             admission.finish()
             raise
         stop_watch = on_gone(call.client_gone)
+        # As in `Bridge.post` (handlers.py), written out on purpose: the per-request path.
         try:
             first = await call.next()
         except ClientGone:

@@ -75,6 +75,8 @@ class OutputMessage(msgspec.Struct, frozen=True, tag="message", tag_field="type"
     role: str = "assistant"
 
 
+# OpenAI's output item, field for field (alike in outline to other tagged structs, such as
+# schemas.messages.WorkerInfo; nothing in common but the form).
 class FunctionCall(msgspec.Struct, frozen=True, tag="function_call", tag_field="type"):
     id: str
     call_id: str
