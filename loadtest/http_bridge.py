@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from jetserve.servers import free_port
-from loadtest.common import nats_server, spawn
+from loadtest.common import bridge as start_bridge
+from loadtest.common import echo_worker, nats_server, wrk_parser
 
 MODEL = "bench-echo"
 CHAT_BODY = json.dumps(
@@ -183,32 +184,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         script.write_text(_LUA.format(body=CHAT_BODY))
         port = free_port()
         env = {"JETSERVE_NATS_URL": url, "JETSERVE_LOG_LEVEL": "WARNING"}
-        worker = spawn(
-            [
-                "-m",
-                "jetserve",
-                "worker",
-                "--model",
-                MODEL,
-                "--class",
-                "echo",
-                "--option",
-                "capacity=256",
-            ],
-            env=env,
-        )
-        bridge = spawn(
-            ["-m", "jetserve", "bridge", "--port", str(port)],
-            env={**env, "JETSERVE_AUTH": "off", "JETSERVE_HTTP_ECHO_ROUTE": "1"},
+        worker = echo_worker(MODEL, env)
+        bridge = start_bridge(
+            port, {**env, "JETSERVE_AUTH": "off", "JETSERVE_HTTP_ECHO_ROUTE": "1"}
         )
         base = f"http://127.0.0.1:{port}"
         bridges = [bridge]
         if args.baseline:
             baseline_port = free_port()
             bridges.append(
-                spawn(
-                    ["-m", "jetserve", "bridge", "--port", str(baseline_port)],
-                    env={**env, "JETSERVE_AUTH": "off"},
+                start_bridge(
+                    baseline_port,
+                    {**env, "JETSERVE_AUTH": "off"},
                     tree=Path(args.baseline).resolve(),
                 )
             )
@@ -305,12 +292,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration-s", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = wrk_parser(__doc__, rounds=5)
     parser.add_argument("--baseline", help="another source tree whose bridge runs beside")
-    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     result = run(args)
     if args.json:
