@@ -1,6 +1,6 @@
 """Benchmark: two variants of the HTTP path measured at the same time, for no-regression gates.
 
-    python -m loadtest.side_by_side {tree,responses,limits,routing} [--old DIR]
+    python -m loadtest.side_by_side {tree,responses,limits,routing,pipeline,batch} [--old DIR]
         [--rounds 7] [--duration-s 8] [--connections 32] [--json out.json]
 
 Each variant is a lane: a whole stack of its own (a nats-server, the echo worker(s), one bridge
@@ -23,6 +23,12 @@ Gates (lane A, lane B):
   the same input (the Responses issue's gate).
 - `limits`: this tree, tenant limits off, and on but never reached (the tenants' gate).
 - `routing`: this tree, the concrete model, and a served name routed to it (the versions' gate).
+
+Whole benchmarks, `--old DIR` and this tree each running one at the same time, per round:
+- `pipeline`: `loadtest.pipeline` (each its own nats-server): its ratio pipeline / raw
+  JetStream, and the pipeline's requests per second;
+- `batch`: `loadtest.batch_bench --small 2000 --lines 20000` (each its own servers): the large
+  batch's items per second.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -151,6 +158,56 @@ def together(
     return got
 
 
+#: Whole benchmarks run per tree: module, arguments, the figures compared (new / old).
+BENCHES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "pipeline": ("loadtest.pipeline", (), ("ratio", "pipeline_req_per_s")),
+    "batch": ("loadtest.batch_bench", ("--small", "2000", "--lines", "20000"), ("items_per_s",)),
+}
+
+
+def _figures(bench: str, data: Any) -> dict[str, float]:
+    wanted = BENCHES[bench][2]
+    if bench == "batch":  # one entry per batch: the large one's
+        runs = data if isinstance(data, list) else data.get("runs", data.get("results"))
+        data = max(runs, key=lambda r: r["lines"])
+    return {name: float(data[name]) for name in wanted}
+
+
+def run_trees(args: argparse.Namespace) -> dict[str, Any]:
+    """Both trees' whole benchmark at once, per round."""
+    if args.old is None:
+        sys.exit(f"--old DIR is required for the {args.gate} gate")
+    module, extra, wanted = BENCHES[args.gate]
+    trees = {"old": args.old.resolve(), "new": REPO}
+    rounds: list[dict[str, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="jetserve-bench-") as tmp:
+        for i in range(args.rounds):
+            procs = {}
+            for name, tree in trees.items():
+                out = Path(tmp) / f"{name}-{i}.json"
+                cmd = ["-m", module, "--json", str(out), *extra]
+                procs[name] = (spawn(cmd, {}, tree, stderr=subprocess.DEVNULL), out)
+            got = {}
+            for name, (proc, out) in procs.items():
+                if proc.wait() != 0 or not out.exists():
+                    sys.exit(f"{name} tree: {module} failed")
+                got[name] = _figures(args.gate, json.loads(out.read_text()))
+            rounds.append(got)
+            print(
+                f"  round {i + 1}: "
+                + "  ".join(f"{k} new/old {got['new'][k] / got['old'][k]:.3f}" for k in wanted),
+                flush=True,
+            )
+    ratios = {k: [r["new"][k] / r["old"][k] for r in rounds] for k in wanted}
+    return {
+        "machine": machine(),
+        "gate": args.gate,
+        "rounds": rounds,
+        "ratios": ratios,
+        "ratio": {k: statistics.median(v) for k, v in ratios.items()},
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: install it (Debian/Ubuntu: apt-get install -y wrk)")
@@ -176,6 +233,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> None:
+    if "lanes" not in result:
+        print(result["machine"])
+        print(f"gate {result['gate']}: old and new trees' benchmark at once, each round")
+        for name, ratios in result["ratios"].items():
+            print(
+                f"  {name} new / old: median {result['ratio'][name]:.3f}, rounds "
+                f"{min(ratios):.3f}-{max(ratios):.3f} ({', '.join(f'{r:.3f}' for r in ratios)})"
+            )
+        return
     a, b = result["lanes"]
     print(result["machine"])
     print(f"gate {result['gate']}: lanes {a} (A) and {b} (B), each round both at once")
@@ -196,14 +262,14 @@ def report(result: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("gate", choices=("tree", "responses", "limits", "routing"))
+    parser.add_argument("gate", choices=("tree", "responses", "limits", "routing", *BENCHES))
     parser.add_argument("--old", type=Path, help="the older tree, for the tree gate")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=32, help="per lane")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = run(args)
+    result = run_trees(args) if args.gate in BENCHES else run(args)
     report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
