@@ -46,6 +46,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +120,21 @@ def nats_server_pid(url: str) -> int | None:
 
 
 def wrk(
-    url: str, connections: int, duration_s: float, script: Path | None, pids: dict[str, int]
+    url: str,
+    connections: int,
+    duration_s: float,
+    script: Path | None,
+    pids: dict[str, int],
+    ready: Callable[[], object] | None = None,
 ) -> dict[str, float]:
-    """`pids`: processes whose CPU per request to report; "bridge" is required."""
+    """`pids`: processes whose CPU per request to report; "bridge" is required. `ready`, if
+    given, is called once the processes are idle, just before the load starts."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{round(duration_s)}s", "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
     quiesce(pids)
+    if ready is not None:
+        ready()
     before = {name: _cpu_s(pid) for name, pid in pids.items()}
     switched = _preemptions(pids["bridge"])
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout

@@ -100,10 +100,12 @@ class Responses:
             idempotency_key=None,
         )
         asked = converted.request.model  # tenant limits count the name asked for
-        # A served name: the version by the user, the routing header or the conversation.
-        sticky = body.user or headers.get(names.HTTP_ROUTE_KEY) or body.previous_response_id
-        routed = bridge.client.route(converted.request, sticky)
-        converted = msgspec.structs.replace(converted, request=routed)
+        routes = bridge.client.routes
+        if routes is not None and routes.plan(asked) is not None:
+            # A served name: the version by the user, the routing header or the conversation.
+            sticky = body.user or headers.get(names.HTTP_ROUTE_KEY) or body.previous_response_id
+            routed = bridge.client.route(converted.request, sticky)
+            converted = msgspec.structs.replace(converted, request=routed)
         request = converted.request
         base = rc.base_response(body, rc.ID_PREFIX + request.id, now_ms // 1000, stored=store)
         if body.background and (self.background is None or not base.store):
