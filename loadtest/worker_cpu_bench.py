@@ -63,7 +63,7 @@ async def main_async(args: argparse.Namespace) -> None:
     with nats_server() as url:
         procs = {
             "base": start(args.baseline, url, "cpu-base", args.base_env),
-            "this": start(REPO, url, "cpu-this", []),
+            "this": start(args.this, url, "cpu-this", []),
         }
         client = await Client.connect(url)
         for name in procs:
@@ -110,6 +110,9 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, required=True)
+    parser.add_argument(
+        "--this", type=Path, default=REPO, help="the tree compared (default: this one)"
+    )
     parser.add_argument(
         "--base-env",
         action="append",
