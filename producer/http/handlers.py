@@ -36,6 +36,7 @@ from producer.http.endpoints import (
 )
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
+from producer.http.images import check_chat_images
 from producer.http.sse import DONE, event
 from producer.limits import NO_LIMITS, Admission, TenantGate, estimate_tokens
 from schemas import names
@@ -163,6 +164,10 @@ class Bridge:
             idempotency_key=key,
             priority=queue,
         )
+        if endpoint is CHAT:
+            # Every image decoded before anything is queued: a corrupt one is a 400 naming
+            # its part, never a worker's error (the data URL rides on to the worker as is).
+            await check_chat_images(parsed.messages)
         asked = request.model  # tenant limits count the name the client asked for
         routes = self.client.routes
         if routes is not None and routes.plan(request.model) is not None:  # a served name

@@ -15,14 +15,16 @@ processor's resizing on the worker, and is part of the image's prefix-cache iden
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import io
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from schemas.openai_errors import ApiError, invalid
+from schemas.payloads import ChatMessage
 
 #: OpenAI's limits: 20 MB an image, 50 MB of images a request.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -151,6 +153,35 @@ async def load(
             "An image URL must be a data URL (data:image/...;base64,...) or an http(s) URL.",
             f"{param}.url",
         )
-    width, height = check(fetched.data, fetched.content_type, param)
+    # Decoding a large image takes a while: off the event loop.
+    width, height = await asyncio.to_thread(check, fetched.data, fetched.content_type, param)
     digest = hashlib.sha256(fetched.data).hexdigest()
     return Image(fetched.data, fetched.content_type, width, height, detail, digest)
+
+
+async def check_chat_images(messages: Sequence[ChatMessage], fetch: Fetch | None = None) -> int:
+    """Check every `image_url` part of a chat's messages (ApiError, 400, naming the part
+    (`messages[0].content[1]`) otherwise); the images' bytes in total."""
+    total = 0
+    for i, message in enumerate(messages):
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            if part.get("type") != "image_url":
+                continue
+            param = f"messages[{i}].content[{j}]"
+            value = part.get("image_url")
+            if not isinstance(value, dict) or not isinstance(value.get("url"), str):
+                raise invalid("image_url must be an object with a string url.", param)
+            detail = value.get("detail")
+            if detail is not None and not isinstance(detail, str):
+                raise invalid(f"detail must be one of {', '.join(DETAILS)}.", f"{param}.detail")
+            image = await load(value["url"], param, detail=detail, fetch=fetch)
+            total += len(image.data)
+            if total > MAX_REQUEST_IMAGE_BYTES:
+                raise bad_image(
+                    f"The request's images are larger than "
+                    f"{MAX_REQUEST_IMAGE_BYTES // (1024 * 1024)} MB in all.",
+                    param,
+                )
+    return total
