@@ -53,12 +53,17 @@ def prompter(vlm: tuple[Any, Any]) -> VisionPrompter:
 def make_engine(vlm: tuple[Any, Any]) -> Iterator[Callable[..., Engine]]:
     model, processor = vlm
 
-    def make(**config: Any) -> Engine:
+    def make(image_cache_mib: float = 0, **config: Any) -> Engine:
         config.setdefault("kv_cache_tokens", 4096)
         config.setdefault("max_model_len", 1024)
         config.setdefault("block_size", 16)
         cfg = EngineConfig(**config)
-        runner = VisionModelRunner(model, num_blocks=cfg.num_kv_blocks, block_size=cfg.block_size)
+        runner = VisionModelRunner(
+            model,
+            num_blocks=cfg.num_kv_blocks,
+            block_size=cfg.block_size,
+            image_cache_mib=image_cache_mib,
+        )
         return Engine(runner, processor.tokenizer.backend_tokenizer, cfg)
 
     yield make
@@ -155,6 +160,26 @@ def test_same_image_another_question_reuses_its_kv(
     assert cached["q2"][1] >= 32  # the blocks holding the image
     assert cached["q3"][1] == 0  # its first image token is in block 0
     assert all(v[1] == 0 for v in plain.values())
+
+
+def test_the_image_cache_encodes_the_same_image_once(
+    prompter: VisionPrompter, make_engine: Callable[..., Engine]
+) -> None:
+    questions = ["What is it?", "Which colour is it?", "Is it round?"]
+
+    def sequentially(engine: Engine) -> list[list[int]]:
+        return [
+            run(engine, request(f"q{i}", ask(prompter, q, GREEN)))[f"q{i}"][0]
+            for i, q in enumerate(questions)
+        ]
+
+    cached = make_engine(image_cache_mib=1)
+    assert sequentially(cached) == sequentially(make_engine(enable_prefix_caching=False))
+    runner = cached.runner
+    assert isinstance(runner, VisionModelRunner)
+    assert runner.images_encoded == 1
+    run(cached, request("other", ask(prompter, "What is it?", RED)))
+    assert runner.images_encoded == 2
 
 
 def test_a_prefill_split_across_the_image_encodes_it_once(

@@ -56,8 +56,18 @@ def build_engine_adapter(spec: ModelSpec) -> EngineAdapter:
         max_model_len=max_model_len,
         seed=opts.get("seed"),
     )
-    make_runner = ModelRunner if vision is None else VisionModelRunner
-    runner = make_runner(model, num_blocks=config.num_kv_blocks, block_size=config.block_size)
+    runner: ModelRunner
+    if vision is None:
+        runner = ModelRunner(model, num_blocks=config.num_kv_blocks, block_size=config.block_size)
+    else:
+        # Images' embeddings kept by their key: a cache, on with prefix caching.
+        image_cache_mib = float(opts.get("image_cache_mib", 64)) if caching else 0.0
+        runner = VisionModelRunner(
+            model,
+            num_blocks=config.num_kv_blocks,
+            block_size=config.block_size,
+            image_cache_mib=image_cache_mib,
+        )
     vocab = int(cfg.vocab_size)
     eos = eos_ids(model, tokenizer)
     engine = Engine(runner, tokenizer.backend_tokenizer, config, masks=MaskComputer(vocab))

@@ -14,12 +14,18 @@ embeddings at those positions (`VisionModelRunner.inputs`); the language model t
 continuous batch and decoding is unchanged. A sequence's images are encoded once, in the
 step that first reaches one of its image tokens; the embeddings are kept on the sequence
 (`Sequence.image_embeds`) while later chunks of its prompt still need them.
+
+Embeddings are also kept by the images' key (their sha256s and the processor's settings),
+most recently used first, within `image_cache_mib` (vLLM's encoder cache): a prefix-cache hit
+ends at a block boundary, and the block holding an image's last tokens usually holds the
+question too, so the same image asked again needs some of its embeddings again.
 """
 
 from __future__ import annotations
 
 import json
 from bisect import bisect_left
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,12 +85,18 @@ def image_token_id(config: Any) -> int:
 
 
 class VisionModelRunner(ModelRunner):
-    def __init__(self, model: Any, *, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self, model: Any, *, num_blocks: int, block_size: int, image_cache_mib: float = 0
+    ) -> None:
         super().__init__(model, num_blocks=num_blocks, block_size=block_size)
         self.image_token_id = image_token_id(model.config)
         self._embed = model.get_input_embeddings()
-        #: Image sets encoded (one per sequence, again after a preemption).
+        #: Image sets encoded by the vision tower (not found in the cache).
         self.images_encoded = 0
+        #: images' key -> their embeddings, least recently used first.
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = int(image_cache_mib * 2**20)
 
     def attention(self, model: Any) -> str | dict[str, str]:
         # The language model only: the vision tower keeps its own attention.
@@ -108,11 +120,28 @@ class VisionModelRunner(ModelRunner):
         if lo == hi:
             return
         if seq.image_embeds is None:
-            seq.image_embeds = self.encode(images)
+            seq.image_embeds = self._embeddings(images, seq.request.cache_key)
         rows = torch.tensor([first + p - start for p in positions[lo:hi]], device=self.device)
         embeds[rows] = seq.image_embeds[lo:hi].to(embeds.dtype)
         if hi == len(positions):
             seq.image_embeds = None
+
+    def _embeddings(self, images: ImageInputs, cache_key: tuple[int, str] | None) -> torch.Tensor:
+        key = cache_key[1] if cache_key is not None else None
+        found = self._cache.get(key) if key is not None else None
+        if found is not None:
+            assert key is not None
+            self._cache.move_to_end(key)
+            return found
+        features = self.encode(images)
+        size = features.numel() * features.element_size()
+        if key is not None and size <= self._cache_limit:
+            self._cache[key] = features
+            self._cache_bytes += size
+            while self._cache_bytes > self._cache_limit:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.numel() * old.element_size()
+        return features
 
     def encode(self, images: ImageInputs) -> torch.Tensor:
         """The images' embeddings, one row per image token [N, hidden]: the vision tower and
