@@ -207,3 +207,27 @@ def test_detail_low_is_one_tile_and_another_cache_key(prompter: VisionPrompter) 
     assert low.cache_key is not None
     assert high.cache_key is not None
     assert low.cache_key[1] != high.cache_key[1]
+
+
+def test_build_loads_a_vision_model_and_refuses_images_for_a_text_one(
+    tiny_vlm_dir: Path, tiny_model_dir: Path
+) -> None:
+    from workers.config import ModelSpec
+    from workers.engine.build import build_engine_adapter
+
+    def spec(path: Path) -> ModelSpec:
+        options = {"kv_cache_mib": 2}
+        return ModelSpec(
+            name="m",
+            engine="llm",
+            path=str(path),
+            dtype="float32",
+            inputs=["text", "image"],
+            options=options,
+        )
+
+    adapter = build_engine_adapter(spec(tiny_vlm_dir))
+    assert adapter.vision is not None
+    assert isinstance(adapter.engine.runner, VisionModelRunner)
+    with pytest.raises(ValueError, match="not a vision-language model"):
+        build_engine_adapter(spec(tiny_model_dir))
