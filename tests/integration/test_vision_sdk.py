@@ -4,7 +4,9 @@ a request over NATS may name an image stored in the images Object Store bucket i
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import subprocess
 import sys
@@ -14,9 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import openai
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from jetserve.servers import NatsServer, free_port
 from natsio.objects import ImageObjects
@@ -81,6 +85,17 @@ def sdk(
         for proc in procs:
             proc.terminate()
             proc.wait(30)
+        # The worker made the images bucket (24 h time-to-live): other tests make their own.
+        asyncio.run(_delete_images_bucket(nats_server.url))
+
+
+async def _delete_images_bucket(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        with contextlib.suppress(NotFoundError):
+            await nc.jetstream().delete_object_store(names.IMAGES_BUCKET)
+    finally:
+        await nc.close()
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
