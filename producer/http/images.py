@@ -11,6 +11,11 @@ with a 400 that says so.
 
 `detail` (`low`, `high`, `auto`, `original`) is kept with the image: it selects the model
 processor's resizing on the worker, and is part of the image's prefix-cache identity.
+
+`prepare_chat_images` runs this on every image of a chat request and gives the messages to
+publish: each image a data URL when small (`INLINE_MAX_BYTES`), else stored in the images
+bucket and named (`names.IMAGE_REF_PREFIX` + sha256), so a request stays within a NATS
+message.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ import hashlib
 import io
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+import msgspec
+
+from schemas import names
 from schemas.openai_errors import ApiError, invalid
 from schemas.payloads import ChatMessage
 
@@ -159,14 +168,35 @@ async def load(
     return Image(fetched.data, fetched.content_type, width, height, detail, digest)
 
 
-async def check_chat_images(messages: Sequence[ChatMessage], fetch: Fetch | None = None) -> int:
+#: Images up to this many bytes ride inside their request as a data URL; larger ones (and
+#: the larger fetched ones) are stored in the images bucket and the request names them
+#: (`names.IMAGE_REF_PREFIX`): a NATS message is at most 1 MB by default.
+INLINE_MAX_BYTES = 256 * 1024
+
+
+class ImageStore(Protocol):
+    """`natsio.objects.ImageObjects`."""
+
+    async def put(self, data: bytes) -> str: ...
+
+
+async def prepare_chat_images(
+    messages: Sequence[ChatMessage],
+    fetch: Fetch | None = None,
+    store: Callable[[], Awaitable[ImageStore]] | None = None,
+) -> list[ChatMessage] | None:
     """Check every `image_url` part of a chat's messages (ApiError, 400, naming the part
-    (`messages[0].content[1]`) otherwise); the images' bytes in total."""
+    (`messages[0].content[1]`) otherwise), fetching http(s) URLs with `fetch`. The messages
+    to publish, each image a small data URL or a reference to the `store` (opened on first
+    need); None when they are the messages given."""
     total = 0
+    out = list(messages)
+    changed = False
     for i, message in enumerate(messages):
         if not isinstance(message.content, list):
             continue
-        for j, part in enumerate(message.content):
+        content = list(message.content)
+        for j, part in enumerate(content):
             if part.get("type") != "image_url":
                 continue
             param = f"messages[{i}].content[{j}]"
@@ -176,7 +206,8 @@ async def check_chat_images(messages: Sequence[ChatMessage], fetch: Fetch | None
             detail = value.get("detail")
             if detail is not None and not isinstance(detail, str):
                 raise invalid(f"detail must be one of {', '.join(DETAILS)}.", f"{param}.detail")
-            image = await load(value["url"], param, detail=detail, fetch=fetch)
+            url = value["url"]
+            image = await load(url, param, detail=detail, fetch=fetch)
             total += len(image.data)
             if total > MAX_REQUEST_IMAGE_BYTES:
                 raise bad_image(
@@ -184,4 +215,17 @@ async def check_chat_images(messages: Sequence[ChatMessage], fetch: Fetch | None
                     f"{MAX_REQUEST_IMAGE_BYTES // (1024 * 1024)} MB in all.",
                     param,
                 )
-    return total
+            inline = len(image.data) <= INLINE_MAX_BYTES
+            if url.startswith("data:") and (inline or store is None):
+                continue
+            if inline:
+                encoded = base64.b64encode(image.data).decode("ascii")
+                new_url = f"data:{image.media_type};base64,{encoded}"
+            elif store is not None:
+                new_url = names.IMAGE_REF_PREFIX + await (await store()).put(image.data)
+            else:
+                raise bad_image("This server cannot take images this large.", param)
+            content[j] = {**part, "image_url": {**value, "url": new_url}}
+            out[i] = msgspec.structs.replace(message, content=content)
+            changed = True
+    return out if changed else None

@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import io
+import random
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,50 @@ def png(color: tuple[int, int, int]) -> bytes:
 RED, BLUE = png((230, 20, 20)), png((20, 20, 230))
 
 
+def noise_png(size: int) -> bytes:
+    """A PNG of random pixels: larger than `images.INLINE_MAX_BYTES` at 400 x 400."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.frombytes("RGB", (size, size), random.Random(7).randbytes(size * size * 3)).save(
+        out, "PNG"
+    )
+    return out.getvalue()
+
+
+BIG = noise_png(400)
+
+
+class _Images(BaseHTTPRequestHandler):
+    files = {"/red.png": RED, "/big.png": BIG}
+
+    def do_GET(self) -> None:
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("content-type", "image/png")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def image_server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    httpd.daemon_threads = False  # server_close() joins the handlers
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(10)
+
+
 def data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
@@ -67,7 +115,7 @@ def sdk(
         'dtype = "float32"\ninputs = ["text", "image"]\ncapacity = 8\n'
         "[models.options]\nkv_cache_mib = 4\nmax_model_len = 1024\nkv_block_size = 16\n"
     )
-    env = child_env(nats_server.url, JETSERVE_AUTH="off")
+    env = child_env(nats_server.url, JETSERVE_AUTH="off", JETSERVE_IMAGES_ALLOW_PRIVATE="1")
     port = free_port()
     procs = [
         _spawn(
@@ -186,3 +234,25 @@ async def test_a_stored_image_is_read_by_reference(
             MODEL, "chat", {"messages": chat("What is it?", missing)}, parameters=GREEDY
         )
     assert info.value.param == "messages[0].content[0].image_url.url"
+
+
+async def test_http_urls_are_fetched_and_large_images_stored(
+    sdk: openai.OpenAI, image_server: str, nc: NATS
+) -> None:
+    def ask(url: str) -> Any:
+        return sdk.chat.completions.create(model=MODEL, messages=chat("What is it?", url), **GREEDY)
+
+    fetched = await asyncio.to_thread(ask, f"{image_server}/red.png")
+    sent = await asyncio.to_thread(ask, data_url(RED))
+    assert fetched.choices[0].message.content == sent.choices[0].message.content
+    # Too large to ride in a NATS message: the bridge stores it and the request names it.
+    assert len(BIG) > 256 * 1024
+    big = await asyncio.to_thread(ask, f"{image_server}/big.png")
+    big_sent = await asyncio.to_thread(ask, data_url(BIG))
+    assert big.choices[0].message.content == big_sent.choices[0].message.content
+    objects = await ImageObjects.open(nc.jetstream())
+    assert await objects.get(hashlib.sha256(BIG).hexdigest()) == BIG
+    with pytest.raises(openai.BadRequestError) as info:
+        await asyncio.to_thread(ask, f"{image_server}/missing.png")
+    body: Any = info.value.body
+    assert (body["param"], body["code"]) == ("messages[0].content[0].url", "invalid_image_url")
