@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from loadtest.prefix_bench import cpu_model, spread
+from loadtest.prefix_bench import cpu_model
+from loadtest.rounds import spread
 from schemas.params import SamplingParams
 from workers.engine.engine import Engine, EngineConfig
 from workers.engine.prompts import Prompt
