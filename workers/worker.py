@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from natsio.connection import connect
+from natsio.objects import ImageObjects
 from schemas import names
 from schemas.codec import decode_cancel, encode
 from schemas.messages import WorkerInfo
@@ -66,7 +67,7 @@ class NatsPublisher:
 def build_backend(spec: ModelSpec) -> Backend:
     """Instantiate and load the model (blocking: call from a thread)."""
     if spec.engine == "llm":
-        from workers.engine.adapter import build_engine_adapter  # torch: only when needed
+        from workers.engine.build import build_engine_adapter  # torch: only when needed
 
         return build_engine_adapter(spec)
     if spec.engine in RUNTIMES:
@@ -144,6 +145,9 @@ class Worker:
         js = nc.jetstream()
         await provision_model(js, model, queue_settings(self.config, self.spec))
         handbacks = HandBacks(await js.key_value(names.HANDBACK_BUCKET))
+        attach_images = getattr(self.backend, "attach_images", None)
+        if attach_images is not None and "image" in self.spec.inputs:
+            attach_images(await ImageObjects.open(js))
         await self.backend.start()
         handler = Handler(
             model=model,
