@@ -177,7 +177,7 @@ class ModelRunner:
         own = self._tensor(own_slots)
         owner[own] = self._tensor(own_rows)
         valid_len[own] = self._tensor(own_valid)
-        valid = torch.arange(bs, device=self.device)[None, :] < valid_len[:, None]
+        hidden = torch.arange(bs, device=self.device)[None, :] >= valid_len[:, None]
         shared_t = not_held = None
         if shared:
             held = torch.zeros(rows, len(shared), dtype=torch.bool, device=self.device)
@@ -190,7 +190,7 @@ class ModelRunner:
             tokens=None if dense else self._tensor(tokens),
             num_live=n,
             owner=owner,
-            valid=valid,
+            hidden=hidden[:, None, None, :],
             shared=shared_t,
             not_held=not_held,
         )
