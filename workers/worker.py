@@ -345,26 +345,27 @@ async def serve(
         log.info("drain endpoint on 127.0.0.1:%d", local.port)
     try:
         # Streams and consumers exist, and pings are answered (`loading`), while it loads.
-        async with Loading(spec, config, queue_settings(config, spec)):
-            loading = time.monotonic()
+        async with Loading(spec, config, queue_settings(config, spec)) as loading:
+            started = time.monotonic()
             backend = await in_own_thread(build_backend, spec)
-            load_s = time.monotonic() - loading
-        if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
-            return 0
+            load_s = time.monotonic() - started
+            if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
+                return 0
 
-        def serving() -> None:
-            log.info(
-                "startup: %.2f s to serving (imports %.2f s, load %.2f s)",
-                process_age_s(),
-                imports_s,
-                load_s,
-            )
-            if on_serving is not None:
-                on_serving()
+            def serving() -> None:
+                loading.close_soon()  # the worker answers the pings from now on
+                log.info(
+                    "startup: %.2f s to serving (imports %.2f s, load %.2f s)",
+                    process_age_s(),
+                    imports_s,
+                    load_s,
+                )
+                if on_serving is not None:
+                    on_serving()
 
-        worker = Worker(spec, config, backend, metrics, serving)
-        workers.append(worker)
-        return await worker.run()
+            worker = Worker(spec, config, backend, metrics, serving)
+            workers.append(worker)
+            return await worker.run()
     finally:
         for server in servers:
             await server.close()
