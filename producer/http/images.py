@@ -201,6 +201,13 @@ async def prepare_chat_images(
                 continue
             param = f"messages[{i}].content[{j}]"
             value = part.get("image_url")
+            if isinstance(value, dict) and "url" not in value and "file_id" in value:
+                raise invalid(  # Responses' input_image by file_id
+                    "Images by file_id are not supported: send image_url (a data URL or an "
+                    "http(s) URL).",
+                    f"{param}.file_id",
+                    "unsupported_value",
+                )
             if not isinstance(value, dict) or not isinstance(value.get("url"), str):
                 raise invalid("image_url must be an object with a string url.", param)
             detail = value.get("detail")

@@ -28,6 +28,7 @@ from producer.http import responses_types as rt
 from producer.http.calls import Call, ClientGone, Watch
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.handlers import Bridge, Reply
+from producer.http.images import prepare_chat_images
 from producer.http.responses_background import Background
 from producer.http.responses_input import input_param
 from producer.http.responses_replay import LIVE
@@ -99,6 +100,7 @@ class Responses:
             deadline_ms=now_ms + int(timeout_s * 1000),
             idempotency_key=None,
         )
+        converted = await self._with_images(converted)
         asked = converted.request.model  # tenant limits count the name asked for
         routes = bridge.client.routes
         if routes is not None and routes.plan(asked) is not None:
@@ -161,6 +163,23 @@ class Responses:
         final = rc.finished_response(base, result, int(time.time()))
         await saver.save(final)
         return Reply(body=_encoder.encode(final), headers=admission.headers)
+
+    async def _with_images(self, converted: rc.Converted) -> rc.Converted:
+        """Every `input_image` checked (and fetched, or stored) as chat's `image_url` parts
+        are, before anything is queued; errors name the `input` part."""
+        bridge, request = self.bridge, converted.request
+        try:
+            messages = await prepare_chat_images(
+                request.payload.messages, bridge.image_fetch, bridge.image_store
+            )
+        except ApiError as exc:
+            exc.param = input_param(exc.param, converted.origins)
+            raise
+        if messages is None:
+            return converted
+        payload = msgspec.structs.replace(request.payload, messages=messages)
+        request = msgspec.structs.replace(request, payload=payload)
+        return msgspec.structs.replace(converted, request=request)
 
     async def _settle(self, tenant: str, stored: StoredResponse) -> bytes:
         if self.background is None:

@@ -256,3 +256,30 @@ async def test_http_urls_are_fetched_and_large_images_stored(
         await asyncio.to_thread(ask, f"{image_server}/missing.png")
     body: Any = info.value.body
     assert (body["param"], body["code"]) == ("messages[0].content[0].url", "invalid_image_url")
+
+
+def test_responses_input_images_are_checked_and_answered_as_chat(sdk: openai.OpenAI) -> None:
+    want = sdk.chat.completions.create(
+        model=MODEL, messages=chat("What is it?", data_url(RED)), **GREEDY
+    )
+
+    def content(image: dict[str, Any]) -> list[Any]:
+        part = {"type": "input_image", "detail": "auto", **image}
+        return [{"role": "user", "content": [part, {"type": "input_text", "text": "What is it?"}]}]
+
+    got = sdk.responses.create(
+        model=MODEL,
+        input=content({"image_url": data_url(RED)}),
+        store=False,
+        max_output_tokens=GREEDY["max_tokens"],
+        temperature=0,
+    )
+    assert got.output_text == want.choices[0].message.content
+    for image, param, code in (
+        ({"image_url": data_url(RED[:60])}, "input[0].content[0]", "invalid_image"),
+        ({"file_id": "file-abc"}, "input[0].content[0].file_id", "unsupported_value"),
+    ):
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk.responses.create(model=MODEL, input=content(image), store=False)
+        body: Any = info.value.body
+        assert (body["param"], body["code"]) == (param, code)
