@@ -24,16 +24,29 @@ _WANTED = {
 }
 
 
+#: How an image data URL begins, in a JSON body.
+_DATA_URL = b'"data:image/'
+
+
+def too_large(limit_bytes: int) -> ApiError:
+    return ApiError(
+        413, f"The request body is larger than {limit_bytes} bytes.", code="request_too_large"
+    )
+
+
 def wanted_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """One pass over the raw headers for the few the bridge reads (hot path)."""
     return {k.decode(): v.decode("latin-1") for k, v in raw if k in _WANTED}
 
 
-async def read_body(receive: Receive, limit_bytes: int) -> bytes:
+async def read_body(receive: Receive, limit_bytes: int, image_allowance: int = 0) -> bytes:
     """The request body; 413 as soon as more than `limit_bytes` have arrived (a huge body is
-    never buffered whole)."""
+    never buffered whole). `image_allowance`: how much more a body that carries an image as
+    a data URL may hold (refused at once past the limit when none has begun by then; what
+    it holds besides its images is checked once it is parsed)."""
     chunks: list[bytes] = []
     size = 0
+    allowed = limit_bytes
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -42,12 +55,11 @@ async def read_body(receive: Receive, limit_bytes: int) -> bytes:
             )
         chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
         size += len(chunk)
-        if size > limit_bytes:
-            raise ApiError(
-                413,
-                f"The request body is larger than {limit_bytes} bytes.",
-                code="request_too_large",
-            )
         chunks.append(chunk)
+        if size > allowed:
+            if allowed == limit_bytes and image_allowance and _DATA_URL in b"".join(chunks):
+                allowed += image_allowance
+            if size > allowed:
+                raise too_large(limit_bytes)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

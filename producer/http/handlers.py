@@ -37,7 +37,7 @@ from producer.http.endpoints import (
 )
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
-from producer.http.images import Fetch, prepare_chat_images
+from producer.http.images import Fetch, check_body_size, prepare_chat_images
 from producer.http.sse import DONE, event
 from producer.limits import NO_LIMITS, Admission, TenantGate, estimate_tokens
 from schemas import names
@@ -177,6 +177,7 @@ class Bridge:
             priority=queue,
         )
         if endpoint is CHAT:
+            check_body_size(len(body), parsed.messages, self.config.max_body_bytes)
             # Every image fetched and decoded before anything is queued: a corrupt one is a
             # 400 naming its part, never a worker's error. Small images ride in the request
             # as data URLs, larger ones in the images bucket, named by the request.

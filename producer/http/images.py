@@ -31,6 +31,7 @@ from typing import Protocol
 
 import msgspec
 
+from producer.http.body import too_large
 from schemas import names
 from schemas.openai_errors import ApiError, invalid
 from schemas.payloads import ChatMessage
@@ -41,6 +42,10 @@ MAX_REQUEST_IMAGE_BYTES = 50 * 1024 * 1024
 #: The image types accepted, by their MIME type, and the Pillow format each must decode as.
 FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "GIF"}
 DETAILS = ("auto", "low", "high", "original")
+#: What a body that carries images may hold beyond the bridge's body limit: the request's
+#: images as base64 data URLs (4/3 of their bytes). Read as it arrives, bounded all the same;
+#: once parsed, what is not a data URL must fit the body limit (`check_body_size`).
+IMAGE_BODY_ALLOWANCE = MAX_REQUEST_IMAGE_BYTES * 4 // 3 + 4096
 #: Decoding bound: more pixels than this is refused before they are decompressed (Pillow's
 #: own bomb check, made an error instead of a warning).
 MAX_PIXELS = 64 * 1024 * 1024
@@ -178,6 +183,23 @@ class ImageStore(Protocol):
     """`natsio.objects.ImageObjects`."""
 
     async def put(self, data: bytes) -> str: ...
+
+
+def check_body_size(size: int, messages: Sequence[ChatMessage], limit_bytes: int) -> None:
+    """413 (`request_too_large`) when a body read with `IMAGE_BODY_ALLOWANCE` over
+    `limit_bytes` is larger than the limit for what is not an image data URL."""
+    if size <= limit_bytes:
+        return
+    images = 0
+    for message in messages:
+        if isinstance(message.content, list):
+            for part in message.content:
+                value = part.get("image_url") if part.get("type") == "image_url" else None
+                url = value.get("url") if isinstance(value, dict) else None
+                if isinstance(url, str) and url.startswith("data:"):
+                    images += len(url)
+    if size - images > limit_bytes:
+        raise too_large(limit_bytes)
 
 
 async def prepare_chat_images(

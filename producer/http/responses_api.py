@@ -28,7 +28,7 @@ from producer.http import responses_types as rt
 from producer.http.calls import Call, ClientGone, Watch
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.handlers import Bridge, Reply
-from producer.http.images import prepare_chat_images
+from producer.http.images import check_body_size, prepare_chat_images
 from producer.http.responses_background import Background
 from producer.http.responses_input import input_param
 from producer.http.responses_replay import LIVE
@@ -100,6 +100,7 @@ class Responses:
             deadline_ms=now_ms + int(timeout_s * 1000),
             idempotency_key=None,
         )
+        check_body_size(len(raw), converted.request.payload.messages, bridge.config.max_body_bytes)
         converted = await self._with_images(converted)
         asked = converted.request.model  # tenant limits count the name asked for
         routes = bridge.client.routes

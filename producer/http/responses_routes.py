@@ -22,6 +22,7 @@ from producer.http.body import read_body, wanted_headers
 from producer.http.disconnect import DisconnectWatch
 from producer.http.errors import ApiError
 from producer.http.handlers import Bridge
+from producer.http.images import IMAGE_BODY_ALLOWANCE
 from producer.http.responses_api import Responses
 from producer.http.responses_storage import ResponseStore
 from producer.http.routes import JSON
@@ -51,7 +52,8 @@ class ResponsesRoutes:
                 return DisconnectWatch(request.receive, gone, self.api().bridge.calls.timers).stop
 
             async def body() -> bytes:
-                return await read_body(request.receive, limit)
+                # It may carry images beyond the body limit (checked once parsed).
+                return await read_body(request.receive, limit, IMAGE_BODY_ALLOWANCE)
 
             headers = wanted_headers(request.scope["headers"])
             reply = await self.api().create(body, headers, watch)

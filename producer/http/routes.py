@@ -20,6 +20,7 @@ from producer.http.disconnect import DisconnectWatch
 from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, Endpoint
 from producer.http.errors import ApiError
 from producer.http.handlers import Bridge
+from producer.http.images import IMAGE_BODY_ALLOWANCE
 from producer.http.metrics import BridgeMetrics
 from producer.http.openapi import openapi_document
 from producer.http.sse import HEADERS as SSE_HEADERS
@@ -48,7 +49,10 @@ async def serve(
         return DisconnectWatch(request.receive, gone, bridge.calls.timers).stop
 
     async def body() -> bytes:
-        return await read_body(request.receive, max_body_bytes)
+        # A chat body may carry images beyond the body limit (checked once parsed).
+        return await read_body(request.receive, max_body_bytes, allowance)
+
+    allowance = IMAGE_BODY_ALLOWANCE if endpoint is CHAT else 0
 
     headers = wanted_headers(request.scope["headers"])
     reply = await bridge.post(endpoint, body, headers, watch)

@@ -283,3 +283,25 @@ def test_responses_input_images_are_checked_and_answered_as_chat(sdk: openai.Ope
             sdk.responses.create(model=MODEL, input=content(image), store=False)
         body: Any = info.value.body
         assert (body["param"], body["code"]) == (param, code)
+
+
+def test_images_may_take_a_body_past_the_limit_and_text_may_not(sdk: openai.OpenAI) -> None:
+    """The body limit (1 MiB here) is raised by what the request's images take, and only so."""
+    large = noise_png(700)
+    assert len(data_url(large)) > 1024 * 1024
+    got = sdk.chat.completions.create(
+        model=MODEL, messages=chat("What is it?", data_url(large)), **GREEDY
+    )
+    assert got.choices[0].finish_reason == "length"
+    with pytest.raises(openai.APIStatusError) as info:
+        sdk.chat.completions.create(
+            model=MODEL,
+            messages=[
+                {"role": "user", "content": "x" * (1024 * 1024 + 1)},
+                *chat("?", data_url(RED)),
+            ],
+            **GREEDY,
+        )
+    assert info.value.status_code == 413
+    body: Any = info.value.body
+    assert body["code"] == "request_too_large"
