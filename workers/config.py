@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,9 +23,11 @@ import msgspec
 from msgspec import Meta
 
 from schemas.content import DEFAULT_INPUTS, Input
+from schemas.limits import LimitSettings
 from schemas.messages import ModelName
 from schemas.routes import InvalidRoute, Route, Shadow, Target, check_route
 from schemas.settings import (
+    DATABASE_URL,
     DEFAULT_NATS_URL,
     NATS_URL,
     ConfigError,
@@ -183,6 +185,10 @@ class WorkerConfig:
     drain_port: int = -1
     #: How often the worker reads its consumers' info for the queue-depth gauges.
     queue_poll_s: float = 5.0
+    #: Tenants' limits on requests they publish on their own subjects (`direct_limits.py`),
+    #: read from this database (None: only `limits.defaults` apply).
+    database_url: str | None = None
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerConfig:
@@ -201,4 +207,6 @@ class WorkerConfig:
             metrics_port=get_int(env, "JETSERVE_WORKER_METRICS_PORT", -1, minimum=-1),
             drain_port=get_int(env, "JETSERVE_WORKER_DRAIN_PORT", -1, minimum=-1),
             queue_poll_s=get_float(env, "JETSERVE_QUEUE_POLL_S", 5.0, minimum=0.1),
+            database_url=env.get(DATABASE_URL) or None,
+            limits=LimitSettings.from_env(env),
         )

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from schemas.limits import FIELDS, UNLIMITED, TenantLimits, check_limits
+from schemas.limits import UNLIMITED, TenantLimits, default_limits
 from schemas.settings import (
     DATABASE_URL,
     DEFAULT_NATS_URL,
@@ -102,17 +102,3 @@ class BridgeConfig:
             limits_cache_ttl_s=get_float(env, "JETSERVE_LIMITS_CACHE_TTL_S", 5.0, minimum=0.0),
             online_fair_share=get_bool(env, "JETSERVE_ONLINE_FAIR_SHARE", True),
         )
-
-
-def default_limits(env: Mapping[str, str]) -> TenantLimits:
-    """`JETSERVE_DEFAULT_RPM`, `_TPM`, `_MAX_IN_FLIGHT`, `_BATCH_QUEUE_LINES`,
-    `_BATCH_QUEUE_TOKENS` (unset: no limit)."""
-    values = {}
-    for name in FIELDS:
-        key = f"JETSERVE_DEFAULT_{name.upper()}"
-        if env.get(key, "").strip():
-            values[name] = get_int(env, key, 0, minimum=1)
-    try:
-        return check_limits(TenantLimits(**values))
-    except ValueError as exc:
-        raise ConfigError(f"default limits: {exc}") from None

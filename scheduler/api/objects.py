@@ -110,6 +110,8 @@ class ErrorObject(msgspec.Struct, frozen=True):
     message: str
     #: The request field at fault (the worker's `ErrorResult.param`), when one is.
     param: str | None = None
+    #: `rate_limit_exceeded`: when it may be submitted again (`ErrorResult.retry_after_ms`).
+    retry_after_ms: int | None = None
 
 
 class AsyncRequestObject(msgspec.Struct, frozen=True):
