@@ -139,9 +139,7 @@ def async_object(deps: Deps, row: AsyncRow) -> AsyncRequestObject:
         return AsyncRequestObject(**base)
     if isinstance(result, ErrorResult):
         if not deps.codec.accepts(row.endpoint):  # over NATS: the wire error
-            error = ErrorObject(
-                result.code, result.message, result.param, result.retry_after_ms
-            )
+            error = ErrorObject(result.code, result.message, result.param, result.retry_after_ms)
             return AsyncRequestObject(**base, error=error)
         status, body = deps.codec.error_response(row.endpoint, result)
     elif not deps.codec.accepts(row.endpoint):
