@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING
 from nats.js import JetStreamContext
 
 from producer.inflight import InFlight
+from producer.leases import Unreachable
 from producer.limits import NO_LIMITS, Admission, CachedLimits, TenantGate, estimate_tokens
 from producer.ratelimit import Limiter
 from producer.ratelimit_kv import KvBuckets, KvSlots, open_ratelimit_bucket
@@ -73,7 +73,7 @@ class DirectLimits:
         self._in_flight = in_flight
         self._on_close = on_close
         self._renewals = asyncio.create_task(in_flight.run_renewals())
-        self._warned_s = -1e9
+        self._unreachable = Unreachable(log, "tenant limits")
 
     async def admit(
         self,
@@ -94,17 +94,11 @@ class DirectLimits:
             retry_ms = exc.headers.get("retry-after-ms")
             return Refused(exc.message, int(retry_ms) if retry_ms else _DEFAULT_RETRY_MS)
         except Exception as exc:  # the limits cannot be read: admit (fail open), as bridges do
-            self._warn(tenant, exc)
+            self._unreachable.warn(tenant, exc)
             return NO_LIMITS
         if not hold:
             admission.finish()
         return admission
-
-    def _warn(self, tenant: str, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._warned_s > 10.0:
-            self._warned_s = now
-            log.warning("limits of %s unreadable (%s): admitting", tenant, type(exc).__name__)
 
     async def close(self) -> None:
         self._renewals.cancel()
