@@ -83,7 +83,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         for spec in load_models_file(path):
             await provision_model(js, spec.name, queue_settings(config, spec))
             print(f"provisioned {spec.name}")
-        for route in await provision_routes(nc, load_routes(path), config.stream_replicas):
+        for route in await provision_routes(nc, load_routes(path), config.queue.replicas):
             print(f"provisioned route {route.name}")
         await nc.close()
 
@@ -176,6 +176,23 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str, module: str
+) -> Callable[[str, str], argparse.ArgumentParser]:
+    """A command group acting on a running stack over NATS: adds `name` and returns what adds
+    its subcommands, each run by `jetserve.<module>.cmd_<subcommand>` and taking --nats-url."""
+    group = sub.add_parser(name, help=help_)
+    subs = group.add_subparsers(dest=f"{name}_command", required=True)
+
+    def add(command: str, command_help: str) -> argparse.ArgumentParser:
+        p = subs.add_parser(command, help=command_help)
+        p.set_defaults(func=_command(module, f"cmd_{command}"))
+        p.add_argument("--nats-url", help="default JETSERVE_NATS_URL, else the local stack's")
+        return p
+
+    return add
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jetserve", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("JETSERVE_LOG_LEVEL", "INFO"))
@@ -220,6 +237,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-s", type=float, default=2.0)
     p.add_argument("--model", action="append", help="only this model (repeatable)")
 
+    # One add_argument call per option, as argparse has it: the calls below look alike by
+    # design, a table of options would read worse.
     p = add("worker", cmd_worker, "serve one model from its NATS stream")
     p.add_argument("--model", required=True)
     p.add_argument("--models-file")
@@ -354,15 +373,7 @@ def _parser() -> argparse.ArgumentParser:
         tenants_cli.cmd_list,
     )
 
-    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay, purge")
-    qsub = dlq.add_subparsers(dest="dlq_command", required=True)
-
-    def dlq_cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        p = qsub.add_parser(name, help=help_)
-        p.set_defaults(func=_command("dlq_cli", f"cmd_{name}"))
-        p.add_argument("--nats-url", help="default JETSERVE_NATS_URL, else the local stack's")
-        return p
-
+    dlq_cmd = _stack_group(sub, "dlq", "dead letters: list, show, replay, purge", "dlq_cli")
     p = dlq_cmd("list", "list dead letters (id, model, request id, attempts, error)")
     p.add_argument("--model")
     p.add_argument("--json", action="store_true")
@@ -376,15 +387,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--yes", action="store_true")
 
-    routes = sub.add_parser("routes", help="served names -> weighted model versions (live)")
-    rsub = routes.add_subparsers(dest="routes_command", required=True)
-
-    def routes_cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        p = rsub.add_parser(name, help=help_)
-        p.set_defaults(func=_command("routes_cli", f"cmd_{name}"))
-        p.add_argument("--nats-url", help="default JETSERVE_NATS_URL, else the local stack's")
-        return p
-
+    routes_cmd = _stack_group(
+        sub, "routes", "served names -> weighted model versions (live)", "routes_cli"
+    )
     p = routes_cmd("set", "set a served name's targets: NAME MODEL=WEIGHT ...")
     p.add_argument("name")
     p.add_argument("targets", nargs="+", metavar="MODEL=WEIGHT")

@@ -23,15 +23,18 @@ def nats_url(args: argparse.Namespace) -> str:
     return url
 
 
-def _run(args: argparse.Namespace, work: Callable[[DeadLetters], Awaitable[int]]) -> int:
-    async def run() -> int:
+def _run(args: argparse.Namespace, work: Callable[[DeadLetters], Awaitable[None]]) -> int:
+    """Run `work` on the dead-letter stream; the exit status (0: a failure raises)."""
+
+    async def run() -> None:
         nc = await connect(nats_url(args), name="jetserve-dlq")
         try:
-            return await work(DeadLetters(nc.jetstream()))
+            await work(DeadLetters(nc.jetstream()))
         finally:
             await nc.close()
 
-    return asyncio.run(run())
+    asyncio.run(run())
+    return 0
 
 
 def _summary(d: DeadLetter) -> dict[str, object]:
@@ -46,22 +49,21 @@ def _summary(d: DeadLetter) -> dict[str, object]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    async def work(dlq: DeadLetters) -> int:
+    async def work(dlq: DeadLetters) -> None:
         letters = await dlq.list(args.model)
         if args.json:
             print(json.dumps([_summary(d) for d in letters], indent=2))
-            return 0
+            return
         print(f"{'ID':>6}  {'MODEL':<20} {'REQUEST':<28} {'ATT':>3}  ERROR")
         for d in letters:
             print(f"{d.seq:>6}  {d.model:<20} {d.request_id:<28} {d.attempts:>3}  {d.error[:80]}")
         print(f"{len(letters)} dead letters")
-        return 0
 
     return _run(args, work)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    async def work(dlq: DeadLetters) -> int:
+    async def work(dlq: DeadLetters) -> None:
         d = await dlq.get(args.id)
         shown = {**_summary(d), "subject": d.subject, "headers": d.headers}
         try:
@@ -69,7 +71,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         except ValueError:
             shown["request_bytes"] = len(d.data)  # msgpack
         print(json.dumps(shown, indent=2))
-        return 0
 
     return _run(args, work)
 
@@ -78,12 +79,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if (args.id is None) == (not args.all):
         raise ConfigError("replay wants an ID or --all")
 
-    async def work(dlq: DeadLetters) -> int:
+    async def work(dlq: DeadLetters) -> None:
         seqs = [args.id] if args.id is not None else [d.seq for d in await dlq.list(args.model)]
         for seq in seqs:
             print(f"replayed {seq} as {await dlq.replay(seq)}")
         print(f"{len(seqs)} replayed")
-        return 0
 
     return _run(args, work)
 
@@ -92,8 +92,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if not args.yes:
         raise ConfigError("purge deletes dead letters for good: add --yes")
 
-    async def work(dlq: DeadLetters) -> int:
+    async def work(dlq: DeadLetters) -> None:
         print(f"{await dlq.purge(args.model)} dead letters purged")
-        return 0
 
     return _run(args, work)

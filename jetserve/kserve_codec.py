@@ -19,9 +19,9 @@ import msgspec
 
 from producer.http.errors import from_error_result
 from producer.http.v2 import decode_request, v1_payload
+from scheduler.codec import Envelope
 from schemas import names
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
-from schemas.names import Priority
 from schemas.openai_errors import ApiError
 
 #: As the Batches API lists them.
@@ -52,26 +52,18 @@ def target(endpoint: str) -> Target | None:
     return None
 
 
-def request(
-    where: Target,
-    body: bytes,
-    *,
-    request_id: str,
-    tenant: str,
-    priority: Priority,
-    deadline_ms: int | None,
-) -> InferenceRequest:
+def request(where: Target, body: bytes, envelope: Envelope) -> InferenceRequest:
     """The `predict` request of a body; `ApiError` (400) as the bridge's route raises it."""
     payload = decode_request(body, None).payload if where.v2 else v1_payload(body)
     return InferenceRequest(
-        id=request_id,
+        id=envelope.request_id,
         model=where.model,
         kind="predict",
         payload=payload,
-        tenant=tenant,
-        priority=priority,
+        tenant=envelope.tenant,
+        priority=envelope.priority,
         created_ms=int(time.time() * 1000),
-        deadline_ms=deadline_ms,
+        deadline_ms=envelope.deadline_ms,
     )
 
 

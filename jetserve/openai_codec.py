@@ -17,8 +17,8 @@ from producer.http import responses_convert as rc
 from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, RESPONSES, Endpoint
 from producer.http.errors import from_error_result
 from producer.http.responses_input import input_param
+from scheduler.codec import Envelope
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
-from schemas.names import Priority
 from schemas.openai_errors import BODY_ERRORS, from_decode_error
 
 _ENDPOINTS: dict[str, Endpoint] = {
@@ -43,26 +43,10 @@ class OpenAICodec:
     def model_param(self, endpoint: str) -> str:
         return "body.model" if endpoint in _ENDPOINTS else "url"
 
-    def request(
-        self,
-        endpoint: str,
-        body: bytes,
-        *,
-        request_id: str,
-        tenant: str,
-        priority: Priority,
-        deadline_ms: int | None,
-    ) -> InferenceRequest:
+    def request(self, endpoint: str, body: bytes, envelope: Envelope) -> InferenceRequest:
         kserve = kserve_codec.target(endpoint)
         if kserve is not None:
-            return kserve_codec.request(
-                kserve,
-                body,
-                request_id=request_id,
-                tenant=tenant,
-                priority=priority,
-                deadline_ms=deadline_ms,
-            )
+            return kserve_codec.request(kserve, body, envelope)
         ep = _ENDPOINTS[endpoint]
         try:
             parsed: Any = ep.decoder.decode(body)
@@ -70,10 +54,10 @@ class OpenAICodec:
             raise from_decode_error(exc) from None
         request: InferenceRequest = ep.to_request(
             parsed,
-            id=request_id,
-            tenant=tenant,
+            id=envelope.request_id,
+            tenant=envelope.tenant,
             created_ms=int(time.time() * 1000),
-            deadline_ms=deadline_ms,
+            deadline_ms=envelope.deadline_ms,
             idempotency_key=None,
         )
         metadata: dict[str, str] = {}
@@ -81,8 +65,12 @@ class OpenAICodec:
             metadata[ENCODING_FORMAT] = parsed.encoding_format
         if ep is RESPONSES:
             metadata[RESPONSES_BODY] = body.decode()
-        return msgspec.structs.replace(request, stream=False, priority=priority, metadata=metadata)
+        return msgspec.structs.replace(
+            request, stream=False, priority=envelope.priority, metadata=metadata
+        )
 
+    # The signature of `Codec.response_body` (scheduler/codec.py), which this implements: the
+    # scheduler holds the protocol so that it imports nothing of the bridge.
     def response_body(
         self,
         endpoint: str,

@@ -32,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 
 class ServerError(RuntimeError):
@@ -55,6 +56,20 @@ def _wait_tcp(
             return
         time.sleep(0.02)
     raise ServerError(f"not accepting connections on {host}:{port} after {timeout_s}s; see {log}")
+
+
+def _launch(cmd: list[str], log_path: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a server in a session of its own (a Ctrl-C to the caller's terminal does not
+    reach it), its output appended to `log_path`."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
+        )
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -148,15 +163,7 @@ class NatsServer:
             config = self.store_dir.parent / f"{self.store_dir.name}.conf"
             write_private(config, "\n".join(settings) + "\n")
             cmd += ["-c", str(config)]
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
+        self.proc = _launch(cmd, self.log_path)
         _wait_tcp(self.host, self.port, self.proc, timeout_s, self.log_path)
         self._wait_jetstream(timeout_s)
         return self
@@ -380,18 +387,9 @@ class PostgresServer:
         ]
         if not self.durable:
             cmd += ["-c", "fsync=off", "-c", "full_page_writes=off"]
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd="/",
-            start_new_session=True,
-            env={"LC_ALL": "C.UTF-8"},
-            **self._popen_user(),
-        )  # type: ignore[call-overload]
-        log.close()
+        self.proc = _launch(
+            cmd, self.log_path, cwd="/", env={"LC_ALL": "C.UTF-8"}, **self._popen_user()
+        )
         _wait_tcp(self.host, self.port, self.proc, timeout_s, self.log_path)
         self._create_database(timeout_s)
         self._end_trust()

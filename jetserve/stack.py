@@ -416,6 +416,6 @@ async def _provision(
     try:
         for spec in specs:
             await provision_model(nc.jetstream(), spec.name, queue_settings(config, spec))
-        await provision_routes(nc, routes, config.stream_replicas)
+        await provision_routes(nc, routes, config.queue.replicas)
     finally:
         await nc.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -56,3 +57,27 @@ def spawn(
         stdout=subprocess.DEVNULL,
         stderr=stderr,
     )
+
+
+def echo_worker(model: str, env: dict[str, str], capacity: int = 256) -> subprocess.Popen[bytes]:
+    """A worker for `model` that echoes (no model compute): what the benchmarks that use it
+    measure is the bridge and the queue, not a model."""
+    echo = ("--class", "echo", "--option", f"capacity={capacity}")
+    return spawn(["-m", "jetserve", "worker", "--model", model, *echo], env=env)
+
+
+def bridge(port: int, env: dict[str, str], tree: Path = REPO) -> subprocess.Popen[bytes]:
+    """The HTTP bridge of source `tree` on `port`."""
+    return spawn(["-m", "jetserve", "bridge", "--port", str(port)], env=env, tree=tree)
+
+
+def wrk_parser(
+    doc: str | None, *, rounds: int = 7, duration_s: float = 5.0
+) -> argparse.ArgumentParser:
+    """The options every wrk benchmark takes (its docstring's first line as description)."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration-s", type=float, default=duration_s)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--json", help="also write the figures to this file")
+    return parser

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from loadtest.engine_driver import collect_cb, stop_cb
 from schemas.params import SamplingParams
 
 
@@ -114,18 +115,9 @@ def bench_hf_cb(model: Any, work: Workload, batch_tokens: int) -> float:
     start = time.perf_counter()
     for i, (p, n) in enumerate(zip(work.prompts, work.new_tokens, strict=True)):
         manager.add_request(p, request_id=f"r{i}", max_new_tokens=n, eos_token_id=[])
-    produced, finished = 0, 0
-    while finished < len(work.prompts):
-        result = manager.get_result(timeout=600)
-        if result is None:
-            raise RuntimeError("transformers' continuous batching stopped producing results")
-        if result.is_finished():
-            finished += 1
-            produced += len(result.generated_tokens)
+    produced, _ = collect_cb(manager, len(work.prompts), timeout_s=600)
     elapsed = time.perf_counter() - start
-    manager.stop(block=True)
-    if hasattr(model, "destroy_cached_continuous_batching_manager"):
-        model.destroy_cached_continuous_batching_manager()
+    stop_cb(model, manager)
     assert produced == work.total_new, (produced, work.total_new)
     return produced / elapsed
 

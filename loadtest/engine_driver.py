@@ -154,6 +154,29 @@ def run_probe(model: Any, tokenizer: Any, job: dict[str, Any]) -> dict[str, Any]
     }
 
 
+def collect_cb(manager: Any, count: int, timeout_s: float) -> tuple[int, list[float]]:
+    """Wait for `count` requests of transformers' continuous batching `manager` to finish:
+    the tokens they produced, and each one's time to first token (where recorded)."""
+    produced = finished = 0
+    first: list[float] = []
+    while finished < count:
+        result = manager.get_result(timeout=timeout_s)
+        if result is None:
+            raise RuntimeError("transformers' continuous batching stopped producing results")
+        if result.is_finished():
+            finished += 1
+            produced += len(result.generated_tokens)
+            if result.timestamps:
+                first.append(result.timestamps[0] - result.created_time)
+    return produced, first
+
+
+def stop_cb(model: Any, manager: Any) -> None:
+    manager.stop(block=True)
+    if hasattr(model, "destroy_cached_continuous_batching_manager"):
+        model.destroy_cached_continuous_batching_manager()
+
+
 def run_hf_cb(model: Any, job: dict[str, Any]) -> dict[str, Any]:
     """transformers' continuous batching on `requests`, block sharing on (its default)."""
     import dataclasses
@@ -188,22 +211,10 @@ def run_hf_cb(model: Any, job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     for i, (ids, n) in enumerate(requests):
         manager.add_request(ids, request_id=f"r{i}", max_new_tokens=n, eos_token_id=[])
-    produced = finished = 0
-    first: list[float] = []
-    while finished < len(requests):
-        result = manager.get_result(timeout=1200)
-        if result is None:
-            raise RuntimeError("transformers' continuous batching stopped producing results")
-        if result.is_finished():
-            finished += 1
-            produced += len(result.generated_tokens)
-            if result.timestamps:
-                first.append(result.timestamps[0] - result.created_time)
+    produced, first = collect_cb(manager, len(requests), timeout_s=1200)
     elapsed = time.perf_counter() - start
     sharing = bool(getattr(manager, "_use_prefix_sharing", False))
-    manager.stop(block=True)
-    if hasattr(model, "destroy_cached_continuous_batching_manager"):
-        model.destroy_cached_continuous_batching_manager()
+    stop_cb(model, manager)
     return {
         "tok_s": produced / elapsed,
         "elapsed_s": elapsed,

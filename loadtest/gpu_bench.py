@@ -32,6 +32,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from loadtest.rounds import alternate, spread
+
 
 def _msgspec_standin() -> None:
     """A `msgspec` module with just what `schemas.params` uses at import: `Struct` (keyword
@@ -130,26 +132,6 @@ def describe(name: str, r: dict[str, Any]) -> str:
     )
 
 
-def spread(values: list[float]) -> str:
-    return f"median {statistics.median(values):.2f}, range {min(values):.2f}-{max(values):.2f}"
-
-
-def alternate(
-    rounds: int, sides: dict[str, Callable[[], dict[str, Any]]]
-) -> dict[str, list[dict[str, Any]]]:
-    names = list(sides)
-    # One untimed run of each side first (kernels, the allocator, cuBLAS heuristics).
-    warm = ", ".join(describe(n, sides[n]()) for n in names)
-    print(f"  warm-up (not counted): {warm}", flush=True)
-    results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else list(reversed(names)):
-            results[name].append(sides[name]())
-        line = ", ".join(describe(n, results[n][-1]) for n in names)
-        print(f"  round {r + 1}: {line}", flush=True)
-    return results
-
-
 def ratio(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str) -> list[float]:
     return [x[key] / y[key] for x, y in zip(a, b, strict=True)]
 
@@ -216,6 +198,8 @@ def main() -> None:
                 ),
                 "transformers CB": lambda: run_hf_cb(model, hf_job),
             },
+            describe,
+            warm_up=True,
         )
         cb = res["transformers CB"]
         print(f"  engine / transformers CB: {spread(ratio(res['engine'], cb, 'tok_s'))}")
@@ -237,7 +221,8 @@ def main() -> None:
                 model, tokenizer, {**job, "requests": requests, "warmup": warmup}
             )
 
-        res = alternate(args.rounds, {"cache on": side(True), "cache off": side(False)})
+        sides = {"cache on": side(True), "cache off": side(False)}
+        res = alternate(args.rounds, sides, describe, warm_up=True)
         on, off = res["cache on"], res["cache off"]
         print(f"  throughput on / off: {spread(ratio(on, off, 'tok_s'))}")
         print(f"  median TTFT off / on: {spread(ratio(off, on, 'ttft_median_s'))}")

@@ -46,11 +46,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jetserve.servers import free_port
-from loadtest.common import nats_server, spawn
+from loadtest.common import bridge as start_bridge
+from loadtest.common import echo_worker, nats_server, wrk_parser
 
 MODEL = "bench-echo"
 CHAT_BODY = json.dumps(
@@ -118,13 +120,21 @@ def nats_server_pid(url: str) -> int | None:
 
 
 def wrk(
-    url: str, connections: int, duration_s: float, script: Path | None, pids: dict[str, int]
+    url: str,
+    connections: int,
+    duration_s: float,
+    script: Path | None,
+    pids: dict[str, int],
+    ready: Callable[[], object] | None = None,
 ) -> dict[str, float]:
-    """`pids`: processes whose CPU per request to report; "bridge" is required."""
+    """`pids`: processes whose CPU per request to report; "bridge" is required. `ready`, if
+    given, is called once the processes are idle, just before the load starts."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{round(duration_s)}s", "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
     quiesce(pids)
+    if ready is not None:
+        ready()
     before = {name: _cpu_s(pid) for name, pid in pids.items()}
     switched = _preemptions(pids["bridge"])
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
@@ -183,32 +193,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         script.write_text(_LUA.format(body=CHAT_BODY))
         port = free_port()
         env = {"JETSERVE_NATS_URL": url, "JETSERVE_LOG_LEVEL": "WARNING"}
-        worker = spawn(
-            [
-                "-m",
-                "jetserve",
-                "worker",
-                "--model",
-                MODEL,
-                "--class",
-                "echo",
-                "--option",
-                "capacity=256",
-            ],
-            env=env,
-        )
-        bridge = spawn(
-            ["-m", "jetserve", "bridge", "--port", str(port)],
-            env={**env, "JETSERVE_AUTH": "off", "JETSERVE_HTTP_ECHO_ROUTE": "1"},
+        worker = echo_worker(MODEL, env)
+        bridge = start_bridge(
+            port, {**env, "JETSERVE_AUTH": "off", "JETSERVE_HTTP_ECHO_ROUTE": "1"}
         )
         base = f"http://127.0.0.1:{port}"
         bridges = [bridge]
         if args.baseline:
             baseline_port = free_port()
             bridges.append(
-                spawn(
-                    ["-m", "jetserve", "bridge", "--port", str(baseline_port)],
-                    env={**env, "JETSERVE_AUTH": "off"},
+                start_bridge(
+                    baseline_port,
+                    {**env, "JETSERVE_AUTH": "off"},
                     tree=Path(args.baseline).resolve(),
                 )
             )
@@ -305,12 +301,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration-s", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = wrk_parser(__doc__, rounds=5)
     parser.add_argument("--baseline", help="another source tree whose bridge runs beside")
-    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     result = run(args)
     if args.json:

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from jetserve.servers import free_port
-from loadtest.common import REPO, nats_server, spawn
+from loadtest.common import REPO, nats_server, spawn, wrk_parser
+from loadtest.common import bridge as start_bridge
 from loadtest.http_bridge import _wait_http, nats_server_pid, wrk
 
 KSERVE_PYTHON = "JETSERVE_KSERVE_PYTHON"
@@ -205,9 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in paths
         }
         port, kport = free_port(), free_port()
-        procs["bridge"] = spawn(
-            ["-m", "jetserve", "bridge", "--port", str(port)], env={**env, "JETSERVE_AUTH": "off"}
-        )
+        procs["bridge"] = start_bridge(port, {**env, "JETSERVE_AUTH": "off"})
         # One worker process as jetserve's; no log line per request (jetserve logs warnings only).
         kserve_args = [
             *("--http_port", str(kport), "--grpc_port", str(free_port()), "--workers", "1"),
@@ -286,12 +285,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration-s", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser = wrk_parser(__doc__)
     parser.add_argument("--kserve-python", help=f"default: ${KSERVE_PYTHON}")
-    parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     result = run(args)
     if args.json:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from jetserve.servers import free_port
-from loadtest.common import nats_server, spawn
+from loadtest.common import bridge as start_bridge
+from loadtest.common import echo_worker, nats_server, wrk_parser
 from loadtest.http_bridge import _LUA, CHAT_BODY, MODEL, _wait_http, machine, wrk
 
 LIMITS_ON = {
@@ -35,18 +36,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         script = Path(tmp) / "chat.lua"
         script.write_text(_LUA.format(body=CHAT_BODY))
         env = {"JETSERVE_NATS_URL": url, "JETSERVE_LOG_LEVEL": "WARNING", "JETSERVE_AUTH": "off"}
-        worker_args = ["worker", "--model", MODEL, "--class", "echo", "--option", "capacity=256"]
-        worker = spawn(["-m", "jetserve", *worker_args], env=env)
+        worker = echo_worker(MODEL, env)
         ports = {"off": free_port(), "on": free_port()}
         bridges = {
-            "off": spawn(
-                ["-m", "jetserve", "bridge", "--port", str(ports["off"])],
-                env={**env, "JETSERVE_LIMITS": "off"},
-            ),
-            "on": spawn(
-                ["-m", "jetserve", "bridge", "--port", str(ports["on"])],
-                env={**env, **LIMITS_ON},
-            ),
+            "off": start_bridge(ports["off"], {**env, "JETSERVE_LIMITS": "off"}),
+            "on": start_bridge(ports["on"], {**env, **LIMITS_ON}),
         }
         urls = {k: f"http://127.0.0.1:{p}/v1/chat/completions" for k, p in ports.items()}
         rounds: list[dict[str, float]] = []
@@ -97,12 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration-s", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
+    args = wrk_parser(__doc__).parse_args()
     print(machine())
     print(f"wrk -c{args.connections}, {args.duration_s:.0f} s a run, {args.rounds} rounds")
     result = run(args)

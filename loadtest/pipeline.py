@@ -22,7 +22,7 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from loadtest.common import nats_server, percentile, spawn
+from loadtest.common import echo_worker, nats_server, percentile, spawn
 from producer.client import Client, make_request
 from schemas import names
 
@@ -122,19 +122,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     with nats_server() as url:
         raw = await raw_limit(url, args.messages)
         model = "bench-echo"
-        worker = spawn(
-            [
-                "-m",
-                "jetserve",
-                "worker",
-                "--model",
-                model,
-                "--class",
-                "echo",
-                "--option",
-                f"capacity={args.in_flight}",
-            ],
-            env={"JETSERVE_NATS_URL": url, "JETSERVE_LOG_LEVEL": "WARNING"},
+        worker = echo_worker(
+            model, {"JETSERVE_NATS_URL": url, "JETSERVE_LOG_LEVEL": "WARNING"}, args.in_flight
         )
         client = await Client.connect(url)
         for _ in range(200):

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.common import REPO
+from loadtest.rounds import alternate, spread
 
 DRIVER = REPO / "loadtest" / "engine_driver.py"
 
@@ -110,24 +111,6 @@ def tokens(rng: random.Random, usable: list[int], n: int) -> list[int]:
     return [rng.choice(usable) for _ in range(n)]
 
 
-def spread(values: list[float]) -> str:
-    return f"median {statistics.median(values):.2f}, range {min(values):.2f}-{max(values):.2f}"
-
-
-def alternate(
-    rounds: int, sides: dict[str, Callable[[], dict[str, Any]]]
-) -> dict[str, list[dict[str, Any]]]:
-    """Each side once per round, the order flipped every round."""
-    names = list(sides)
-    results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else reversed(names):
-            results[name].append(sides[name]())
-        line = ", ".join(describe(n, results[n][-1]) for n in names)
-        print(f"  round {r + 1}: {line}", flush=True)
-    return results
-
-
 def describe(name: str, r: dict[str, Any]) -> str:
     return (
         f"{name} {r['tok_s']:.1f} tok/s (TTFT {r['ttft_median_s']:.2f} s, peak "
@@ -159,7 +142,7 @@ def scenario_shared(run: Runner, tree: Path, usable: list[int], args: Any) -> No
         job = {"engine": {**fields, "enable_prefix_caching": caching}}
         return lambda: run.run(tree, {**job, "requests": requests, "warmup": warmup})
 
-    res = alternate(args.rounds, {"cache on": side(True), "cache off": side(False)})
+    res = alternate(args.rounds, {"cache on": side(True), "cache off": side(False)}, describe)
     tput = ratios(res["cache on"], res["cache off"], "tok_s")
     ttft = ratios(res["cache on"], res["cache off"], "ttft_median_s", inverse=True)
     print(f"  throughput on / off: {spread(tput)} (target >= 3)")
@@ -227,6 +210,7 @@ def scenario_mixed(
     res = alternate(
         args.rounds,
         {"blocks": lambda: run.run(tree, job), "rectangle": lambda: run.run(baseline, job)},
+        describe,
     )
     tput = ratios(res["blocks"], res["rectangle"], "tok_s")
     peak = ratios(res["blocks"], res["rectangle"], "peak_running_long")
@@ -250,6 +234,7 @@ def scenario_unique(run: Runner, tree: Path, baseline: Path, usable: list[int], 
     res = alternate(
         args.rounds,
         {"blocks": lambda: run.run(tree, job), "rectangle": lambda: run.run(baseline, job)},
+        describe,
     )
     tput = ratios(res["blocks"], res["rectangle"], "tok_s")
     print(f"  throughput blocks / rectangle: {spread(tput)} (target >= 0.97)")

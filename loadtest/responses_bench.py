@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from jetserve.servers import PostgresServer, free_port
-from loadtest.common import nats_server, spawn
+from loadtest.common import bridge as start_bridge
+from loadtest.common import echo_worker, nats_server, wrk_parser
 from loadtest.http_bridge import _LUA, _wait_http, nats_server_pid, wrk
 
 MODEL = "bench-echo"
 TEXT = "Hello! Tell me something about queues."
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": TEXT}], "max_tokens": 16}
-ECHO_OPTIONS = ("--option", "capacity=256")
 RESPONSES = {"model": MODEL, "input": TEXT, "max_output_tokens": 16}
 
 
@@ -69,23 +69,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             scripts[name].write_text(_LUA.format(body=json.dumps(body)))
         port = free_port()
         env = {"JETSERVE_NATS_URL": url, "JETSERVE_LOG_LEVEL": "WARNING"}
-        worker = spawn(
-            [
-                "-m",
-                "jetserve",
-                "worker",
-                "--model",
-                MODEL,
-                "--class",
-                "echo",
-                "--option",
-                "capacity=256",
-            ],
-            env=env,
-        )
-        bridge = spawn(
-            ["-m", "jetserve", "bridge", "--port", str(port)],
-            env={**env, "JETSERVE_AUTH": "off", "JETSERVE_DATABASE_URL": pg.dsn},
+        worker = echo_worker(MODEL, env)
+        bridge = start_bridge(
+            port, {**env, "JETSERVE_AUTH": "off", "JETSERVE_DATABASE_URL": pg.dsn}
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -150,12 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration-s", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
+    args = wrk_parser(__doc__).parse_args()
     result = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

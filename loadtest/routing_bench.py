@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from jetserve.servers import free_port
-from loadtest.common import nats_server, spawn
+from loadtest.common import bridge as start_bridge
+from loadtest.common import nats_server, spawn, wrk_parser
 from loadtest.http_bridge import _wait_http, machine, nats_server_pid, wrk
 
 CONCRETE, SPARE, SERVED = "bench-echo", "bench-echo-b", "bench-chat"
@@ -73,9 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         worker_args = ["-m", "jetserve", "worker", "--class", "echo", "--option", "capacity=256"]
         workers = [spawn([*worker_args, "--model", m], env=env) for m in (CONCRETE, SPARE)]
         port = free_port()
-        bridge = spawn(
-            ["-m", "jetserve", "bridge", "--port", str(port)], env={**env, "JETSERVE_AUTH": "off"}
-        )
+        bridge = start_bridge(port, {**env, "JETSERVE_AUTH": "off"})
         chat = f"http://127.0.0.1:{port}/v1/chat/completions"
         try:
             _wait_http(chat, _body(CONCRETE).encode(), 60)
@@ -135,12 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration-s", type=float, default=4.0)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--json", help="also write the figures to this file")
-    args = parser.parse_args()
+    args = wrk_parser(__doc__, duration_s=4.0).parse_args()
     if args.rounds < 7:
         sys.exit("a gate needs at least 7 paired rounds")
     result = run(args)

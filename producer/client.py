@@ -301,6 +301,8 @@ class Client:
             with contextlib.suppress(Exception):
                 await self.cancel(pending.request.model, pending.request.id, stream_seq=seq)
 
+    # `stream` takes the same arguments as `request` on purpose: the two entry points differ
+    # only in what they give back (one result, or chunks then the result).
     async def request(
         self,
         model: str,

@@ -7,10 +7,22 @@ JSON the synchronous endpoint returns.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
 from schemas.names import Priority
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the scheduler adds to a body to make it a wire request."""
+
+    request_id: str
+    tenant: str
+    priority: Priority
+    #: Unix ms after which the request is not worth running (None: no deadline).
+    deadline_ms: int | None = None
 
 
 class Codec(Protocol):
@@ -26,16 +38,7 @@ class Codec(Protocol):
         """Where a request to `endpoint` names its model: "body.model", or "url"."""
         ...
 
-    def request(
-        self,
-        endpoint: str,
-        body: bytes,
-        *,
-        request_id: str,
-        tenant: str,
-        priority: Priority,
-        deadline_ms: int | None,
-    ) -> InferenceRequest:
+    def request(self, endpoint: str, body: bytes, envelope: Envelope) -> InferenceRequest:
         """The request a body asks for (never streamed). Raises `ApiError` (400, naming the
         parameter; 404 for a model name that cannot exist) exactly as the endpoint would."""
         ...

@@ -5,17 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from schemas import settings
 from schemas.limits import LimitSettings
-from schemas.settings import (
-    DATABASE_URL,
-    DEFAULT_NATS_URL,
-    NATS_URL,
-    ConfigError,
-    get_bool,
-    get_float,
-    get_int,
-    get_str,
-)
+from schemas.settings import DEFAULT_NATS_URL, get_bool, get_float, get_int
 
 WEBHOOKS_ALLOW_PRIVATE = "JETSERVE_WEBHOOKS_ALLOW_PRIVATE"
 
@@ -56,12 +48,9 @@ class SchedulerConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SchedulerConfig:
-        database_url = env.get(DATABASE_URL) or ""
-        if not database_url:
-            raise ConfigError(f"{DATABASE_URL} is not set: the scheduler keeps its state there")
         return cls(
-            database_url=database_url,
-            nats_url=get_str(env, NATS_URL, DEFAULT_NATS_URL),
+            database_url=settings.required_database_url(env, "the scheduler keeps its state there"),
+            nats_url=settings.nats_url(env),
             metrics_port=get_int(env, "JETSERVE_SCHEDULER_METRICS_PORT", -1),
             batch_in_flight=get_int(env, "JETSERVE_BATCH_IN_FLIGHT", 1024, minimum=1),
             poll_s=get_float(env, "JETSERVE_SCHEDULER_POLL_S", 0.5, minimum=0.01),

@@ -57,7 +57,7 @@ from scheduler.store.migrate import migrate_dsn
 from scheduler.store.pool import NOTIFY_CHANNEL, create_pool
 from scheduler.streams import ConsumerClaimed, provision
 from scheduler.validate import fail_unvalidated, validate
-from scheduler.webhooks import RetryPolicy, WebhookDeliverer
+from scheduler.webhooks import DeliverySettings, RetryPolicy, WebhookDeliverer
 from schemas import names
 
 log = logging.getLogger(__name__)
@@ -187,11 +187,13 @@ class BatchScheduler:
         deliverer = WebhookDeliverer(
             pool,
             self.metrics,
-            policy=RetryPolicy(
-                c.webhook_retry_period_s, c.webhook_backoff_base_s, c.webhook_backoff_max_s
+            DeliverySettings(
+                RetryPolicy(
+                    c.webhook_retry_period_s, c.webhook_backoff_base_s, c.webhook_backoff_max_s
+                ),
+                timeout_s=c.webhook_timeout_s,
+                allow_private=c.webhooks_allow_private,
             ),
-            timeout_s=c.webhook_timeout_s,
-            allow_private=c.webhooks_allow_private,
             on_slot_free=lambda: self.wake("webhooks"),
         )
         self._wake = {n: asyncio.Event() for n in ("validate", "dispatch", "finalize", "webhooks")}

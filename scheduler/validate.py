@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from scheduler.codec import Codec
+from scheduler.codec import Codec, Envelope
 from scheduler.store import batches as bs
 from scheduler.store.batches import BatchRow
 from scheduler.store.files import MAX_LINE_BYTES, get_file, iter_lines
@@ -126,14 +126,10 @@ async def validate(
                 continue
             seen.add(parsed.custom_id)
             try:
-                request = codec.request(
-                    batch.endpoint,
-                    bytes(parsed.body),
-                    request_id=bs.item_request_id(batch.id, idx),
-                    tenant=batch.tenant,
-                    priority=Priority.BATCH,
-                    deadline_ms=deadline_ms,
+                envelope = Envelope(
+                    bs.item_request_id(batch.id, idx), batch.tenant, Priority.BATCH, deadline_ms
                 )
+                request = codec.request(batch.endpoint, bytes(parsed.body), envelope)
             except ApiError as exc:
                 code = exc.code or "invalid_request"
                 param = f"body.{exc.param}" if exc.param else "body"

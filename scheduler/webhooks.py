@@ -54,6 +54,19 @@ class RetryPolicy:
         return float(ceiling * (0.5 + 0.5 * jitter))
 
 
+@dataclass(frozen=True)
+class DeliverySettings:
+    """How the deliverer makes its attempts (fixed for the process's life)."""
+
+    retry: RetryPolicy
+    #: One attempt's limit: lookup, connect, send and answer.
+    timeout_s: float = 10.0
+    #: Targets on loopback/private/link-local addresses are allowed (local development).
+    allow_private: bool = False
+    #: Attempts in flight at once.
+    concurrency: int = 16
+
+
 def sign(secret: str, msg_id: str, timestamp: datetime, body: bytes) -> dict[str, str]:
     """The Standard Webhooks headers of one delivery."""
     signature = Webhook(secret).sign(msg_id, timestamp, body.decode())
@@ -68,27 +81,21 @@ def sign(secret: str, msg_id: str, timestamp: datetime, body: bytes) -> dict[str
 
 class WebhookDeliverer:
     """Delivers the outbox. Each attempt is claimed, made and recorded on its own, as a task
-    of its own (up to `concurrency` at once): whatever a receiver (or a stored URL) does, its
-    delivery ends recorded as delivered, failed (retried) or dead within the attempt's
-    timeout, and no other delivery waits for it beyond the slot it takes."""
+    of its own (up to `settings.concurrency` at once): whatever a receiver (or a stored URL)
+    does, its delivery ends recorded as delivered, failed (retried) or dead within the
+    attempt's timeout, and no other delivery waits for it beyond the slot it takes."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         metrics: SchedulerMetrics,
+        settings: DeliverySettings,
         *,
-        policy: RetryPolicy,
-        timeout_s: float,
-        allow_private: bool,
-        concurrency: int = 16,
         on_slot_free: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
-        self._policy = policy
-        self._timeout_s = timeout_s
-        self._allow_private = allow_private
-        self._concurrency = concurrency
+        self._settings = settings
         self._ssl = httpx.create_ssl_context()
         self._on_slot_free = on_slot_free
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -102,11 +109,11 @@ class WebhookDeliverer:
     async def run_once(self) -> int:
         """Start an attempt for due deliveries, as many as there are free slots; returns how
         many were started."""
-        free = self._concurrency - len(self._in_flight)
+        free = self._settings.concurrency - len(self._in_flight)
         if free <= 0:
             return 0
         # An attempt lasts at most timeout_s (plus the DNS lookup): the lease outlives it.
-        due = await claim_due(self._pool, free, self._timeout_s + LEASE_MARGIN_S)
+        due = await claim_due(self._pool, free, self._settings.timeout_s + LEASE_MARGIN_S)
         for d in due:
             task = asyncio.create_task(self._deliver(d), name=f"webhook-{d.id}")
             self._in_flight.add(task)
@@ -137,8 +144,8 @@ class WebhookDeliverer:
         """(HTTP status or None, error or None): a delivery that cannot be made is a failed
         attempt, recorded like any other."""
         try:
-            async with asyncio.timeout(self._timeout_s + LEASE_MARGIN_S / 2):
-                _, _, addresses = await resolve(d.url, allow_private=self._allow_private)
+            async with asyncio.timeout(self._settings.timeout_s + LEASE_MARGIN_S / 2):
+                _, _, addresses = await resolve(d.url, allow_private=self._settings.allow_private)
         except UrlRefused as exc:
             self._metrics.webhook_deliveries.labels("refused").inc()
             return None, f"refused: {exc}"
@@ -151,7 +158,7 @@ class WebhookDeliverer:
                 addresses,
                 headers,
                 d.payload,
-                timeout_s=self._timeout_s,
+                timeout_s=self._settings.timeout_s,
                 ssl_context=self._ssl,
             )
         except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException) as exc:
@@ -176,7 +183,7 @@ class WebhookDeliverer:
             return
         now = datetime.now(UTC)
         age_s = (now - d.created_at).total_seconds()
-        left_s = self._policy.period_s - age_s
+        left_s = self._settings.retry.period_s - age_s
         if left_s <= 0:
             self._metrics.webhook_deliveries.labels("dead").inc()
             # The host only: a webhook URL's path or query often carries a token.
@@ -188,7 +195,7 @@ class WebhookDeliverer:
             return
         self._metrics.webhook_deliveries.labels("failed").inc()
         # The last retry happens at the end of the period, not after it.
-        delay = min(self._policy.delay_s(d.attempts), left_s)
+        delay = min(self._settings.retry.delay_s(d.attempts), left_s)
         await record_attempt(
             self._pool,
             d.id,

@@ -9,6 +9,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 import msgspec
 
@@ -76,6 +77,17 @@ def not_found(what: str, object_id: str, param: str | None = None) -> ApiError:
     return ApiError(
         404, f"No such {what}: '{object_id[:200]}'", code=f"{what}_not_found", param=param
     )
+
+
+_T = TypeVar("_T")
+
+
+def require_found(value: _T | None, what: str, object_id: str, param: str | None = None) -> _T:
+    """`value`, or the 404 of `not_found` when it is None (what a tenant does not own is not
+    found either)."""
+    if value is None:
+        raise not_found(what, object_id, param)
+    return value
 
 
 def decode_error_param(exc: msgspec.DecodeError) -> str | None:

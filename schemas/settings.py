@@ -62,3 +62,21 @@ def _bool(raw: str) -> bool:
 
 def get_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
     return _parse(env, key, default, _bool, "a boolean (true/false)")
+
+
+def nats_url(env: Mapping[str, str]) -> str:
+    """The NATS server every process connects to: `JETSERVE_NATS_URL`, else the local one."""
+    return get_str(env, NATS_URL, DEFAULT_NATS_URL)
+
+
+def database_url(env: Mapping[str, str]) -> str | None:
+    """`JETSERVE_DATABASE_URL` (None: unset)."""
+    return env.get(DATABASE_URL) or None
+
+
+def required_database_url(env: Mapping[str, str], needed_for: str) -> str:
+    """`JETSERVE_DATABASE_URL`; unset, a `ConfigError` saying what needs it (`needed_for`)."""
+    url = database_url(env)
+    if url is None:
+        raise ConfigError(f"{DATABASE_URL} is not set: {needed_for}")
+    return url

@@ -70,13 +70,20 @@ class ModelMetadata(msgspec.Struct, frozen=True):
     versions: list[str] = msgspec.field(default_factory=list)
 
 
-class RequestInput(msgspec.Struct, frozen=True, omit_defaults=True):
+class Tensor(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A tensor on the wire: the protocol's request input and response output are this same
+    object."""
+
     name: str
     shape: list[int]
     datatype: Datatype
     #: Row-major values, flat or nested; absent when the tensor is in the binary part.
     data: Any = None
     parameters: dict[str, Any] | None = None
+
+
+class RequestInput(Tensor, frozen=True, omit_defaults=True):
+    """One of `InferRequest.inputs`."""
 
 
 class RequestOutput(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -92,12 +99,8 @@ class InferRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     outputs: list[RequestOutput] | None = None
 
 
-class ResponseOutput(msgspec.Struct, frozen=True, omit_defaults=True):
-    name: str
-    shape: list[int]
-    datatype: Datatype
-    data: Any = None
-    parameters: dict[str, Any] | None = None
+class ResponseOutput(Tensor, frozen=True, omit_defaults=True):
+    """One of `InferResponse.outputs`."""
 
 
 class InferResponse(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -4,6 +4,7 @@ worker processes/in-process workers against them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -198,7 +199,7 @@ class InProcessWorker:
 @pytest.fixture
 async def inproc_worker(nats_server: NatsServer) -> AsyncIterator[Callable[..., Any]]:
     """Run a Worker in the test's event loop: `await inproc_worker(model, "echo", **config)`."""
-    from workers.config import ModelSpec, WorkerConfig
+    from workers.config import ModelSpec, QueueSettings, WorkerConfig
     from workers.worker import Worker, build_backend
 
     running: list[InProcessWorker] = []
@@ -215,7 +216,10 @@ async def inproc_worker(nats_server: NatsServer) -> AsyncIterator[Callable[..., 
         spec = ModelSpec(
             name=model, model_class=model_class, options=options or {}, capacity=capacity
         )
-        cfg = WorkerConfig(nats_url=nats_url or nats_server.url, **config)
+        queue_fields = {f.name for f in dataclasses.fields(QueueSettings)}
+        queue = QueueSettings(**{k: v for k, v in config.items() if k in queue_fields})
+        others = {k: v for k, v in config.items() if k not in queue_fields}
+        cfg = WorkerConfig(nats_url=nats_url or nats_server.url, queue=queue, **others)
         worker = Worker(spec, cfg, build_backend(spec))
         task = asyncio.create_task(worker.run())
         handle = InProcessWorker(worker, task)

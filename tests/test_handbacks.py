@@ -12,7 +12,7 @@ from typing import Any
 
 from schemas.messages import DeliveryRecord
 from workers.handbacks import HandBacks, Verdict, resolve, verdict
-from workers.intake import Intake, next_group
+from workers.intake import Intake, IntakeSettings, next_group
 
 from .test_intake import _KV, _Consumer
 
@@ -94,9 +94,8 @@ async def test_the_bystanders_of_a_crash_run_in_two_groups() -> None:
         batch=factory,
         capacity=lambda: 64,
         handle=handle,
-        in_progress_every_s=60.0,
+        settings=IntakeSettings(in_progress_every_s=60.0, group_settle_s=0.01),
         handbacks=HandBacks(_KV()),  # type: ignore[arg-type]
-        group_settle_s=0.01,
     )
     await intake.start()
     for i in range(32):
@@ -147,9 +146,8 @@ async def test_a_first_delivery_waits_for_the_verdict_on_a_redelivery_before_it(
         batch=factory,
         capacity=lambda: 64,
         handle=handle,
-        in_progress_every_s=60.0,
+        settings=IntakeSettings(in_progress_every_s=60.0, group_settle_s=0.01),
         handbacks=HandBacks(_SlowKV()),  # type: ignore[arg-type]
-        group_settle_s=0.01,
     )
     await intake.start()
     consumers[1].on_msg(_Msg("suspect-a", 1, delivered=2))
@@ -216,7 +214,7 @@ class _Sim:
             batch=factory,
             capacity=lambda: 64,
             handle=handle,
-            in_progress_every_s=60.0,
+            settings=IntakeSettings(in_progress_every_s=60.0),
             handbacks=handbacks,
         )
         await intake.start()

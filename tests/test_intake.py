@@ -9,7 +9,7 @@ from typing import Any
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from workers.handbacks import HandBacks
-from workers.intake import Intake, PullPlan, PullState, plan_pulls
+from workers.intake import Intake, IntakeSettings, PullPlan, PullState, plan_pulls
 
 BASE = PullState(
     capacity=16,
@@ -171,8 +171,7 @@ async def _quarantine_run(order: list[str]) -> tuple[Intake, dict[str, asyncio.E
         batch=factory,
         capacity=lambda: 8,
         handle=handle,
-        in_progress_every_s=60.0,
-        group_settle_s=0.0,
+        settings=IntakeSettings(in_progress_every_s=60.0, group_settle_s=0.0),
     )
     await intake.start()
     return intake, gates, (consumers, overlaps)
@@ -285,9 +284,8 @@ async def test_a_message_only_handed_back_is_no_suspect() -> None:
         batch=factory,
         capacity=lambda: 8,
         handle=handle,
-        in_progress_every_s=60.0,
+        settings=IntakeSettings(in_progress_every_s=60.0, group_settle_s=0.0),
         handbacks=handbacks,
-        group_settle_s=0.0,
     )
     await intake.start()
 

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from jetserve.openai_codec import OpenAICodec
+from scheduler.codec import Envelope
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
 from schemas.names import Priority
@@ -20,9 +21,7 @@ V1 = "/v1/models/iris:predict"
 
 
 def _request(endpoint: str, body: bytes) -> InferenceRequest:
-    return codec.request(
-        endpoint, body, request_id="r1", tenant="t", priority=Priority.BATCH, deadline_ms=5
-    )
+    return codec.request(endpoint, body, Envelope("r1", "t", Priority.BATCH, deadline_ms=5))
 
 
 def test_which_endpoints_are_accepted() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from jetserve.openai_codec import OpenAICodec
+from scheduler.codec import Envelope
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult
 from schemas.names import Priority
@@ -31,12 +32,7 @@ def test_a_responses_line_error_names_its_input_item() -> None:
         ],
     }
     request = codec.request(
-        "/v1/responses",
-        json.dumps(body).encode(),
-        request_id="r1",
-        tenant="t",
-        priority=Priority.BATCH,
-        deadline_ms=None,
+        "/v1/responses", json.dumps(body).encode(), Envelope("r1", "t", Priority.BATCH)
     )
     error = ErrorResult(
         id="r1", code=ErrorCode.INVALID_REQUEST, message="no images", param="messages[2].content[1]"

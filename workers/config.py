@@ -27,13 +27,12 @@ from schemas.limits import LimitSettings
 from schemas.messages import ModelName
 from schemas.routes import InvalidRoute, Route, Shadow, Target, check_route
 from schemas.settings import (
-    DATABASE_URL,
     DEFAULT_NATS_URL,
-    NATS_URL,
     ConfigError,
+    database_url,
     get_float,
     get_int,
-    get_str,
+    nats_url,
 )
 
 
@@ -155,23 +154,35 @@ def find_model(specs: list[ModelSpec], name: str) -> ModelSpec:
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
-    nats_url: str = DEFAULT_NATS_URL
+class QueueSettings:
+    """A model's stream and consumers, as workers/provision.py makes them."""
+
+    #: Messages a model's stream holds before publishes are refused (the backlog bound).
+    max_backlog: int = 100_000
+    max_msg_bytes: int = 1024 * 1024
+    duplicate_window_s: float = 120.0
     #: JetStream redelivers a message this long after its last ack/in-progress signal: what a
     #: dead worker's requests wait before another worker gets them. Work in flight is kept
     #: alive by an in-progress signal every third of it (one small publish per message a
     #: second, only for messages held longer than that).
     ack_wait_s: float = 3.0
-    #: Deliveries that may run the model; the next one dead-letters the message.
+    #: Deliveries that may run the model; the server allows one more, which dead-letters,
+    #: and `MAX_HANDBACKS` + `MAX_CRASH_DELIVERIES` more that do not count
+    #: (workers/handbacks.py).
     max_attempts: int = 3
+    replicas: int = 1
+    #: Bytes the stream holds at most (publishes beyond are refused); -1: no limit. Per
+    #: model: the models file's `max_stream_mib`.
+    max_bytes: int = -1
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    nats_url: str = DEFAULT_NATS_URL
+    queue: QueueSettings = field(default_factory=QueueSettings)
     #: On SIGTERM: time to finish in-flight work before handing the rest back. Keep it below
     #: the pod's terminationGracePeriodSeconds.
     drain_timeout_s: float = 20.0
-    #: Messages a model's stream holds before publishes are refused (the backlog bound).
-    max_backlog: int = 100_000
-    max_msg_bytes: int = 1024 * 1024
-    duplicate_window_s: float = 120.0
-    stream_replicas: int = 1
     #: Pull credit kept waiting on the online consumer while it is idle, so an online request
     #: never waits behind batch pulls; None: a quarter of the capacity.
     online_reserve: int | None = None
@@ -194,19 +205,23 @@ class WorkerConfig:
     def from_env(cls, env: Mapping[str, str]) -> WorkerConfig:
         reserve = get_int(env, "JETSERVE_ONLINE_RESERVE", -1)
         return cls(
-            nats_url=get_str(env, NATS_URL, DEFAULT_NATS_URL),
-            ack_wait_s=get_float(env, "JETSERVE_ACK_WAIT_S", 3.0, minimum=0.5),
-            max_attempts=get_int(env, "JETSERVE_MAX_ATTEMPTS", 3, minimum=1),
+            nats_url=nats_url(env),
+            queue=QueueSettings(
+                max_backlog=get_int(env, "JETSERVE_MAX_BACKLOG", 100_000, minimum=1),
+                max_msg_bytes=get_int(env, "JETSERVE_MAX_MSG_BYTES", 1024 * 1024, minimum=1024),
+                duplicate_window_s=get_float(
+                    env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0
+                ),
+                ack_wait_s=get_float(env, "JETSERVE_ACK_WAIT_S", 3.0, minimum=0.5),
+                max_attempts=get_int(env, "JETSERVE_MAX_ATTEMPTS", 3, minimum=1),
+                replicas=get_int(env, "JETSERVE_STREAM_REPLICAS", 1, minimum=1),
+            ),
             drain_timeout_s=get_float(env, "JETSERVE_DRAIN_TIMEOUT_S", 20.0, minimum=0.0),
-            max_backlog=get_int(env, "JETSERVE_MAX_BACKLOG", 100_000, minimum=1),
-            max_msg_bytes=get_int(env, "JETSERVE_MAX_MSG_BYTES", 1024 * 1024, minimum=1024),
-            duplicate_window_s=get_float(env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0),
-            stream_replicas=get_int(env, "JETSERVE_STREAM_REPLICAS", 1, minimum=1),
             online_reserve=None if reserve < 0 else reserve,
             priority_reserve=get_int(env, "JETSERVE_PRIORITY_RESERVE", 1, minimum=1),
             metrics_port=get_int(env, "JETSERVE_WORKER_METRICS_PORT", -1, minimum=-1),
             drain_port=get_int(env, "JETSERVE_WORKER_DRAIN_PORT", -1, minimum=-1),
             queue_poll_s=get_float(env, "JETSERVE_QUEUE_POLL_S", 5.0, minimum=0.1),
-            database_url=env.get(DATABASE_URL) or None,
+            database_url=database_url(env),
             limits=LimitSettings.from_env(env),
         )

@@ -141,7 +141,6 @@ class Handler:
         self._backend = backend
         self._publisher = publisher
         self._cancels = cancels
-        self._metrics = metrics
         self._max_attempts = max_attempts
         self._handbacks = handbacks
         self._max_deliveries = max_deliveries or max_attempts + 1
@@ -159,6 +158,8 @@ class Handler:
         self._tpot = metrics.tpot.labels(model)
         self._prompt_tokens = metrics.prompt_tokens.labels(model)
         self._generation_tokens = metrics.generation_tokens.labels(model)
+        #: Error results by code: rare, so labelled when they happen.
+        self._errors = metrics.errors
 
     async def __call__(self, msg: Delivery) -> None:
         pulled = self._clock()
@@ -315,7 +316,7 @@ class Handler:
             self._count["handed_back"].inc()
             raise
         except Exception as exc:
-            await self._failed(msg, sink, request, attempt, last, exc)
+            await self._failed(msg, sink, attempt, last, exc)
             return None
         finally:
             self._cancels.unregister(request.id)
@@ -349,6 +350,8 @@ class Handler:
             self._prompt_tokens.inc(done.usage.prompt_tokens)
         if done.usage.completion_tokens:
             self._generation_tokens.inc(done.usage.completion_tokens)
+        # Each field named (a call of this outline stands wherever a struct is built from
+        # another's fields, e.g. the engine's SchedulerConfig).
         return FinalResult(
             id=request.id,
             model=request.model,
@@ -359,14 +362,9 @@ class Handler:
         )
 
     async def _failed(
-        self,
-        msg: Delivery,
-        sink: Sink,
-        request: InferenceRequest,
-        attempt: int,
-        last: bool,
-        exc: Exception,
+        self, msg: Delivery, sink: Sink, attempt: int, last: bool, exc: Exception
     ) -> None:
+        request_id = sink.request_id
         action = disposition(exc)
         message = public_message(exc)
         if action is Disposition.TERM:
@@ -374,22 +372,22 @@ class Handler:
             param = exc.param if isinstance(exc, PermanentError) else None
             await self._reject(msg, sink, code, message, param)
         elif action is Disposition.STOP:
-            log.error("engine dead while running %s: %s", request.id, type(exc).__name__)
+            log.error("engine dead while running %s: %s", request_id, type(exc).__name__)
             await msg.nak()
             self._count["handed_back"].inc()
             self._on_engine_dead(exc)
         elif last:
-            await self._dead_letter(msg, sink, request.id, attempt, message, detail_message(exc))
+            await self._dead_letter(msg, sink, request_id, attempt, message, detail_message(exc))
         else:
             # The model's message may quote its input: by default only its type is logged
             # (it reaches the requester, and the dead-letter headers if it comes to that).
             log.warning(
                 "request %s failed on attempt %d (will retry): %s",
-                request.id,
+                request_id,
                 attempt,
                 type(exc).__name__,
             )
-            log.debug("request %s: %s", request.id, detail_message(exc))
+            log.debug("request %s: %s", request_id, detail_message(exc))
             if self._handbacks is not None:  # an attempt that ended, not a crash
                 await self._handbacks.failed(msg)  # type: ignore[arg-type]
             await msg.nak(delay=retry_delay_s(attempt))
@@ -406,8 +404,7 @@ class Handler:
         log.info("request %s rejected: %s", sink.request_id, code.value)
         await sink.final(ErrorResult(id=sink.request_id, code=code, message=message, param=param))
         await msg.term()
-        self._count["error"].inc()
-        self._metrics.errors.labels(self._model, code.value).inc()
+        self._count_error(code)
 
     async def _refuse(self, msg: Delivery, sink: Sink, refused: Refused) -> None:
         """Over one of its tenant's limits: `rate_limit_exceeded`, not run."""
@@ -420,16 +417,14 @@ class Handler:
         )
         await sink.final(result)
         await msg.term()
-        self._count["error"].inc()
-        self._metrics.errors.labels(self._model, ErrorCode.RATE_LIMIT_EXCEEDED.value).inc()
+        self._count_error(ErrorCode.RATE_LIMIT_EXCEEDED)
 
     async def _unanswerable(self, msg: Delivery) -> None:
         """The reply subject is not one a worker may publish to (a wildcard, whitespace, a
         system or jetserve control subject): terminate without running or replying."""
         log.warning("request %r refused: invalid %s", _guess_id(msg), Header.REPLY_TO.value)
         await msg.term()
-        self._count["error"].inc()
-        self._metrics.errors.labels(self._model, ErrorCode.INVALID_REQUEST.value).inc()
+        self._count_error(ErrorCode.INVALID_REQUEST)
 
     async def _dead_letter(
         self,
@@ -461,8 +456,11 @@ class Handler:
             )
         )
         await msg.term()
-        self._count["dead_letter"].inc()
-        self._metrics.errors.labels(self._model, ErrorCode.DEAD_LETTERED.value).inc()
+        self._count_error(ErrorCode.DEAD_LETTERED, outcome="dead_letter")
+
+    def _count_error(self, code: ErrorCode, outcome: str = "error") -> None:
+        self._count[outcome].inc()
+        self._errors.labels(self._model, code.value).inc()
 
 
 async def _discard(

@@ -53,6 +53,19 @@ GROUP_SETTLE_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
+class IntakeSettings:
+    """How the intake paces itself (fixed for the worker's life)."""
+
+    #: How often messages held longer than this are reported in progress to JetStream.
+    in_progress_every_s: float
+    #: Settings of `online_reserve` and `priority_reserve` (None: their defaults).
+    online_reserve: int | None = None
+    priority_reserve: int | None = None
+    #: See GROUP_SETTLE_S.
+    group_settle_s: float = GROUP_SETTLE_S
+
+
+@dataclass(frozen=True)
 class PullState:
     capacity: int
     in_flight: int
@@ -167,11 +180,8 @@ class Intake:
         batch: ConsumerFactory,
         capacity: Callable[[], int],
         handle: MessageHandler,
-        in_progress_every_s: float,
-        online_reserve: int | None = None,
-        priority_reserve: int | None = None,
+        settings: IntakeSettings,
         handbacks: HandBacks | None = None,
-        group_settle_s: float = GROUP_SETTLE_S,
     ) -> None:
         self._priority = priority(
             lambda m: self._accept(m, Priority.PRIORITY), self._ended(Priority.PRIORITY)
@@ -183,11 +193,8 @@ class Intake:
         self._consumers = (self._priority, self._online, self._batch)
         self._capacity = capacity
         self._handle = handle
-        self._in_progress_every_s = in_progress_every_s
-        self._reserve_setting = online_reserve
-        self._priority_reserve_setting = priority_reserve
+        self._settings = settings
         self._handbacks = handbacks
-        self._group_settle_s = group_settle_s
         #: Redeliveries received (the quarantine chooses a group once they stop coming).
         self._redeliveries = 0
         #: Redeliveries whose hand-backs are being looked up (held in `_waiting` meanwhile).
@@ -381,7 +388,7 @@ class Intake:
             deadline = time.monotonic() + GROUP_SETTLE_MAX_S
             while True:
                 seen = self._redeliveries
-                await asyncio.sleep(self._group_settle_s)
+                await asyncio.sleep(self._settings.group_settle_s)
                 while self._checks and self._open:
                     await asyncio.wait(set(self._checks))
                 if self._redeliveries == seen or time.monotonic() >= deadline:
@@ -440,17 +447,18 @@ class Intake:
         # In quarantine the worker still pulls up to its capacity: more suspects join the next
         # group, and first deliveries wait for the suspects (held, kept alive).
         capacity = self._capacity()
+        settings = self._settings
         return PullState(
             capacity=capacity,
             in_flight=self.in_flight,
             online_outstanding=self._online.outstanding,
             batch_outstanding=self._batch.outstanding,
             online_backlog=Priority.ONLINE in self._backlog,
-            online_reserve=online_reserve(capacity, self._reserve_setting),
+            online_reserve=online_reserve(capacity, settings.online_reserve),
             min_pull=max(1, capacity // 8),
             priority_outstanding=self._priority.outstanding,
             priority_backlog=Priority.PRIORITY in self._backlog,
-            priority_reserve=priority_reserve(capacity, self._priority_reserve_setting),
+            priority_reserve=priority_reserve(capacity, settings.priority_reserve),
         )
 
     async def _pull_loop(self) -> None:
@@ -481,7 +489,7 @@ class Intake:
 
     async def _in_progress_loop(self) -> None:
         """Tell JetStream that long-running messages are still being worked on."""
-        every = self._in_progress_every_s
+        every = self._settings.in_progress_every_s
         while True:
             await asyncio.sleep(every)
             now = time.monotonic()

@@ -23,8 +23,8 @@ from natsio.connection import connect
 from schemas import names
 from schemas.codec import encode
 from schemas.messages import WorkerInfo
-from workers.config import ModelSpec, WorkerConfig
-from workers.provision import QueueSettings, provision_model
+from workers.config import ModelSpec, QueueSettings, WorkerConfig
+from workers.provision import provision_model
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ the loop), so no lock is needed.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -51,37 +51,32 @@ class _HistogramChild:
 
 
 class _Labelled(Collector, Generic[ChildT]):
-    """A metric family: one child per label set, made on first use."""
+    """A metric family: one child per label set, made on first use (`_new_child`)."""
 
     def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        registry: CollectorRegistry,
-        make_child: Callable[[], ChildT],
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
         self._name, self._doc, self._labelnames = name, documentation, tuple(labelnames)
-        self._make_child = make_child
         self._children: dict[tuple[str, ...], ChildT] = {}
         registry.register(self)
+
+    def _new_child(self) -> ChildT:
+        raise NotImplementedError
 
     def labels(self, *values: str) -> ChildT:
         child = self._children.get(values)
         if child is None:
             if len(values) != len(self._labelnames):
                 raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
-            child = self._children[values] = self._make_child()
+            child = self._children[values] = self._new_child()
         return child
 
 
 class LoopCounter(_Labelled[_CounterChild]):
     """A labelled counter: `counter.labels(*values).inc(n)`."""
 
-    def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
-    ) -> None:
-        super().__init__(name, documentation, labelnames, registry, _CounterChild)
+    def _new_child(self) -> _CounterChild:
+        return _CounterChild()
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._doc, labels=self._labelnames)
@@ -101,9 +96,11 @@ class LoopHistogram(_Labelled[_HistogramChild]):
         registry: CollectorRegistry,
         buckets: Sequence[float],
     ) -> None:
-        bounds = tuple(sorted(float(b) for b in buckets if b != float("inf")))
-        self._bounds = bounds
-        super().__init__(name, documentation, labelnames, registry, lambda: _HistogramChild(bounds))
+        self._bounds = tuple(sorted(float(b) for b in buckets if b != float("inf")))
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new_child(self) -> _HistogramChild:
+        return _HistogramChild(self._bounds)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)

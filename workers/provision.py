@@ -7,8 +7,6 @@ watches does not exist).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -25,6 +23,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from natsio.streams import STREAM_NAME_IN_USE_CODE, ensure_stream, work_queue_stream
 from schemas import names
 from schemas.names import Priority
+from workers.config import QueueSettings
 from workers.handbacks import MAX_CRASH_DELIVERIES, MAX_HANDBACKS
 from workers.handbacks import TTL_S as HANDBACK_TTL_S
 
@@ -33,21 +32,6 @@ def max_deliveries(max_attempts: int) -> int:
     """The consumers' `max_deliver`: the attempts, the dead-lettering delivery, hand-backs and
     crashes that did not count (workers/handbacks.py)."""
     return max_attempts + 1 + MAX_HANDBACKS + MAX_CRASH_DELIVERIES
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    max_backlog: int = 100_000
-    max_msg_bytes: int = 1024 * 1024
-    duplicate_window_s: float = 120.0
-    ack_wait_s: float = 3.0
-    #: Deliveries that may run the model; the server allows one more, which dead-letters,
-    #: and `MAX_HANDBACKS` + `MAX_CRASH_DELIVERIES` more that do not count
-    #: (workers/handbacks.py).
-    max_attempts: int = 3
-    replicas: int = 1
-    #: Bytes the stream holds at most (publishes beyond are refused); -1: no limit.
-    max_bytes: int = -1
 
 
 def model_stream_config(model: str, s: QueueSettings) -> StreamConfig:

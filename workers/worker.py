@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -31,14 +32,14 @@ from schemas.messages import WorkerInfo
 from schemas.names import Encoding, Priority
 from workers.backend import Backend, SdkBackend
 from workers.cancels import CancelRegistry
-from workers.config import ModelSpec, WorkerConfig
+from workers.config import ModelSpec, QueueSettings, WorkerConfig
 from workers.handbacks import HandBacks
 from workers.handler import Handler
-from workers.intake import Intake
+from workers.intake import Intake, IntakeSettings
 from workers.loading import Loading
 from workers.metrics import WorkerMetrics
 from workers.probes import ProbeServer, Readiness
-from workers.provision import QueueSettings, max_deliveries, provision_model
+from workers.provision import max_deliveries, provision_model
 from workers.puller import PullConsumer
 from workers.replies import DurablePublisher, ReplySink
 from workers.runtimes import RUNTIMES
@@ -80,15 +81,10 @@ def build_backend(spec: ModelSpec) -> Backend:
 
 
 def queue_settings(config: WorkerConfig, spec: ModelSpec | None = None) -> QueueSettings:
-    return QueueSettings(
-        max_bytes=-1 if spec is None else spec.max_stream_mib * 1024 * 1024,
-        max_backlog=config.max_backlog,
-        max_msg_bytes=config.max_msg_bytes,
-        duplicate_window_s=config.duplicate_window_s,
-        ack_wait_s=config.ack_wait_s,
-        max_attempts=config.max_attempts,
-        replicas=config.stream_replicas,
-    )
+    """The process's queue settings, with the model's own stream bound (models file)."""
+    if spec is None:
+        return config.queue
+    return dataclasses.replace(config.queue, max_bytes=spec.max_stream_mib * 1024 * 1024)
 
 
 def drain_timeout_s(spec: ModelSpec, config: WorkerConfig) -> float:
@@ -159,10 +155,10 @@ class Worker:
             publisher=NatsPublisher(nc, js),
             cancels=self.cancels,
             metrics=self.metrics,
-            max_attempts=self.config.max_attempts,
+            max_attempts=self.config.queue.max_attempts,
             on_engine_dead=self._engine_dead,
             handbacks=handbacks,
-            max_deliveries=max_deliveries(self.config.max_attempts),
+            max_deliveries=max_deliveries(self.config.queue.max_attempts),
             inputs=self.spec.inputs,
             limits=limits,
         )
@@ -179,9 +175,11 @@ class Worker:
             batch=consumer(Priority.BATCH),
             capacity=self.backend.capacity,
             handle=handler,
-            in_progress_every_s=max(0.2, self.config.ack_wait_s / 3),
-            online_reserve=self.config.online_reserve,
-            priority_reserve=self.config.priority_reserve,
+            settings=IntakeSettings(
+                in_progress_every_s=max(0.2, self.config.queue.ack_wait_s / 3),
+                online_reserve=self.config.online_reserve,
+                priority_reserve=self.config.priority_reserve,
+            ),
             handbacks=handbacks,
         )
         self._intake = intake

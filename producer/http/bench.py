@@ -46,6 +46,7 @@ def echo_result(request: InferenceRequest) -> FinalResult:
 class EchoCalls(Calls):
     """Opens calls whose terminal reply is already there; nothing is published."""
 
+    # Overrides `Calls.open`, so its signature is the same.
     async def open(
         self,
         request: InferenceRequest,

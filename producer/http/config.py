@@ -6,17 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from schemas import settings
 from schemas.limits import UNLIMITED, TenantLimits, default_limits
-from schemas.settings import (
-    DATABASE_URL,
-    DEFAULT_NATS_URL,
-    NATS_URL,
-    ConfigError,
-    get_bool,
-    get_float,
-    get_int,
-    get_str,
-)
+from schemas.settings import DEFAULT_NATS_URL, ConfigError, get_bool, get_float, get_int, get_str
 
 
 class AuthMode(StrEnum):
@@ -26,6 +18,8 @@ class AuthMode(StrEnum):
     OFF = "off"
 
 
+# One setting per line with its default, as every process's config has them (alike in form
+# to the worker's QueueSettings; `duplicate_window_s` is one setting, shared on purpose).
 @dataclass(frozen=True)
 class BridgeConfig:
     nats_url: str = DEFAULT_NATS_URL
@@ -73,14 +67,17 @@ class BridgeConfig:
             auth = AuthMode(raw_auth)
         except ValueError:
             raise ConfigError(f"JETSERVE_AUTH={raw_auth!r} is not 'required' or 'off'") from None
-        database_url = env.get(DATABASE_URL) or None
-        if auth is AuthMode.REQUIRED and database_url is None:
-            raise ConfigError(
-                f"JETSERVE_AUTH=required needs {DATABASE_URL} (where API keys are stored); "
-                "set JETSERVE_AUTH=off for local use without keys"
+        database_url: str | None
+        if auth is AuthMode.REQUIRED:
+            database_url = settings.required_database_url(
+                env,
+                "JETSERVE_AUTH=required keeps API keys there; "
+                "set JETSERVE_AUTH=off for local use without keys",
             )
+        else:
+            database_url = settings.database_url(env)
         return cls(
-            nats_url=get_str(env, NATS_URL, DEFAULT_NATS_URL),
+            nats_url=settings.nats_url(env),
             database_url=database_url,
             host=get_str(env, "JETSERVE_HTTP_HOST", "127.0.0.1"),
             port=get_int(env, "JETSERVE_HTTP_PORT", 8000, minimum=0),

@@ -194,6 +194,9 @@ class Bridge:
             admission.finish()
             raise
         stop_watch = on_gone(call.client_gone) if isinstance(call, Call) else _nothing
+        # Opening the call and waiting for its first reply are written out here and in the
+        # Responses route (responses_api.py) alike, on purpose: this is the per-request path,
+        # and a shared helper would add a coroutine to every request.
         try:
             first = await call.next()
         except ClientGone:

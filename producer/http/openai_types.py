@@ -8,7 +8,7 @@ is refused here, naming the field, before anything is published. vLLM's sampling
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -101,6 +101,8 @@ class EmbeddingRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 # ---- responses ------------------------------------------------------------------------
 
+C = TypeVar("C")
+
 
 class PromptTokensDetails(msgspec.Struct, frozen=True):
     cached_tokens: int = 0
@@ -169,15 +171,23 @@ class ChatChunkChoice(msgspec.Struct, frozen=True):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(msgspec.Struct, frozen=True, omit_defaults=True):
+class _Choices(msgspec.Struct, Generic[C], frozen=True, omit_defaults=True):
+    """The frame a streamed chat chunk and a completion share. Fields in OpenAI's order (as
+    every object here and in responses_types.py: the JSON mirrors OpenAI's, so objects of
+    the same outline look alike)."""
+
     id: str
-    #: Always "chat.completion.chunk" (no default: omit_defaults would drop it).
+    #: What the object is (no default: omit_defaults would drop it).
     object: str
     created: int
     model: str
-    choices: list[ChatChunkChoice]
+    choices: list[C]
     usage: Usage | None = None
     service_tier: str | None = None
+
+
+class ChatCompletionChunk(_Choices[ChatChunkChoice], frozen=True, omit_defaults=True):
+    """`object`: always "chat.completion.chunk"."""
 
 
 class CompletionLogprobs(msgspec.Struct, frozen=True):
@@ -194,15 +204,8 @@ class CompletionChoice(msgspec.Struct, frozen=True):
     finish_reason: str | None
 
 
-class Completion(msgspec.Struct, frozen=True, omit_defaults=True):
-    id: str
-    #: Always "text_completion" (no default: omit_defaults would drop it).
-    object: str
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-    service_tier: str | None = None
+class Completion(_Choices[CompletionChoice], frozen=True, omit_defaults=True):
+    """`object`: always "text_completion"."""
 
 
 class Embedding(msgspec.Struct, frozen=True):

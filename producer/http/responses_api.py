@@ -35,7 +35,8 @@ from producer.http.responses_storage import ResponseStore, StoredResponse, no_da
 from producer.http.responses_stream import EventWriter
 from schemas import names
 from schemas.messages import FinalResult, StreamChunk
-from schemas.openai_errors import not_found
+from schemas.openai_errors import not_found, require_found
+from schemas.openai_objects import Deleted, ListPage
 from schemas.payloads import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,7 @@ class Responses:
 
     async def _stored(self, tenant: str, response_id: str, param: str) -> StoredResponse:
         stored = await self._store().get(tenant, response_id)
-        if stored is None:
-            raise not_found("response", response_id, param)
-        return stored
+        return require_found(stored, "response", response_id, param)
 
     async def create(
         self,
@@ -101,10 +100,12 @@ class Responses:
             idempotency_key=None,
         )
         asked = converted.request.model  # tenant limits count the name asked for
-        # A served name: the version by the user, the routing header or the conversation.
-        sticky = body.user or headers.get(names.HTTP_ROUTE_KEY) or body.previous_response_id
-        routed = bridge.client.route(converted.request, sticky)
-        converted = msgspec.structs.replace(converted, request=routed)
+        routes = bridge.client.routes
+        if routes is not None and routes.plan(asked) is not None:
+            # A served name: the version by the user, the routing header or the conversation.
+            sticky = body.user or headers.get(names.HTTP_ROUTE_KEY) or body.previous_response_id
+            routed = bridge.client.route(converted.request, sticky)
+            converted = msgspec.structs.replace(converted, request=routed)
         request = converted.request
         base = rc.base_response(body, rc.ID_PREFIX + request.id, now_ms // 1000, stored=store)
         if body.background and (self.background is None or not base.store):
@@ -127,6 +128,7 @@ class Responses:
             admission.finish()
             raise
         stop_watch = on_gone(call.client_gone)
+        # As in `Bridge.post` (handlers.py), written out on purpose: the per-request path.
         try:
             first = await call.next()
         except ClientGone:
@@ -232,7 +234,7 @@ class Responses:
         tenant = (await self.bridge.authenticate(headers)).tenant
         if not await self._store().delete(tenant, response_id):
             raise not_found("response", response_id, "response_id")
-        return _encoder.encode(rt.Deleted(response_id))
+        return _encoder.encode(Deleted(response_id, "response"))
 
     async def cancel(self, headers: Mapping[str, str], response_id: str) -> bytes:
         """A background response not finished ends `cancelled` (`responses_background`)."""
@@ -266,7 +268,7 @@ class Responses:
             items = items[ids.index(after) + 1 :]
         page = items[:limit]
         return _encoder.encode(
-            rt.InputItemList(
+            ListPage(
                 page,
                 page[0]["id"] if page else None,
                 page[-1]["id"] if page else None,

@@ -39,6 +39,11 @@ class EventWriter:
         self.seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + _encoder.encode(data) + b"\n\n"
 
+    def _part_event(self, kind: str, item_id: str, index: int, **fields: Any) -> bytes:
+        """An event of the message's one text part (per message, not per delta: the delta's
+        event is written out in `text`, the per-token path)."""
+        return self._event(kind, item_id=item_id, output_index=index, content_index=0, **fields)
+
     def start(self) -> list[bytes]:
         return [
             self._event("response.created", response=self.base),
@@ -62,11 +67,10 @@ class EventWriter:
                 )
             )
             out.append(
-                self._event(
+                self._part_event(
                     "response.content_part.added",
-                    item_id=item_id,
-                    output_index=self._message_index,
-                    content_index=0,
+                    item_id,
+                    self._message_index,
                     part=rt.OutputText(""),
                 )
             )
@@ -94,21 +98,8 @@ class EventWriter:
             text = "".join(self._text)
         part = rt.OutputText(text)
         return [
-            self._event(
-                "response.output_text.done",
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                text=text,
-                logprobs=[],
-            ),
-            self._event(
-                "response.content_part.done",
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                part=part,
-            ),
+            self._part_event("response.output_text.done", item_id, index, text=text, logprobs=[]),
+            self._part_event("response.content_part.done", item_id, index, part=part),
             self._event(
                 "response.output_item.done",
                 output_index=index,
@@ -125,25 +116,19 @@ class EventWriter:
             index = self._index
             self._index += 1
             added = msgspec.structs.replace(done, arguments="", status="in_progress")
-            out.append(self._event("response.output_item.added", output_index=index, item=added))
-            out.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=done.id,
-                    output_index=index,
-                    delta=done.arguments,
-                )
-            )
-            out.append(
+            ids = {"item_id": done.id, "output_index": index}
+            arguments = done.arguments
+            out += [
+                self._event("response.output_item.added", output_index=index, item=added),
+                self._event("response.function_call_arguments.delta", **ids, delta=arguments),
                 self._event(
                     "response.function_call_arguments.done",
-                    item_id=done.id,
-                    output_index=index,
-                    arguments=done.arguments,
+                    **ids,
+                    arguments=arguments,
                     name=done.name,
-                )
-            )
-            out.append(self._event("response.output_item.done", output_index=index, item=done))
+                ),
+                self._event("response.output_item.done", output_index=index, item=done),
+            ]
         return out
 
     def finish(self, final: rt.Response) -> list[bytes]:

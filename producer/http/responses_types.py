@@ -75,6 +75,8 @@ class OutputMessage(msgspec.Struct, frozen=True, tag="message", tag_field="type"
     role: str = "assistant"
 
 
+# OpenAI's output item, field for field (alike in outline to other tagged structs, such as
+# schemas.messages.WorkerInfo; nothing in common but the form).
 class FunctionCall(msgspec.Struct, frozen=True, tag="function_call", tag_field="type"):
     id: str
     call_id: str
@@ -140,17 +142,3 @@ class Response(msgspec.Struct, frozen=True, kw_only=True):
     user: str | None = None
     completed_at: int | None = None
     truncation: str = "disabled"
-
-
-class InputItemList(msgspec.Struct, frozen=True):
-    data: list[Any]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-    object: str = "list"
-
-
-class Deleted(msgspec.Struct, frozen=True):
-    id: str
-    object: str = "response"
-    deleted: bool = True

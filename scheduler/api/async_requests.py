@@ -25,7 +25,8 @@ from litestar import Request, Response, get, post
 from litestar.types import ControllerRouterHandler
 
 from scheduler.api.deps import JSON, Deps
-from scheduler.api.objects import AsyncRequestObject, ErrorObject, ResponseObject, async_base
+from scheduler.api.objects import AsyncRequestObject, ResponseObject, async_request_object
+from scheduler.codec import Envelope
 from scheduler.store import async_requests as ar
 from scheduler.store.async_requests import AsyncRow
 from scheduler.store.webhooks import endpoint_by_url
@@ -34,7 +35,7 @@ from schemas import names
 from schemas.codec import decode_reply, decode_request, encode
 from schemas.messages import ErrorResult, StreamChunk
 from schemas.names import Priority, ResultKind
-from schemas.openai_errors import ApiError, invalid, not_found
+from schemas.openai_errors import ApiError, invalid, require_found
 from schemas.routes import sticky_of_body
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,7 @@ def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
         tenant = await deps.authenticate(request.headers)
         body = await deps.read_body(request.receive, deps.max_body_bytes)
         request_id = ar.new_async_id()
-        wire = deps.codec.request(
-            endpoint,
-            body,
-            request_id=request_id,
-            tenant=tenant,
-            priority=Priority.ONLINE,
-            deadline_ms=None,
-        )
+        wire = deps.codec.request(endpoint, body, Envelope(request_id, tenant, Priority.ONLINE))
         # Recorded for its version, so the scheduler's republish goes where this one goes.
         wire = deps.route(wire, sticky_of_body(body) or request.headers.get(ROUTE_KEY_HEADER))
         pool = await deps.pool()
@@ -122,34 +116,32 @@ def async_routes(deps: Deps) -> list[ControllerRouterHandler]:
     @get("/v1/async/requests/{request_id:str}", summary="Status and result of an async request")
     async def retrieve(request: Request[Any, Any, Any], request_id: str) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
-        row = await ar.get(await deps.pool(), request_id, tenant)
-        if row is None:
-            raise not_found("request", request_id, "request_id")
+        row = require_found(
+            await ar.get(await deps.pool(), request_id, tenant), "request", request_id, "request_id"
+        )
         return Response(_encode(async_object(deps, row)), media_type=JSON)
 
     return [chat, completions, embeddings, v2_infer, v1_predict, retrieve]
 
 
 def async_object(deps: Deps, row: AsyncRow) -> AsyncRequestObject:
-    base = async_base(row)
     if row.reply is None:
-        return AsyncRequestObject(**base)
+        return async_request_object(row)
     result = decode_reply(row.reply)
     if isinstance(result, StreamChunk):  # never stored: only final replies are
-        return AsyncRequestObject(**base)
+        return async_request_object(row)
     if isinstance(result, ErrorResult):
         if not deps.codec.accepts(row.endpoint):  # over NATS: the wire error
-            error = ErrorObject(result.code, result.message, result.param, result.retry_after_ms)
-            return AsyncRequestObject(**base, error=error)
+            return async_request_object(row, error=result)
         status, body = deps.codec.error_response(row.endpoint, result)
     elif not deps.codec.accepts(row.endpoint):
         body, status = row.reply, 200
     else:
-        created = base["completed_at"] or base["created_at"]
+        created = int((row.completed_at or row.created_at).timestamp())
         metadata = decode_request(row.request).metadata
         try:
             body = deps.codec.response_body(row.endpoint, row.id, result, created, metadata)
             status = 200
         except ApiError as exc:
             body, status = exc.body(), exc.status
-    return AsyncRequestObject(**base, response=ResponseObject(status, row.id, msgspec.Raw(body)))
+    return async_request_object(row, ResponseObject(status, row.id, msgspec.Raw(body)))

@@ -26,7 +26,7 @@ from scheduler.store import batches as bs
 from scheduler.store.batches import TERMINAL, BatchStatus
 from scheduler.store.files import get_file
 from scheduler.store.limits import enqueued, queue_error
-from schemas.openai_errors import BODY_ERRORS, ApiError, from_decode_error, invalid, not_found
+from schemas.openai_errors import BODY_ERRORS, ApiError, from_decode_error, invalid, require_found
 
 _WINDOW_RE = re.compile(r"^(\d{1,6})([smh])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
@@ -71,9 +71,12 @@ def batch_routes(deps: Deps) -> list[ControllerRouterHandler]:
             raise invalid(f"endpoint must be one of {sorted(deps.codec.endpoints)}.", "endpoint")
         window_s = window_seconds(body.completion_window)
         pool = await deps.pool()
-        source = await get_file(pool, tenant, body.input_file_id)
-        if source is None:
-            raise not_found("file", body.input_file_id, "input_file_id")
+        source = require_found(
+            await get_file(pool, tenant, body.input_file_id),
+            "file",
+            body.input_file_id,
+            "input_file_id",
+        )
         if source.purpose != "batch":
             raise invalid("The input file's purpose must be 'batch'.", "input_file_id")
         limits = await deps.tenant_limits(pool, tenant)
@@ -113,17 +116,16 @@ def batch_routes(deps: Deps) -> list[ControllerRouterHandler]:
     async def retrieve(request: Request[Any, Any, Any], batch_id: str) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
         batch = await bs.get_batch(await deps.pool(), batch_id, tenant)
-        if batch is None:
-            raise not_found("batch", batch_id, "batch_id")
-        return Response(_encode(batch_object(batch)), media_type=JSON)
+        found = require_found(batch, "batch", batch_id, "batch_id")
+        return Response(_encode(batch_object(found)), media_type=JSON)
 
     @post("/v1/batches/{batch_id:str}/cancel", status_code=200, summary="Cancel a batch")
     async def cancel(request: Request[Any, Any, Any], batch_id: str) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
         pool = await deps.pool()
-        batch = await bs.request_cancel(pool, tenant, batch_id)
-        if batch is None:
-            raise not_found("batch", batch_id, "batch_id")
+        batch = require_found(
+            await bs.request_cancel(pool, tenant, batch_id), "batch", batch_id, "batch_id"
+        )
         if batch.status in TERMINAL and batch.status is not BatchStatus.CANCELLED:
             raise ApiError(
                 409,

@@ -23,7 +23,7 @@ from scheduler.api.deps import JSON, Deps, query_limit
 from scheduler.api.objects import deleted, file_object, list_page
 from scheduler.api.upload import receive_upload
 from scheduler.store import files as fs
-from schemas.openai_errors import invalid, not_found
+from schemas.openai_errors import invalid, require_found
 
 PURPOSES = ("batch",)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -95,18 +95,16 @@ def file_routes(deps: Deps) -> list[ControllerRouterHandler]:
     @get("/v1/files/{file_id:str}", summary="Retrieve a file's metadata")
     async def retrieve(request: Request[Any, Any, Any], file_id: str) -> Response[Any]:
         tenant = await deps.authenticate(request.headers)
-        row = await fs.get_file(await deps.pool(), tenant, file_id)
-        if row is None:
-            raise not_found("file", file_id, "file_id")
+        row = require_found(
+            await fs.get_file(await deps.pool(), tenant, file_id), "file", file_id, "file_id"
+        )
         return Response(_encode(file_object(row)), media_type=JSON)
 
     @get("/v1/files/{file_id:str}/content", summary="Download a file's content (streamed)")
     async def content(request: Request[Any, Any, Any], file_id: str) -> Stream:
         tenant = await deps.authenticate(request.headers)
         pool = await deps.pool()
-        row = await fs.get_file(pool, tenant, file_id)
-        if row is None:
-            raise not_found("file", file_id, "file_id")
+        row = require_found(await fs.get_file(pool, tenant, file_id), "file", file_id, "file_id")
         return Stream(
             fs.iter_chunks(pool, row.id),
             media_type="application/octet-stream",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -13,7 +13,9 @@ from scheduler.store.async_requests import AsyncRow
 from scheduler.store.batches import BatchRow
 from scheduler.store.files import FileRow
 from scheduler.store.webhooks import Endpoint
+from schemas.messages import ErrorResult
 from schemas.openai_errors import not_found
+from schemas.openai_objects import Deleted, ListPage
 
 
 class _Listed(Protocol):
@@ -41,22 +43,30 @@ class FileObject(msgspec.Struct, frozen=True):
     expires_at: int | None = None
 
 
-class Deleted(msgspec.Struct, frozen=True):
-    id: str
-    object: str
-    deleted: bool = True
-
-
 class RequestCounts(msgspec.Struct, frozen=True):
     total: int
     completed: int
     failed: int
 
 
-class BatchError(msgspec.Struct, frozen=True):
+class ErrorObject(msgspec.Struct, frozen=True):
     code: str
     message: str
+    #: The request field at fault (the worker's `ErrorResult.param`), when one is.
     param: str | None = None
+
+
+class AsyncError(ErrorObject, frozen=True):
+    """The error of an async request submitted over NATS (the worker's, as is)."""
+
+    #: `rate_limit_exceeded`: when it may be submitted again (`ErrorResult.retry_after_ms`).
+    retry_after_ms: int | None = None
+
+
+class BatchError(ErrorObject, frozen=True):
+    """An error of a batch as a whole, or of one line of its input file."""
+
+    #: The input file's line at fault, when one is.
     line: int | None = None
 
 
@@ -89,29 +99,10 @@ class BatchObject(msgspec.Struct, frozen=True):
     model: str | None = None
 
 
-class ListPage(msgspec.Struct, Generic[T], frozen=True):
-    """OpenAI's list object: one page of files or batches."""
-
-    data: list[T]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-    object: str = "list"
-
-
 class ResponseObject(msgspec.Struct, frozen=True):
     status_code: int
     request_id: str
     body: msgspec.Raw
-
-
-class ErrorObject(msgspec.Struct, frozen=True):
-    code: str
-    message: str
-    #: The request field at fault (the worker's `ErrorResult.param`), when one is.
-    param: str | None = None
-    #: `rate_limit_exceeded`: when it may be submitted again (`ErrorResult.retry_after_ms`).
-    retry_after_ms: int | None = None
 
 
 class AsyncRequestObject(msgspec.Struct, frozen=True):
@@ -125,7 +116,7 @@ class AsyncRequestObject(msgspec.Struct, frozen=True):
     completed_at: int | None
     expires_at: int | None
     response: ResponseObject | None = None
-    error: ErrorObject | None = None
+    error: AsyncError | None = None
     object: str = "async.request"
 
 
@@ -197,13 +188,20 @@ def endpoint_object(e: Endpoint, *, with_secret: bool = False) -> WebhookEndpoin
     )
 
 
-def async_base(r: AsyncRow) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "status": r.status,
-        "endpoint": r.endpoint,
-        "model": r.model,
-        "created_at": int(r.created_at.timestamp()),
-        "completed_at": unix(r.completed_at),
-        "expires_at": unix(r.expires_at),
-    }
+def async_request_object(
+    r: AsyncRow, response: ResponseObject | None = None, error: ErrorResult | None = None
+) -> AsyncRequestObject:
+    """The object of an async request; `error`: the worker's, when it is passed on as is."""
+    return AsyncRequestObject(
+        id=r.id,
+        status=r.status,
+        endpoint=r.endpoint,
+        model=r.model,
+        created_at=int(r.created_at.timestamp()),
+        completed_at=unix(r.completed_at),
+        expires_at=unix(r.expires_at),
+        response=response,
+        error=None
+        if error is None
+        else AsyncError(error.code, error.message, error.param, error.retry_after_ms),
+    )

@@ -13,11 +13,10 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeAlias
 
 import asyncpg
 
-Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
+from scheduler.store.pool import Db
 
 
 @dataclass(frozen=True)

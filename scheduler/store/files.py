@@ -12,9 +12,10 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeAlias
 
 import asyncpg
+
+from scheduler.store.pool import Db
 
 CHUNK_BYTES = 1024 * 1024
 #: OpenAI's limits for a batch input file.
@@ -24,8 +25,6 @@ MAX_FILE_LINES = 50_000
 #: bodies of up to 1 MiB) plus a small envelope. Checked while the upload streams, and again
 #: while a file is read, so no line is ever held larger than this.
 MAX_LINE_BYTES = 2 * 1024 * 1024
-
-Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
 
 class FileTooLarge(Exception):

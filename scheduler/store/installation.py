@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeAlias
-
-import asyncpg
-
-Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
+from scheduler.store.pool import Db
 
 
 async def installation_id(db: Db) -> str:

@@ -16,6 +16,8 @@ from datetime import datetime
 
 import asyncpg
 
+from scheduler.store.pool import Db
+
 KEY_PREFIX = "js-"
 #: The shape of every key `create_key` makes: anything else is refused without a query.
 KEY_PATTERN = r"^js-[A-Za-z0-9_-]{43}$"
@@ -63,9 +65,7 @@ def _row(r: asyncpg.Record) -> ApiKey:
 _COLUMNS = "id, tenant, key_prefix, name, created_at, revoked_at"
 
 
-async def create_key(
-    db: asyncpg.Pool | asyncpg.Connection, tenant: str, name: str | None = None
-) -> NewKey:
+async def create_key(db: Db, tenant: str, name: str | None = None) -> NewKey:
     validate_tenant(tenant)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     row = await db.fetchrow(
@@ -81,7 +81,7 @@ async def create_key(
     return NewKey(_row(row), secret)
 
 
-async def lookup_key(db: asyncpg.Pool | asyncpg.Connection, secret: str) -> ApiKey | None:
+async def lookup_key(db: Db, secret: str) -> ApiKey | None:
     """The live key whose hash matches, or None (unknown or revoked). A string that cannot be
     a key costs no query."""
     if not _KEY_RE.fullmatch(secret):
@@ -96,9 +96,7 @@ async def lookup_key(db: asyncpg.Pool | asyncpg.Connection, secret: str) -> ApiK
     return _row(row)
 
 
-async def list_keys(
-    db: asyncpg.Pool | asyncpg.Connection, tenant: str | None = None
-) -> list[ApiKey]:
+async def list_keys(db: Db, tenant: str | None = None) -> list[ApiKey]:
     if tenant is None:
         rows = await db.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at")
     else:
@@ -108,7 +106,7 @@ async def list_keys(
     return [_row(r) for r in rows]
 
 
-async def revoke_key(db: asyncpg.Pool | asyncpg.Connection, key_id: str) -> bool:
+async def revoke_key(db: Db, key_id: str) -> bool:
     """Revoke; False if no live key has that id."""
     result = await db.execute(
         "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", key_id

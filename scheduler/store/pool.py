@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import asyncpg
+
+#: What the table modules' functions run on: the pool, or one connection (a transaction).
+Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -6,11 +6,8 @@ housekeeping. A row past its `expires_at` is never returned, swept or not.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
 
-import asyncpg
-
-Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
+from scheduler.store.pool import Db
 
 
 @dataclass(frozen=True)

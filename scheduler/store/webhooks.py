@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
 
-Db: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
+from scheduler.store.pool import Db
 
 
 class EventType(StrEnum):

@@ -28,7 +28,8 @@ from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult, FinalResult
 from schemas.names import Header, Priority
 from schemas.routes import Route, Target
-from workers.provision import QueueSettings, provision_model
+from workers.config import QueueSettings
+from workers.provision import provision_model
 
 from ..keda import StreamNotFound, keda_lag
 

@@ -17,7 +17,8 @@ from standardwebhooks.webhooks import Webhook
 from schemas import names
 from schemas.messages import FinalResult
 from schemas.names import Encoding
-from workers.provision import QueueSettings, provision_model
+from workers.config import QueueSettings
+from workers.provision import provision_model
 from workers.replies import DurablePublisher, ReplySink
 
 from .batches.conftest import ECHO, LLM, BatchStack, Receiver

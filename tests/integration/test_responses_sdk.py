@@ -18,7 +18,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from schemas import names
-from workers.provision import QueueSettings, provision_model
+from workers.config import QueueSettings
+from workers.provision import provision_model
 
 from .batches.conftest import ECHO, LLM, BatchStack, jsonl, read_lines, wait_batch
 

@@ -100,6 +100,18 @@ async def test_each_bridge_sends_each_key_to_its_version_and_lists_served_names(
         assert got == plan.choose("alice")
         got = await one(bridges[1], "header-key", user="alice", safety_identifier="s-1")
         assert got == plan.choose("s-1")
+        # Responses: a served name by its `user` (or the header); a concrete one unrouted.
+        for model, extra, expected in (
+            (served, {"user": "alice"}, plan.choose("alice")),
+            (v2, {"user": "alice"}, v2),
+        ):
+            r = await http.post(
+                f"{bridges[0]}/v1/responses",
+                json={"model": model, "input": "hi", "store": False, **extra},
+                headers={"X-Jetserve-Route-Key": "header-key"},
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["model"] == expected
 
 
 async def test_weights_changed_under_load_reach_both_bridges_within_a_second(

@@ -18,7 +18,7 @@ import pytest
 from scheduler import urlguard
 from scheduler.metrics import SchedulerMetrics
 from scheduler.store import webhooks as wh
-from scheduler.webhooks import RetryPolicy, WebhookDeliverer
+from scheduler.webhooks import DeliverySettings, RetryPolicy, WebhookDeliverer
 
 from .batches.conftest import Receiver
 from .hostile import RawReceiver, gzip_bomb, status, trickle
@@ -44,9 +44,11 @@ def deliverer(pool: asyncpg.Pool, *, allow_private: bool = True) -> WebhookDeliv
     return WebhookDeliverer(
         pool,
         SchedulerMetrics(),
-        policy=RetryPolicy(period_s=3600, base_s=0.1, max_s=0.1),
-        timeout_s=TIMEOUT_S,
-        allow_private=allow_private,
+        DeliverySettings(
+            RetryPolicy(period_s=3600, base_s=0.1, max_s=0.1),
+            timeout_s=TIMEOUT_S,
+            allow_private=allow_private,
+        ),
     )
 
 

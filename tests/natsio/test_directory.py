@@ -9,7 +9,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from natsio.directory import ModelDirectory
-from workers.provision import QueueSettings, provision_model
+from workers.config import QueueSettings
+from workers.provision import provision_model
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,279 @@
+"""Benchmark: two variants of the HTTP path measured at the same time, for no-regression gates.
+
+    python -m loadtest.side_by_side {tree,responses,limits,routing,pipeline,batch} [--old DIR]
+        [--rounds 7] [--duration-s 8] [--connections 32] [--json out.json]
+
+Each variant is a lane: a whole stack of its own (a nats-server, the echo worker(s), one bridge
+process, and a PostgreSQL where the variant needs one) driven by its own `wrk -t1`. In each
+round both lanes' wrk runs start together (after both stacks are idle) and run for the same
+time, so whatever slows the machine in that round (another process, the host's neighbours,
+frequency) slows both: the round's ratio B / A is measured under one condition. Run one after
+the other instead, this 2-core machine's drift of tens of percent within a minute lands in
+the ratio (an A/A check with the same code in both lanes: rounds 0.66-1.33 one after the
+other, 0.98-1.08 at the same time, on a machine shared with other work).
+
+The two lanes share the two cores, so each serves about half of what it would alone: the
+figures are ratios, not throughput. What a lane costs shows as fewer requests per second for
+the same share of the CPU, which is what "requests per second >= 0.97x" guards.
+
+Gates (lane A, lane B):
+- `tree`: `/v1/chat/completions` with the bridge and worker of `--old DIR` (a copy of an
+  older commit's tree: `git archive <commit> | tar -x -C DIR`), and of this tree.
+- `responses`: this tree, `/v1/chat/completions`, and `/v1/responses` (`store: false`) for
+  the same input (the Responses issue's gate).
+- `limits`: this tree, tenant limits off, and on but never reached (the tenants' gate).
+- `routing`: this tree, the concrete model, and a served name routed to it (the versions' gate).
+
+Whole benchmarks, `--old DIR` and this tree each running one at the same time, per round:
+- `pipeline`: `loadtest.pipeline` (each its own nats-server): its ratio pipeline / raw
+  JetStream, and the pipeline's requests per second;
+- `batch`: `loadtest.batch_bench --small 2000 --lines 20000` (each its own servers): the large
+  batch's items per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jetserve.servers import NatsServer, PostgresServer, free_port
+from loadtest.common import REPO, spawn
+from loadtest.http_bridge import _LUA, CHAT_BODY, MODEL, _wait_http, machine, wrk
+from loadtest.limits_bench import LIMITS_ON
+from loadtest.responses_bench import RESPONSES
+from loadtest.routing_bench import SERVED, SPARE, _set_route
+
+
+@dataclass
+class Lane:
+    name: str
+    path: str = "/v1/chat/completions"
+    body: str = CHAT_BODY
+    tree: Path = REPO
+    bridge_env: dict[str, str] = field(default_factory=dict)
+    #: Models served by echo workers in this lane (one worker process each).
+    models: tuple[str, ...] = (MODEL,)
+    postgres: bool = False
+    #: Run once the lane's workers answer (e.g. to write routes), given the NATS URL.
+    setup: Callable[[str], None] | None = None
+
+
+def lanes(gate: str, old: Path | None) -> tuple[Lane, Lane]:
+    if gate == "tree":
+        if old is None:
+            sys.exit("--old DIR is required for the tree gate")
+        return Lane("old", tree=old.resolve()), Lane("new")
+    if gate == "responses":
+        body = json.dumps({**RESPONSES, "store": False})
+        return Lane("chat", postgres=True), Lane("responses", "/v1/responses", body, postgres=True)
+    if gate == "limits":
+        return Lane("off", bridge_env={"JETSERVE_LIMITS": "off"}), Lane("on", bridge_env=LIMITS_ON)
+    if gate == "routing":
+        served = CHAT_BODY.replace(f'"{MODEL}"', f'"{SERVED}"')
+        both = (MODEL, SPARE)
+        return Lane("concrete", models=both, setup=_set_route), Lane(
+            "served", body=served, models=both, setup=_set_route
+        )
+    raise ValueError(gate)
+
+
+@dataclass
+class Running:
+    lane: Lane
+    url: str
+    script: Path
+    pids: dict[str, int]
+
+
+@contextmanager
+def stack(lane: Lane, tmp: Path) -> Iterator[Running]:
+    """The lane's servers and processes, answering."""
+    with ExitStack() as stack:
+        nats = NatsServer(tmp / f"{lane.name}-nats").start()
+        stack.callback(nats.stop)
+        env = {"JETSERVE_NATS_URL": nats.url, "JETSERVE_LOG_LEVEL": "WARNING"}
+        bridge_env = {**env, "JETSERVE_AUTH": "off", **lane.bridge_env}
+        if lane.postgres:
+            pg = PostgresServer(tmp / f"{lane.name}-pg", durable=False).start()
+            stack.callback(pg.stop)
+            bridge_env["JETSERVE_DATABASE_URL"] = pg.dsn
+        echo = ("--class", "echo", "--option", "capacity=256")
+        procs = [
+            spawn(["-m", "jetserve", "worker", "--model", model, *echo], env, lane.tree)
+            for model in lane.models
+        ]
+        port = free_port()
+        procs.append(
+            spawn(["-m", "jetserve", "bridge", "--port", str(port)], bridge_env, lane.tree)
+        )
+        for proc in procs:
+            stack.callback(proc.wait, 30)
+            stack.callback(proc.terminate)
+        base = f"http://127.0.0.1:{port}"
+        for model in lane.models:
+            _wait_http(f"{base}/v1/chat/completions", CHAT_BODY.replace(MODEL, model).encode(), 60)
+        if lane.setup is not None:
+            lane.setup(nats.url)
+        url = base + lane.path
+        _wait_http(url, lane.body.encode(), 30)
+        script = tmp / f"{lane.name}.lua"
+        script.write_text(_LUA.format(body=lane.body))
+        yield Running(lane, url, script, {"bridge": procs[-1].pid, "worker": procs[0].pid})
+
+
+def together(
+    running: tuple[Running, Running], connections: int, duration_s: float
+) -> list[dict[str, float]]:
+    """Both lanes' wrk runs at once, started when both stacks are idle."""
+    start = threading.Barrier(2)
+    got: list[dict[str, float]] = [{}, {}]
+    failed: list[BaseException] = []
+
+    def drive(i: int) -> None:
+        lane = running[i]
+        try:
+            got[i] = wrk(lane.url, connections, duration_s, lane.script, lane.pids, start.wait)
+        except BaseException as exc:  # reported by the caller
+            start.abort()
+            failed.append(exc)
+
+    threads = [threading.Thread(target=drive, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
+    return got
+
+
+#: Whole benchmarks run per tree: module, arguments, the figures compared (new / old).
+BENCHES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "pipeline": ("loadtest.pipeline", (), ("ratio", "pipeline_req_per_s")),
+    "batch": ("loadtest.batch_bench", ("--small", "2000", "--lines", "20000"), ("items_per_s",)),
+}
+
+
+def _figures(bench: str, data: Any) -> dict[str, float]:
+    wanted = BENCHES[bench][2]
+    if bench == "batch":  # one entry per batch: the large one's
+        runs = data if isinstance(data, list) else data.get("runs", data.get("results"))
+        data = max(runs, key=lambda r: r["lines"])
+    return {name: float(data[name]) for name in wanted}
+
+
+def run_trees(args: argparse.Namespace) -> dict[str, Any]:
+    """Both trees' whole benchmark at once, per round."""
+    if args.old is None:
+        sys.exit(f"--old DIR is required for the {args.gate} gate")
+    module, extra, wanted = BENCHES[args.gate]
+    trees = {"old": args.old.resolve(), "new": REPO}
+    rounds: list[dict[str, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="jetserve-bench-") as tmp:
+        for i in range(args.rounds):
+            procs = {}
+            for name, tree in trees.items():
+                out = Path(tmp) / f"{name}-{i}.json"
+                cmd = ["-m", module, "--json", str(out), *extra]
+                procs[name] = (spawn(cmd, {}, tree, stderr=subprocess.DEVNULL), out)
+            got = {}
+            for name, (proc, out) in procs.items():
+                if proc.wait() != 0 or not out.exists():
+                    sys.exit(f"{name} tree: {module} failed")
+                got[name] = _figures(args.gate, json.loads(out.read_text()))
+            rounds.append(got)
+            print(
+                f"  round {i + 1}: "
+                + "  ".join(f"{k} new/old {got['new'][k] / got['old'][k]:.3f}" for k in wanted),
+                flush=True,
+            )
+    ratios = {k: [r["new"][k] / r["old"][k] for r in rounds] for k in wanted}
+    return {
+        "machine": machine(),
+        "gate": args.gate,
+        "rounds": rounds,
+        "ratios": ratios,
+        "ratio": {k: statistics.median(v) for k, v in ratios.items()},
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: install it (Debian/Ubuntu: apt-get install -y wrk)")
+    a, b = lanes(args.gate, args.old)
+    with (
+        tempfile.TemporaryDirectory(prefix="jetserve-bench-", dir="/var/tmp") as tmp,
+        stack(a, Path(tmp)) as ra,
+        stack(b, Path(tmp)) as rb,
+    ):
+        together((ra, rb), args.connections, 2)  # warm-up
+        rounds = [together((ra, rb), args.connections, args.duration_s) for _ in range(args.rounds)]
+    ratios = [r[1]["req_per_s"] / r[0]["req_per_s"] for r in rounds]
+    cpu = [r[1]["bridge_cpu_us_per_req"] / r[0]["bridge_cpu_us_per_req"] for r in rounds]
+    return {
+        "machine": machine(),
+        "gate": args.gate,
+        "lanes": [a.name, b.name],
+        "rounds": rounds,
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "bridge_cpu_ratio": statistics.median(cpu),
+    }
+
+
+def report(result: dict[str, Any]) -> None:
+    if "lanes" not in result:
+        print(result["machine"])
+        print(f"gate {result['gate']}: old and new trees' benchmark at once, each round")
+        for name, ratios in result["ratios"].items():
+            print(
+                f"  {name} new / old: median {result['ratio'][name]:.3f}, rounds "
+                f"{min(ratios):.3f}-{max(ratios):.3f} ({', '.join(f'{r:.3f}' for r in ratios)})"
+            )
+        return
+    a, b = result["lanes"]
+    print(result["machine"])
+    print(f"gate {result['gate']}: lanes {a} (A) and {b} (B), each round both at once")
+    for i, (ra, rb) in enumerate(result["rounds"], 1):
+        print(
+            f"  round {i}: {a} {ra['req_per_s']:7.0f} req/s ({ra['bridge_cpu_us_per_req']:4.0f} µs"
+            f" bridge CPU/req)  {b} {rb['req_per_s']:7.0f} req/s "
+            f"({rb['bridge_cpu_us_per_req']:4.0f} µs)  {b}/{a} "
+            f"{rb['req_per_s'] / ra['req_per_s']:.3f}"
+        )
+    ratios = result["ratios"]
+    print(
+        f"  ratio {b} / {a} req/s: median {result['ratio']:.3f}, rounds "
+        f"{min(ratios):.3f}-{max(ratios):.3f}; bridge CPU per request B / A "
+        f"{result['bridge_cpu_ratio']:.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("gate", choices=("tree", "responses", "limits", "routing", *BENCHES))
+    parser.add_argument("--old", type=Path, help="the older tree, for the tree gate")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--duration-s", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=32, help="per lane")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    result = run_trees(args) if args.gate in BENCHES else run(args)
+    report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
