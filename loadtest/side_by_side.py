@@ -18,7 +18,8 @@ the same share of the CPU, which is what "requests per second >= 0.97x" guards.
 
 Gates (lane A, lane B):
 - `tree`: `/v1/chat/completions` with the bridge and worker of `--old DIR` (a copy of an
-  older commit's tree: `git archive <commit> | tar -x -C DIR`), and of this tree.
+  older commit's tree: `git archive <commit> | tar -x -C DIR`), and of this tree (or `--new
+  DIR`).
 - `responses`: this tree, `/v1/chat/completions`, and `/v1/responses` (`store: false`) for
   the same input (the Responses issue's gate).
 - `limits`: this tree, tenant limits off, and on but never reached (the tenants' gate).
@@ -69,11 +70,11 @@ class Lane:
     setup: Callable[[str], None] | None = None
 
 
-def lanes(gate: str, old: Path | None) -> tuple[Lane, Lane]:
+def lanes(gate: str, old: Path | None, new: Path = REPO) -> tuple[Lane, Lane]:
     if gate == "tree":
         if old is None:
             sys.exit("--old DIR is required for the tree gate")
-        return Lane("old", tree=old.resolve()), Lane("new")
+        return Lane("old", tree=old.resolve()), Lane("new", tree=new.resolve())
     if gate == "responses":
         body = json.dumps({**RESPONSES, "store": False})
         return Lane("chat", postgres=True), Lane("responses", "/v1/responses", body, postgres=True)
@@ -160,7 +161,11 @@ def together(
 
 #: Whole benchmarks run per tree: module, arguments, the figures compared (new / old).
 BENCHES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
-    "pipeline": ("loadtest.pipeline", (), ("ratio", "pipeline_req_per_s")),
+    "pipeline": (
+        "loadtest.pipeline",
+        ("--latency-samples", "200"),
+        ("ratio", "pipeline_req_per_s"),
+    ),
     "batch": ("loadtest.batch_bench", ("--small", "2000", "--lines", "20000"), ("items_per_s",)),
 }
 
@@ -178,7 +183,7 @@ def run_trees(args: argparse.Namespace) -> dict[str, Any]:
     if args.old is None:
         sys.exit(f"--old DIR is required for the {args.gate} gate")
     module, extra, wanted = BENCHES[args.gate]
-    trees = {"old": args.old.resolve(), "new": REPO}
+    trees = {"old": args.old.resolve(), "new": args.new.resolve()}
     rounds: list[dict[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="jetserve-bench-") as tmp:
         for i in range(args.rounds):
@@ -211,7 +216,7 @@ def run_trees(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: install it (Debian/Ubuntu: apt-get install -y wrk)")
-    a, b = lanes(args.gate, args.old)
+    a, b = lanes(args.gate, args.old, args.new)
     with (
         tempfile.TemporaryDirectory(prefix="jetserve-bench-", dir="/var/tmp") as tmp,
         stack(a, Path(tmp)) as ra,
@@ -263,7 +268,8 @@ def report(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("gate", choices=("tree", "responses", "limits", "routing", *BENCHES))
-    parser.add_argument("--old", type=Path, help="the older tree, for the tree gate")
+    parser.add_argument("--old", type=Path, help="the older tree (tree, pipeline, batch)")
+    parser.add_argument("--new", type=Path, default=REPO, help="the newer tree (default: this one)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=32, help="per lane")

@@ -4,7 +4,8 @@ Two `jetserve worker` processes on one nats-server, each serving its own model w
 model `tests.models:SlowModel` (capacity 64): one runs this tree's code, one a baseline tree's
 (e.g. `git archive <commit> | tar -x -C /tmp/base`), each with its own defaults (ack_wait
 included), or this tree with one setting changed (`--baseline . --base-env NAME=VALUE`). In
-alternating rounds each gets the same requests with 64 in flight; a request is held `--hold-s`
+alternating rounds each gets the same requests with 64 in flight (with `--together`, both at
+once in each round); a request is held `--hold-s`
 by the model (0: the per-message path alone; 2: long enough for the in-progress signals). CPU
 is the worker's threads' run time from /proc (schedstat).
 
@@ -62,7 +63,7 @@ async def main_async(args: argparse.Namespace) -> None:
     with nats_server() as url:
         procs = {
             "base": start(args.baseline, url, "cpu-base", args.base_env),
-            "this": start(REPO, url, "cpu-this", []),
+            "this": start(args.this, url, "cpu-this", []),
         }
         client = await Client.connect(url)
         for name in procs:
@@ -76,11 +77,19 @@ async def main_async(args: argparse.Namespace) -> None:
         ratios = []
         for i in range(args.rounds):
             per: dict[str, float] = {}
-            for name in ("base", "this") if i % 2 == 0 else ("this", "base"):
-                before = cpu_s(procs[name].pid)
+            if args.together:  # both workers loaded at once: the round's conditions shared
+                before = {name: cpu_s(proc.pid) for name, proc in procs.items()}
+                await asyncio.gather(
+                    *(load(client, f"cpu-{name}", args.requests, args.hold_s) for name in procs)
+                )
+                await asyncio.sleep(0.2)
+                for name, proc in procs.items():
+                    per[name] = (cpu_s(proc.pid) - before[name]) / args.requests * 1e6
+            for name in () if args.together else ("base", "this")[:: 1 if i % 2 == 0 else -1]:
+                before_s = cpu_s(procs[name].pid)
                 await load(client, f"cpu-{name}", args.requests, args.hold_s)
                 await asyncio.sleep(0.2)
-                per[name] = (cpu_s(procs[name].pid) - before) / args.requests * 1e6
+                per[name] = (cpu_s(procs[name].pid) - before_s) / args.requests * 1e6
             ratios.append(per["this"] / per["base"])
             print(
                 f"round {i + 1}: base {per['base']:.0f} us/request, this {per['this']:.0f} "
@@ -102,6 +111,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, required=True)
     parser.add_argument(
+        "--this", type=Path, default=REPO, help="the tree compared (default: this one)"
+    )
+    parser.add_argument(
         "--base-env",
         action="append",
         default=[],
@@ -112,6 +124,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--hold-s", type=float, default=0.0)
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="load both workers at the same time in each round (not one after the other): "
+        "whatever slows the machine in a round then slows both",
+    )
     args = parser.parse_args()
     cpu = next(
         (
