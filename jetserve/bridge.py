@@ -205,6 +205,7 @@ async def serve(
 ) -> int:
     import uvicorn
 
+    from jetserve.image_fetch import image_fetcher
     from jetserve.responses_store import PgResponseStore
     from producer.http.app import create_app
     from producer.http.responses_routes import ResponsesRoutes
@@ -230,6 +231,9 @@ async def serve(
         routes += bench.routes()
 
     async def on_startup(bridge: Bridge) -> None:
+        bridge.image_fetch = image_fetcher(
+            allow_private=config.images_allow_private, timeout_s=config.image_fetch_timeout_s
+        )
         await batch.on_startup(bridge)
         await responses.on_startup(bridge)
         if bench is not None:

@@ -163,11 +163,9 @@ def _wait(args: argparse.Namespace) -> int:
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     if args.vision:
-        if args.size != "tiny":
-            raise SystemExit("--vision writes one size: leave out --size")
         from workers.engine.tiny_vision import make_tiny_vision_model
 
-        print(make_tiny_vision_model(Path(args.folder), args.seed))
+        print(make_tiny_vision_model(Path(args.folder), args.seed, args.size))
         return 0
     from workers.engine.tiny import make_tiny_model
 
@@ -264,7 +262,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vision",
         action="store_true",
-        help="a vision-language model + processor instead (Idefics3 / SmolVLM-style, ~0.9 M)",
+        help="a vision-language model + processor instead (Idefics3 / SmolVLM-style; "
+        "tiny ~0.9 M, bench ~40 M)",
     )
     p.add_argument(
         "--size",

@@ -65,7 +65,7 @@ def run(
     engine = backend.engine
     start = time.perf_counter()
     for i in range(requests):
-        _, ids, constraint = backend.prepare(_payload(i, constrained))
+        _, prompt, constraint = backend.prepare(_payload(i, constrained))
         if constrained:
             params = SamplingParams(temperature=0.8, seed=i, max_tokens=400)
         else:
@@ -74,7 +74,7 @@ def run(
         engine.add(
             EngineRequest(
                 id=f"r{i}",
-                prompt_token_ids=ids,
+                prompt_token_ids=prompt.token_ids,
                 params=params,
                 max_tokens=params.max_tokens or 400,
                 eos_token_ids=backend.eos_token_ids,
@@ -98,7 +98,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from workers.config import ModelSpec
-    from workers.engine.adapter import build_engine_adapter
+    from workers.engine.build import build_engine_adapter
 
     hf_logging.set_verbosity_error()
     spec = ModelSpec(

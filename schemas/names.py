@@ -394,6 +394,9 @@ HANDBACK_BUCKET = f"{ROOT}-handbacks"
 #: time-to-live, not when their request ends: a redelivery or a dead-letter replay needs them.
 IMAGES_BUCKET = f"{ROOT}-images"
 IMAGES_TTL_S = 24 * 3600.0
+#: An `image_url.url` naming an object of `IMAGES_BUCKET` instead of carrying the image:
+#: this prefix, then the sha256 of the bytes in hex (`jetserve-image:9f86d0...`).
+IMAGE_REF_PREFIX = "jetserve-image:"
 
 #: NATS KV bucket of the tenants' token buckets (`limits.BucketState`), one key per tenant,
 #: scope and dimension (`ratelimit_key`), updated compare-and-set by every bridge replica.

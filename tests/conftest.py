@@ -81,6 +81,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny", "tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Idefics3 + processor that `jetserve make-tiny-model --vision` writes."""
+    from workers.engine.tiny_vision import make_tiny_vision_model
+
+    return make_tiny_vision_model(tmp_path_factory.mktemp("models") / "tiny-vlm")
+
+
 @pytest.fixture
 def model_name() -> str:
     """A fresh model name, so each test has its own stream."""

@@ -98,11 +98,14 @@ def test_an_empty_list_of_parts_is_refused() -> None:
     assert (error.param, error.code) == ("messages[0].content", "empty_array")
 
 
-def test_models_file_rejects_images_for_the_text_engine(tmp_path: Path) -> None:
+def test_models_file_rejects_audio_for_the_llm_engine(tmp_path: Path) -> None:
     models = tmp_path / "models.toml"
-    models.write_text('[[models]]\nname = "m"\nengine = "llm"\ninputs = ["text", "image"]\n')
-    with pytest.raises(ConfigError, match="takes text only"):
+    models.write_text('[[models]]\nname = "m"\nengine = "llm"\ninputs = ["text", "audio"]\n')
+    with pytest.raises(ConfigError, match="takes text and images"):
         load_models_file(models)
+    # Images: when the model is a vision-language one (checked as it loads).
+    models.write_text('[[models]]\nname = "m"\nengine = "llm"\ninputs = ["text", "image"]\n')
+    load_models_file(models)
     models.write_text('[[models]]\nname = "m"\ninputs = ["text", "smell"]\n')
     with pytest.raises(ConfigError, match="inputs"):
         load_models_file(models)

@@ -83,9 +83,10 @@ class ModelSpec(
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Told it takes images, the text-only engine would answer as if none had been sent.
-        if self.engine == "llm" and set(self.inputs) != {"text"}:
-            raise ValueError(f"model {self.name!r}: the llm engine takes text only (inputs)")
+        # Told it takes what it cannot read, the engine would answer as if none had been sent.
+        # Images need a vision-language model: checked when it loads (workers/engine/build).
+        if self.engine == "llm" and not set(self.inputs) <= {"text", "image"}:
+            raise ValueError(f"model {self.name!r}: the llm engine takes text and images (inputs)")
 
 
 class RouteSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

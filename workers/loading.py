@@ -4,7 +4,8 @@ answers presence pings with state `loading`.
 So a request published for a model that is coming up waits in its queue (it is not refused
 for want of a stream), and the HTTP bridge's no-worker rule (503 when no worker answers for
 `JETSERVE_NO_WORKER_TIMEOUT_S`) does not refuse it either. The connection is closed once the
-model is loaded; the serving worker then answers the pings itself.
+serving worker answers the pings itself (`close_soon`), not before: a ping in between would
+find nobody.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Loading:
         self._config = config
         self._settings = settings
         self._nc: NATS | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._info = encode(
             WorkerInfo(
                 worker_id=f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
@@ -74,10 +76,22 @@ class Loading:
         if msg.reply:
             await msg.respond(self._info)
 
+    def close_soon(self) -> None:
+        """Stop answering, once the serving worker answers the pings itself: until then both
+        answer, so a ping in the hand-over never finds nobody (a bridge would take that for a
+        model with no worker and refuse its waiting requests)."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+
+    async def _close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
-            self._nc = None
+        self.close_soon()
+        assert self._closing is not None
+        await self._closing

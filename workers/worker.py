@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from natsio.connection import connect
+from natsio.objects import ImageObjects
 from producer.direct_limits import open_direct_limits
 from schemas import names
 from schemas.codec import decode_cancel, encode
@@ -67,7 +68,7 @@ class NatsPublisher:
 def build_backend(spec: ModelSpec) -> Backend:
     """Instantiate and load the model (blocking: call from a thread)."""
     if spec.engine == "llm":
-        from workers.engine.adapter import build_engine_adapter  # torch: only when needed
+        from workers.engine.build import build_engine_adapter  # torch: only when needed
 
         return build_engine_adapter(spec)
     if spec.engine in RUNTIMES:
@@ -145,6 +146,9 @@ class Worker:
         js = nc.jetstream()
         await provision_model(js, model, queue_settings(self.config, self.spec))
         handbacks = HandBacks(await js.key_value(names.HANDBACK_BUCKET))
+        attach_images = getattr(self.backend, "attach_images", None)
+        if attach_images is not None and "image" in self.spec.inputs:
+            attach_images(await ImageObjects.open(js))
         await self.backend.start()
         limits = await open_direct_limits(
             js, self.config.limits, database_url=self.config.database_url
@@ -349,26 +353,27 @@ async def serve(
         log.info("drain endpoint on 127.0.0.1:%d", local.port)
     try:
         # Streams and consumers exist, and pings are answered (`loading`), while it loads.
-        async with Loading(spec, config, queue_settings(config, spec)):
-            loading = time.monotonic()
+        async with Loading(spec, config, queue_settings(config, spec)) as loading:
+            started = time.monotonic()
             backend = await in_own_thread(build_backend, spec)
-            load_s = time.monotonic() - loading
-        if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
-            return 0
+            load_s = time.monotonic() - started
+            if stop.is_set():  # stopped while loading: nothing pulled, nothing to drain
+                return 0
 
-        def serving() -> None:
-            log.info(
-                "startup: %.2f s to serving (imports %.2f s, load %.2f s)",
-                process_age_s(),
-                imports_s,
-                load_s,
-            )
-            if on_serving is not None:
-                on_serving()
+            def serving() -> None:
+                loading.close_soon()  # the worker answers the pings from now on
+                log.info(
+                    "startup: %.2f s to serving (imports %.2f s, load %.2f s)",
+                    process_age_s(),
+                    imports_s,
+                    load_s,
+                )
+                if on_serving is not None:
+                    on_serving()
 
-        worker = Worker(spec, config, backend, metrics, serving)
-        workers.append(worker)
-        return await worker.run()
+            worker = Worker(spec, config, backend, metrics, serving)
+            workers.append(worker)
+            return await worker.run()
     finally:
         for server in servers:
             await server.close()

@@ -59,6 +59,10 @@ class BridgeConfig:
     limits_cache_ttl_s: float = 5.0
     #: Share a saturated model's online slots fairly between tenants (`OnlineShare`).
     online_fair_share: bool = True
+    #: Fetch http(s) image URLs of chat requests (`jetserve/image_fetch.py`): private
+    #: addresses refused unless allowed; one deadline bounds each fetch.
+    images_allow_private: bool = False
+    image_fetch_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BridgeConfig:
@@ -98,4 +102,8 @@ class BridgeConfig:
             ),
             limits_cache_ttl_s=get_float(env, "JETSERVE_LIMITS_CACHE_TTL_S", 5.0, minimum=0.0),
             online_fair_share=get_bool(env, "JETSERVE_ONLINE_FAIR_SHARE", True),
+            images_allow_private=get_bool(env, "JETSERVE_IMAGES_ALLOW_PRIVATE", False),
+            image_fetch_timeout_s=get_float(
+                env, "JETSERVE_IMAGE_FETCH_TIMEOUT_S", 10.0, minimum=0.1
+            ),
         )

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from natsio.directory import ModelDirectory
+from natsio.objects import ImageObjects
 from producer.client import Client
 from producer.http import convert
 from producer.http import openai_types as oa
@@ -36,6 +37,7 @@ from producer.http.endpoints import (
 )
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
+from producer.http.images import Fetch, prepare_chat_images
 from producer.http.sse import DONE, event
 from producer.limits import NO_LIMITS, Admission, TenantGate, estimate_tokens
 from schemas import names
@@ -86,6 +88,15 @@ class Bridge:
         self.gate = gate
         self._directory = ModelDirectory(client.nc, ttl_s=2.0)
         self._ids: Iterator[str] = iter(())
+        #: Fetches http(s) image URLs (set by the composition root; None: refused).
+        self.image_fetch: Fetch | None = None
+        self._images: ImageObjects | None = None
+
+    async def image_store(self) -> ImageObjects:
+        """The images bucket (made on first need)."""
+        if self._images is None:
+            self._images = await ImageObjects.open(self.client.js)
+        return self._images
 
     def new_id(self) -> str:
         """128 random bits from the OS CSPRNG: ids are in every response and are the NATS
@@ -98,7 +109,9 @@ class Bridge:
 
     def with_calls(self, calls: Calls) -> Bridge:
         """The same bridge, its calls opened by `calls` (the benchmark's in-process one)."""
-        return Bridge(self.config, self.auth, self.client, calls, self.idempotency, self.gate)
+        bridge = Bridge(self.config, self.auth, self.client, calls, self.idempotency, self.gate)
+        bridge.image_fetch = self.image_fetch
+        return bridge
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         return await require_principal(self.auth, headers.get(AUTHORIZATION_HEADER))
@@ -163,6 +176,16 @@ class Bridge:
             idempotency_key=key,
             priority=queue,
         )
+        if endpoint is CHAT:
+            # Every image fetched and decoded before anything is queued: a corrupt one is a
+            # 400 naming its part, never a worker's error. Small images ride in the request
+            # as data URLs, larger ones in the images bucket, named by the request.
+            messages = await prepare_chat_images(
+                parsed.messages, self.image_fetch, self.image_store
+            )
+            if messages is not None:
+                payload = msgspec.structs.replace(request.payload, messages=messages)
+                request = msgspec.structs.replace(request, payload=payload)
         asked = request.model  # tenant limits count the name the client asked for
         routes = self.client.routes
         if routes is not None and routes.plan(request.model) is not None:  # a served name

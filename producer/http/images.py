@@ -11,18 +11,29 @@ with a 400 that says so.
 
 `detail` (`low`, `high`, `auto`, `original`) is kept with the image: it selects the model
 processor's resizing on the worker, and is part of the image's prefix-cache identity.
+
+`prepare_chat_images` runs this on every image of a chat request and gives the messages to
+publish: each image a data URL when small (`INLINE_MAX_BYTES`), else stored in the images
+bucket and named (`names.IMAGE_REF_PREFIX` + sha256), so a request stays within a NATS
+message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import io
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+import msgspec
+
+from schemas import names
 from schemas.openai_errors import ApiError, invalid
+from schemas.payloads import ChatMessage
 
 #: OpenAI's limits: 20 MB an image, 50 MB of images a request.
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
@@ -151,6 +162,70 @@ async def load(
             "An image URL must be a data URL (data:image/...;base64,...) or an http(s) URL.",
             f"{param}.url",
         )
-    width, height = check(fetched.data, fetched.content_type, param)
+    # Decoding a large image takes a while: off the event loop.
+    width, height = await asyncio.to_thread(check, fetched.data, fetched.content_type, param)
     digest = hashlib.sha256(fetched.data).hexdigest()
     return Image(fetched.data, fetched.content_type, width, height, detail, digest)
+
+
+#: Images up to this many bytes ride inside their request as a data URL; larger ones (and
+#: the larger fetched ones) are stored in the images bucket and the request names them
+#: (`names.IMAGE_REF_PREFIX`): a NATS message is at most 1 MB by default.
+INLINE_MAX_BYTES = 256 * 1024
+
+
+class ImageStore(Protocol):
+    """`natsio.objects.ImageObjects`."""
+
+    async def put(self, data: bytes) -> str: ...
+
+
+async def prepare_chat_images(
+    messages: Sequence[ChatMessage],
+    fetch: Fetch | None = None,
+    store: Callable[[], Awaitable[ImageStore]] | None = None,
+) -> list[ChatMessage] | None:
+    """Check every `image_url` part of a chat's messages (ApiError, 400, naming the part
+    (`messages[0].content[1]`) otherwise), fetching http(s) URLs with `fetch`. The messages
+    to publish, each image a small data URL or a reference to the `store` (opened on first
+    need); None when they are the messages given."""
+    total = 0
+    out = list(messages)
+    changed = False
+    for i, message in enumerate(messages):
+        if not isinstance(message.content, list):
+            continue
+        content = list(message.content)
+        for j, part in enumerate(content):
+            if part.get("type") != "image_url":
+                continue
+            param = f"messages[{i}].content[{j}]"
+            value = part.get("image_url")
+            if not isinstance(value, dict) or not isinstance(value.get("url"), str):
+                raise invalid("image_url must be an object with a string url.", param)
+            detail = value.get("detail")
+            if detail is not None and not isinstance(detail, str):
+                raise invalid(f"detail must be one of {', '.join(DETAILS)}.", f"{param}.detail")
+            url = value["url"]
+            image = await load(url, param, detail=detail, fetch=fetch)
+            total += len(image.data)
+            if total > MAX_REQUEST_IMAGE_BYTES:
+                raise bad_image(
+                    f"The request's images are larger than "
+                    f"{MAX_REQUEST_IMAGE_BYTES // (1024 * 1024)} MB in all.",
+                    param,
+                )
+            inline = len(image.data) <= INLINE_MAX_BYTES
+            if url.startswith("data:") and (inline or store is None):
+                continue
+            if inline:
+                encoded = base64.b64encode(image.data).decode("ascii")
+                new_url = f"data:{image.media_type};base64,{encoded}"
+            elif store is not None:
+                new_url = names.IMAGE_REF_PREFIX + await (await store()).put(image.data)
+            else:
+                raise bad_image("This server cannot take images this large.", param)
+            content[j] = {**part, "image_url": {**value, "url": new_url}}
+            out[i] = msgspec.structs.replace(message, content=content)
+            changed = True
+    return out if changed else None

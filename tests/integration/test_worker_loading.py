@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from producer.client import Client
 from schemas import names
@@ -44,3 +46,28 @@ async def test_a_request_for_a_loading_model_is_answered_once_it_is_ready(
     assert time.monotonic() - started >= 3.5  # it waited for the load
     assert await _ping_state(nc, model_name) == "serving"
     await client.close()
+
+
+async def test_pings_are_answered_through_the_hand_over_from_loading_to_serving(
+    nc: NATS, model_name: str, start_worker: Any
+) -> None:
+    """The loading connection stops answering only once the serving worker answers: a ping in
+    between finding nobody would make a bridge refuse the requests waiting for the model."""
+    start_worker(model_name, "tests.models:SlowLoadModel", options={"load_s": 2.0})
+    states: list[str] = []
+    nobody = slow = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "serving" not in states[-1:]:
+        try:
+            msg = await nc.request(names.ping_subject(model_name), b"", timeout=2)
+        except NoRespondersError:
+            nobody += 1 if states else 0  # before the first answer the worker is starting
+        except NatsTimeoutError:
+            slow += 1
+        else:
+            states.append(decode_worker_info(msg.data).state)
+        await asyncio.sleep(0.005)
+    assert states, "no ping was answered"
+    assert states[0] == "loading", states[:3]
+    assert states[-1] == "serving", states[-3:]
+    assert nobody == 0, f"{nobody} pings found no worker in the hand-over ({slow} slow)"

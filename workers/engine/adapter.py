@@ -29,14 +29,15 @@ from schemas.messages import (
 )
 from schemas.payloads import ChatPayload, CompletionPayload, TextOutput
 from workers.backend import STOP_TIMEOUT_S, BackendStats, ChunkSink, Completion, model_input
-from workers.config import ModelSpec
 from workers.engine import structured
-from workers.engine.constraints import Constraint, Grammars, MaskComputer
-from workers.engine.engine import Engine, EngineConfig, Output
-from workers.engine.prompts import chat_ids, completion_ids
+from workers.engine.constraints import Constraint, Grammars
+from workers.engine.engine import Engine, Output
+from workers.engine.prompts import Prompt, chat_ids, completion_ids
 from workers.engine.sampler import TokenChoice
 from workers.engine.sequence import FINISH_REASONS, EngineRequest
+from workers.engine.vision_prompts import ImageBytes, VisionPrompter
 from workers.errors import EngineDeadError, PermanentError
+from workers.image_source import ImageStore, fetch_images
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,16 @@ class EngineAdapter:
         tokenizer: Any,
         eos_token_ids: frozenset[int],
         grammars: Grammars | None = None,
+        vision: VisionPrompter | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.grammars = grammars
+        #: A vision-language model's prompts (None: a text model).
+        self.vision = vision
+        #: Where image references are read (`attach_images`).
+        self._images: ImageStore | None = None
         self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiters: dict[str, _Waiter] = {}
         self._capacity = engine.capacity()
@@ -85,6 +91,10 @@ class EngineAdapter:
     def stats(self) -> BackendStats:
         return self._stats
 
+    def attach_images(self, store: ImageStore) -> None:
+        """Read image references (`names.IMAGE_REF_PREFIX`) from `store`."""
+        self._images = store
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._thread.start()
@@ -98,8 +108,11 @@ class EngineAdapter:
             raise EngineDeadError(f"engine died: {self._dead!r}")
         payload = model_input(request).payload
         assert isinstance(payload, ChatPayload | CompletionPayload)
-        plan, ids, constraint = await asyncio.to_thread(self.prepare, payload)
-        engine_request = self.engine_request(request, ids, constraint)
+        images: list[ImageBytes] = []
+        if self.vision is not None and isinstance(payload, ChatPayload):
+            images = await fetch_images(payload, self._images)
+        plan, prompt, constraint = await asyncio.to_thread(self.prepare, payload, images)
+        engine_request = self.engine_request(request, prompt, constraint)
         params = request.parameters
         waiter = _Waiter(relay_all=request.stream or params.logprobs or params.top_logprobs > 0)
         self._waiters[request.id] = waiter
@@ -113,14 +126,21 @@ class EngineAdapter:
             self._waiters.pop(request.id, None)
 
     def prepare(
-        self, payload: ChatPayload | CompletionPayload
-    ) -> tuple[structured.Plan, list[int], Constraint | None]:
-        """Grammar, prompt ids and constraint (off the event loop: tokenizing, compiling)."""
-        plan = structured.plan(payload, getattr(self.tokenizer, "chat_template", None))
+        self, payload: ChatPayload | CompletionPayload, images: list[ImageBytes] | None = None
+    ) -> tuple[structured.Plan, Prompt, Constraint | None]:
+        """Grammar, prompt and constraint (off the event loop: tokenizing, compiling, image
+        processing)."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        if self.vision is not None:
+            template = template or getattr(self.vision.processor, "chat_template", None)
+        plan = structured.plan(payload, template)
         if isinstance(payload, ChatPayload):
-            ids = chat_ids(self.tokenizer, plan.messages)
+            if self.vision is not None:
+                prompt = self.vision.prompt(plan.messages, images or [])
+            else:
+                prompt = Prompt(chat_ids(self.tokenizer, plan.messages))
         else:
-            ids = completion_ids(self.tokenizer, payload.prompt)
+            prompt = Prompt(completion_ids(self.tokenizer, payload.prompt))
         constraint = None
         if plan.grammar is not None:
             if self.grammars is None:
@@ -129,14 +149,15 @@ class EngineAdapter:
                     param=plan.description or None,
                 )
             constraint = self.grammars.constraint(plan.grammar, plan.description)
-        return plan, ids, constraint
+        return plan, prompt, constraint
 
     # -- wire request -> engine request (the one constructor) --------------------------------
 
     def engine_request(
-        self, request: InferenceRequest, ids: list[int], constraint: Constraint | None = None
+        self, request: InferenceRequest, prompt: Prompt, constraint: Constraint | None = None
     ) -> EngineRequest:
         params = request.parameters
+        ids = prompt.token_ids
         max_tokens = self.engine.check(len(ids), params.max_tokens)
         deadline = None
         if request.deadline_ms is not None:
@@ -150,6 +171,8 @@ class EngineAdapter:
             deadline=deadline,
             eos_token_ids=self.eos_token_ids,
             constraint=constraint,
+            images=prompt.images,
+            cache_key=prompt.cache_key,
         )
 
     async def _collect(
@@ -309,62 +332,3 @@ class EngineAdapter:
     def _fail_all(self, exc: BaseException) -> None:
         for waiter in self._waiters.values():
             waiter.queue.put_nowait(exc)
-
-
-def build_engine_adapter(spec: ModelSpec) -> EngineAdapter:
-    """Load the model of `spec` and wrap it in an engine (blocking: call from a thread)."""
-    from workers.engine.loader import choose_device, choose_dtype, load_model, resolve_model_path
-    from workers.engine.model_runner import ModelRunner, kv_bytes_per_token
-
-    device = choose_device(spec.device)
-    dtype = choose_dtype(spec.dtype, device)
-    path = resolve_model_path(spec.path or "builtin:smollm2")
-    model, tokenizer = load_model(path, device, dtype)
-    opts = spec.options
-    cfg = model.config
-    kv_tokens = int(opts.get("kv_cache_mib", 1024)) * 2**20 // kv_bytes_per_token(cfg, dtype)
-    # The model's own context; a prompt that the KV cache could never hold is refused.
-    max_model_len = int(opts.get("max_model_len", getattr(cfg, "max_position_embeddings", 4096)))
-    caching = opts.get("enable_prefix_caching", True)
-    if not isinstance(caching, bool):
-        raise ValueError(f"model {spec.name}: enable_prefix_caching must be true or false")
-    config = EngineConfig(
-        max_num_seqs=int(opts.get("max_num_seqs", spec.capacity or 64)),
-        max_num_batched_tokens=int(opts.get("max_num_batched_tokens", 1024)),
-        kv_cache_tokens=kv_tokens,
-        block_size=int(opts.get("kv_block_size", EngineConfig.block_size)),
-        enable_prefix_caching=caching,
-        max_model_len=max_model_len,
-        seed=opts.get("seed"),
-    )
-    runner = ModelRunner(model, num_blocks=config.num_kv_blocks, block_size=config.block_size)
-    vocab = int(cfg.vocab_size)
-    eos = eos_ids(model, tokenizer)
-    engine = Engine(runner, tokenizer.backend_tokenizer, config, masks=MaskComputer(vocab))
-    log.info(
-        "engine: %s on %s/%s, %d seqs, KV %d blocks of %d (%.0f MiB), context %d, "
-        "prefix caching %s",
-        path.name,
-        device,
-        dtype,
-        config.max_num_seqs,
-        config.num_kv_blocks,
-        config.block_size,
-        runner.cache.nbytes / 2**20,
-        max_model_len,
-        "on" if caching else "off",
-    )
-    return EngineAdapter(engine, tokenizer, eos, Grammars(tokenizer, vocab, sorted(eos)))
-
-
-def eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config):
-        value = getattr(source, "eos_token_id", None)
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(int(v) for v in value)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return frozenset(ids)

@@ -70,7 +70,7 @@ class Decode:
 
     Blocks a row holds alone are multiplied in place: slots [0, num_live) hold every block in
     use, so one product covers them all with no copy; `owner` names the row of each slot (count:
-    none, or shared, or a prefilling sequence's) and `valid` how many of its positions count.
+    none, or shared, or a prefilling sequence's) and `hidden` which of its positions do not count.
     Blocks held by several sequences (a shared prefix) are multiplied once by every row."""
 
     count: int
@@ -78,8 +78,9 @@ class Decode:
     tokens: torch.Tensor | None
     num_live: int
     owner: torch.Tensor
-    #: [num_live, block_size] True at the positions a row attends to.
-    valid: torch.Tensor
+    #: [num_live, 1, 1, block_size] True at the positions no row attends to (made once per
+    #: step, shaped to mask the scores of every layer as they are).
+    hidden: torch.Tensor
     #: Slots of the shared blocks [S], and [count, S * block_size] True where a row does not
     #: hold them; None when no row holds a shared block.
     shared: torch.Tensor | None
@@ -264,7 +265,7 @@ def _decode(
     # Blocks held alone, in place: [n, KVH, G, D] x [n, KVH, D, bs] -> [n, KVH, G, bs].
     q_slot = torch.cat([qg, qg.new_zeros(1, kv_heads, group, dim)])[d.owner]
     own = torch.matmul(q_slot, k_cache[:n]).float()
-    own.masked_fill_(~d.valid[:, None, None, :], _NEG)
+    own.masked_fill_(d.hidden, _NEG)
     peak = own.new_full((rows + 1, kv_heads, group), _NEG)
     slot_peak = own.amax(dim=-1)
     peak.scatter_reduce_(0, d.owner[:, None, None].expand_as(slot_peak), slot_peak, "amax")
@@ -277,7 +278,7 @@ def _decode(
         sh = sh.view(kv_heads, rows, group, -1).permute(1, 0, 2, 3)
         sh = sh.masked_fill(d.not_held[:, None, None, :], _NEG)  # [rows, KVH, G, S*bs]
         peak[:rows] = torch.maximum(peak[:rows], sh.amax(dim=-1))
-    weights = torch.exp(own - peak[d.owner][..., None])
+    weights = own.sub_(peak[d.owner][..., None]).exp_()  # in place: no new [n, ..., bs]
     total = peak.new_zeros(rows + 1, kv_heads, group).index_add_(0, d.owner, weights.sum(-1))
     part = torch.matmul(weights.to(v_cache.dtype), v_cache[:n]).float()  # [n, KVH, G, D]
     acc = part.new_zeros(rows + 1, kv_heads, group, dim).index_add_(0, d.owner, part)

@@ -8,13 +8,17 @@ a time.
 Prefix caching (as vLLM's automatic prefix caching): a full block is named by a hash chain
 over its token ids, `hash((hash of the previous block, its token ids))`, so equal names mean
 equal prefixes from position 0 and so equal keys/values (this engine's KV depends only on the
-model, the token ids and their positions; no adapters, no images). A block is registered
-under its name in the step that computes its last position (the step writes every new key
-and value before any attention reads, so a sequence admitted later in the same step may
-already share it). A new sequence takes the longest chain of registered blocks that matches
-its tokens (ids are compared too, so a hash collision cannot give wrong KV). Blocks whose last
-holder left stay registered, evictable, and are reused least recently used first, only when
-no never-cached free block is left.
+model, the token ids and their positions; no adapters). Token ids do not name an image's
+keys/values (every image of a size expands to the same `<image>` ids), so a request with
+images names its blocks with a key mixed in (`Extras`: the image's sha256 and the processor
+settings) from the block holding its first image token on; the chain carries it to every
+later block, and a different image never shares a block the image's tokens touch. A block
+is registered under its name in the step that computes its last position (the step writes
+every new key and value before any attention reads, so a sequence admitted later in the
+same step may already share it). A new sequence takes the longest chain of registered blocks
+that matches its tokens (ids and extra keys are compared too, so a hash collision cannot give
+wrong KV). Blocks whose last holder left stay registered, evictable, and are reused least
+recently used first, only when no never-cached free block is left.
 
 Physical slots. The decoding attention multiplies all blocks in use in one product, as one
 slice of memory with no copy, so blocks held by a sequence occupy physical slots
@@ -26,14 +30,20 @@ the step runs: each block moves a bounded number of times in its life, never eve
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 #: The hash of "no previous block".
 ROOT_HASH = 0
 
+#: Block index -> a key mixed into that block's name (images: see the module docstring).
+Extras = Mapping[int, str]
 
-def chain_hash(previous: int, token_ids: tuple[int, ...]) -> int:
-    return hash((previous, token_ids))
+
+def chain_hash(previous: int, token_ids: tuple[int, ...], extra: str | None = None) -> int:
+    if extra is None:
+        return hash((previous, token_ids))
+    return hash((previous, token_ids, extra))
 
 
 @dataclass
@@ -42,8 +52,9 @@ class Block:
     ref_count: int = 0
     #: Chain hash once registered in the prefix cache, else None.
     hash: int | None = None
-    #: The token ids the hash names (checked on every hit).
+    #: The token ids the hash names, and its extra key (checked on every hit).
     token_ids: tuple[int, ...] = ()
+    extra: str | None = None
 
 
 @dataclass
@@ -127,18 +138,23 @@ class BlockManager:
 
     # -- prefix cache ------------------------------------------------------------------------
 
-    def hashes(self, token_ids: list[int], known: list[int], num_full: int) -> list[int]:
+    def hashes(
+        self, token_ids: list[int], known: list[int], num_full: int, extras: Extras | None = None
+    ) -> list[int]:
         """Chain hashes of the first `num_full` full blocks of `token_ids`, extending the
         `known` ones (a sequence's tokens only grow, so its hashes are computed once)."""
         bs = self.block_size
         out = list(known[:num_full])
         previous = out[-1] if out else ROOT_HASH
         for i in range(len(out), num_full):
-            previous = chain_hash(previous, tuple(token_ids[i * bs : (i + 1) * bs]))
+            extra = extras.get(i) if extras else None
+            previous = chain_hash(previous, tuple(token_ids[i * bs : (i + 1) * bs]), extra)
             out.append(previous)
         return out
 
-    def lookup(self, token_ids: list[int], hashes: list[int]) -> list[int]:
+    def lookup(
+        self, token_ids: list[int], hashes: list[int], extras: Extras | None = None
+    ) -> list[int]:
         """The blocks of the longest registered prefix of `token_ids`, given its full blocks'
         chain `hashes` (held or evictable; nothing is taken)."""
         if not self.enable_caching:
@@ -147,9 +163,11 @@ class BlockManager:
         bs = self.block_size
         for i, h in enumerate(hashes):
             block = self._cached.get(h)
-            if block is None or self.blocks[block].token_ids != tuple(
-                token_ids[i * bs : (i + 1) * bs]
-            ):
+            if block is None:
+                break
+            b = self.blocks[block]
+            extra = extras.get(i) if extras else None
+            if b.token_ids != tuple(token_ids[i * bs : (i + 1) * bs]) or b.extra != extra:
                 break
             found.append(block)
         return found
@@ -158,7 +176,9 @@ class BlockManager:
         self.stats.queries_tokens += num_tokens
         self.stats.hits_tokens += num_hit
 
-    def register(self, block: int, h: int, token_ids: tuple[int, ...]) -> None:
+    def register(
+        self, block: int, h: int, token_ids: tuple[int, ...], extra: str | None = None
+    ) -> None:
         """Name a held, full, computed (or computed in this step) block. A block with the same
         name already registered keeps it; this one stays private."""
         if not self.enable_caching or h in self._cached:
@@ -166,7 +186,7 @@ class BlockManager:
         b = self.blocks[block]
         if b.hash is not None:
             return
-        b.hash, b.token_ids = h, token_ids
+        b.hash, b.token_ids, b.extra = h, token_ids, extra
         self._cached[h] = block
 
     # -- holding -----------------------------------------------------------------------------
@@ -195,7 +215,7 @@ class BlockManager:
             b = self.blocks[block]
             assert b.hash is not None
             del self._cached[b.hash]
-            b.hash, b.token_ids = None, ()
+            b.hash, b.token_ids, b.extra = None, (), None
             self.stats.evictions += 1
         else:
             raise RuntimeError("no free KV block")

@@ -17,8 +17,15 @@ from workers.engine.kv_cache import KVCache
 from workers.engine.scheduler import SchedulerOutput
 
 
+def text_config(config: Any) -> Any:
+    """The language model's config (a vision-language model's `text_config`)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if get is not None else config
+
+
 def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     """Bytes of keys and values one token position takes across all layers."""
+    config = text_config(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     return int(config.num_hidden_layers * 2 * kv_heads * head_dim * dtype.itemsize)
@@ -27,9 +34,9 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
 class ModelRunner:
     def __init__(self, model: Any, *, num_blocks: int, block_size: int) -> None:
         register()
-        model.set_attn_implementation(IMPLEMENTATION)
+        model.set_attn_implementation(self.attention(model))
         self.model = model
-        config = model.config
+        config = text_config(model.config)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         head_dim = getattr(config, "head_dim", None) or (
@@ -52,13 +59,21 @@ class ModelRunner:
             self.cache.swap(out.swaps)
             batch, input_ids, positions, sample_index = self._layout(out)
             result = self.model(
-                input_ids=input_ids[None],
+                **self.inputs(out, input_ids),
                 position_ids=positions[None],
                 use_cache=False,
                 logits_to_keep=sample_index,
                 jetserve_step=batch,
             )
             return result.logits[0].float()
+
+    def attention(self, model: Any) -> str | dict[str, str]:
+        """The attention implementation to set (`set_attn_implementation`)."""
+        return IMPLEMENTATION
+
+    def inputs(self, out: SchedulerOutput, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's token inputs for the step's flattened `input_ids` [T]."""
+        return {"input_ids": input_ids[None]}
 
     def _tensor(self, values: list[int] | list[list[int]]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -162,7 +177,7 @@ class ModelRunner:
         own = self._tensor(own_slots)
         owner[own] = self._tensor(own_rows)
         valid_len[own] = self._tensor(own_valid)
-        valid = torch.arange(bs, device=self.device)[None, :] < valid_len[:, None]
+        hidden = torch.arange(bs, device=self.device)[None, :] >= valid_len[:, None]
         shared_t = not_held = None
         if shared:
             held = torch.zeros(rows, len(shared), dtype=torch.bool, device=self.device)
@@ -175,7 +190,7 @@ class ModelRunner:
             tokens=None if dense else self._tensor(tokens),
             num_live=n,
             owner=owner,
-            valid=valid,
+            hidden=hidden[:, None, None, :],
             shared=shared_t,
             not_held=not_held,
         )

@@ -3,10 +3,22 @@ ready-made token ids."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from schemas.errors import ErrorCode
 from workers.errors import PermanentError
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A request's prompt as the engine takes it."""
+
+    token_ids: list[int]
+    #: Its images (`vision.ImageInputs`); None: text only.
+    images: Any = None
+    #: The images' prefix-cache key (`EngineRequest.cache_key`).
+    cache_key: tuple[int, str] | None = None
 
 
 def chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:

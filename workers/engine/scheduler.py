@@ -212,8 +212,10 @@ class Scheduler:
         bm = self.blocks
         tokens = seq.token_ids
         # At least one token is computed, so that a next token can be sampled.
-        seq.block_hashes = bm.hashes(tokens, seq.block_hashes, (len(tokens) - 1) // bm.block_size)
-        hits = bm.lookup(tokens, seq.block_hashes)
+        extras = seq.block_extras(bm.block_size)
+        full = (len(tokens) - 1) // bm.block_size
+        seq.block_hashes = bm.hashes(tokens, seq.block_hashes, full, extras)
+        hits = bm.lookup(tokens, seq.block_hashes, extras)
         new = bm.blocks_for(len(tokens)) - len(hits)
         reserve = self._watermark + len(self.running) if self.running else 0
         if not bm.can_take(new + reserve, hits):
@@ -237,11 +239,13 @@ class Scheduler:
         full = computed // bm.block_size
         if not bm.enable_caching or full <= seq.num_registered:
             return
-        seq.block_hashes = bm.hashes(seq.token_ids, seq.block_hashes, full)
         bs = bm.block_size
+        extras = seq.block_extras(bs)
+        seq.block_hashes = bm.hashes(seq.token_ids, seq.block_hashes, full, extras)
         for j in range(seq.num_registered, full):
             ids = tuple(seq.token_ids[j * bs : (j + 1) * bs])
-            bm.register(seq.block_table[j], seq.block_hashes[j], ids)
+            extra = extras.get(j) if extras else None
+            bm.register(seq.block_table[j], seq.block_hashes[j], ids, extra)
         seq.num_registered = full
 
     def _output(self, scheduled: list[Scheduled], preempted: list[Sequence]) -> SchedulerOutput:

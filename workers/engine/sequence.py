@@ -56,6 +56,12 @@ class EngineRequest:
     eos_token_ids: frozenset[int] = frozenset()
     #: Grammar state for structured output (`constraints.Constraint`); None: free text.
     constraint: Any = None
+    #: The prompt's images, for the model runner (`vision.ImageInputs`); None: text only.
+    images: Any = None
+    #: (prompt position, key): the block holding that position, and through the hash chain
+    #: every later one, is named with `key` mixed in (the images' sha256s and processor
+    #: settings: their keys/values are not named by token ids alone); None: token ids only.
+    cache_key: tuple[int, str] | None = None
 
 
 @dataclass(eq=False)
@@ -79,6 +85,10 @@ class Sequence:
     num_cached_tokens: int = 0
     #: Times this sequence lost its KV cache to make room.
     preemptions: int = 0
+    #: Its images' embeddings, computed once in the step that first reaches an image token
+    #: and dropped after the last one is placed (a prompt split into chunks needs them over
+    #: several steps); None otherwise.
+    image_embeds: Any = None
 
     def __post_init__(self) -> None:
         if not self.token_ids:
@@ -104,6 +114,11 @@ class Sequence:
     def num_uncomputed(self) -> int:
         """Tokens to feed the model before the next token can be sampled."""
         return len(self.token_ids) - self.num_computed
+
+    def block_extras(self, block_size: int) -> dict[int, str] | None:
+        """The keys mixed into its blocks' names (`block_manager.Extras`)."""
+        key = self.request.cache_key
+        return None if key is None else {key[0] // block_size: key[1]}
 
     @property
     def max_len(self) -> int:

@@ -210,7 +210,7 @@ def _render_messages(
     for m in payload.messages:
         out.append(_render(m, template_knows_tools))
     if preamble:
-        if out and out[0]["role"] in ("system", "developer"):
+        if out and out[0]["role"] in ("system", "developer") and isinstance(out[0]["content"], str):
             out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{preamble}"}
         else:
             out.insert(0, {"role": "system", "content": preamble})
@@ -236,6 +236,16 @@ def _render(m: ChatMessage, template_knows_tools: bool) -> dict[str, Any]:
         text = (text + "\n" if text else "") + "".join(calls)
     if role == "tool" and not template_knows_tools:
         return {"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>"}
+    if isinstance(m.content, list) and any(p.get("type") == "image_url" for p in m.content):
+        # Only models that take images get here (the others refuse image parts): their
+        # processor's template places an image at each `{"type": "image"}` part.
+        parts: list[dict[str, Any]] = []
+        for part in m.content:
+            if part.get("type") == "image_url":
+                parts.append({"type": "image"})
+            elif part.get("type") == "text" and part.get("text"):
+                parts.append({"type": "text", "text": str(part["text"])})
+        return {"role": role, "content": parts}
     return {"role": role, "content": text}
 
 

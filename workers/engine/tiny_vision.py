@@ -6,11 +6,16 @@ tiles plus a global view; each becomes `IMAGE_SEQ_LEN` `<image>` tokens between
 `<fake_token_around_image>` markers). Loaded like any Hugging Face model folder:
 `AutoProcessor.from_pretrained(path)`, `AutoModelForImageTextToText.from_pretrained(path)`.
 Weights come from a fixed seed, so the same command writes the same model.
+
+`tiny` (~0.9 M parameters, 32-pixel tiles of 4 tokens, at most 2 x 2 tiles) is for tests;
+`bench` (`--size bench`, ~40 M: the text model of `tiny`'s `bench` size, 64-pixel tiles of 16
+tokens, at most 4 x 4 tiles: an image costs up to 272 image tokens) for benchmarks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from workers.engine.tiny import train_tokenizer
 
@@ -44,7 +49,23 @@ _CHAT_TEMPLATE = (
 )
 
 
-def make_tiny_vision_model(path: Path, seed: int = 0) -> Path:
+class Size(NamedTuple):
+    tile_px: int
+    #: Images are resized to at most this many tiles a side.
+    tiles: int
+    #: The language model: hidden, layers, heads, kv heads, intermediate.
+    text: tuple[int, int, int, int, int]
+    #: The vision tower: hidden, layers, heads, intermediate.
+    vision: tuple[int, int, int, int]
+
+
+SIZES = {
+    "tiny": Size(TILE_PX, LONGEST_EDGE_PX // TILE_PX, (128, 4, 4, 2, 256), (64, 2, 2, 128)),
+    "bench": Size(64, 4, (512, 11, 8, 4, 1536), (256, 6, 4, 1024)),
+}
+
+
+def make_tiny_vision_model(path: Path, seed: int = 0, size: str = "tiny") -> Path:
     import torch
     from transformers import (
         GenerationConfig,
@@ -56,16 +77,18 @@ def make_tiny_vision_model(path: Path, seed: int = 0) -> Path:
         LlamaConfig,
     )
 
+    tile, tiles, (hidden, layers, heads, kv_heads, inter), vision_shape = SIZES[size]
+    v_hidden, v_layers, v_heads, v_inter = vision_shape
     tokenizer = train_tokenizer(1024, _CHAT_TEMPLATE, IMAGE_TOKENS)
     eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|eos|>", "<|im_end|>")]
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=4096,
         initializer_range=0.08,
         bos_token_id=tokenizer.bos_token_id,
@@ -74,11 +97,11 @@ def make_tiny_vision_model(path: Path, seed: int = 0) -> Path:
         tie_word_embeddings=False,
     )
     vision = Idefics3VisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=TILE_PX,
+        hidden_size=v_hidden,
+        intermediate_size=v_inter,
+        num_hidden_layers=v_layers,
+        num_attention_heads=v_heads,
+        image_size=tile,
         patch_size=PATCH_PX,
         initializer_range=0.08,
     )
@@ -96,14 +119,14 @@ def make_tiny_vision_model(path: Path, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
     )
     images = Idefics3ImageProcessorPil(
-        size={"longest_edge": LONGEST_EDGE_PX},
-        max_image_size={"longest_edge": TILE_PX},
+        size={"longest_edge": tiles * tile},
+        max_image_size={"longest_edge": tile},
         do_image_splitting=True,
     )
     processor = Idefics3Processor(
         image_processor=images,
         tokenizer=tokenizer,
-        image_seq_len=IMAGE_SEQ_LEN,
+        image_seq_len=(tile // PATCH_PX) ** 2 // SCALE_FACTOR**2,
         chat_template=_CHAT_TEMPLATE,
     )
     path.mkdir(parents=True, exist_ok=True)
