@@ -1,5 +1,7 @@
-"""Compare-and-set on a NATS KV key, retried while other writers get there first.
+"""Compare-and-set on a NATS KV key, retried while other writers get there first; opening a
+bucket that may exist already.
 
+    kv = await open_bucket(js, KeyValueConfig(bucket=..., ...))
     result = await compare_and_set(kv, key, change)
 
 `change(value)` gets the key's current value (None when it has none) and returns
@@ -11,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -45,3 +49,13 @@ async def compare_and_set(
             continue
         return result
     raise TooManyWriters(f"{key}: {TRIES} concurrent writes in a row")
+
+
+async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """The bucket `config` names: created with `config`, or, when it exists already (made
+    by another process, maybe with other settings), used as it is."""
+    try:
+        return await js.create_key_value(config)
+    except Exception:
+        assert config.bucket is not None
+        return await js.key_value(config.bucket)

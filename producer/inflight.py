@@ -24,9 +24,10 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from producer.leases import Turn, Unreachable
 from schemas.limits import SlotHolding, SlotsState
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,8 @@ class _Lease:
     held: int = 0
     used: int = 0
     refused_until: float = 0.0
-    #: Set while this replica resizes its holding of this key.
-    resizing: asyncio.Future[None] | None = None
+    #: Held while this replica resizes its holding of this key.
+    turn: Turn = field(default_factory=Turn)
     returning: bool = False
 
 
@@ -94,7 +95,7 @@ class InFlight:
         self.holder = holder or uuid.uuid4().hex
         self._leases: dict[str, _Lease] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._warned_s = -1e9
+        self._unreachable = Unreachable(log, "in-flight slots")
 
     def used(self, key: str) -> int:
         lease = self._leases.get(key)
@@ -104,7 +105,7 @@ class InFlight:
         """Take a slot of `key` from this replica's lease, if it has one free (no await: the
         common case on the request path); else `acquire`."""
         lease = self._leases.get(key)
-        if lease is not None and lease.used < lease.held and lease.resizing is None:
+        if lease is not None and lease.used < lease.held and not lease.turn.busy:
             lease.used += 1
             return True
         return False
@@ -119,16 +120,16 @@ class InFlight:
             if lease.used < lease.held:
                 lease.used += 1
                 return True
-            if lease.resizing is None:
+            if not lease.turn.busy:
                 break
-            await asyncio.shield(lease.resizing)
+            await lease.turn.wait()
         if self._clock() < lease.refused_until:
             return False
         chunk = chunk_of(limit)
         try:
             await self._resize(key, lease, lease.used + chunk)
         except Exception as exc:  # the shared record is unreachable: admit (fail open)
-            self._warn(key, exc)
+            self._unreachable.warn(key, exc)
             lease.used += 1
             return True
         if lease.used < lease.held:
@@ -164,8 +165,8 @@ class InFlight:
         try:
             if lease.used == 0:
                 await asyncio.sleep(IDLE_RETURN_S)  # a request about to come keeps its lease
-            while lease.resizing is not None:
-                await asyncio.shield(lease.resizing)
+            while lease.turn.busy:
+                await lease.turn.wait()
             chunk = chunk_of(lease.limit)
             wanted = lease.used + chunk if lease.used else 0
             if wanted < lease.held:
@@ -173,30 +174,26 @@ class InFlight:
                     await self._resize(key, lease, wanted)
         finally:
             lease.returning = False
-            if lease.held == 0 and lease.used == 0 and lease.resizing is None:
+            if lease.held == 0 and lease.used == 0 and not lease.turn.busy:
                 self._leases.pop(key, None)
 
     async def _resize(self, key: str, lease: _Lease, wanted: int) -> None:
         """One resize of this replica's holding at a time per key."""
-        lease.resizing = asyncio.get_running_loop().create_future()
-        try:
+        with lease.turn.taken():
             lease.held = await self._shared.resize(
                 key, self.holder, max(wanted, lease.used), lease.limit, self._clock()
             )
-        finally:
-            lease.resizing.set_result(None)
-            lease.resizing = None
 
     async def renew(self) -> None:
         """Renew every holding (each keeps its lease; idle ones are given back)."""
         for key, lease in list(self._leases.items()):
-            if lease.resizing is not None or lease.limit == 0:
+            if lease.turn.busy or lease.limit == 0:
                 continue
             wanted = lease.used + chunk_of(lease.limit) if lease.used else 0
             try:
                 await self._resize(key, lease, min(wanted, lease.held) if lease.used else 0)
             except Exception as exc:
-                self._warn(key, exc)
+                self._unreachable.warn(key, exc)
             if lease.held == 0 and lease.used == 0 and not lease.returning:
                 self._leases.pop(key, None)
 
@@ -213,9 +210,3 @@ class InFlight:
             with contextlib.suppress(Exception):
                 await self._shared.resize(key, self.holder, 0, lease.limit, self._clock())
         self._leases.clear()
-
-    def _warn(self, key: str, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._warned_s > 10.0:
-            self._warned_s = now
-            log.warning("in-flight slots unreachable (%s: %s): admitting without them", key, exc)

@@ -19,11 +19,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from producer.inflight import InFlight
-from producer.ratelimit import Limiter, Rate, TooLarge, Verdict
+from producer.ratelimit import Limiter, Rate, TooLarge
 from schemas.limits import UNLIMITED, TenantLimits
 from schemas.names import ratelimit_key
 from schemas.openai_errors import ApiError
@@ -53,6 +52,13 @@ class CachedLimits:
         self._clock = clock
         self._cache: dict[tuple[str, str], tuple[float, tuple[TenantLimits, str | None]]] = {}
 
+    def cached(self, tenant: str, model: str) -> tuple[TenantLimits, str | None] | None:
+        """The limits if cached and fresh, without awaiting; None: `limits`."""
+        hit = self._cache.get((tenant, model))
+        if hit is not None and hit[0] > self._clock():
+            return hit[1]
+        return None
+
     async def limits(self, tenant: str, model: str) -> tuple[TenantLimits, str | None]:
         now = self._clock()
         hit = self._cache.get((tenant, model))
@@ -72,23 +78,33 @@ def estimate_tokens(prompt_bytes: int, max_tokens: int | None, default_max_token
 def duration(seconds: float) -> str:
     """OpenAI's reset format: `17ms`, `1.2s`, `6m0s`."""
     if seconds < 1:
-        return f"{max(0, math.ceil(seconds * 1000))}ms"
+        return f"{math.ceil(seconds * 1000)}ms" if seconds > 0 else "0ms"
     if seconds < 60:
         return f"{seconds:.3g}s"
     minutes, rest = divmod(math.ceil(seconds), 60)
     return f"{minutes}m{rest}s"
 
 
-@dataclass
 class Admission:
-    """One admitted request: its headers, and `finish` to settle and release it."""
+    """One admitted request: its headers, and `finish` to settle and release it. (A plain
+    class with slots: one is made for every request.)"""
 
-    headers: dict[str, str] = field(default_factory=dict)
-    _gate: TenantGate | None = None
-    _slot_key: str | None = None
-    _token_key: str | None = None
-    _estimate: int = 0
-    _finished: bool = False
+    __slots__ = ("_estimate", "_finished", "_gate", "_slot_key", "_token_key", "headers")
+
+    def __init__(
+        self,
+        headers: dict[str, str] | None = None,
+        gate: TenantGate | None = None,
+        slot_key: str | None = None,
+        token_key: str | None = None,
+        estimate: int = 0,
+    ) -> None:
+        self.headers = {} if headers is None else headers
+        self._gate = gate
+        self._slot_key = slot_key
+        self._token_key = token_key
+        self._estimate = estimate
+        self._finished = False
 
     def finish(self, used_tokens: int | None = None) -> None:
         """Settle the estimate with `used_tokens` (None: keep the estimate) and release the
@@ -97,6 +113,24 @@ class Admission:
             return
         self._finished = True
         self._gate._finish(self, used_tokens)
+
+
+class _Plan:
+    """What one tenant's limits in one scope need on every request, computed once: the
+    bucket and slot keys, the rates, the limits' header values."""
+
+    __slots__ = ("request_key", "requests", "rpm", "slot_key", "token_key", "tokens", "tpm")
+
+    def __init__(self, tenant: str, scope: str | None, limits: TenantLimits) -> None:
+        self.slot_key = (
+            None if limits.max_in_flight is None else ratelimit_key(tenant, scope, IN_FLIGHT)
+        )
+        self.requests = None if limits.rpm is None else Rate(limits.rpm)
+        self.request_key = ratelimit_key(tenant, scope, REQUESTS)
+        self.rpm = str(limits.rpm)
+        self.tokens = None if limits.tpm is None else Rate(limits.tpm)
+        self.token_key = ratelimit_key(tenant, scope, TOKENS)
+        self.tpm = str(limits.tpm)
 
 
 NO_LIMITS = Admission()
@@ -113,24 +147,32 @@ class TenantGate:
         on_decision: Callable[[str, bool, int], None] | None = None,
     ) -> None:
         self._source = source
+        self._cached = source.cached if isinstance(source, CachedLimits) else None
+        self._plans: dict[tuple[str, str | None, TenantLimits], _Plan] = {}
         self._limiter = limiter
         self._slots = in_flight
         self.default_max_tokens = default_max_tokens
-        self._rates: dict[int, Rate] = {}
         #: (tenant, admitted, estimated tokens): for metrics.
         self._on_decision = on_decision
 
     async def admit(self, tenant: str, model: str, estimated_tokens: int) -> Admission:
-        limits, scope = await self._source.limits(tenant, model)
+        found = self._cached(tenant, model) if self._cached is not None else None
+        if found is None:
+            found = await self._source.limits(tenant, model)
+        limits, scope = found
         if limits.unlimited:
             return NO_LIMITS
+        plan = self._plans.get((tenant, scope, limits))
+        if plan is None:
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            plan = self._plans[(tenant, scope, limits)] = _Plan(tenant, scope, limits)
         headers: dict[str, str] = {}
-        slot_key = None
-        if limits.max_in_flight is not None:
-            slot_key = ratelimit_key(tenant, scope, IN_FLIGHT)
+        slot_key = plan.slot_key
+        if slot_key is not None:
             slots = self._slots
             if not slots.take_leased(slot_key) and not await slots.acquire(
-                slot_key, limits.max_in_flight
+                slot_key, limits.max_in_flight or 0
             ):
                 self._refuse(
                     tenant,
@@ -140,7 +182,7 @@ class TenantGate:
                     headers,
                 )
         try:
-            token_key = await self._per_minute(tenant, scope, limits, estimated_tokens, headers)
+            token_key = await self._per_minute(tenant, plan, estimated_tokens, headers)
         except BaseException:
             if slot_key is not None:
                 self._slots.release(slot_key)
@@ -150,60 +192,54 @@ class TenantGate:
         return Admission(headers, self, slot_key, token_key, estimated_tokens)
 
     async def _per_minute(
-        self,
-        tenant: str,
-        scope: str | None,
-        limits: TenantLimits,
-        estimated_tokens: int,
-        headers: dict[str, str],
+        self, tenant: str, plan: _Plan, estimated_tokens: int, headers: dict[str, str]
     ) -> str | None:
-        """The per-minute limits checked (ApiError when over one); the token key to settle."""
-        token_key = request_key = None
-        if limits.rpm is not None:
-            rate = self._rate(limits.rpm)
-            request_key = ratelimit_key(tenant, scope, REQUESTS)
-            verdict = await self._limiter.acquire(request_key, 1, rate)
-            _headers(headers, REQUESTS, limits.rpm, verdict)
+        """The per-minute limits checked (ApiError when over one); the token key to settle.
+        A request its replica's leases cover is decided without awaiting (`try_leased`)."""
+        limiter = self._limiter
+        rate = plan.requests
+        if rate is not None:
+            key = plan.request_key
+            verdict = limiter.try_leased(key, 1, rate) or await limiter.acquire(key, 1, rate)
+            headers["x-ratelimit-limit-requests"] = plan.rpm
+            headers["x-ratelimit-remaining-requests"] = str(int(verdict.remaining))
+            headers["x-ratelimit-reset-requests"] = duration(verdict.reset_s)
             if not verdict.admitted:
                 self._refuse(
                     tenant,
                     estimated_tokens,
-                    f"requests per minute: {limits.rpm}",
+                    f"requests per minute: {plan.rpm}",
                     verdict.reset_s,
                     headers,
                 )
-        if limits.tpm is not None:
-            rate = self._rate(limits.tpm)
-            token_key = ratelimit_key(tenant, scope, TOKENS)
-            try:
-                verdict = await self._limiter.acquire(token_key, estimated_tokens, rate)
-            except TooLarge as exc:
-                raise ApiError(
-                    429,
-                    f"Request too large: it {exc} (tokens per minute). Lower max_tokens or "
-                    "the prompt.",
-                    code="rate_limit_exceeded",
-                ) from None
-            _headers(headers, TOKENS, limits.tpm, verdict)
-            if not verdict.admitted:
-                if request_key is not None:  # not admitted: its request is given back
-                    self._limiter.settle(request_key, 1)
-                self._refuse(
-                    tenant,
-                    estimated_tokens,
-                    f"tokens per minute: {limits.tpm}",
-                    verdict.reset_s,
-                    headers,
-                )
-        return token_key
-
-    def _rate(self, per_minute: int) -> Rate:
-        rate = self._rates.get(per_minute)
+        rate = plan.tokens
         if rate is None:
-            if len(self._rates) > 1000:
-                self._rates.clear()
-            rate = self._rates[per_minute] = Rate(per_minute)
-        return rate
+            return None
+        key = plan.token_key
+        try:
+            verdict = limiter.try_leased(key, estimated_tokens, rate) or await limiter.acquire(
+                key, estimated_tokens, rate
+            )
+        except TooLarge as exc:
+            raise ApiError(
+                429,
+                f"Request too large: it {exc} (tokens per minute). Lower max_tokens or the prompt.",
+                code="rate_limit_exceeded",
+            ) from None
+        headers["x-ratelimit-limit-tokens"] = plan.tpm
+        headers["x-ratelimit-remaining-tokens"] = str(int(verdict.remaining))
+        headers["x-ratelimit-reset-tokens"] = duration(verdict.reset_s)
+        if not verdict.admitted:
+            if plan.requests is not None:  # not admitted: its request is given back
+                limiter.settle(plan.request_key, 1)
+            self._refuse(
+                tenant,
+                estimated_tokens,
+                f"tokens per minute: {plan.tpm}",
+                verdict.reset_s,
+                headers,
+            )
+        return key
 
     async def usage(self, tenant: str, model: str) -> tuple[TenantLimits, dict[str, float]]:
         """The limits that apply and what is left of each, as this replica last saw it."""
@@ -236,12 +272,6 @@ class TenantGate:
             self._slots.release(admission._slot_key)
         if admission._token_key is not None and used is not None:
             self._limiter.settle(admission._token_key, admission._estimate - used)
-
-
-def _headers(headers: dict[str, str], dimension: str, limit: int, verdict: Verdict) -> None:
-    headers[f"x-ratelimit-limit-{dimension}"] = str(limit)
-    headers[f"x-ratelimit-remaining-{dimension}"] = str(int(verdict.remaining))
-    headers[f"x-ratelimit-reset-{dimension}"] = duration(verdict.reset_s)
 
 
 def unlimited_source() -> LimitsSource:

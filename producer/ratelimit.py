@@ -23,13 +23,13 @@ the result comes (`Limiter.settle`: the unused part is given back to the lease).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
+from producer.leases import Turn, Unreachable
 from schemas.limits import BURST_FRACTION, BucketState
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,13 @@ class _Lease:
     #: The shared level last seen (for the remaining-count headers).
     level: float = 0.0
     seen_s: float = 0.0
-    #: Set while this replica takes from the shared bucket for this key.
-    taking: asyncio.Future[None] | None = None
+    #: Held while this replica takes from the shared bucket for this key.
+    turn: Turn = field(default_factory=Turn)
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
+    """(A tuple: made on every request, and a frozen dataclass costs several times as much.)"""
+
     admitted: bool
     #: What is left (an estimate: the shared level last seen plus this replica's lease).
     remaining: float
@@ -121,7 +122,19 @@ class Limiter:
         self._shared = shared
         self._clock = clock
         self._leases: dict[str, _Lease] = {}
-        self._warned_s = -1e9
+        self._unreachable = Unreachable(log, "rate buckets")
+
+    def try_leased(self, key: str, cost: float, rate: Rate) -> Verdict | None:
+        """The verdict from this replica's lease alone, without awaiting (the common case on
+        the request path: a request its lease covers); None: `acquire`."""
+        lease = self._leases.get(key)
+        if lease is None or lease.turn.busy or lease.tokens < cost:
+            return None
+        now = self._clock()
+        if lease.expires_s < now or cost > rate.per_minute:
+            return None
+        lease.tokens -= cost
+        return self._verdict(True, lease, rate, now)
 
     async def acquire(self, key: str, cost: float, rate: Rate) -> Verdict:
         if cost > rate.per_minute:
@@ -135,17 +148,13 @@ class Limiter:
             verdict = self._local(lease, cost, rate, self._clock())
             if verdict is not None:
                 return verdict
-            if lease.taking is None:
+            if not lease.turn.busy:
                 break
             # One take from the shared bucket at a time per key: wait for the one under way
             # (it brings a lease), then look again.
-            await asyncio.shield(lease.taking)
-        lease.taking = asyncio.get_running_loop().create_future()
-        try:
+            await lease.turn.wait()
+        with lease.turn.taken():
             return await self._take(key, lease, cost, rate)
-        finally:
-            lease.taking.set_result(None)
-            lease.taking = None
 
     def _local(self, lease: _Lease, cost: float, rate: Rate, now: float) -> Verdict | None:
         """The verdict this replica can give alone (from its lease, or a refusal while the
@@ -170,7 +179,7 @@ class Limiter:
         try:
             taken = await self._shared.take(key, need, rate.lease, rate, now)
         except Exception as exc:  # the shared store is unreachable: admit (fail open)
-            self._warn(key, exc)
+            self._unreachable.warn(key, exc)
             return Verdict(True, 0.0, 0.0)
         lease.level, lease.seen_s = taken.level, now
         if taken.granted <= 0:
@@ -179,12 +188,6 @@ class Limiter:
         lease.tokens += taken.granted - cost
         lease.expires_s = now + LEASE_TTL_S
         return self._verdict(True, lease, rate, now)
-
-    def _warn(self, key: str, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._warned_s > 10.0:
-            self._warned_s = now
-            log.warning("rate buckets unreachable (%s: %s): admitting without them", key, exc)
 
     def settle(self, key: str, tokens: float) -> None:
         """Give `tokens` back to this replica's lease (negative: take them): an estimate
@@ -207,6 +210,15 @@ class Limiter:
         return self._verdict(True, lease, rate, now)
 
     def _verdict(self, admitted: bool, lease: _Lease, rate: Rate, now: float) -> Verdict:
-        shared = rate.level(lease.level, lease.seen_s, now) if lease.seen_s else rate.capacity
-        left = max(0.0, min(rate.capacity, shared + max(0.0, lease.tokens)))
-        return Verdict(admitted, left, (rate.capacity - left) / rate.per_s)
+        capacity = rate.capacity
+        mine = lease.tokens if lease.tokens > 0.0 else 0.0
+        if lease.seen_s:
+            shared = lease.level + (now - lease.seen_s if now > lease.seen_s else 0.0) * rate.per_s
+            left = (shared if shared < capacity else capacity) + mine
+        else:
+            left = capacity + mine
+        if left > capacity:
+            left = capacity
+        elif left < 0.0:
+            left = 0.0
+        return Verdict(admitted, left, (capacity - left) / rate.per_s)

@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from natsio.kv import compare_and_set
+from natsio.kv import compare_and_set, open_bucket
 from producer.inflight import HOLD_TTL_S, resize
 from producer.ratelimit import Rate, Taken, take
 from schemas import names
@@ -29,10 +29,7 @@ async def open_ratelimit_bucket(js: JetStreamContext) -> KeyValue:
         ttl=_IDLE_TTL_S,
         storage=StorageType.MEMORY,
     )
-    try:
-        return await js.create_key_value(config)
-    except Exception:  # exists already: use it as it is
-        return await js.key_value(names.RATELIMIT_BUCKET)
+    return await open_bucket(js, config)
 
 
 class KvBuckets:

@@ -3,8 +3,10 @@
 Over NATS a client publishes an `InferenceRequest` to `jetserve.async.submit` (JetStream: the
 PubAck means it is stored); a tenant's own NATS user publishes to
 `jetserve.async.submit.<tenant>`, and the request is that tenant's, whatever its body says (one
-naming another tenant is terminated unrecorded). This loop records it in Postgres, publishes
-it to its model's online subject with the durable reply subject
+naming another tenant is terminated unrecorded), and counts against its limits here (the
+bridge counted those it took over HTTP: `producer/direct_limits.py`); one over a limit is
+recorded failed, `rate_limit_exceeded` with `retry_after_ms`, and not published. This loop
+records it in Postgres, publishes it to its model's online subject with the durable reply subject
 `jetserve.results.async.<id>` (a streamed one, a background response: its event log
 `jetserve.revents.<id>`), and only then acks it. Over HTTP the bridge records and publishes
 the request itself; a request it recorded but could not publish (it died in between) stays
@@ -22,6 +24,7 @@ from nats.aio.msg import Msg
 from natsio.acks import Outcome
 from natsio.inbox import AckInbox, Message
 from natsio.routes import RouteTable, shadow_request
+from producer.direct_limits import DirectLimits, Refused
 from scheduler.mirror import publish_mirrors
 from scheduler.store import async_requests as ar
 from scheduler.store.webhooks import endpoint_by_url
@@ -57,8 +60,10 @@ class AsyncIntake:
         *,
         keep_s: float,
         routes: RouteTable | None = None,
+        limits: DirectLimits | None = None,
     ) -> None:
         self._pool = pool
+        self._limits = limits
         self._routes = routes
         self._publisher = publisher
         self._keep_s = keep_s
@@ -85,10 +90,21 @@ class AsyncIntake:
                     await msg.term()
                     continue
                 request = msgspec.structs.replace(request, tenant=owner)
-            await self._take_one(request)
+            refused = None
+            if owner is not None and self._limits is not None:
+                # Counted at submission, not held in flight (as the bridge counts its own).
+                verdict = await self._limits.admit(
+                    owner,
+                    request.model,
+                    len(msg.data),
+                    request.parameters.max_tokens,
+                    hold=False,
+                )
+                refused = verdict if isinstance(verdict, Refused) else None
+            await self._take_one(request, refused)
             await msg.ack()
 
-    async def _take_one(self, request: InferenceRequest) -> None:
+    async def _take_one(self, request: InferenceRequest, refused: Refused | None = None) -> None:
         mirror = None
         if self._routes is not None:  # a served name: recorded and published for its version
             served = request.model
@@ -108,6 +124,14 @@ class AsyncIntake:
             request=data,
             callback_url=callback,
         )
+        if refused is not None:
+            await self._fail(
+                request.id,
+                ErrorCode.RATE_LIMIT_EXCEEDED,
+                refused.message,
+                retry_after_ms=refused.retry_after_ms,
+            )
+            return
         if callback and await endpoint_by_url(self._pool, request.tenant, callback) is None:
             await self._fail(
                 request.id,
@@ -133,8 +157,17 @@ class AsyncIntake:
                 await self._fail(request.id, ErrorCode.INVALID_REQUEST, "refused by the queue")
             # RETRY, FULL: stays queued; `requeue` publishes it again later.
 
-    async def _fail(self, request_id: str, code: ErrorCode, message: str) -> None:
-        reply = encode(ErrorResult(id=request_id, code=code, message=message))
+    async def _fail(
+        self, request_id: str, code: ErrorCode, message: str, retry_after_ms: int | None = None
+    ) -> None:
+        result = ErrorResult(
+            id=request_id,
+            code=code,
+            message=message,
+            retryable=retry_after_ms is not None,
+            retry_after_ms=retry_after_ms,
+        )
+        reply = encode(result)
         async with self._pool.acquire() as conn, conn.transaction():
             await ar.store_results(conn, [(request_id, False, reply)], self._keep_s)
 

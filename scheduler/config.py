@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas import settings
+from schemas.limits import LimitSettings
 from schemas.settings import DEFAULT_NATS_URL, get_bool, get_float, get_int
 
 WEBHOOKS_ALLOW_PRIVATE = "JETSERVE_WEBHOOKS_ALLOW_PRIVATE"
@@ -42,6 +43,8 @@ class SchedulerConfig:
     #: A background response's events are kept this long for replay (its stored response,
     #: `JETSERVE_RESPONSES_KEEP_S`, much longer).
     response_events_keep_s: float = 86400.0
+    #: Tenants' limits on async requests they submit on their own subjects.
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SchedulerConfig:
@@ -70,4 +73,5 @@ class SchedulerConfig:
             response_events_keep_s=get_float(
                 env, "JETSERVE_RESPONSE_EVENTS_KEEP_S", 86400.0, minimum=1.0
             ),
+            limits=LimitSettings.from_env(env),
         )

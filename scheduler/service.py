@@ -39,6 +39,7 @@ from natsio.directory import ModelDirectory
 from natsio.inbox import AckInbox
 from natsio.pull import fetch, undelivered
 from natsio.routes import RouteMetrics, RouteTable
+from producer.direct_limits import open_direct_limits
 from scheduler.async_intake import AsyncIntake
 from scheduler.codec import Codec
 from scheduler.collector import ResultCollector
@@ -180,7 +181,8 @@ class BatchScheduler:
             async_keep_s=c.async_keep_s,
             on_batch_results=lambda: self.wake("dispatch", "finalize"),
         )
-        intake = AsyncIntake(pool, publisher, keep_s=c.async_keep_s, routes=routes)
+        limits = await open_direct_limits(js, c.limits, pool=pool)
+        intake = AsyncIntake(pool, publisher, keep_s=c.async_keep_s, routes=routes, limits=limits)
         finalizer = Finalizer(pool, nc, self.codec, cancel_grace_s=c.cancel_grace_s, routes=routes)
         deliverer = WebhookDeliverer(
             pool,
@@ -285,6 +287,9 @@ class BatchScheduler:
                     group.create_task(self._loop(name, work, stop), name=f"scheduler-{name}")
         finally:
             await deliverer.close()
+            if limits is not None:
+                with contextlib.suppress(Exception):
+                    await limits.close()
             # The last fetch's pull request outlives the fetch by up to its timeout: what the
             # server delivers meanwhile (or what a cancelled fetch left) waits in the
             # subscription. Hand it back now, or it is held until the consumer's ack_wait.

@@ -30,4 +30,7 @@ class ErrorCode(StrEnum):
     BACKLOG_FULL = "backlog_full"
     #: No worker took the request in time.
     NO_WORKERS = "no_workers"
+    #: Over one of the tenant's limits (requests or tokens per minute, requests in flight);
+    #: `ErrorResult.retry_after_ms` says when to send it again.
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
     INTERNAL_ERROR = "internal_error"

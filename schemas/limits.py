@@ -15,9 +15,13 @@ the values every bridge replica reads and writes (compare-and-set) in the NATS K
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
+
+from schemas.settings import ConfigError, get_bool, get_float, get_int
 
 #: The scope of a limit row that applies to every model.
 ALL_MODELS: Final = "*"
@@ -56,6 +60,44 @@ def check_limits(limits: TenantLimits) -> TenantLimits:
         if not 1 <= value <= MAX_LIMIT:
             raise ValueError(f"{name} must be between 1 and {MAX_LIMIT:,} (got {value:,})")
     return limits
+
+
+def default_limits(env: Mapping[str, str]) -> TenantLimits:
+    """`JETSERVE_DEFAULT_RPM`, `_TPM`, `_MAX_IN_FLIGHT`, `_BATCH_QUEUE_LINES`,
+    `_BATCH_QUEUE_TOKENS` (unset: no limit)."""
+    values = {}
+    for name in FIELDS:
+        key = f"JETSERVE_DEFAULT_{name.upper()}"
+        if env.get(key, "").strip():
+            values[name] = get_int(env, key, 0, minimum=1)
+    try:
+        return check_limits(TenantLimits(**values))
+    except ValueError as exc:
+        raise ConfigError(f"default limits: {exc}") from None
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """How a process that admits tenants' work applies their limits (the bridge, and the
+    worker and scheduler for requests a tenant publishes straight to NATS)."""
+
+    #: `JETSERVE_LIMITS`: enforce limits at all.
+    enabled: bool = True
+    #: Every tenant's limits where it has no row of its own (all None: no limit).
+    defaults: TenantLimits = UNLIMITED
+    #: A request's output tokens counted at admission when it names no `max_tokens`.
+    default_max_tokens: int = 1024
+    #: Limit rows are read through a cache this long: a change applies within it.
+    cache_ttl_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LimitSettings:
+        return cls(
+            enabled=get_bool(env, "JETSERVE_LIMITS", True),
+            defaults=default_limits(env),
+            default_max_tokens=get_int(env, "JETSERVE_LIMITS_DEFAULT_MAX_TOKENS", 1024, minimum=1),
+            cache_ttl_s=get_float(env, "JETSERVE_LIMITS_CACHE_TTL_S", 5.0, minimum=0.0),
+        )
 
 
 class BucketState(msgspec.Struct, frozen=True, array_like=True):

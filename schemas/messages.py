@@ -131,6 +131,9 @@ class ErrorResult(msgspec.Struct, frozen=True, tag="error.v1", tag_field="type")
     #: (`messages[0].content[1]`, `response_format`); None when no one field is. Added after
     #: v1's first release: absent from older workers, ignored by older readers.
     param: str | None = None
+    #: `rate_limit_exceeded`: the milliseconds after which the request may be admitted
+    #: (OpenAI's `retry-after-ms`). Added after v1's first release, like `param`.
+    retry_after_ms: int | None = None
 
 
 class CancelRequest(msgspec.Struct, frozen=True, tag="cancel.v1", tag_field="type"):

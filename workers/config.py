@@ -23,9 +23,17 @@ import msgspec
 from msgspec import Meta
 
 from schemas.content import DEFAULT_INPUTS, Input
+from schemas.limits import LimitSettings
 from schemas.messages import ModelName
 from schemas.routes import InvalidRoute, Route, Shadow, Target, check_route
-from schemas.settings import DEFAULT_NATS_URL, ConfigError, get_float, get_int, nats_url
+from schemas.settings import (
+    DEFAULT_NATS_URL,
+    ConfigError,
+    database_url,
+    get_float,
+    get_int,
+    nats_url,
+)
 
 
 class ModelSpec(
@@ -189,6 +197,10 @@ class WorkerConfig:
     drain_port: int = -1
     #: How often the worker reads its consumers' info for the queue-depth gauges.
     queue_poll_s: float = 5.0
+    #: Tenants' limits on requests they publish on their own subjects (`direct_limits.py`),
+    #: read from this database (None: only `limits.defaults` apply).
+    database_url: str | None = None
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerConfig:
@@ -211,4 +223,6 @@ class WorkerConfig:
             metrics_port=get_int(env, "JETSERVE_WORKER_METRICS_PORT", -1, minimum=-1),
             drain_port=get_int(env, "JETSERVE_WORKER_DRAIN_PORT", -1, minimum=-1),
             queue_poll_s=get_float(env, "JETSERVE_QUEUE_POLL_S", 5.0, minimum=0.1),
+            database_url=database_url(env),
+            limits=LimitSettings.from_env(env),
         )

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from producer.direct_limits import DirectLimits, Refused
 from schemas.codec import DecodeError, decode_request, encoding_of
 from schemas.content import DEFAULT_INPUTS, InvalidContent, check_messages
 from schemas.errors import ErrorCode
@@ -127,11 +128,14 @@ class Handler:
         handbacks: HandBacks | None = None,
         max_deliveries: int | None = None,
         inputs: Collection[str] = DEFAULT_INPUTS,
+        limits: DirectLimits | None = None,
     ) -> None:
         """`handbacks`: where hand-backs are recorded, so that they do not count as attempts
         (None: every delivery counts). `max_deliveries`: the consumer's `max_deliver`; the
         last delivery JetStream makes is treated as the last attempt. `inputs`: the kinds of
-        input the model takes (`schemas.content`); chat content of any other is refused."""
+        input the model takes (`schemas.content`); chat content of any other is refused.
+        `limits`: the tenants' limits, applied to requests on a tenant's own subject (those
+        came straight from the tenant; the bridge counted the others: `direct_limits.py`)."""
         self._model = model
         self._inputs = frozenset(inputs)
         self._backend = backend
@@ -142,6 +146,7 @@ class Handler:
         self._max_deliveries = max_deliveries or max_attempts + 1
         self._on_engine_dead = on_engine_dead
         self._clock = clock
+        self._limits = limits
         # Bound metric children: label lookups are too slow for the per-message path.
         self._count = {
             o: metrics.requests.labels(model, o)
@@ -214,9 +219,26 @@ class Handler:
             )
             return
         self._queue_time.observe(max(0.0, pulled - stored))
+        admission = None
+        if owner is not None and self._limits is not None and delivered == 1:
+            # Counted once, at its first delivery (a redelivery was counted then).
+            verdict = await self._limits.admit(
+                owner, request.model, len(msg.data), request.parameters.max_tokens
+            )
+            if isinstance(verdict, Refused):
+                await self._refuse(msg, sink, verdict)
+                return
+            admission = verdict
         # JetStream's last delivery is the last attempt, whatever the hand-backs.
         last = attempt >= self._max_attempts or delivered >= self._max_deliveries
-        await self._run(msg, sink, request, attempt, last, pulled, stored)
+        if admission is None:
+            await self._run(msg, sink, request, attempt, last, pulled, stored)
+            return
+        used = None
+        try:
+            used = await self._run(msg, sink, request, attempt, last, pulled, stored)
+        finally:
+            admission.finish(used)
 
     def _precheck(
         self, request: InferenceRequest, now: float
@@ -264,7 +286,8 @@ class Handler:
         last: bool,
         pulled: float,
         stored: float,
-    ) -> None:
+    ) -> int | None:
+        """Run the request and answer it: the tokens it used, if it ran to the end."""
         emit = sink.chunk if request.stream else _discard
         task = asyncio.current_task()
         assert task is not None
@@ -278,11 +301,11 @@ class Handler:
             if self._cancels.is_cancelled(request.id):
                 task.uncancel()
                 await self._reject(msg, sink, ErrorCode.CANCELLED, "cancelled by the requester")
-                return
+                return None
             if self._cancels.expired(request.id):
                 task.uncancel()
                 await self._reject(msg, sink, ErrorCode.DEADLINE_EXCEEDED, "deadline passed")
-                return
+                return None
             # The worker is shutting down and the drain timed out: hand the message back
             # (recorded: the delivery does not count as an attempt).
             with contextlib.suppress(Exception):
@@ -294,12 +317,13 @@ class Handler:
             raise
         except Exception as exc:
             await self._failed(msg, sink, attempt, last, exc)
-            return
+            return None
         finally:
             self._cancels.unregister(request.id)
         await sink.final(self._result(request, completion, pulled, stored))
         await msg.ack()
         self._count["ok"].inc()
+        return completion.usage.total_tokens
 
     def _result(
         self, request: InferenceRequest, done: Completion, pulled: float, stored: float
@@ -381,6 +405,19 @@ class Handler:
         await sink.final(ErrorResult(id=sink.request_id, code=code, message=message, param=param))
         await msg.term()
         self._count_error(code)
+
+    async def _refuse(self, msg: Delivery, sink: Sink, refused: Refused) -> None:
+        """Over one of its tenant's limits: `rate_limit_exceeded`, not run."""
+        result = ErrorResult(
+            id=sink.request_id,
+            code=ErrorCode.RATE_LIMIT_EXCEEDED,
+            message=refused.message,
+            retryable=True,
+            retry_after_ms=refused.retry_after_ms,
+        )
+        await sink.final(result)
+        await msg.term()
+        self._count_error(ErrorCode.RATE_LIMIT_EXCEEDED)
 
     async def _unanswerable(self, msg: Delivery) -> None:
         """The reply subject is not one a worker may publish to (a wildcard, whitespace, a

@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 
 from natsio.connection import connect
 from natsio.objects import ImageObjects
+from producer.direct_limits import open_direct_limits
 from schemas import names
 from schemas.codec import decode_cancel, encode
 from schemas.messages import WorkerInfo
@@ -149,6 +150,9 @@ class Worker:
         if attach_images is not None and "image" in self.spec.inputs:
             attach_images(await ImageObjects.open(js))
         await self.backend.start()
+        limits = await open_direct_limits(
+            js, self.config.limits, database_url=self.config.database_url
+        )
         handler = Handler(
             model=model,
             backend=self.backend,
@@ -160,6 +164,7 @@ class Worker:
             handbacks=handbacks,
             max_deliveries=max_deliveries(self.config.queue.max_attempts),
             inputs=self.spec.inputs,
+            limits=limits,
         )
         stream = names.stream_name(model)
 
@@ -195,6 +200,9 @@ class Worker:
         await self._stop.wait()
         gauge.cancel()
         await self._drain(intake)
+        if limits is not None:
+            with contextlib.suppress(Exception):
+                await limits.close()
         await self.backend.stop()
         with contextlib.suppress(Exception):
             await nc.drain()

@@ -17,7 +17,7 @@ import asyncio
 from typing import Any
 
 from litestar import Request, Response, post
-from litestar.types import ControllerRouterHandler
+from litestar.types import ASGIApp, ControllerRouterHandler
 
 from producer.http.body import read_body, wanted_headers
 from producer.http.calls import Call, Calls, Watch
@@ -92,7 +92,7 @@ class BenchRoutes:
             return Response(body, media_type=JSON)
 
         @post("/bench/chat", status_code=200, include_in_schema=False)
-        async def bench_chat(request: Request[Any, Any, Any]) -> Response[Any]:
+        async def bench_chat(request: Request[Any, Any, Any]) -> ASGIApp:
             """`/v1/chat/completions` answered in-process as the echo model would."""
             return await serve(request, CHAT, holder.get(), limit)
 

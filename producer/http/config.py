@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from schemas import settings
-from schemas.limits import FIELDS, UNLIMITED, TenantLimits, check_limits
+from schemas.limits import UNLIMITED, TenantLimits, default_limits
 from schemas.settings import DEFAULT_NATS_URL, ConfigError, get_bool, get_float, get_int, get_str
 
 
@@ -107,17 +107,3 @@ class BridgeConfig:
                 env, "JETSERVE_IMAGE_FETCH_TIMEOUT_S", 10.0, minimum=0.1
             ),
         )
-
-
-def default_limits(env: Mapping[str, str]) -> TenantLimits:
-    """`JETSERVE_DEFAULT_RPM`, `_TPM`, `_MAX_IN_FLIGHT`, `_BATCH_QUEUE_LINES`,
-    `_BATCH_QUEUE_TOKENS` (unset: no limit)."""
-    values = {}
-    for name in FIELDS:
-        key = f"JETSERVE_DEFAULT_{name.upper()}"
-        if env.get(key, "").strip():
-            values[name] = get_int(env, key, 0, minimum=1)
-    try:
-        return check_limits(TenantLimits(**values))
-    except ValueError as exc:
-        raise ConfigError(f"default limits: {exc}") from None

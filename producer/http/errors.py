@@ -84,6 +84,7 @@ _RESULT_STATUS: dict[ErrorCode, int] = {
     ErrorCode.DEADLINE_EXCEEDED: 504,
     ErrorCode.CANCELLED: 409,
     ErrorCode.BACKLOG_FULL: 429,
+    ErrorCode.RATE_LIMIT_EXCEEDED: 429,
     ErrorCode.NO_WORKERS: 503,
     ErrorCode.MODEL_ERROR: 500,
     ErrorCode.DEAD_LETTERED: 500,

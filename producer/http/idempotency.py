@@ -30,6 +30,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from natsio import kv as natsio_kv
 from producer.http.calls import Call, Calls
 from producer.http.errors import ApiError, from_error_result
 from producer.pending import Pending
@@ -61,10 +62,7 @@ async def open_bucket(js: JetStreamContext, ttl_s: float) -> KeyValue:
         ttl=ttl_s,
         storage=StorageType.FILE,
     )
-    try:
-        return await js.create_key_value(config)
-    except Exception:  # exists already (maybe with another TTL): use it as it is
-        return await js.key_value(names.IDEMPOTENCY_BUCKET)
+    return await natsio_kv.open_bucket(js, config)  # existing: as it is (maybe another TTL)
 
 
 class Stored(msgspec.Struct, frozen=True):

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 ROUTES = (
@@ -44,19 +43,11 @@ class BridgeMetrics:
         self.in_flight = Gauge(
             "jetserve_http_requests_in_flight", "Requests being answered", ["route"], registry=r
         )
-        self._tenant_children: dict[tuple[str, bool], tuple[Any, Any]] = {}
-        self.tenant_requests = Counter(
-            "jetserve_tenant_requests",
-            "Requests under tenant limits, by tenant and outcome (admitted, refused)",
-            ["tenant", "outcome"],
-            registry=r,
-        )
-        self.tenant_tokens = Counter(
-            "jetserve_tenant_estimated_tokens",
-            "Tokens estimated at admission, by tenant and outcome (admitted, refused)",
-            ["tenant", "outcome"],
-            registry=r,
-        )
+        #: (tenant, admitted) -> [requests, estimated tokens]: plain counts, exported when
+        #: scraped (`_TenantCollector`): a Prometheus counter's lock costs more than the
+        #: limits' whole check on a request that is not limited.
+        self.tenant_counts: dict[tuple[str, bool], list[int]] = {}
+        r.register(_TenantCollector(self.tenant_counts))
         self.cancels = Counter(
             "jetserve_http_cancels",
             "Requests cancelled upstream, by reason (disconnect, deadline, no_workers)",
@@ -65,20 +56,38 @@ class BridgeMetrics:
         )
 
     def tenant_decision(self, tenant: str, admitted: bool, tokens: int) -> None:
-        children = self._tenant_children.get((tenant, admitted))
-        if children is None:
-            outcome = "admitted" if admitted else "refused"
-            children = (
-                self.tenant_requests.labels(tenant, outcome),
-                self.tenant_tokens.labels(tenant, outcome),
-            )
-            self._tenant_children[(tenant, admitted)] = children
-        children[0].inc()
-        children[1].inc(tokens)
+        counts = self.tenant_counts.get((tenant, admitted))
+        if counts is None:
+            counts = self.tenant_counts[(tenant, admitted)] = [0, 0]
+        counts[0] += 1
+        counts[1] += tokens
 
     def watch_windows(self, models: Callable[[], list[tuple[str, int, int]]]) -> None:
         """Export the online windows (`OnlineShare.models`) when scraped."""
         self.registry.register(_WindowCollector(models))
+
+
+class _TenantCollector(Collector):
+    def __init__(self, counts: dict[tuple[str, bool], list[int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        requests = CounterMetricFamily(
+            "jetserve_tenant_requests",
+            "Requests under tenant limits, by tenant and outcome (admitted, refused)",
+            labels=["tenant", "outcome"],
+        )
+        tokens = CounterMetricFamily(
+            "jetserve_tenant_estimated_tokens",
+            "Tokens estimated at admission, by tenant and outcome (admitted, refused)",
+            labels=["tenant", "outcome"],
+        )
+        for (tenant, admitted), (count, estimated) in list(self._counts.items()):
+            outcome = ["admitted" if admitted else "refused"]
+            requests.add_metric([tenant, *outcome], count)
+            tokens.add_metric([tenant, *outcome], estimated)
+        yield requests
+        yield tokens
 
 
 class _WindowCollector(Collector):

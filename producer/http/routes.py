@@ -12,7 +12,7 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.response import Stream
-from litestar.types import ControllerRouterHandler
+from litestar.types import ASGIApp, ControllerRouterHandler, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from producer.http.body import read_body, wanted_headers
@@ -26,6 +26,7 @@ from producer.http.openapi import openapi_document
 from producer.http.sse import HEADERS as SSE_HEADERS
 
 JSON = "application/json"
+_JSON_BYTES = JSON.encode()
 
 
 class BridgeHolder:
@@ -42,7 +43,7 @@ class BridgeHolder:
 
 async def serve(
     request: Request[Any, Any, Any], endpoint: Endpoint, bridge: Bridge, max_body_bytes: int
-) -> Response[Any]:
+) -> ASGIApp:
     """One POST to `endpoint`, served by `bridge`."""
 
     def watch(gone: Callable[[], None]) -> Callable[[], None]:
@@ -58,21 +59,41 @@ async def serve(
     reply = await bridge.post(endpoint, body, headers, watch)
     if reply.stream is not None:
         headers = {**SSE_HEADERS, **reply.headers} if reply.headers else SSE_HEADERS
-        return Stream(reply.stream, media_type="text/event-stream", headers=headers)
-    return Response(reply.body, status_code=reply.status, media_type=JSON, headers=reply.headers)
+        stream = Stream(reply.stream, media_type="text/event-stream", headers=headers)
+        return stream.to_asgi_response(None, request)
+    return Sent(reply.status, reply.body, reply.headers)
+
+
+class Sent:
+    """A complete JSON answer as its two ASGI events. Litestar's `Response` re-encodes and
+    re-scans every header (with the six `x-ratelimit-*` headers of a limited tenant, more
+    than the limits' own check costs): the answer's headers are encoded once, here."""
+
+    __slots__ = ("_body", "_start")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        raw = [(b"content-type", _JSON_BYTES), (b"content-length", str(len(body)).encode())]
+        for name, value in headers.items():
+            raw.append((name.encode("latin-1"), value.encode("latin-1")))
+        self._start = {"type": "http.response.start", "status": status, "headers": raw}
+        self._body = {"type": "http.response.body", "body": body}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(self._start)  # type: ignore[arg-type]
+        await send(self._body)  # type: ignore[arg-type]
 
 
 def openai_routes(holder: BridgeHolder, max_body_bytes: int) -> list[ControllerRouterHandler]:
     @post("/v1/chat/completions", status_code=200, summary="Create a chat completion")
-    async def chat(request: Request[Any, Any, Any]) -> Response[Any]:
+    async def chat(request: Request[Any, Any, Any]) -> ASGIApp:
         return await serve(request, CHAT, holder.get(), max_body_bytes)
 
     @post("/v1/completions", status_code=200, summary="Create a (text) completion")
-    async def completions(request: Request[Any, Any, Any]) -> Response[Any]:
+    async def completions(request: Request[Any, Any, Any]) -> ASGIApp:
         return await serve(request, COMPLETION, holder.get(), max_body_bytes)
 
     @post("/v1/embeddings", status_code=200, summary="Create embeddings")
-    async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
+    async def embeddings(request: Request[Any, Any, Any]) -> ASGIApp:
         return await serve(request, EMBEDDING, holder.get(), max_body_bytes)
 
     @get("/v1/models", summary="List the models that have a request stream")

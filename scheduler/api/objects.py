@@ -56,6 +56,13 @@ class ErrorObject(msgspec.Struct, frozen=True):
     param: str | None = None
 
 
+class AsyncError(ErrorObject, frozen=True):
+    """The error of an async request submitted over NATS (the worker's, as is)."""
+
+    #: `rate_limit_exceeded`: when it may be submitted again (`ErrorResult.retry_after_ms`).
+    retry_after_ms: int | None = None
+
+
 class BatchError(ErrorObject, frozen=True):
     """An error of a batch as a whole, or of one line of its input file."""
 
@@ -109,7 +116,7 @@ class AsyncRequestObject(msgspec.Struct, frozen=True):
     completed_at: int | None
     expires_at: int | None
     response: ResponseObject | None = None
-    error: ErrorObject | None = None
+    error: AsyncError | None = None
     object: str = "async.request"
 
 
@@ -194,5 +201,7 @@ def async_request_object(
         completed_at=unix(r.completed_at),
         expires_at=unix(r.expires_at),
         response=response,
-        error=None if error is None else ErrorObject(error.code, error.message, error.param),
+        error=None
+        if error is None
+        else AsyncError(error.code, error.message, error.param, error.retry_after_ms),
     )

@@ -123,7 +123,7 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float
 
 
 def _worker(
-    model: str, cls: str, nats_url: str, log: Path, *options: str
+    model: str, cls: str, nats_url: str, log: Path, *options: str, **env: str
 ) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -138,7 +138,7 @@ def _worker(
                 cls,
                 *[f"--option={o}" for o in options],
             ],
-            env=child_env(nats_url, JETSERVE_ACK_WAIT_S="5"),
+            env=child_env(nats_url, JETSERVE_ACK_WAIT_S="5", **env),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -183,7 +183,10 @@ def bridge_stack(
 
     secret, key_id = asyncio.run(make_key())
     procs = [
-        _worker(ECHO, "echo", nats_server.url, logs / "echo.log"),
+        # With the database: it applies tenants' limits to their own subjects' requests.
+        _worker(
+            ECHO, "echo", nats_server.url, logs / "echo.log", JETSERVE_DATABASE_URL=postgres.dsn
+        ),
         _worker(
             SLOW,
             "tests.models:SlowChatModel",

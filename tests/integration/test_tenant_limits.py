@@ -30,9 +30,11 @@ RATE_HEADERS = {
 }
 
 
-def tenant_with(stack: BridgeStack, limits: TenantLimits, model: str = "*") -> str:
-    """A new tenant with `limits`; its key."""
-    tenant = f"lim-{uuid.uuid4().hex[:10]}"
+def tenant_with(
+    stack: BridgeStack, limits: TenantLimits, model: str = "*", tenant: str | None = None
+) -> str:
+    """A new tenant (`tenant`, or a made-up name) with `limits`; its key."""
+    tenant = tenant or f"lim-{uuid.uuid4().hex[:10]}"
 
     async def make() -> str:
         pool = await create_pool(stack.dsn)

@@ -171,3 +171,55 @@ def test_nats_submit_on_a_tenant_subject_is_that_tenants(batch_stack: BatchStack
         headers = {"authorization": f"Bearer {batch_stack.keys[tenant]}"}
         r = httpx.get(f"{batch_stack.v1}/async/requests/{claiming}", headers=headers)
         assert r.status_code == 404, r.text
+
+
+def test_nats_submissions_over_the_tenants_rate_fail(batch_stack: BatchStack) -> None:
+    """A tenant's own NATS user submits more than its requests per minute allow: the rest are
+    recorded failed, `rate_limit_exceeded` with a retry-after; another tenant's run."""
+    from scheduler.store.keys import create_key
+    from scheduler.store.limits import set_limits
+    from scheduler.store.pool import create_pool
+    from schemas.limits import TenantLimits
+
+    tenant = f"asynclim-{uuid.uuid4().hex[:8]}"
+
+    async def prepare() -> str:
+        pool = await create_pool(batch_stack.dsn)
+        try:
+            await set_limits(pool, tenant, TenantLimits(rpm=60), "*")  # a bucket of 10
+            return (await create_key(pool, tenant, "async limits")).secret
+        finally:
+            await pool.close()
+
+    batch_stack.keys[tenant] = asyncio.run(prepare())
+    ids = [f"asynclim-{uuid.uuid4().hex[:10]}" for _ in range(20)]
+    others = [f"asyncfree-{uuid.uuid4().hex[:10]}" for _ in range(3)]
+
+    async def submit() -> None:
+        nc = await nats.connect(batch_stack.nats_url)
+        try:
+            js = nc.jetstream()
+            for who, batch in ((tenant, ids), ("beta", others)):
+                for request_id in batch:
+                    request = make_request(ECHO, "predict", {"x": 1}, request_id=request_id)
+                    await js.publish(
+                        names.tenant_async_submit_subject(who),
+                        encode(request),
+                        headers={"Nats-Msg-Id": request_id},
+                    )
+        finally:
+            await nc.close()
+
+    start = time.monotonic()
+    asyncio.run(submit())
+    answers = [_poll(batch_stack, request_id, tenant=tenant) for request_id in ids]
+    elapsed = time.monotonic() - start
+    completed = [a for a in answers if a["status"] == "completed"]
+    failed = [a for a in answers if a["status"] == "failed"]
+    assert 10 <= len(completed) <= 10 + elapsed + 2, (len(completed), elapsed)
+    assert len(failed) == len(ids) - len(completed)
+    assert failed
+    for answer in failed:
+        assert answer["error"]["code"] == "rate_limit_exceeded"
+        assert 1 <= answer["error"]["retry_after_ms"] <= 60_000
+    assert all(_poll(batch_stack, i, tenant="beta")["status"] == "completed" for i in others)
