@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar import Request, Response, post
+from litestar import Request, post
 from litestar.types import ASGIApp, ControllerRouterHandler
 
 from producer.http.body import read_body, wanted_headers
 from producer.http.calls import Call, Calls, Watch
 from producer.http.endpoints import CHAT
 from producer.http.handlers import Bridge
-from producer.http.routes import JSON, BridgeHolder, serve
+from producer.http.routes import BridgeHolder, Sent, serve
 from producer.pending import Pending
 from schemas.messages import FinalResult, InferenceRequest, Usage
 from schemas.payloads import ChatPayload, CompletionPayload
@@ -85,11 +85,11 @@ class BenchRoutes:
         holder, limit = self._holder, self._max_body_bytes
 
         @post("/bench/echo", status_code=200, include_in_schema=False)
-        async def echo(request: Request[Any, Any, Any]) -> Response[Any]:
-            """The trivial endpoint."""
+        async def echo(request: Request[Any, Any, Any]) -> ASGIApp:
+            """The trivial endpoint: the OpenAI routes' body reading and answer (`Sent`)."""
             wanted_headers(request.scope["headers"])
             body = await read_body(request.receive, limit)
-            return Response(body, media_type=JSON)
+            return Sent(200, body, {})
 
         @post("/bench/chat", status_code=200, include_in_schema=False)
         async def bench_chat(request: Request[Any, Any, Any]) -> ASGIApp:

@@ -16,7 +16,7 @@ from typing import Any
 
 from litestar import Request, Response, delete, get, post
 from litestar.response import Stream
-from litestar.types import ControllerRouterHandler
+from litestar.types import ASGIApp, ControllerRouterHandler
 
 from producer.http.body import read_body, wanted_headers
 from producer.http.disconnect import DisconnectWatch
@@ -25,7 +25,7 @@ from producer.http.handlers import Bridge
 from producer.http.images import IMAGE_BODY_ALLOWANCE
 from producer.http.responses_api import Responses
 from producer.http.responses_storage import ResponseStore
-from producer.http.routes import JSON
+from producer.http.routes import JSON, Sent
 from producer.http.sse import HEADERS as SSE_HEADERS
 
 
@@ -47,7 +47,7 @@ class ResponsesRoutes:
         limit = self._max_body_bytes
 
         @post("/v1/responses", status_code=200, summary="Create a model response")
-        async def create(request: Request[Any, Any, Any]) -> Response[Any]:
+        async def create(request: Request[Any, Any, Any]) -> ASGIApp:
             def watch(gone: Callable[[], None]) -> Callable[[], None]:
                 return DisconnectWatch(request.receive, gone, self.api().bridge.calls.timers).stop
 
@@ -59,10 +59,9 @@ class ResponsesRoutes:
             reply = await self.api().create(body, headers, watch)
             if reply.stream is not None:
                 headers = {**SSE_HEADERS, **reply.headers}
-                return Stream(reply.stream, media_type="text/event-stream", headers=headers)
-            return Response(
-                reply.body, status_code=reply.status, media_type=JSON, headers=reply.headers
-            )
+                stream = Stream(reply.stream, media_type="text/event-stream", headers=headers)
+                return stream.to_asgi_response(None, request)
+            return Sent(reply.status, reply.body, reply.headers)
 
         @get("/v1/responses/{response_id:str}", summary="Retrieve a stored response")
         async def retrieve(request: Request[Any, Any, Any], response_id: str) -> Response[Any]:
