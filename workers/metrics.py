@@ -39,6 +39,19 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
         self.registry = r
+
+        def model_gauge(name: str, documentation: str) -> Gauge:
+            return Gauge(name, documentation, ["model"], registry=r)
+
+        def model_counter(name: str, documentation: str) -> Counter:
+            return Counter(name, documentation, ["model"], registry=r)
+
+        def latency(name: str, documentation: str) -> LoopHistogram:
+            """Seconds, by model."""
+            return LoopHistogram(
+                name, documentation, ["model"], buckets=_LATENCY_BUCKETS, registry=r
+            )
+
         self.requests = LoopCounter(
             "jetserve_worker_requests",
             "Requests finished, by outcome (ok, error, retry, dead_letter, handed_back)",
@@ -48,19 +61,11 @@ class WorkerMetrics:
         self.errors = Counter(
             "jetserve_worker_errors", "Error results sent, by code", ["model", "code"], registry=r
         )
-        self.queue_time = LoopHistogram(
-            "jetserve_worker_queue_time_seconds",
-            "Stored in JetStream -> taken by a worker",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.queue_time = latency(
+            "jetserve_worker_queue_time_seconds", "Stored in JetStream -> taken by a worker"
         )
-        self.ttft = LoopHistogram(
-            "jetserve_worker_time_to_first_token_seconds",
-            "Created -> first output token",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.ttft = latency(
+            "jetserve_worker_time_to_first_token_seconds", "Created -> first output token"
         )
         self.tpot = LoopHistogram(
             "jetserve_worker_inter_token_latency_seconds",
@@ -69,12 +74,8 @@ class WorkerMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28),
             registry=r,
         )
-        self.e2e = LoopHistogram(
-            "jetserve_worker_e2e_request_latency_seconds",
-            "Created -> final result sent",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.e2e = latency(
+            "jetserve_worker_e2e_request_latency_seconds", "Created -> final result sent"
         )
         self.prompt_tokens = LoopCounter(
             "jetserve_worker_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
@@ -82,59 +83,35 @@ class WorkerMetrics:
         self.generation_tokens = LoopCounter(
             "jetserve_worker_generation_tokens", "Tokens generated", ["model"], registry=r
         )
-        self.in_flight = Gauge(
-            "jetserve_worker_requests_in_flight",
-            "Messages held by this worker",
-            ["model"],
-            registry=r,
+        self.in_flight = model_gauge(
+            "jetserve_worker_requests_in_flight", "Messages held by this worker"
         )
-        self.capacity = Gauge(
-            "jetserve_worker_capacity", "Requests this worker can hold", ["model"], registry=r
-        )
+        self.capacity = model_gauge("jetserve_worker_capacity", "Requests this worker can hold")
         # Engine state, set by the engine adapter each step (vLLM's num_requests_running /
         # num_requests_waiting / kv_cache_usage_perc).
-        self.num_running = Gauge(
-            "jetserve_worker_num_requests_running",
-            "Sequences in the engine's running batch",
-            ["model"],
-            registry=r,
+        self.num_running = model_gauge(
+            "jetserve_worker_num_requests_running", "Sequences in the engine's running batch"
         )
-        self.num_waiting = Gauge(
+        self.num_waiting = model_gauge(
             "jetserve_worker_num_requests_waiting",
             "Sequences held by the engine but not yet scheduled",
-            ["model"],
-            registry=r,
         )
-        self.kv_cache_usage = Gauge(
-            "jetserve_worker_kv_cache_usage_ratio",
-            "Fraction of the KV-cache budget in use (0-1)",
-            ["model"],
-            registry=r,
+        self.kv_cache_usage = model_gauge(
+            "jetserve_worker_kv_cache_usage_ratio", "Fraction of the KV-cache budget in use (0-1)"
         )
-        self.kv_blocks_used = Gauge(
-            "jetserve_worker_kv_cache_blocks_used",
-            "KV-cache blocks held by running sequences",
-            ["model"],
-            registry=r,
+        self.kv_blocks_used = model_gauge(
+            "jetserve_worker_kv_cache_blocks_used", "KV-cache blocks held by running sequences"
         )
-        self.kv_blocks_total = Gauge(
-            "jetserve_worker_kv_cache_blocks_total",
-            "KV-cache blocks of the engine",
-            ["model"],
-            registry=r,
+        self.kv_blocks_total = model_gauge(
+            "jetserve_worker_kv_cache_blocks_total", "KV-cache blocks of the engine"
         )
         # vLLM's prefix_cache_queries / prefix_cache_hits, in prompt tokens.
-        self.prefix_cache_queries = Counter(
+        self.prefix_cache_queries = model_counter(
             "jetserve_worker_prefix_cache_queries_tokens",
             "Prompt tokens looked up in the prefix cache",
-            ["model"],
-            registry=r,
         )
-        self.prefix_cache_hits = Counter(
-            "jetserve_worker_prefix_cache_hits_tokens",
-            "Prompt tokens found in the prefix cache",
-            ["model"],
-            registry=r,
+        self.prefix_cache_hits = model_counter(
+            "jetserve_worker_prefix_cache_hits_tokens", "Prompt tokens found in the prefix cache"
         )
         # The model's JetStream consumers as the server reports them (consumer info), polled by
         # the worker. Every replica exports the same values: aggregate with max, not sum.
