@@ -33,6 +33,8 @@ _LATENCY_BUCKETS = (
     120.0,
     300.0,
 )
+#: Time per output token: finer, and lower, than the request latencies.
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
 
 class WorkerMetrics:
@@ -40,17 +42,11 @@ class WorkerMetrics:
         r = registry or CollectorRegistry()
         self.registry = r
 
-        def model_gauge(name: str, documentation: str) -> Gauge:
-            return Gauge(name, documentation, ["model"], registry=r)
-
-        def model_counter(name: str, documentation: str) -> Counter:
-            return Counter(name, documentation, ["model"], registry=r)
-
-        def latency(name: str, documentation: str) -> LoopHistogram:
+        def latency(
+            name: str, documentation: str, buckets: tuple[float, ...] = _LATENCY_BUCKETS
+        ) -> LoopHistogram:
             """Seconds, by model."""
-            return LoopHistogram(
-                name, documentation, ["model"], buckets=_LATENCY_BUCKETS, registry=r
-            )
+            return LoopHistogram(name, documentation, ["model"], buckets=buckets, registry=r)
 
         self.requests = LoopCounter(
             "jetserve_worker_requests",
@@ -67,12 +63,10 @@ class WorkerMetrics:
         self.ttft = latency(
             "jetserve_worker_time_to_first_token_seconds", "Created -> first output token"
         )
-        self.tpot = LoopHistogram(
+        self.tpot = latency(
             "jetserve_worker_inter_token_latency_seconds",
             "Mean time per output token after the first",
-            ["model"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28),
-            registry=r,
+            _TOKEN_BUCKETS,
         )
         self.e2e = latency(
             "jetserve_worker_e2e_request_latency_seconds", "Created -> final result sent"
@@ -83,35 +77,59 @@ class WorkerMetrics:
         self.generation_tokens = LoopCounter(
             "jetserve_worker_generation_tokens", "Tokens generated", ["model"], registry=r
         )
-        self.in_flight = model_gauge(
-            "jetserve_worker_requests_in_flight", "Messages held by this worker"
+        self.in_flight = Gauge(
+            "jetserve_worker_requests_in_flight",
+            "Messages held by this worker",
+            ["model"],
+            registry=r,
         )
-        self.capacity = model_gauge("jetserve_worker_capacity", "Requests this worker can hold")
+        self.capacity = Gauge(
+            "jetserve_worker_capacity", "Requests this worker can hold", ["model"], registry=r
+        )
         # Engine state, set by the engine adapter each step (vLLM's num_requests_running /
         # num_requests_waiting / kv_cache_usage_perc).
-        self.num_running = model_gauge(
-            "jetserve_worker_num_requests_running", "Sequences in the engine's running batch"
+        self.num_running = Gauge(
+            "jetserve_worker_num_requests_running",
+            "Sequences in the engine's running batch",
+            ["model"],
+            registry=r,
         )
-        self.num_waiting = model_gauge(
+        self.num_waiting = Gauge(
             "jetserve_worker_num_requests_waiting",
             "Sequences held by the engine but not yet scheduled",
+            ["model"],
+            registry=r,
         )
-        self.kv_cache_usage = model_gauge(
-            "jetserve_worker_kv_cache_usage_ratio", "Fraction of the KV-cache budget in use (0-1)"
+        self.kv_cache_usage = Gauge(
+            "jetserve_worker_kv_cache_usage_ratio",
+            "Fraction of the KV-cache budget in use (0-1)",
+            ["model"],
+            registry=r,
         )
-        self.kv_blocks_used = model_gauge(
-            "jetserve_worker_kv_cache_blocks_used", "KV-cache blocks held by running sequences"
+        self.kv_blocks_used = Gauge(
+            "jetserve_worker_kv_cache_blocks_used",
+            "KV-cache blocks held by running sequences",
+            ["model"],
+            registry=r,
         )
-        self.kv_blocks_total = model_gauge(
-            "jetserve_worker_kv_cache_blocks_total", "KV-cache blocks of the engine"
+        self.kv_blocks_total = Gauge(
+            "jetserve_worker_kv_cache_blocks_total",
+            "KV-cache blocks of the engine",
+            ["model"],
+            registry=r,
         )
         # vLLM's prefix_cache_queries / prefix_cache_hits, in prompt tokens.
-        self.prefix_cache_queries = model_counter(
+        self.prefix_cache_queries = Counter(
             "jetserve_worker_prefix_cache_queries_tokens",
             "Prompt tokens looked up in the prefix cache",
+            ["model"],
+            registry=r,
         )
-        self.prefix_cache_hits = model_counter(
-            "jetserve_worker_prefix_cache_hits_tokens", "Prompt tokens found in the prefix cache"
+        self.prefix_cache_hits = Counter(
+            "jetserve_worker_prefix_cache_hits_tokens",
+            "Prompt tokens found in the prefix cache",
+            ["model"],
+            registry=r,
         )
         # The model's JetStream consumers as the server reports them (consumer info), polled by
         # the worker. Every replica exports the same values: aggregate with max, not sum.
