@@ -78,6 +78,7 @@ def make_tiny_vision_model(path: Path, seed: int = 0, size: str = "tiny") -> Pat
     v_hidden, v_layers, v_heads, v_inter = vision_shape
     tokenizer = train_tokenizer(1024, _CHAT_TEMPLATE, IMAGE_TOKENS)
     text = llama_config(tokenizer, text_shape, 0.08)
+    # Each setting named (a keyword call alike in outline to `llama_config`'s).
     vision = Idefics3VisionConfig(
         hidden_size=v_hidden,
         intermediate_size=v_inter,
