@@ -37,7 +37,7 @@ from producer.http.endpoints import (
 )
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
-from producer.http.images import Fetch, check_body_size, prepare_chat_images
+from producer.http.images import Fetch, check_body_size, has_images, prepare_chat_images
 from producer.http.sse import DONE, event
 from producer.limits import NO_LIMITS, Admission, TenantGate, estimate_tokens
 from schemas import names
@@ -91,6 +91,22 @@ class Bridge:
         #: Fetches http(s) image URLs (set by the composition root; None: refused).
         self.image_fetch: Fetch | None = None
         self._images: ImageObjects | None = None
+
+    async def with_images(self, request: InferenceRequest) -> InferenceRequest:
+        """`request` with every image fetched and decoded before anything is queued (a
+        corrupt one is a 400 naming its part, never a worker's error): small images ride in
+        it as data URLs, larger ones in the images bucket, named by it. Not for a model whose
+        workers say they take no images: its worker refuses the part, naming it."""
+        inputs = await self.calls.presence.inputs(request.model)
+        if inputs is not None and "image" not in inputs:
+            return request
+        messages = await prepare_chat_images(
+            request.payload.messages, self.image_fetch, self.image_store
+        )
+        if messages is None:
+            return request
+        payload = msgspec.structs.replace(request.payload, messages=messages)
+        return msgspec.structs.replace(request, payload=payload)
 
     async def image_store(self) -> ImageObjects:
         """The images bucket (made on first need)."""
@@ -178,15 +194,6 @@ class Bridge:
         )
         if endpoint is CHAT:
             check_body_size(len(body), parsed.messages, self.config.max_body_bytes)
-            # Every image fetched and decoded before anything is queued: a corrupt one is a
-            # 400 naming its part, never a worker's error. Small images ride in the request
-            # as data URLs, larger ones in the images bucket, named by the request.
-            messages = await prepare_chat_images(
-                parsed.messages, self.image_fetch, self.image_store
-            )
-            if messages is not None:
-                payload = msgspec.structs.replace(request.payload, messages=messages)
-                request = msgspec.structs.replace(request, payload=payload)
         asked = request.model  # tenant limits count the name the client asked for
         routes = self.client.routes
         if routes is not None and routes.plan(request.model) is not None:  # a served name
@@ -197,6 +204,8 @@ class Bridge:
                 or headers.get(ROUTE_KEY_HEADER)
             )
             request = self.client.route(request, sticky)
+        if endpoint is CHAT and has_images(parsed.messages):
+            request = await self.with_images(request)
         streaming = request.stream
         admission = await self.admit(
             principal.tenant, asked, len(body), request.parameters.max_tokens

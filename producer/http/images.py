@@ -185,6 +185,13 @@ class ImageStore(Protocol):
     async def put(self, data: bytes) -> str: ...
 
 
+def has_images(messages: Sequence[ChatMessage]) -> bool:
+    return any(
+        isinstance(m.content, list) and any(p.get("type") == "image_url" for p in m.content)
+        for m in messages
+    )
+
+
 def check_body_size(size: int, messages: Sequence[ChatMessage], limit_bytes: int) -> None:
     """413 (`request_too_large`) when a body read with `IMAGE_BODY_ALLOWANCE` over
     `limit_bytes` is larger than the limit for what is not an image data URL."""

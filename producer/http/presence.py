@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from schemas import names
+from schemas.codec import decode_worker_info
 
 
 class Presence:
@@ -19,6 +21,15 @@ class Presence:
         #: model -> (answer, loop time it expires)
         self._cache: dict[str, tuple[bool, float]] = {}
         self._inflight: dict[str, asyncio.Future[bool]] = {}
+        #: model -> what its workers take (`WorkerInfo.inputs`), from their last answer.
+        self._inputs: dict[str, tuple[str, ...]] = {}
+
+    async def inputs(self, model: str) -> tuple[str, ...] | None:
+        """The kinds of input `model`'s workers take, as they last answered a ping (one is
+        sent if none has been); None when no worker has said."""
+        if model not in self._inputs:
+            await self.any_worker(model)
+        return self._inputs.get(model)
 
     async def any_worker(self, model: str) -> bool:
         loop = asyncio.get_running_loop()
@@ -56,4 +67,6 @@ class Presence:
             return not self._nc.is_connected
         except (NatsTimeoutError, TimeoutError):
             return True
+        with contextlib.suppress(Exception):  # an older worker's answer may not say
+            self._inputs[model] = tuple(decode_worker_info(msg.data).inputs)
         return bool(msg.data)

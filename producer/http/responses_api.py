@@ -28,7 +28,7 @@ from producer.http import responses_types as rt
 from producer.http.calls import Call, ClientGone, Watch
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.handlers import Bridge, Reply
-from producer.http.images import check_body_size, prepare_chat_images
+from producer.http.images import check_body_size, has_images
 from producer.http.responses_background import Background
 from producer.http.responses_input import input_param
 from producer.http.responses_replay import LIVE
@@ -101,7 +101,6 @@ class Responses:
             idempotency_key=None,
         )
         check_body_size(len(raw), converted.request.payload.messages, bridge.config.max_body_bytes)
-        converted = await self._with_images(converted)
         asked = converted.request.model  # tenant limits count the name asked for
         routes = bridge.client.routes
         if routes is not None and routes.plan(asked) is not None:
@@ -109,6 +108,8 @@ class Responses:
             sticky = body.user or headers.get(names.HTTP_ROUTE_KEY) or body.previous_response_id
             routed = bridge.client.route(converted.request, sticky)
             converted = msgspec.structs.replace(converted, request=routed)
+        if has_images(converted.request.payload.messages):
+            converted = await self._with_images(converted)
         request = converted.request
         base = rc.base_response(body, rc.ID_PREFIX + request.id, now_ms // 1000, stored=store)
         if body.background and (self.background is None or not base.store):
@@ -166,20 +167,12 @@ class Responses:
         return Reply(body=_encoder.encode(final), headers=admission.headers)
 
     async def _with_images(self, converted: rc.Converted) -> rc.Converted:
-        """Every `input_image` checked (and fetched, or stored) as chat's `image_url` parts
-        are, before anything is queued; errors name the `input` part."""
-        bridge, request = self.bridge, converted.request
+        """`Bridge.with_images` for the `input_image` parts; errors name the `input` part."""
         try:
-            messages = await prepare_chat_images(
-                request.payload.messages, bridge.image_fetch, bridge.image_store
-            )
+            request = await self.bridge.with_images(converted.request)
         except ApiError as exc:
             exc.param = input_param(exc.param, converted.origins)
             raise
-        if messages is None:
-            return converted
-        payload = msgspec.structs.replace(request.payload, messages=messages)
-        request = msgspec.structs.replace(request, payload=payload)
         return msgspec.structs.replace(converted, request=request)
 
     async def _settle(self, tenant: str, stored: StoredResponse) -> bytes:

@@ -29,7 +29,11 @@ pytestmark = pytest.mark.integration
 
 #: An echo worker whose models-file entry declares `inputs = ["text", "image"]`.
 VISION_ECHO = f"b-echo-vision-{uuid.uuid4().hex[:4]}"
-IMAGE_URL = "data:image/png;base64,iVBORw0KGgo="
+#: A whole 1 x 1 PNG: the bridge decodes the images of a model that takes them.
+IMAGE_URL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgG"
+    "AWjR9awAAAABJRU5ErkJggg=="
+)
 QUESTION = {"type": "text", "text": "what is in this picture?"}
 PARTS = {
     "images": {"type": "image_url", "image_url": {"url": IMAGE_URL}},
@@ -77,6 +81,17 @@ def test_http_chat_refuses_a_part_the_model_does_not_take(
         f"Invalid content type. {PARTS[kind]['type']} is only supported by certain models"
     )
     assert f"the model `{model}` does not take {kind}" in error["message"]
+
+
+@pytest.mark.parametrize("model", [ECHO, LLM])
+def test_an_image_for_a_model_without_images_is_refused_not_fetched(
+    batch_stack: BatchStack, model: str
+) -> None:
+    """The bridge fetches and decodes images only for a model whose workers take them."""
+    part = {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/never-fetched.png"}}
+    error = error_of(post(batch_stack, "/chat/completions", chat_body(model, part)))
+    assert error["param"] == "messages[0].content[1]"
+    assert f"the model `{model}` does not take images" in error["message"]
 
 
 def test_a_model_that_declares_images_takes_them(batch_stack: BatchStack, vision_echo: str) -> None:
