@@ -174,18 +174,26 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stack_group(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str, module: str
+def _group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_: str,
+    module: str,
+    prefix: str = "cmd_",
+    *,
+    nats_url: bool = False,
 ) -> Callable[[str, str], argparse.ArgumentParser]:
-    """A command group acting on a running stack over NATS: adds `name` and returns what adds
-    its subcommands, each run by `jetserve.<module>.cmd_<subcommand>` and taking --nats-url."""
+    """A command group: adds `name` and returns what adds its subcommands, each run by
+    `jetserve.<module>.<prefix><subcommand>`. With `nats_url` (a group acting on a running
+    stack over NATS) each subcommand takes --nats-url."""
     group = sub.add_parser(name, help=help_)
     subs = group.add_subparsers(dest=f"{name}_command", required=True)
 
     def add(command: str, command_help: str) -> argparse.ArgumentParser:
         p = subs.add_parser(command, help=command_help)
-        p.set_defaults(func=_command(module, f"cmd_{command}"))
-        p.add_argument("--nats-url", help="default JETSERVE_NATS_URL, else the local stack's")
+        p.set_defaults(func=_command(module, prefix + command))
+        if nats_url:
+            p.add_argument("--nats-url", help="default JETSERVE_NATS_URL, else the local stack's")
         return p
 
     return add
@@ -321,45 +329,35 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="serve /metrics, /healthz, /readyz on this port"
     )
 
-    batch = sub.add_parser(
-        "batch", help="batch jobs over the HTTP API (JETSERVE_URL, JETSERVE_API_KEY)"
+    batch_cmd = _group(
+        sub, "batch", "batch jobs over the HTTP API (JETSERVE_URL, JETSERVE_API_KEY)", "batch_cli"
     )
-    bsub = batch.add_subparsers(dest="batch_command", required=True)
-    p = bsub.add_parser("submit", help="upload a JSONL file and create a batch")
-    p.set_defaults(func=_command("batch_cli", "cmd_submit"))
+    p = batch_cmd("submit", "upload a JSONL file and create a batch")
     p.add_argument("file", help="OpenAI batch JSONL: {custom_id, method, url, body} per line")
     p.add_argument("--model", help="set this model in every line's body")
     p.add_argument("--endpoint", default="/v1/chat/completions")
     p.add_argument("--completion-window", default="24h")
     p.add_argument("--wait", action="store_true", help="show progress until the batch ends")
     p.add_argument("-o", "--output", help="with --wait: write the results here")
-    p = bsub.add_parser("status", help="show a batch")
-    p.set_defaults(func=_command("batch_cli", "cmd_status"))
+    p = batch_cmd("status", "show a batch")
     p.add_argument("batch_id")
     p.add_argument("--wait", action="store_true", help="show progress until the batch ends")
-    p = bsub.add_parser("results", help="download a batch's output (and errors)")
-    p.set_defaults(func=_command("batch_cli", "cmd_results"))
+    p = batch_cmd("results", "download a batch's output (and errors)")
     p.add_argument("batch_id")
     p.add_argument("-o", "--output", required=True, help="output JSONL file")
     p.add_argument("--errors", help="also write the error file here")
-    p = bsub.add_parser("cancel", help="cancel a batch")
-    p.set_defaults(func=_command("batch_cli", "cmd_cancel"))
+    p = batch_cmd("cancel", "cancel a batch")
     p.add_argument("batch_id")
-    p = bsub.add_parser("list", help="list recent batches")
-    p.set_defaults(func=_command("batch_cli", "cmd_list"))
+    p = batch_cmd("list", "list recent batches")
     p.add_argument("--limit", type=int, default=20)
 
-    keys = sub.add_parser("keys", help="API keys (in JETSERVE_DATABASE_URL)")
-    ksub = keys.add_subparsers(dest="keys_command", required=True)
-    p = ksub.add_parser("create", help="create a key for a tenant; prints it once")
-    p.set_defaults(func=_command("keys_cli", "cmd_keys_create"))
+    keys_cmd = _group(sub, "keys", "API keys (in JETSERVE_DATABASE_URL)", "keys_cli", "cmd_keys_")
+    p = keys_cmd("create", "create a key for a tenant; prints it once")
     p.add_argument("--tenant", required=True)
     p.add_argument("--name", help="a note to recognise the key by")
-    p = ksub.add_parser("list", help="list keys (ids, tenants, prefixes; never the keys)")
-    p.set_defaults(func=_command("keys_cli", "cmd_keys_list"))
+    p = keys_cmd("list", "list keys (ids, tenants, prefixes; never the keys)")
     p.add_argument("--tenant")
-    p = ksub.add_parser("revoke", help="revoke a key by its id (key_...)")
-    p.set_defaults(func=_command("keys_cli", "cmd_keys_revoke"))
+    p = keys_cmd("revoke", "revoke a key by its id (key_...)")
     p.add_argument("key_id")
 
     from jetserve import tenants_cli
@@ -372,7 +370,9 @@ def _parser() -> argparse.ArgumentParser:
         tenants_cli.cmd_list,
     )
 
-    dlq_cmd = _stack_group(sub, "dlq", "dead letters: list, show, replay, purge", "dlq_cli")
+    dlq_cmd = _group(
+        sub, "dlq", "dead letters: list, show, replay, purge", "dlq_cli", nats_url=True
+    )
     p = dlq_cmd("list", "list dead letters (id, model, request id, attempts, error)")
     p.add_argument("--model")
     p.add_argument("--json", action="store_true")
@@ -386,8 +386,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--yes", action="store_true")
 
-    routes_cmd = _stack_group(
-        sub, "routes", "served names -> weighted model versions (live)", "routes_cli"
+    routes_cmd = _group(
+        sub, "routes", "served names -> weighted model versions (live)", "routes_cli", nats_url=True
     )
     p = routes_cmd("set", "set a served name's targets: NAME MODEL=WEIGHT ...")
     p.add_argument("name")
@@ -403,10 +403,8 @@ def _parser() -> argparse.ArgumentParser:
     p = routes_cmd("delete", "remove a served name")
     p.add_argument("name")
 
-    db = sub.add_parser("db", help="the Postgres store")
-    dsub = db.add_subparsers(dest="db_command", required=True)
-    p = dsub.add_parser("migrate", help="apply pending schema migrations")
-    p.set_defaults(func=_command("keys_cli", "cmd_db_migrate"))
+    db_cmd = _group(sub, "db", "the Postgres store", "keys_cli", "cmd_db_")
+    db_cmd("migrate", "apply pending schema migrations")
     return parser
 
 

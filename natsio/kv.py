@@ -1,7 +1,7 @@
 """Compare-and-set on a NATS KV key, retried while other writers get there first; opening a
 bucket that may exist already.
 
-    kv = await open_bucket(js, KeyValueConfig(bucket=..., ...))
+    kv = await open_bucket(js, "BUCKET", "what it holds", ttl_s=60.0)
     result = await compare_and_set(kv, key, change)
 
 `change(value)` gets the key's current value (None when it has none) and returns
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -51,11 +51,20 @@ async def compare_and_set(
     raise TooManyWriters(f"{key}: {TRIES} concurrent writes in a row")
 
 
-async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """The bucket `config` names: created with `config`, or, when it exists already (made
-    by another process, maybe with other settings), used as it is."""
+async def open_bucket(
+    js: JetStreamContext,
+    bucket: str,
+    description: str,
+    *,
+    ttl_s: float | None = None,
+    storage: StorageType = StorageType.FILE,
+) -> KeyValue:
+    """The bucket: created (one value a key, kept `ttl_s`, in `storage`), or, when it exists
+    already (made by another process, maybe with other settings), used as it is."""
+    config = KeyValueConfig(
+        bucket=bucket, description=description, history=1, ttl=ttl_s, storage=storage
+    )
     try:
         return await js.create_key_value(config)
     except Exception:
-        assert config.bucket is not None
-        return await js.key_value(config.bucket)
+        return await js.key_value(bucket)

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 _DEFAULT_RETRY_MS = 1000
 
 
+# A small frozen record after the module's logger and constant: alike in outline to
+# scheduler/webhooks.py's RetryPolicy, nothing in common but the form.
 @dataclass(frozen=True)
 class Refused:
     """Over one of the tenant's limits: the reason, and when to send it again."""

@@ -93,6 +93,8 @@ class TooLarge(Exception):
     """A request costs more than a whole minute's limit: it can never be admitted."""
 
 
+# A lease of a key, as inflight.py's `_Lease` (the same outline, other fields: tokens taken
+# ahead here, slots held there); what the two share is in leases.py.
 @dataclass
 class _Lease:
     tokens: float = 0.0

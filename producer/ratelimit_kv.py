@@ -8,7 +8,7 @@ import contextlib
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import StorageType
 from nats.js.kv import KeyValue
 
 from natsio.kv import compare_and_set, open_bucket
@@ -22,14 +22,13 @@ _IDLE_TTL_S = 3600.0
 
 
 async def open_ratelimit_bucket(js: JetStreamContext) -> KeyValue:
-    config = KeyValueConfig(
-        bucket=names.RATELIMIT_BUCKET,
-        description="tenants' rate buckets, shared by every bridge replica",
-        history=1,
-        ttl=_IDLE_TTL_S,
+    return await open_bucket(
+        js,
+        names.RATELIMIT_BUCKET,
+        "tenants' rate buckets, shared by every bridge replica",
+        ttl_s=_IDLE_TTL_S,
         storage=StorageType.MEMORY,
     )
-    return await open_bucket(js, config)
 
 
 class KvBuckets:

@@ -33,12 +33,21 @@ _LATENCY_BUCKETS = (
     120.0,
     300.0,
 )
+#: Time per output token: finer, and lower, than the request latencies.
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
         self.registry = r
+
+        def latency(
+            name: str, documentation: str, buckets: tuple[float, ...] = _LATENCY_BUCKETS
+        ) -> LoopHistogram:
+            """Seconds, by model."""
+            return LoopHistogram(name, documentation, ["model"], buckets=buckets, registry=r)
+
         self.requests = LoopCounter(
             "jetserve_worker_requests",
             "Requests finished, by outcome (ok, error, retry, dead_letter, handed_back)",
@@ -48,33 +57,19 @@ class WorkerMetrics:
         self.errors = Counter(
             "jetserve_worker_errors", "Error results sent, by code", ["model", "code"], registry=r
         )
-        self.queue_time = LoopHistogram(
-            "jetserve_worker_queue_time_seconds",
-            "Stored in JetStream -> taken by a worker",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.queue_time = latency(
+            "jetserve_worker_queue_time_seconds", "Stored in JetStream -> taken by a worker"
         )
-        self.ttft = LoopHistogram(
-            "jetserve_worker_time_to_first_token_seconds",
-            "Created -> first output token",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.ttft = latency(
+            "jetserve_worker_time_to_first_token_seconds", "Created -> first output token"
         )
-        self.tpot = LoopHistogram(
+        self.tpot = latency(
             "jetserve_worker_inter_token_latency_seconds",
             "Mean time per output token after the first",
-            ["model"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28),
-            registry=r,
+            _TOKEN_BUCKETS,
         )
-        self.e2e = LoopHistogram(
-            "jetserve_worker_e2e_request_latency_seconds",
-            "Created -> final result sent",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.e2e = latency(
+            "jetserve_worker_e2e_request_latency_seconds", "Created -> final result sent"
         )
         self.prompt_tokens = LoopCounter(
             "jetserve_worker_prompt_tokens", "Prompt tokens processed", ["model"], registry=r

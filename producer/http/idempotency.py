@@ -26,7 +26,6 @@ import logging
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -55,14 +54,9 @@ def token(tenant: str, key: str) -> str:
 
 
 async def open_bucket(js: JetStreamContext, ttl_s: float) -> KeyValue:
-    config = KeyValueConfig(
-        bucket=names.IDEMPOTENCY_BUCKET,
-        description="terminal replies of requests sent with an Idempotency-Key",
-        history=1,
-        ttl=ttl_s,
-        storage=StorageType.FILE,
-    )
-    return await natsio_kv.open_bucket(js, config)  # existing: as it is (maybe another TTL)
+    description = "terminal replies of requests sent with an Idempotency-Key"
+    # An existing bucket is used as it is (maybe with another TTL).
+    return await natsio_kv.open_bucket(js, names.IDEMPOTENCY_BUCKET, description, ttl_s=ttl_s)
 
 
 class Stored(msgspec.Struct, frozen=True):

@@ -176,6 +176,8 @@ def _attend(
     return _attend_plain(q, k, v, causal, bias, scale)
 
 
+# `_attend`'s signature on purpose: the fallback it returns, and the reference its kernels are
+# tested against (tests/engine/test_attention.py).
 def _attend_plain(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -137,18 +137,29 @@ def resolve_model_path(path: str, cache: Path | None = None) -> Path:
 def load_model(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """(model, tokenizer) from a local folder, with the normal `from_pretrained` path."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    require_fast(tokenizer, path)
+    return pretrained(AutoModelForCausalLM, path, device, dtype), tokenizer
+
+
+def require_fast(tokenizer: Any, path: Path) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{path}: jetserve needs a fast (Rust) tokenizer")
+
+
+def pretrained(model_class: Any, path: Path, device: torch.device, dtype: torch.dtype) -> Any:
+    """`model_class.from_pretrained(path)` in `dtype` on `device`, for inference; on CPU with
+    its Linear weights column-major."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{path}: jetserve needs a fast (Rust) tokenizer")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = model_class.from_pretrained(path, dtype=dtype)
     model.to(device)
     model.eval()
     if device.type == "cpu":
         column_major_linears(model)
-    return model, tokenizer
+    return model
 
 
 def column_major_linears(model: Any) -> None:

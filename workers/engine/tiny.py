@@ -70,17 +70,20 @@ def train_tokenizer(
     )
 
 
-def make_tiny_model(path: Path, size: str = "tiny", seed: int = 0) -> Path:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+def eos_ids(tokenizer: Any) -> list[int]:
+    """The ids that end a generation: `<|eos|>` and ChatML's `<|im_end|>`."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in ("<|eos|>", "<|im_end|>")]
 
-    hidden, layers, heads, kv_heads, intermediate, vocab_target = SIZES[size]
-    tokenizer = train_tokenizer(vocab_target)
-    eos = [
-        tokenizer.convert_tokens_to_ids("<|eos|>"),
-        tokenizer.convert_tokens_to_ids("<|im_end|>"),
-    ]
-    config = LlamaConfig(
+
+def llama_config(
+    tokenizer: Any, shape: tuple[int, int, int, int, int], initializer_range: float
+) -> Any:
+    """The Llama text model of `shape` (hidden, layers, heads, kv heads, intermediate) over
+    `tokenizer`'s vocabulary and special tokens."""
+    from transformers import LlamaConfig
+
+    hidden, layers, heads, kv_heads, intermediate = shape
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=intermediate,
@@ -88,17 +91,37 @@ def make_tiny_model(path: Path, size: str = "tiny", seed: int = 0) -> Path:
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         max_position_embeddings=4096,
-        initializer_range=0.08 if size == "tiny" else 0.02,
+        initializer_range=initializer_range,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=eos,
+        eos_token_id=eos_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
+
+
+def seeded_model(model_class: Any, config: Any, tokenizer: Any, seed: int) -> Any:
+    """`model_class(config)` with weights drawn from `seed`, and a generation config that
+    names `tokenizer`'s special tokens."""
+    import torch
+    from transformers import GenerationConfig
+
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = model_class(config)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
     )
+    return model
+
+
+def make_tiny_model(path: Path, size: str = "tiny", seed: int = 0) -> Path:
+    from transformers import LlamaForCausalLM
+
+    spec = SIZES[size]
+    tokenizer = train_tokenizer(spec[5])
+    config = llama_config(tokenizer, spec[:5], 0.08 if size == "tiny" else 0.02)
+    model = seeded_model(LlamaForCausalLM, config, tokenizer, seed)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from workers.engine.tiny import train_tokenizer
+from workers.engine.tiny import llama_config, seeded_model, train_tokenizer
 
 #: Pixels a side of one tile the vision tower sees, and of its patches.
 TILE_PX = 32
@@ -66,36 +66,19 @@ SIZES = {
 
 
 def make_tiny_vision_model(path: Path, seed: int = 0, size: str = "tiny") -> Path:
-    import torch
     from transformers import (
-        GenerationConfig,
         Idefics3Config,
         Idefics3ForConditionalGeneration,
         Idefics3ImageProcessorPil,
         Idefics3Processor,
         Idefics3VisionConfig,
-        LlamaConfig,
     )
 
-    tile, tiles, (hidden, layers, heads, kv_heads, inter), vision_shape = SIZES[size]
+    tile, tiles, text_shape, vision_shape = SIZES[size]
     v_hidden, v_layers, v_heads, v_inter = vision_shape
     tokenizer = train_tokenizer(1024, _CHAT_TEMPLATE, IMAGE_TOKENS)
-    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|eos|>", "<|im_end|>")]
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
-        initializer_range=0.08,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    text = llama_config(tokenizer, text_shape, 0.08)
+    # Each setting named (a keyword call alike in outline to `llama_config`'s).
     vision = Idefics3VisionConfig(
         hidden_size=v_hidden,
         intermediate_size=v_inter,
@@ -109,15 +92,11 @@ def make_tiny_vision_model(path: Path, seed: int = 0, size: str = "tiny") -> Pat
         vision_config=vision.to_dict(),
         text_config=text.to_dict(),
         scale_factor=SCALE_FACTOR,
-        image_token_id=image_token_id,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id
-    )
+    model = seeded_model(Idefics3ForConditionalGeneration, config, tokenizer, seed)
     images = Idefics3ImageProcessorPil(
         size={"longest_edge": tiles * tile},
         max_image_size={"longest_edge": tile},

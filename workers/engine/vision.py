@@ -59,20 +59,12 @@ def is_vision_model(path: Path) -> bool:
 def load_vision_model(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """(model, processor) from a local folder, with the normal `from_pretrained` path."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from transformers.utils import logging as hf_logging
 
-    from workers.engine.loader import column_major_linears
+    from workers.engine.loader import pretrained, require_fast
 
-    hf_logging.disable_progress_bar()
     processor = AutoProcessor.from_pretrained(path)
-    if not getattr(processor.tokenizer, "is_fast", False):
-        raise ValueError(f"{path}: jetserve needs a fast (Rust) tokenizer")
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
-    model.to(device)
-    model.eval()
-    if device.type == "cpu":
-        column_major_linears(model)
-    return model, processor
+    require_fast(processor.tokenizer, path)
+    return pretrained(AutoModelForImageTextToText, path, device, dtype), processor
 
 
 def image_token_id(config: Any) -> int:
