@@ -234,6 +234,14 @@ def worker_deployment(spec: ModelSpec, config_map: str, o: RenderOptions) -> Man
             {"name": "JETSERVE_DRAIN_TIMEOUT_S", "value": f"{drain_s:g}"},
             *CACHE_ENV,
             *nats_env(o.overlay.nats_secret),
+            # Tenant limits on requests published straight to NATS are read from the
+            # database (optional: without it a worker applies the default limits only).
+            {
+                "name": "JETSERVE_DATABASE_URL",
+                "valueFrom": {
+                    "secretKeyRef": {"name": "jetserve-database", "key": "dsn", "optional": True}
+                },
+            },
         ],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
         # The endpoint answers from the start (workers/probes.py): the startup probe only

@@ -203,7 +203,7 @@ NATS = Pod({"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": "nat
         # Postgres: the bridge and the scheduler.
         ("jetserve-bridge", "postgres", 5432, True),
         ("jetserve-scheduler", "postgres", 5432, True),
-        ("jetserve-worker-echo", "postgres", 5432, False),
+        ("jetserve-worker-echo", "postgres", 5432, True),  # tenant limits of NATS requests
         ("stranger", "postgres", 5432, False),
     ],
 )
