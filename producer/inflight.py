@@ -110,6 +110,13 @@ class InFlight:
             return True
         return False
 
+    def put_back(self, key: str) -> None:
+        """Undo a `take_leased` whose request was not admitted after all (its slot goes back
+        to the lease, which is kept)."""
+        lease = self._leases.get(key)
+        if lease is not None and lease.used > 0:
+            lease.used -= 1
+
     async def acquire(self, key: str, limit: int) -> bool:
         """Take a slot of `key` (limit `limit`): True, or False when all are in use."""
         lease = self._leases.get(key)

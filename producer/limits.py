@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from producer.inflight import InFlight
-from producer.ratelimit import Limiter, Rate, TooLarge
+from producer.ratelimit import Limiter, Rate, TooLarge, Verdict
 from schemas.limits import UNLIMITED, TenantLimits
 from schemas.names import ratelimit_key
 from schemas.openai_errors import ApiError
@@ -85,26 +85,46 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{rest}s"
 
 
+#: OpenAI's headers, as the ASGI answer carries them: (name, value) bytes pairs.
+Header = tuple[bytes, bytes]
+REQUEST_HEADERS = (
+    b"x-ratelimit-limit-requests",
+    b"x-ratelimit-remaining-requests",
+    b"x-ratelimit-reset-requests",
+)
+TOKEN_HEADERS = (
+    b"x-ratelimit-limit-tokens",
+    b"x-ratelimit-remaining-tokens",
+    b"x-ratelimit-reset-tokens",
+)
+
+
 class Admission:
     """One admitted request: its headers, and `finish` to settle and release it. (A plain
     class with slots: one is made for every request.)"""
 
-    __slots__ = ("_estimate", "_finished", "_gate", "_slot_key", "_token_key", "headers")
+    __slots__ = ("_estimate", "_finished", "_gate", "_slot_key", "_token_key", "raw_headers")
 
     def __init__(
         self,
-        headers: dict[str, str] | None = None,
+        raw_headers: tuple[Header, ...] = (),
         gate: TenantGate | None = None,
         slot_key: str | None = None,
         token_key: str | None = None,
         estimate: int = 0,
     ) -> None:
-        self.headers = {} if headers is None else headers
+        #: The `x-ratelimit-*` headers, encoded (sent as they are with a JSON answer).
+        self.raw_headers = raw_headers
         self._gate = gate
         self._slot_key = slot_key
         self._token_key = token_key
         self._estimate = estimate
         self._finished = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The `x-ratelimit-*` headers as text."""
+        return _text(self.raw_headers)
 
     def finish(self, used_tokens: int | None = None) -> None:
         """Settle the estimate with `used_tokens` (None: keep the estimate) and release the
@@ -115,22 +135,64 @@ class Admission:
         self._gate._finish(self, used_tokens)
 
 
+def _text(raw: tuple[Header, ...]) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+
+
+class _RateHeaders:
+    """One limit's three headers (limit, remaining, reset). A full bucket's are made once: a
+    tenant far below its limit, the case on every request of most tenants, gets the same
+    ones each time (encoding six headers a request cost more than the limits' check)."""
+
+    __slots__ = ("capacity", "full", "limit", "remaining", "reset")
+
+    def __init__(self, names: tuple[bytes, bytes, bytes], rate: Rate) -> None:
+        limit, self.remaining, self.reset = names
+        self.limit = (limit, str(rate.per_minute).encode())
+        self.capacity = rate.capacity
+        # As `of` writes a full bucket: `int(capacity)` left, `duration(0.0)` to reset.
+        self.full = (self.limit, (self.remaining, b"%d" % int(rate.capacity)), (self.reset, b"0ms"))
+
+    def of(self, verdict: Verdict) -> tuple[Header, Header, Header]:
+        if verdict.admitted and verdict.remaining >= self.capacity:
+            return self.full  # (an admitted verdict's remaining is at most the capacity)
+        return (
+            self.limit,
+            (self.remaining, b"%d" % int(verdict.remaining)),
+            (self.reset, duration(verdict.reset_s).encode()),
+        )
+
+
 class _Plan:
     """What one tenant's limits in one scope need on every request, computed once: the
-    bucket and slot keys, the rates, the limits' header values."""
+    bucket and slot keys, the rates, the limits' headers."""
 
-    __slots__ = ("request_key", "requests", "rpm", "slot_key", "token_key", "tokens", "tpm")
+    __slots__ = (
+        "max_in_flight",
+        "request_headers",
+        "request_key",
+        "requests",
+        "slot_key",
+        "token_headers",
+        "token_key",
+        "tokens",
+    )
 
     def __init__(self, tenant: str, scope: str | None, limits: TenantLimits) -> None:
+        self.max_in_flight = limits.max_in_flight or 0
         self.slot_key = (
             None if limits.max_in_flight is None else ratelimit_key(tenant, scope, IN_FLIGHT)
         )
         self.requests = None if limits.rpm is None else Rate(limits.rpm)
         self.request_key = ratelimit_key(tenant, scope, REQUESTS)
-        self.rpm = str(limits.rpm)
+        self.request_headers = (
+            None if self.requests is None else _RateHeaders(REQUEST_HEADERS, self.requests)
+        )
         self.tokens = None if limits.tpm is None else Rate(limits.tpm)
         self.token_key = ratelimit_key(tenant, scope, TOKENS)
-        self.tpm = str(limits.tpm)
+        self.token_headers = (
+            None if self.tokens is None else _RateHeaders(TOKEN_HEADERS, self.tokens)
+        )
 
 
 NO_LIMITS = Admission()
@@ -148,41 +210,94 @@ class TenantGate:
     ) -> None:
         self._source = source
         self._cached = source.cached if isinstance(source, CachedLimits) else None
-        self._plans: dict[tuple[str, str | None, TenantLimits], _Plan] = {}
+        #: (tenant, (limits, scope)) -> its plan (None: unlimited).
+        self._plans: dict[tuple[str, tuple[TenantLimits, str | None]], _Plan | None] = {}
+        #: The last plan looked up: its tenant, its source's answer (the same object while
+        #: cached: compared by identity, not hashed) and the plan.
+        self._last: tuple[str, object, _Plan | None] = ("", None, None)
         self._limiter = limiter
         self._slots = in_flight
         self.default_max_tokens = default_max_tokens
         #: (tenant, admitted, estimated tokens): for metrics.
         self._on_decision = on_decision
 
+    def _plan(self, tenant: str, found: tuple[TenantLimits, str | None]) -> _Plan | None:
+        last_tenant, last_found, plan = self._last
+        if found is last_found and tenant == last_tenant:
+            return plan
+        key = (tenant, found)
+        if key in self._plans:
+            plan = self._plans[key]
+        else:
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            limits, scope = found
+            plan = self._plans[key] = None if limits.unlimited else _Plan(tenant, scope, limits)
+        self._last = (tenant, found, plan)
+        return plan
+
+    def admit_leased(self, tenant: str, model: str, estimated_tokens: int) -> Admission | None:
+        """`admit` decided without awaiting, in the common case on the request path: the
+        limits cached, and this replica's leases covering the request. None: `admit` (then
+        nothing was taken here)."""
+        found = self._cached(tenant, model) if self._cached is not None else None
+        if found is None:
+            return None
+        plan = self._plan(tenant, found)
+        if plan is None:
+            return NO_LIMITS
+        slots = self._slots
+        slot_key = plan.slot_key
+        if slot_key is not None and not slots.take_leased(slot_key):
+            return None
+        limiter = self._limiter
+        headers: tuple[Header, ...] = ()
+        rate = plan.requests
+        if rate is not None:
+            verdict = limiter.try_leased(plan.request_key, 1, rate)
+            if verdict is None:
+                if slot_key is not None:
+                    slots.put_back(slot_key)
+                return None
+            headers = plan.request_headers.of(verdict)  # type: ignore[union-attr]
+        token_key = None
+        rate = plan.tokens
+        if rate is not None:
+            verdict = limiter.try_leased(plan.token_key, estimated_tokens, rate)
+            if verdict is None:
+                if slot_key is not None:
+                    slots.put_back(slot_key)
+                if plan.requests is not None:
+                    limiter.settle(plan.request_key, 1)
+                return None
+            headers += plan.token_headers.of(verdict)  # type: ignore[union-attr]
+            token_key = plan.token_key
+        if self._on_decision is not None:
+            self._on_decision(tenant, True, estimated_tokens)
+        return Admission(headers, self, slot_key, token_key, estimated_tokens)
+
     async def admit(self, tenant: str, model: str, estimated_tokens: int) -> Admission:
         found = self._cached(tenant, model) if self._cached is not None else None
         if found is None:
             found = await self._source.limits(tenant, model)
-        limits, scope = found
-        if limits.unlimited:
-            return NO_LIMITS
-        plan = self._plans.get((tenant, scope, limits))
+        plan = self._plan(tenant, found)
         if plan is None:
-            if len(self._plans) > 10_000:
-                self._plans.clear()
-            plan = self._plans[(tenant, scope, limits)] = _Plan(tenant, scope, limits)
-        headers: dict[str, str] = {}
+            return NO_LIMITS
         slot_key = plan.slot_key
         if slot_key is not None:
             slots = self._slots
             if not slots.take_leased(slot_key) and not await slots.acquire(
-                slot_key, limits.max_in_flight or 0
+                slot_key, plan.max_in_flight
             ):
                 self._refuse(
                     tenant,
                     estimated_tokens,
-                    f"requests in flight: the limit is {limits.max_in_flight}",
+                    f"requests in flight: the limit is {plan.max_in_flight}",
                     1.0,
-                    headers,
+                    (),
                 )
         try:
-            token_key = await self._per_minute(tenant, plan, estimated_tokens, headers)
+            token_key, headers = await self._per_minute(tenant, plan, estimated_tokens)
         except BaseException:
             if slot_key is not None:
                 self._slots.release(slot_key)
@@ -192,29 +307,29 @@ class TenantGate:
         return Admission(headers, self, slot_key, token_key, estimated_tokens)
 
     async def _per_minute(
-        self, tenant: str, plan: _Plan, estimated_tokens: int, headers: dict[str, str]
-    ) -> str | None:
-        """The per-minute limits checked (ApiError when over one); the token key to settle.
-        A request its replica's leases cover is decided without awaiting (`try_leased`)."""
+        self, tenant: str, plan: _Plan, estimated_tokens: int
+    ) -> tuple[str | None, tuple[Header, ...]]:
+        """The per-minute limits checked (ApiError when over one): the token key to settle,
+        and the headers. A request its replica's leases cover is decided without awaiting
+        (`try_leased`)."""
         limiter = self._limiter
+        headers: tuple[Header, ...] = ()
         rate = plan.requests
         if rate is not None:
             key = plan.request_key
             verdict = limiter.try_leased(key, 1, rate) or await limiter.acquire(key, 1, rate)
-            headers["x-ratelimit-limit-requests"] = plan.rpm
-            headers["x-ratelimit-remaining-requests"] = str(int(verdict.remaining))
-            headers["x-ratelimit-reset-requests"] = duration(verdict.reset_s)
+            headers = plan.request_headers.of(verdict)  # type: ignore[union-attr]
             if not verdict.admitted:
                 self._refuse(
                     tenant,
                     estimated_tokens,
-                    f"requests per minute: {plan.rpm}",
+                    f"requests per minute: {rate.per_minute}",
                     verdict.reset_s,
                     headers,
                 )
         rate = plan.tokens
         if rate is None:
-            return None
+            return None, headers
         key = plan.token_key
         try:
             verdict = limiter.try_leased(key, estimated_tokens, rate) or await limiter.acquire(
@@ -226,20 +341,18 @@ class TenantGate:
                 f"Request too large: it {exc} (tokens per minute). Lower max_tokens or the prompt.",
                 code="rate_limit_exceeded",
             ) from None
-        headers["x-ratelimit-limit-tokens"] = plan.tpm
-        headers["x-ratelimit-remaining-tokens"] = str(int(verdict.remaining))
-        headers["x-ratelimit-reset-tokens"] = duration(verdict.reset_s)
+        headers += plan.token_headers.of(verdict)  # type: ignore[union-attr]
         if not verdict.admitted:
             if plan.requests is not None:  # not admitted: its request is given back
                 limiter.settle(plan.request_key, 1)
             self._refuse(
                 tenant,
                 estimated_tokens,
-                f"tokens per minute: {plan.tpm}",
+                f"tokens per minute: {rate.per_minute}",
                 verdict.reset_s,
                 headers,
             )
-        return key
+        return key, headers
 
     async def usage(self, tenant: str, model: str) -> tuple[TenantLimits, dict[str, float]]:
         """The limits that apply and what is left of each, as this replica last saw it."""
@@ -254,10 +367,11 @@ class TenantGate:
         return limits, left
 
     def _refuse(
-        self, tenant: str, tokens: int, what: str, wait_s: float, headers: dict[str, str]
+        self, tenant: str, tokens: int, what: str, wait_s: float, raw: tuple[Header, ...]
     ) -> None:
         if self._on_decision is not None:
             self._on_decision(tenant, False, tokens)
+        headers = _text(raw)
         headers["retry-after-ms"] = str(max(1, math.ceil(wait_s * 1000)))
         headers["retry-after"] = str(max(1, math.ceil(wait_s)))
         raise ApiError(

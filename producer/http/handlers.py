@@ -64,6 +64,8 @@ class Reply(msgspec.Struct):
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    #: More headers, already encoded (the `x-ratelimit-*` ones of a JSON answer).
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class Bridge:
@@ -142,6 +144,17 @@ class Bridge:
         tokens = estimate_tokens(body_bytes, max_tokens, self.gate.default_max_tokens)
         return await self.gate.admit(tenant, model, tokens)
 
+    def admit_leased(
+        self, tenant: str, model: str, body_bytes: int, max_tokens: int | None
+    ) -> Admission | None:
+        """`admit` without awaiting, when the tenant's cached limits and this replica's
+        leases decide it (the common case); None: `admit`."""
+        gate = self.gate
+        if gate is None:
+            return NO_LIMITS
+        tokens = estimate_tokens(body_bytes, max_tokens, gate.default_max_tokens)
+        return gate.admit_leased(tenant, model, tokens)
+
     def timeout_s(self, headers: Mapping[str, str], queue: Priority = Priority.ONLINE) -> float:
         """The header's timeout, else the default; both capped at the default. A `flex`
         request (the batch queue) has its own, longer default."""
@@ -207,9 +220,10 @@ class Bridge:
         if endpoint is CHAT and has_images(parsed.messages):
             request = await self.with_images(request)
         streaming = request.stream
-        admission = await self.admit(
-            principal.tenant, asked, len(body), request.parameters.max_tokens
-        )
+        max_tokens = request.parameters.max_tokens
+        admission = self.admit_leased(
+            principal.tenant, asked, len(body), max_tokens
+        ) or await self.admit(principal.tenant, asked, len(body), max_tokens)
         call: Call | StoredCall
         try:
             if key:
@@ -262,7 +276,7 @@ class Bridge:
             await call.close()
         admission.finish(result.usage.total_tokens)
         body = response(endpoint, parsed, result, response_id, created, tier)
-        return Reply(body=_encoder.encode(body), headers=admission.headers)
+        return Reply(body=_encoder.encode(body), raw_headers=admission.raw_headers)
 
     async def predict(
         self, principal: Principal, model: str, payload: Any, headers: Mapping[str, str]

@@ -114,7 +114,10 @@ class Responses:
         base = rc.base_response(body, rc.ID_PREFIX + request.id, now_ms // 1000, stored=store)
         if body.background and (self.background is None or not base.store):
             raise invalid("A background response must be stored.", "store")
-        admission = await bridge.admit(tenant, asked, len(raw), request.parameters.max_tokens)
+        max_tokens = request.parameters.max_tokens
+        admission = bridge.admit_leased(tenant, asked, len(raw), max_tokens) or await bridge.admit(
+            tenant, asked, len(raw), max_tokens
+        )
         if body.background or request.stream:
             # Counted at admission (requests, estimated tokens); not held in flight here.
             admission.finish()
@@ -164,7 +167,7 @@ class Responses:
         admission.finish(result.usage.total_tokens)
         final = rc.finished_response(base, result, int(time.time()))
         await saver.save(final)
-        return Reply(body=_encoder.encode(final), headers=admission.headers)
+        return Reply(body=_encoder.encode(final), raw_headers=admission.raw_headers)
 
     async def _with_images(self, converted: rc.Converted) -> rc.Converted:
         """`Bridge.with_images` for the `input_image` parts; errors name the `input` part."""

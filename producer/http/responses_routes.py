@@ -61,7 +61,7 @@ class ResponsesRoutes:
                 headers = {**SSE_HEADERS, **reply.headers}
                 stream = Stream(reply.stream, media_type="text/event-stream", headers=headers)
                 return stream.to_asgi_response(None, request)
-            return Sent(reply.status, reply.body, reply.headers)
+            return Sent(reply.status, reply.body, reply.headers, reply.raw_headers)
 
         @get("/v1/responses/{response_id:str}", summary="Retrieve a stored response")
         async def retrieve(request: Request[Any, Any, Any], response_id: str) -> Response[Any]:

@@ -61,18 +61,25 @@ async def serve(
         headers = {**SSE_HEADERS, **reply.headers} if reply.headers else SSE_HEADERS
         stream = Stream(reply.stream, media_type="text/event-stream", headers=headers)
         return stream.to_asgi_response(None, request)
-    return Sent(reply.status, reply.body, reply.headers)
+    return Sent(reply.status, reply.body, reply.headers, reply.raw_headers)
 
 
 class Sent:
     """A complete JSON answer as its two ASGI events. Litestar's `Response` re-encodes and
     re-scans every header (with the six `x-ratelimit-*` headers of a limited tenant, more
-    than the limits' own check costs): the answer's headers are encoded once, here."""
+    than the limits' own check costs): the answer's headers are encoded once, here, or come
+    encoded (`encoded`: ASGI's (name, value) bytes pairs)."""
 
     __slots__ = ("_body", "_start")
 
-    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        raw = [(b"content-type", _JSON_BYTES), (b"content-length", str(len(body)).encode())]
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        encoded: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        raw = [(b"content-type", _JSON_BYTES), (b"content-length", b"%d" % len(body)), *encoded]
         for name, value in headers.items():
             raw.append((name.encode("latin-1"), value.encode("latin-1")))
         self._start = {"type": "http.response.start", "status": status, "headers": raw}
