@@ -162,6 +162,16 @@ class _RateHeaders:
             (self.reset, duration(verdict.reset_s).encode()),
         )
 
+    def admitted(self, left: float, rate: Rate) -> tuple[Header, Header, Header]:
+        """`of` an admitted verdict with `left` remaining."""
+        if left >= self.capacity:
+            return self.full
+        return (
+            self.limit,
+            (self.remaining, b"%d" % int(left)),
+            (self.reset, duration((rate.capacity - left) / rate.per_s).encode()),
+        )
+
 
 class _Plan:
     """What one tenant's limits in one scope need on every request, computed once: the
@@ -251,26 +261,27 @@ class TenantGate:
         if slot_key is not None and not slots.take_leased(slot_key):
             return None
         limiter = self._limiter
+        now = limiter.clock()
         headers: tuple[Header, ...] = ()
         rate = plan.requests
         if rate is not None:
-            verdict = limiter.try_leased(plan.request_key, 1, rate)
-            if verdict is None:
+            left = limiter.take_leased(plan.request_key, 1, rate, now)
+            if left is None:
                 if slot_key is not None:
                     slots.put_back(slot_key)
                 return None
-            headers = plan.request_headers.of(verdict)  # type: ignore[union-attr]
+            headers = plan.request_headers.admitted(left, rate)  # type: ignore[union-attr]
         token_key = None
         rate = plan.tokens
         if rate is not None:
-            verdict = limiter.try_leased(plan.token_key, estimated_tokens, rate)
-            if verdict is None:
+            left = limiter.take_leased(plan.token_key, estimated_tokens, rate, now)
+            if left is None:
                 if slot_key is not None:
                     slots.put_back(slot_key)
                 if plan.requests is not None:
                     limiter.settle(plan.request_key, 1)
                 return None
-            headers += plan.token_headers.of(verdict)  # type: ignore[union-attr]
+            headers += plan.token_headers.admitted(left, rate)  # type: ignore[union-attr]
             token_key = plan.token_key
         if self._on_decision is not None:
             self._on_decision(tenant, True, estimated_tokens)

@@ -129,14 +129,26 @@ class Limiter:
     def try_leased(self, key: str, cost: float, rate: Rate) -> Verdict | None:
         """The verdict from this replica's lease alone, without awaiting (the common case on
         the request path: a request its lease covers); None: `acquire`."""
+        now = self._clock()
+        left = self.take_leased(key, cost, rate, now)
+        if left is None:
+            return None
+        return Verdict(True, left, (rate.capacity - left) / rate.per_s)
+
+    def take_leased(self, key: str, cost: float, rate: Rate, now: float) -> float | None:
+        """`try_leased` at `now` (the clock read once for a request's limits), admitted: what
+        is left (its verdict's `remaining`); None: `acquire`."""
         lease = self._leases.get(key)
         if lease is None or lease.turn.busy or lease.tokens < cost:
             return None
-        now = self._clock()
         if lease.expires_s < now or cost > rate.per_minute:
             return None
         lease.tokens -= cost
-        return self._verdict(True, lease, rate, now)
+        return _left(lease, rate, now)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
 
     async def acquire(self, key: str, cost: float, rate: Rate) -> Verdict:
         if cost > rate.per_minute:
@@ -212,15 +224,20 @@ class Limiter:
         return self._verdict(True, lease, rate, now)
 
     def _verdict(self, admitted: bool, lease: _Lease, rate: Rate, now: float) -> Verdict:
-        capacity = rate.capacity
-        mine = lease.tokens if lease.tokens > 0.0 else 0.0
-        if lease.seen_s:
-            shared = lease.level + (now - lease.seen_s if now > lease.seen_s else 0.0) * rate.per_s
-            left = (shared if shared < capacity else capacity) + mine
-        else:
-            left = capacity + mine
-        if left > capacity:
-            left = capacity
-        elif left < 0.0:
-            left = 0.0
-        return Verdict(admitted, left, (capacity - left) / rate.per_s)
+        left = _left(lease, rate, now)
+        return Verdict(admitted, left, (rate.capacity - left) / rate.per_s)
+
+
+def _left(lease: _Lease, rate: Rate, now: float) -> float:
+    """What is left of a bucket, as this replica sees it: the shared level last seen,
+    refilled since, plus its lease; at most the bucket's capacity."""
+    capacity = rate.capacity
+    mine = lease.tokens if lease.tokens > 0.0 else 0.0
+    if lease.seen_s:
+        shared = lease.level + (now - lease.seen_s if now > lease.seen_s else 0.0) * rate.per_s
+        left = (shared if shared < capacity else capacity) + mine
+    else:
+        left = capacity + mine
+    if left > capacity:
+        return capacity
+    return left if left > 0.0 else 0.0

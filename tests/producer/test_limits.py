@@ -103,5 +103,6 @@ def test_a_full_buckets_headers_are_written_as_any_other(per_minute: int) -> Non
             (b"x-ratelimit-remaining-requests", str(int(left)).encode()),
             (b"x-ratelimit-reset-requests", duration(verdict.reset_s).encode()),
         )
+        assert plan.request_headers.admitted(left, rate) == plan.request_headers.of(verdict)
     full = plan.request_headers.of(Verdict(True, rate.capacity, 0.0))
     assert full[2] == (b"x-ratelimit-reset-requests", b"0ms")
