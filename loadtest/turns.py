@@ -3,10 +3,10 @@
 `Turns` sends SIGSTOP to every process of one lane (its root processes and all their
 descendants, e.g. PostgreSQL's backends) and SIGCONT to the other's, and swaps every
 `slice_s` on average (each slice drawn between 0.5x and 1.5x, so that no timer of a lane's
-processes, e.g. PostgreSQL's 200 ms writers, keeps one phase against the turns). It records, per lane, each slice it was running: when it was continued and
-stopped (wall clock, `time.time()`, the clock PostgreSQL's timestamps use), and a reading
-taken just before it was continued (the lane's work counter, read while it is stopped and
-so still). Linux only (it reads /proc).
+processes, e.g. PostgreSQL's 200 ms writers, keeps one phase against the turns). It records,
+per lane, each slice it ran: when it was continued and stopped (wall clock, `time.time()`,
+the clock PostgreSQL's timestamps use), and a reading taken just before it was continued
+(the lane's work counter, read while it is stopped and so still). Linux only (reads /proc).
 """
 
 from __future__ import annotations
