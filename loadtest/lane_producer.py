@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import mmap
-import struct
 import sys
 
 from producer.client import Client
@@ -21,7 +20,7 @@ from producer.client import Client
 PAYLOAD = {"blob": "x" * 900}  # the request envelope brings it to ~1 KiB, as loadtest.pipeline
 
 
-async def run(url: str, model: str, in_flight: int, counter: mmap.mmap) -> None:
+async def run(url: str, model: str, in_flight: int, counter: memoryview) -> None:
     client = await Client.connect(url)
     for _ in range(600):  # until the worker answers
         try:
@@ -30,22 +29,26 @@ async def run(url: str, model: str, in_flight: int, counter: mmap.mmap) -> None:
         except Exception:
             await asyncio.sleep(0.1)
     answered = 0
-    struct.pack_into("qq", counter, 0, 1, answered)
+    counter[0] = 1
 
     async def one() -> None:
         nonlocal answered
         while True:
             await client.request(model, "predict", PAYLOAD, timeout_s=120)
             answered += 1
-            struct.pack_into("q", counter, 8, answered)
+            counter[1] = answered  # one aligned 8-byte store (struct.pack_into zero-fills first)
 
     await asyncio.gather(*[one() for _ in range(in_flight)])
 
 
 def main() -> None:
     url, model, in_flight, path = sys.argv[1:5]
-    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 16) as counter:
-        asyncio.run(run(url, model, int(in_flight), counter))
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 16) as shared:
+        counter = memoryview(shared).cast("q")
+        try:
+            asyncio.run(run(url, model, int(in_flight), counter))
+        finally:
+            counter.release()
 
 
 if __name__ == "__main__":
