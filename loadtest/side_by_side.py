@@ -1,20 +1,27 @@
-"""Benchmark: two variants of the HTTP path measured at the same time, for no-regression gates.
+"""Benchmark: two variants of the HTTP path under the same conditions, for no-regression gates.
 
     python -m loadtest.side_by_side {tree,responses,limits,routing,pipeline,batch} [--old DIR]
-        [--rounds 7] [--duration-s 8] [--connections 32] [--json out.json]
+        [--rounds 7] [--duration-s 8] [--connections 32] [--mode slices|together]
+        [--slice-ms 100] [--json out.json]
 
 Each variant is a lane: a whole stack of its own (a nats-server, the echo worker(s), one bridge
-process, and a PostgreSQL where the variant needs one) driven by its own `wrk -t1`. In each
-round both lanes' wrk runs start together (after both stacks are idle) and run for the same
-time, so whatever slows the machine in that round (another process, the host's neighbours,
-frequency) slows both: the round's ratio B / A is measured under one condition. Run one after
-the other instead, this 2-core machine's drift of tens of percent within a minute lands in
-the ratio (an A/A check with the same code in both lanes: rounds 0.66-1.33 one after the
-other, 0.98-1.08 at the same time, on a machine shared with other work).
+process, and a PostgreSQL where the variant needs one) driven by its own `wrk -t1`.
 
-The two lanes share the two cores, so each serves about half of what it would alone: the
-figures are ratios, not throughput. What a lane costs shows as fewer requests per second for
-the same share of the CPU, which is what "requests per second >= 0.97x" guards.
+By default (`--mode slices`) the lanes take turns, 0.1 s at a time (`loadtest.slices`): each
+has the whole machine during its slices, and the machine's drift over seconds falls on both
+alike. A round gives each lane `--duration-s` of slices; its requests per second are what its
+bridge answered over its active time. An A/A check (this tree in both lanes), 7 rounds of 8 s,
+on a machine shared with other work (load average 3): rounds 0.955-1.035, while each lane's
+absolute rate moved from 4,200 to 6,700 requests per second.
+
+With `--mode together` both lanes' wrk runs start together in each round and run for the same
+time, sharing the two cores: each serves about half of what it would alone, and how the
+kernel splits ten processes between two cores moves single rounds by 5-10 % (A/A 0.98-1.08).
+Run one after the other instead, this 2-core machine's drift of tens of percent within a
+minute lands in the ratio (A/A 0.66-1.33).
+
+What a lane costs shows as fewer requests per second for the same CPU, which is what
+"requests per second >= 0.97x" guards; the bridge's CPU per request is printed beside it.
 
 Gates (lane A, lane B):
 - `tree`: `/v1/chat/completions` with the bridge and worker of `--old DIR` (a copy of an
@@ -49,10 +56,11 @@ from typing import Any
 from jetserve.servers import NatsServer, PostgresServer, free_port
 from loadtest import lanes_whole
 from loadtest.common import REPO, spawn
-from loadtest.http_bridge import _LUA, CHAT_BODY, MODEL, _wait_http, machine, wrk
+from loadtest.http_bridge import _LUA, CHAT_BODY, MODEL, _wait_http, machine, quiesce, wrk
 from loadtest.limits_bench import LIMITS_ON
 from loadtest.responses_bench import RESPONSES
 from loadtest.routing_bench import SERVED, SPARE, _set_route
+from loadtest.slices import Turn, take_turns
 
 
 @dataclass
@@ -158,6 +166,16 @@ def together(
     return got
 
 
+def in_slices(running: tuple[Running, Running], args: argparse.Namespace) -> list[Any]:
+    """Each lane's wrk in turn, `--slice-ms` at a time (`loadtest.slices`)."""
+    turns = []
+    for lane in running:
+        quiesce(lane.pids)
+        cmd = ["wrk", "-t1", f"-c{args.connections}", "-d100000s", "-s", str(lane.script)]
+        turns.append(Turn(lane.url.removesuffix(lane.lane.path), lane.pids, [*cmd, lane.url]))
+    return take_turns(turns, args.rounds, args.duration_s, args.slice_ms / 1000)
+
+
 #: Whole benchmarks, run by `loadtest.lanes_whole`.
 BENCHES = ("pipeline", "batch")
 
@@ -179,13 +197,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack(a, Path(tmp)) as ra,
         stack(b, Path(tmp)) as rb,
     ):
-        together((ra, rb), args.connections, 2)  # warm-up
-        rounds = [together((ra, rb), args.connections, args.duration_s) for _ in range(args.rounds)]
+        if args.mode == "slices":
+            rounds = in_slices((ra, rb), args)
+        else:
+            together((ra, rb), args.connections, 2)  # warm-up
+            rounds = [
+                together((ra, rb), args.connections, args.duration_s) for _ in range(args.rounds)
+            ]
     ratios = [r[1]["req_per_s"] / r[0]["req_per_s"] for r in rounds]
     cpu = [r[1]["bridge_cpu_us_per_req"] / r[0]["bridge_cpu_us_per_req"] for r in rounds]
     return {
         "machine": machine(),
         "gate": args.gate,
+        "mode": args.mode,
         "lanes": [a.name, b.name],
         "rounds": rounds,
         "ratio": statistics.median(ratios),
@@ -206,7 +230,8 @@ def report(result: dict[str, Any]) -> None:
         return
     a, b = result["lanes"]
     print(result["machine"])
-    print(f"gate {result['gate']}: lanes {a} (A) and {b} (B), each round both at once")
+    how = "taking turns" if result.get("mode") == "slices" else "both at once"
+    print(f"gate {result['gate']}: lanes {a} (A) and {b} (B), each round {how}")
     for i, (ra, rb) in enumerate(result["rounds"], 1):
         print(
             f"  round {i}: {a} {ra['req_per_s']:7.0f} req/s ({ra['bridge_cpu_us_per_req']:4.0f} µs"
@@ -230,6 +255,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=32, help="per lane")
+    parser.add_argument(
+        "--mode",
+        choices=("slices", "together"),
+        default="slices",
+        help="lanes take turns, --slice-ms each (default), or run at the same time",
+    )
+    parser.add_argument("--slice-ms", type=float, default=100.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = run_trees(args) if args.gate in BENCHES else run(args)
