@@ -32,11 +32,10 @@ Gates (lane A, lane B):
 - `limits`: this tree, tenant limits off, and on but never reached (the tenants' gate).
 - `routing`: this tree, the concrete model, and a served name routed to it (the versions' gate).
 
-Whole benchmarks, `--old DIR` and this tree each running one at the same time, per round:
-- `pipeline`: `loadtest.pipeline` (each its own nats-server): its ratio pipeline / raw
-  JetStream, and the pipeline's requests per second;
-- `batch`: `loadtest.batch_bench --small 2000 --lines 20000` (each its own servers): the large
-  batch's items per second.
+Whole benchmarks, `--old DIR` and this tree (`loadtest.lanes_whole`: each tree's whole stack,
+the two taking turns on the machine every 200 ms):
+- `pipeline`: `loadtest.pipeline`'s echo pipeline, requests per second;
+- `batch`: `loadtest.batch_bench`'s large batch (50,000 lines), items per second.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from jetserve.servers import NatsServer, PostgresServer, free_port
+from loadtest import lanes_whole
 from loadtest.common import REPO, spawn
 from loadtest.http_bridge import _LUA, CHAT_BODY, MODEL, _wait_http, machine, quiesce, wrk
 from loadtest.limits_bench import LIMITS_ON
@@ -177,58 +176,16 @@ def in_slices(running: tuple[Running, Running], args: argparse.Namespace) -> lis
     return take_turns(turns, args.rounds, args.duration_s, args.slice_ms / 1000)
 
 
-#: Whole benchmarks run per tree: module, arguments, the figures compared (new / old).
-BENCHES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
-    "pipeline": (
-        "loadtest.pipeline",
-        ("--latency-samples", "200"),
-        ("ratio", "pipeline_req_per_s"),
-    ),
-    "batch": ("loadtest.batch_bench", ("--small", "2000", "--lines", "20000"), ("items_per_s",)),
-}
-
-
-def _figures(bench: str, data: Any) -> dict[str, float]:
-    wanted = BENCHES[bench][2]
-    if bench == "batch":  # one entry per batch: the large one's
-        runs = data if isinstance(data, list) else data.get("runs", data.get("results"))
-        data = max(runs, key=lambda r: r["lines"])
-    return {name: float(data[name]) for name in wanted}
+#: Whole benchmarks, run by `loadtest.lanes_whole`.
+BENCHES = ("pipeline", "batch")
 
 
 def run_trees(args: argparse.Namespace) -> dict[str, Any]:
-    """Both trees' whole benchmark at once, per round."""
+    """Both trees' whole stacks taking turns, per round."""
     if args.old is None:
         sys.exit(f"--old DIR is required for the {args.gate} gate")
-    module, extra, wanted = BENCHES[args.gate]
-    trees = {"old": args.old.resolve(), "new": args.new.resolve()}
-    rounds: list[dict[str, dict[str, float]]] = []
-    with tempfile.TemporaryDirectory(prefix="jetserve-bench-") as tmp:
-        for i in range(args.rounds):
-            procs = {}
-            for name, tree in trees.items():
-                out = Path(tmp) / f"{name}-{i}.json"
-                cmd = ["-m", module, "--json", str(out), *extra]
-                procs[name] = (spawn(cmd, {}, tree, stderr=subprocess.DEVNULL), out)
-            got = {}
-            for name, (proc, out) in procs.items():
-                if proc.wait() != 0 or not out.exists():
-                    sys.exit(f"{name} tree: {module} failed")
-                got[name] = _figures(args.gate, json.loads(out.read_text()))
-            rounds.append(got)
-            print(
-                f"  round {i + 1}: "
-                + "  ".join(f"{k} new/old {got['new'][k] / got['old'][k]:.3f}" for k in wanted),
-                flush=True,
-            )
-    ratios = {k: [r["new"][k] / r["old"][k] for r in rounds] for k in wanted}
-    return {
-        "machine": machine(),
-        "gate": args.gate,
-        "rounds": rounds,
-        "ratios": ratios,
-        "ratio": {k: statistics.median(v) for k, v in ratios.items()},
-    }
+    with tempfile.TemporaryDirectory(prefix="jetserve-bench-", dir="/var/tmp") as tmp:
+        return lanes_whole.run(args, Path(tmp))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -264,7 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> None:
     if "lanes" not in result:
         print(result["machine"])
-        print(f"gate {result['gate']}: old and new trees' benchmark at once, each round")
+        print(f"gate {result['gate']}: old and new trees' stacks taking turns, each round")
         for name, ratios in result["ratios"].items():
             print(
                 f"  {name} new / old: median {result['ratio'][name]:.3f}, rounds "
