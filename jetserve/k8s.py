@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from jetserve.k8s_names import check_label_value, labels, worker_name
 from jetserve.k8s_pod import (
     CACHE_ENV,
     CONTAINER_SECURITY,
@@ -63,9 +63,6 @@ NATS_ACCOUNT = "$G"
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 #: The usual taint of GPU node pools, so that only pods asking for GPUs land there.
 GPU_TOLERATIONS = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_LABEL_VALUE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 
 
 @dataclass(frozen=True)
@@ -124,24 +121,6 @@ class RenderOptions:
         return self.nats_account or self.overlay.nats_account
 
 
-def labels(component: str, model: str | None = None) -> dict[str, str]:
-    out = {"app.kubernetes.io/name": "jetserve", "app.kubernetes.io/component": component}
-    if model is not None:
-        out["jetserve.io/model"] = model
-    return out
-
-
-def worker_name(model: str) -> str:
-    """Name of the model's Deployment, ScaledObject and PodDisruptionBudget (a DNS label)."""
-    name = f"jetserve-worker-{model.lower().replace('_', '-')}"
-    if len(name) > 63 or not _DNS_LABEL.fullmatch(name):
-        raise ConfigError(
-            f"model {model!r}: {name!r} is not a Kubernetes name (at most 63 of a-z 0-9 -, "
-            "not ending in -): shorten the model name"
-        )
-    return name
-
-
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -171,8 +150,7 @@ def model_toml(spec: ModelSpec) -> str:
 def _check(specs: list[ModelSpec]) -> None:
     seen: dict[str, str] = {}
     for spec in specs:
-        if not _LABEL_VALUE.fullmatch(spec.name) or len(spec.name) > 63:
-            raise ConfigError(f"model {spec.name!r} cannot be a Kubernetes label value")
+        check_label_value(spec.name)
         if spec.min_replicas > spec.max_replicas:
             raise ConfigError(
                 f"model {spec.name!r}: min_replicas {spec.min_replicas} > "

@@ -17,9 +17,9 @@ from producer.http import responses_convert as rc
 from producer.http.endpoints import CHAT, COMPLETION, EMBEDDING, RESPONSES, Endpoint
 from producer.http.errors import from_error_result
 from producer.http.responses_input import input_param
-from scheduler.codec import Envelope
+from scheduler.codec import Envelope, Reply
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
-from schemas.openai_errors import BODY_ERRORS, from_decode_error
+from schemas.openai_errors import BODY_ERRORS, ApiError, from_decode_error
 
 _ENDPOINTS: dict[str, Endpoint] = {
     "/v1/chat/completions": CHAT,
@@ -69,9 +69,16 @@ class OpenAICodec:
             request, stream=False, priority=envelope.priority, metadata=metadata
         )
 
-    # The signature of `Codec.response_body` (scheduler/codec.py), which this implements: the
-    # scheduler holds the protocol so that it imports nothing of the bridge.
-    def response_body(
+    def response(self, endpoint: str, reply: Reply) -> tuple[int, bytes]:
+        result, metadata = reply.result, reply.metadata
+        if isinstance(result, ErrorResult):
+            return self._error(endpoint, result, metadata)
+        try:
+            return 200, self._body(endpoint, reply.request_id, result, reply.created, metadata)
+        except ApiError as exc:
+            return exc.status, exc.body()
+
+    def _body(
         self,
         endpoint: str,
         request_id: str,
@@ -94,14 +101,14 @@ class OpenAICodec:
         encoding = metadata.get(ENCODING_FORMAT, "float")
         return _encoder.encode(convert.embedding_response(result, encoding))
 
-    def error_response(
-        self, endpoint: str, result: ErrorResult, metadata: Mapping[str, str] | None = None
+    def _error(
+        self, endpoint: str, result: ErrorResult, metadata: Mapping[str, str]
     ) -> tuple[int, bytes]:
         kserve = kserve_codec.target(endpoint)
         if kserve is not None:
             return kserve_codec.error_response(kserve, result)
         api = from_error_result(result)
-        body = (metadata or {}).get(RESPONSES_BODY)
+        body = metadata.get(RESPONSES_BODY)
         if _ENDPOINTS.get(endpoint) is RESPONSES and body is not None:
             # The worker names a chat field; the line's body named its `input` item.
             api.param = input_param(api.param, rc.origins(RESPONSES.decoder.decode(body)))

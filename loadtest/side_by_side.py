@@ -1,20 +1,27 @@
-"""Benchmark: two variants of the HTTP path measured at the same time, for no-regression gates.
+"""Benchmark: two variants of the HTTP path under the same conditions, for no-regression gates.
 
     python -m loadtest.side_by_side {tree,responses,limits,routing,pipeline,batch} [--old DIR]
-        [--rounds 7] [--duration-s 8] [--connections 32] [--json out.json]
+        [--rounds 7] [--duration-s 8] [--connections 32] [--mode slices|together]
+        [--slice-ms 100] [--json out.json]
 
 Each variant is a lane: a whole stack of its own (a nats-server, the echo worker(s), one bridge
-process, and a PostgreSQL where the variant needs one) driven by its own `wrk -t1`. In each
-round both lanes' wrk runs start together (after both stacks are idle) and run for the same
-time, so whatever slows the machine in that round (another process, the host's neighbours,
-frequency) slows both: the round's ratio B / A is measured under one condition. Run one after
-the other instead, this 2-core machine's drift of tens of percent within a minute lands in
-the ratio (an A/A check with the same code in both lanes: rounds 0.66-1.33 one after the
-other, 0.98-1.08 at the same time, on a machine shared with other work).
+process, and a PostgreSQL where the variant needs one) driven by its own `wrk -t1`.
 
-The two lanes share the two cores, so each serves about half of what it would alone: the
-figures are ratios, not throughput. What a lane costs shows as fewer requests per second for
-the same share of the CPU, which is what "requests per second >= 0.97x" guards.
+By default (`--mode slices`) the lanes take turns, 0.1 s at a time (`loadtest.slices`): each
+has the whole machine during its slices, and the machine's drift over seconds falls on both
+alike. A round gives each lane `--duration-s` of slices; its requests per second are what its
+bridge answered over its active time. An A/A check (this tree in both lanes), 7 rounds of 8 s,
+on a machine shared with other work (load average 3): rounds 0.955-1.035, while each lane's
+absolute rate moved from 4,200 to 6,700 requests per second.
+
+With `--mode together` both lanes' wrk runs start together in each round and run for the same
+time, sharing the two cores: each serves about half of what it would alone, and how the
+kernel splits ten processes between two cores moves single rounds by 5-10 % (A/A 0.98-1.08).
+Run one after the other instead, this 2-core machine's drift of tens of percent within a
+minute lands in the ratio (A/A 0.66-1.33).
+
+What a lane costs shows as fewer requests per second for the same CPU, which is what
+"requests per second >= 0.97x" guards; the bridge's CPU per request is printed beside it.
 
 Gates (lane A, lane B):
 - `tree`: `/v1/chat/completions` with the bridge and worker of `--old DIR` (a copy of an
@@ -25,11 +32,10 @@ Gates (lane A, lane B):
 - `limits`: this tree, tenant limits off, and on but never reached (the tenants' gate).
 - `routing`: this tree, the concrete model, and a served name routed to it (the versions' gate).
 
-Whole benchmarks, `--old DIR` and this tree each running one at the same time, per round:
-- `pipeline`: `loadtest.pipeline` (each its own nats-server): its ratio pipeline / raw
-  JetStream, and the pipeline's requests per second;
-- `batch`: `loadtest.batch_bench --small 2000 --lines 20000` (each its own servers): the large
-  batch's items per second.
+Whole benchmarks, `--old DIR` and this tree (`loadtest.lanes_whole`: each tree's whole stack,
+the two taking turns on the machine every 200 ms):
+- `pipeline`: `loadtest.pipeline`'s echo pipeline, requests per second;
+- `batch`: `loadtest.batch_bench`'s large batch (50,000 lines), items per second.
 """
 
 from __future__ import annotations
@@ -38,7 +44,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,11 +54,13 @@ from pathlib import Path
 from typing import Any
 
 from jetserve.servers import NatsServer, PostgresServer, free_port
+from loadtest import lanes_whole
 from loadtest.common import REPO, spawn
-from loadtest.http_bridge import _LUA, CHAT_BODY, MODEL, _wait_http, machine, wrk
+from loadtest.http_bridge import _LUA, CHAT_BODY, MODEL, _wait_http, machine, quiesce, wrk
 from loadtest.limits_bench import LIMITS_ON
 from loadtest.responses_bench import RESPONSES
 from loadtest.routing_bench import SERVED, SPARE, _set_route
+from loadtest.slices import Turn, take_turns
 
 
 @dataclass
@@ -159,58 +166,26 @@ def together(
     return got
 
 
-#: Whole benchmarks run per tree: module, arguments, the figures compared (new / old).
-BENCHES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
-    "pipeline": (
-        "loadtest.pipeline",
-        ("--latency-samples", "200"),
-        ("ratio", "pipeline_req_per_s"),
-    ),
-    "batch": ("loadtest.batch_bench", ("--small", "2000", "--lines", "20000"), ("items_per_s",)),
-}
+def in_slices(running: tuple[Running, Running], args: argparse.Namespace) -> list[Any]:
+    """Each lane's wrk in turn, `--slice-ms` at a time (`loadtest.slices`)."""
+    turns = []
+    for lane in running:
+        quiesce(lane.pids)
+        cmd = ["wrk", "-t1", f"-c{args.connections}", "-d100000s", "-s", str(lane.script)]
+        turns.append(Turn(lane.url.removesuffix(lane.lane.path), lane.pids, [*cmd, lane.url]))
+    return take_turns(turns, args.rounds, args.duration_s, args.slice_ms / 1000)
 
 
-def _figures(bench: str, data: Any) -> dict[str, float]:
-    wanted = BENCHES[bench][2]
-    if bench == "batch":  # one entry per batch: the large one's
-        runs = data if isinstance(data, list) else data.get("runs", data.get("results"))
-        data = max(runs, key=lambda r: r["lines"])
-    return {name: float(data[name]) for name in wanted}
+#: Whole benchmarks, run by `loadtest.lanes_whole`.
+BENCHES = ("pipeline", "batch")
 
 
 def run_trees(args: argparse.Namespace) -> dict[str, Any]:
-    """Both trees' whole benchmark at once, per round."""
+    """Both trees' whole stacks taking turns, per round."""
     if args.old is None:
         sys.exit(f"--old DIR is required for the {args.gate} gate")
-    module, extra, wanted = BENCHES[args.gate]
-    trees = {"old": args.old.resolve(), "new": args.new.resolve()}
-    rounds: list[dict[str, dict[str, float]]] = []
-    with tempfile.TemporaryDirectory(prefix="jetserve-bench-") as tmp:
-        for i in range(args.rounds):
-            procs = {}
-            for name, tree in trees.items():
-                out = Path(tmp) / f"{name}-{i}.json"
-                cmd = ["-m", module, "--json", str(out), *extra]
-                procs[name] = (spawn(cmd, {}, tree, stderr=subprocess.DEVNULL), out)
-            got = {}
-            for name, (proc, out) in procs.items():
-                if proc.wait() != 0 or not out.exists():
-                    sys.exit(f"{name} tree: {module} failed")
-                got[name] = _figures(args.gate, json.loads(out.read_text()))
-            rounds.append(got)
-            print(
-                f"  round {i + 1}: "
-                + "  ".join(f"{k} new/old {got['new'][k] / got['old'][k]:.3f}" for k in wanted),
-                flush=True,
-            )
-    ratios = {k: [r["new"][k] / r["old"][k] for r in rounds] for k in wanted}
-    return {
-        "machine": machine(),
-        "gate": args.gate,
-        "rounds": rounds,
-        "ratios": ratios,
-        "ratio": {k: statistics.median(v) for k, v in ratios.items()},
-    }
+    with tempfile.TemporaryDirectory(prefix="jetserve-bench-", dir="/var/tmp") as tmp:
+        return lanes_whole.run(args, Path(tmp))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -222,13 +197,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack(a, Path(tmp)) as ra,
         stack(b, Path(tmp)) as rb,
     ):
-        together((ra, rb), args.connections, 2)  # warm-up
-        rounds = [together((ra, rb), args.connections, args.duration_s) for _ in range(args.rounds)]
+        if args.mode == "slices":
+            rounds = in_slices((ra, rb), args)
+        else:
+            together((ra, rb), args.connections, 2)  # warm-up
+            rounds = [
+                together((ra, rb), args.connections, args.duration_s) for _ in range(args.rounds)
+            ]
     ratios = [r[1]["req_per_s"] / r[0]["req_per_s"] for r in rounds]
     cpu = [r[1]["bridge_cpu_us_per_req"] / r[0]["bridge_cpu_us_per_req"] for r in rounds]
     return {
         "machine": machine(),
         "gate": args.gate,
+        "mode": args.mode,
         "lanes": [a.name, b.name],
         "rounds": rounds,
         "ratio": statistics.median(ratios),
@@ -240,7 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> None:
     if "lanes" not in result:
         print(result["machine"])
-        print(f"gate {result['gate']}: old and new trees' benchmark at once, each round")
+        print(f"gate {result['gate']}: old and new trees' stacks taking turns, each round")
         for name, ratios in result["ratios"].items():
             print(
                 f"  {name} new / old: median {result['ratio'][name]:.3f}, rounds "
@@ -249,7 +230,8 @@ def report(result: dict[str, Any]) -> None:
         return
     a, b = result["lanes"]
     print(result["machine"])
-    print(f"gate {result['gate']}: lanes {a} (A) and {b} (B), each round both at once")
+    how = "taking turns" if result.get("mode") == "slices" else "both at once"
+    print(f"gate {result['gate']}: lanes {a} (A) and {b} (B), each round {how}")
     for i, (ra, rb) in enumerate(result["rounds"], 1):
         print(
             f"  round {i}: {a} {ra['req_per_s']:7.0f} req/s ({ra['bridge_cpu_us_per_req']:4.0f} µs"
@@ -273,6 +255,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--duration-s", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=32, help="per lane")
+    parser.add_argument(
+        "--mode",
+        choices=("slices", "together"),
+        default="slices",
+        help="lanes take turns, --slice-ms each (default), or run at the same time",
+    )
+    parser.add_argument("--slice-ms", type=float, default=100.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     result = run_trees(args) if args.gate in BENCHES else run(args)

@@ -25,6 +25,19 @@ class Envelope:
     deadline_ms: int | None = None
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A request's terminal reply, with what its response body takes from elsewhere."""
+
+    request_id: str
+    result: FinalResult | ErrorResult
+    #: Unix seconds: the response's `created`.
+    created: int
+    #: The request's metadata (what the endpoint kept of its body; may be left empty for an
+    #: endpoint whose response does not read it).
+    metadata: Mapping[str, str]
+
+
 class Codec(Protocol):
     #: The endpoints it converts, as they are listed to a caller: "/v1/chat/completions", ...,
     #: and patterns such as "/v2/models/{name}/infer".
@@ -43,21 +56,8 @@ class Codec(Protocol):
         parameter; 404 for a model name that cannot exist) exactly as the endpoint would."""
         ...
 
-    def response_body(
-        self,
-        endpoint: str,
-        request_id: str,
-        result: FinalResult,
-        created: int,
-        metadata: Mapping[str, str],
-    ) -> bytes:
-        """The JSON body the endpoint returns for this result. `metadata`: the request's."""
-        ...
-
-    def error_response(
-        self, endpoint: str, result: ErrorResult, metadata: Mapping[str, str] | None = None
-    ) -> tuple[int, bytes]:
-        """The HTTP status and error body the endpoint returns for a worker's error.
-        `metadata`: the request's, when the endpoint reads it (a Responses body names the
-        field at fault as its `input` item)."""
+    def response(self, endpoint: str, reply: Reply) -> tuple[int, bytes]:
+        """The HTTP status and JSON body the endpoint returns for `reply`: its response
+        (200), or its error (a worker's error result, or a result the endpoint cannot
+        answer with, e.g. a Responses body that no longer decodes), as the endpoint would."""
         ...

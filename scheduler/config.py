@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 
 from schemas import settings
 from schemas.limits import LimitSettings
-from schemas.settings import DEFAULT_NATS_URL, get_bool, get_float, get_int
+from schemas.settings import (
+    DEFAULT_DUPLICATE_WINDOW_S,
+    DEFAULT_NATS_URL,
+    get_bool,
+    get_float,
+    get_int,
+)
 
 WEBHOOKS_ALLOW_PRIVATE = "JETSERVE_WEBHOOKS_ALLOW_PRIVATE"
 
@@ -37,7 +43,7 @@ class SchedulerConfig:
     #: Allow webhook targets on loopback/private/link-local addresses (local development).
     webhooks_allow_private: bool = False
     #: The results stream's de-duplication window (a redelivered item's second result).
-    duplicate_window_s: float = 120.0
+    duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
     #: A standby tries to take the scheduler lock this often.
     lock_retry_s: float = 2.0
     #: A background response's events are kept this long for replay (its stored response,
@@ -68,7 +74,7 @@ class SchedulerConfig:
             ),
             webhook_timeout_s=get_float(env, "JETSERVE_WEBHOOK_TIMEOUT_S", 10.0, minimum=0.1),
             webhooks_allow_private=get_bool(env, WEBHOOKS_ALLOW_PRIVATE, False),
-            duplicate_window_s=get_float(env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0),
+            duplicate_window_s=settings.duplicate_window_s(env),
             lock_retry_s=get_float(env, "JETSERVE_SCHEDULER_LOCK_RETRY_S", 2.0, minimum=0.05),
             response_events_keep_s=get_float(
                 env, "JETSERVE_RESPONSE_EVENTS_KEEP_S", 86400.0, minimum=1.0

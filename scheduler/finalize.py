@@ -23,15 +23,14 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from natsio.routes import RouteTable
-from scheduler.codec import Codec
+from scheduler.codec import Codec, Reply
 from scheduler.store import batches as bs
 from scheduler.store.batches import BatchRow, BatchStatus
 from scheduler.store.files import FileWriter
 from scheduler.store.webhooks import EventType, enqueue
 from schemas import names
 from schemas.codec import decode_reply, decode_request, encode
-from schemas.messages import CancelRequest, ErrorResult, StreamChunk
-from schemas.openai_errors import ApiError
+from schemas.messages import CancelRequest, StreamChunk
 
 log = logging.getLogger(__name__)
 
@@ -205,18 +204,10 @@ class Finalizer:
         result = decode_reply(reply)
         if isinstance(result, StreamChunk):  # never stored: only final replies are
             return b"", False
-        code, body = 200, b""
         needs_metadata = batch.endpoint.endswith(_READS_REQUEST)
         metadata = decode_request(request).metadata if needs_metadata else {}
-        if isinstance(result, ErrorResult):
-            code, body = self._codec.error_response(batch.endpoint, result, metadata)
-        else:
-            try:
-                body = self._codec.response_body(
-                    batch.endpoint, request_id, result, finished or int(time.time()), metadata
-                )
-            except ApiError as exc:
-                code, body = exc.status, exc.body()
+        answer = Reply(request_id, result, finished or int(time.time()), metadata)
+        code, body = self._codec.response(batch.endpoint, answer)
         line = _OutputLine(
             request_id, custom_id, _Response(code, request_id, msgspec.Raw(body)), None
         )

@@ -15,6 +15,10 @@ T = TypeVar("T")
 NATS_URL = "JETSERVE_NATS_URL"
 DATABASE_URL = "JETSERVE_DATABASE_URL"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DUPLICATE_WINDOW_S = "JETSERVE_DUPLICATE_WINDOW_S"
+#: One window for every process: the streams' JetStream de-duplication (workers, scheduler)
+#: and the bridge's idempotent results, which must outlive the redeliveries it covers.
+DEFAULT_DUPLICATE_WINDOW_S = 120.0
 
 
 class ConfigError(ValueError):
@@ -67,6 +71,11 @@ def get_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
 def nats_url(env: Mapping[str, str]) -> str:
     """The NATS server every process connects to: `JETSERVE_NATS_URL`, else the local one."""
     return get_str(env, NATS_URL, DEFAULT_NATS_URL)
+
+
+def duplicate_window_s(env: Mapping[str, str]) -> float:
+    """`JETSERVE_DUPLICATE_WINDOW_S`, the same for every process (at least 1 s)."""
+    return get_float(env, DUPLICATE_WINDOW_S, DEFAULT_DUPLICATE_WINDOW_S, minimum=1.0)
 
 
 def database_url(env: Mapping[str, str]) -> str | None:

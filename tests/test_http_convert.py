@@ -202,6 +202,27 @@ def test_config_from_env() -> None:
     assert (config.auth, config.timeout_s) == (AuthMode.OFF, 5.0)
 
 
+def test_every_process_reads_one_duplicate_window() -> None:
+    """The bridge keeps idempotent results as long as the streams de-duplicate: one setting."""
+    from scheduler.config import SchedulerConfig
+    from workers.config import WorkerConfig
+
+    env = {"JETSERVE_AUTH": "off", "JETSERVE_DATABASE_URL": "postgresql://db/x"}
+    defaults = (
+        BridgeConfig.from_env(env).duplicate_window_s,
+        WorkerConfig.from_env(env).queue.duplicate_window_s,
+        SchedulerConfig.from_env(env).duplicate_window_s,
+    )
+    assert defaults == (120.0, 120.0, 120.0)
+    env["JETSERVE_DUPLICATE_WINDOW_S"] = "30"
+    assert BridgeConfig.from_env(env).duplicate_window_s == 30.0
+    assert WorkerConfig.from_env(env).queue.duplicate_window_s == 30.0
+    assert SchedulerConfig.from_env(env).duplicate_window_s == 30.0
+    env["JETSERVE_DUPLICATE_WINDOW_S"] = "0.5"
+    with pytest.raises(ConfigError, match="JETSERVE_DUPLICATE_WINDOW_S"):
+        WorkerConfig.from_env(env)
+
+
 def test_cached_prompt_tokens_are_reported_as_openai_does() -> None:
     usage = Usage(40, 2, 42, PromptTokensDetails(cached_tokens=32))
     result = FinalResult(id="r1", model="m", output={"text": "hey"}, usage=usage)

@@ -20,9 +20,9 @@ from jetserve.k8s import (
     overlay_image,
     render,
     render_file,
-    worker_name,
     write_dir,
 )
+from jetserve.k8s_names import worker_name
 from schemas import names
 from schemas.names import Priority
 from schemas.settings import ConfigError

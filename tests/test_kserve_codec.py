@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from jetserve.openai_codec import OpenAICodec
-from scheduler.codec import Envelope
+from scheduler.codec import Envelope, Reply
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult, FinalResult, InferenceRequest
 from schemas.names import Priority
@@ -65,12 +65,13 @@ def test_v1_body_becomes_instances() -> None:
 def test_results_and_errors_as_the_routes_answer() -> None:
     output = {"model_name": "iris", "outputs": [{"name": "o", "shape": [1], "datatype": "FP64"}]}
     result = FinalResult(id="r1", model="iris", output=output)
-    assert json.loads(codec.response_body(V2, "r1", result, 0, {})) == output
+    status, body = codec.response(V2, Reply("r1", result, 0, {}))
+    assert (status, json.loads(body)) == (200, output)
     error = ErrorResult(id="r1", code=ErrorCode.INVALID_REQUEST, message="input `x`: bad")
-    status, body = codec.error_response(V2, error)
+    status, body = codec.response(V2, Reply("r1", error, 0, {}))
     assert (status, json.loads(body)) == (400, {"error": "input `x`: bad"})
-    status, body = codec.error_response(V1, error)
+    status, body = codec.response(V1, Reply("r1", error, 0, {}))
     assert status == 400
     assert json.loads(body)["error"]["message"] == "input `x`: bad"
-    status, body = codec.error_response("/v1/chat/completions", error)
+    status, body = codec.response("/v1/chat/completions", Reply("r1", error, 0, {}))
     assert json.loads(body)["error"]["code"] == "invalid_request"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from jetserve.openai_codec import OpenAICodec
-from scheduler.codec import Envelope
+from scheduler.codec import Envelope, Reply
 from schemas.errors import ErrorCode
 from schemas.messages import ErrorResult
 from schemas.names import Priority
@@ -37,7 +37,7 @@ def test_a_responses_line_error_names_its_input_item() -> None:
     error = ErrorResult(
         id="r1", code=ErrorCode.INVALID_REQUEST, message="no images", param="messages[2].content[1]"
     )
-    status, out = codec.error_response("/v1/responses", error, request.metadata)
+    status, out = codec.response("/v1/responses", Reply("r1", error, 0, request.metadata))
     assert (status, json.loads(out)["error"]["param"]) == (400, "input[1].content[1]")
-    status, out = codec.error_response("/v1/chat/completions", error, {})
+    status, out = codec.response("/v1/chat/completions", Reply("r1", error, 0, {}))
     assert json.loads(out)["error"]["param"] == "messages[2].content[1]"

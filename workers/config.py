@@ -27,9 +27,11 @@ from schemas.limits import LimitSettings
 from schemas.messages import ModelName
 from schemas.routes import InvalidRoute, Route, Shadow, Target, check_route
 from schemas.settings import (
+    DEFAULT_DUPLICATE_WINDOW_S,
     DEFAULT_NATS_URL,
     ConfigError,
     database_url,
+    duplicate_window_s,
     get_float,
     get_int,
     nats_url,
@@ -161,7 +163,7 @@ class QueueSettings:
     #: Messages a model's stream holds before publishes are refused (the backlog bound).
     max_backlog: int = 100_000
     max_msg_bytes: int = 1024 * 1024
-    duplicate_window_s: float = 120.0
+    duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
     #: JetStream redelivers a message this long after its last ack/in-progress signal: what a
     #: dead worker's requests wait before another worker gets them. Work in flight is kept
     #: alive by an in-progress signal every third of it (one small publish per message a
@@ -210,9 +212,7 @@ class WorkerConfig:
             queue=QueueSettings(
                 max_backlog=get_int(env, "JETSERVE_MAX_BACKLOG", 100_000, minimum=1),
                 max_msg_bytes=get_int(env, "JETSERVE_MAX_MSG_BYTES", 1024 * 1024, minimum=1024),
-                duplicate_window_s=get_float(
-                    env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0
-                ),
+                duplicate_window_s=duplicate_window_s(env),
                 ack_wait_s=get_float(env, "JETSERVE_ACK_WAIT_S", 3.0, minimum=0.5),
                 max_attempts=get_int(env, "JETSERVE_MAX_ATTEMPTS", 3, minimum=1),
                 replicas=get_int(env, "JETSERVE_STREAM_REPLICAS", 1, minimum=1),

@@ -8,7 +8,15 @@ from enum import StrEnum
 
 from schemas import settings
 from schemas.limits import UNLIMITED, TenantLimits, default_limits
-from schemas.settings import DEFAULT_NATS_URL, ConfigError, get_bool, get_float, get_int, get_str
+from schemas.settings import (
+    DEFAULT_DUPLICATE_WINDOW_S,
+    DEFAULT_NATS_URL,
+    ConfigError,
+    get_bool,
+    get_float,
+    get_int,
+    get_str,
+)
 
 
 class AuthMode(StrEnum):
@@ -18,8 +26,6 @@ class AuthMode(StrEnum):
     OFF = "off"
 
 
-# One setting per line with its default, as every process's config has them (alike in form
-# to the worker's QueueSettings; `duplicate_window_s` is one setting, shared on purpose).
 @dataclass(frozen=True)
 class BridgeConfig:
     nats_url: str = DEFAULT_NATS_URL
@@ -43,7 +49,7 @@ class BridgeConfig:
     #: `Retry-After` sent with 429.
     retry_after_s: int = 1
     #: How long idempotent results are kept; the streams' JetStream duplicate window.
-    duplicate_window_s: float = 120.0
+    duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
     #: On SIGTERM: how long open requests (SSE streams included) may take to finish.
     graceful_shutdown_s: int = 10
     #: Serve the benchmark's `POST /bench/echo` (returns its body: the trivial endpoint) and
@@ -92,7 +98,7 @@ class BridgeConfig:
             max_body_bytes=get_int(env, "JETSERVE_HTTP_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             key_cache_ttl_s=get_float(env, "JETSERVE_KEY_CACHE_TTL_S", 10.0, minimum=0.0),
             retry_after_s=get_int(env, "JETSERVE_RETRY_AFTER_S", 1, minimum=0),
-            duplicate_window_s=get_float(env, "JETSERVE_DUPLICATE_WINDOW_S", 120.0, minimum=1.0),
+            duplicate_window_s=settings.duplicate_window_s(env),
             graceful_shutdown_s=get_int(env, "JETSERVE_HTTP_GRACEFUL_SHUTDOWN_S", 10, minimum=0),
             echo_route=get_bool(env, "JETSERVE_HTTP_ECHO_ROUTE", False),
             limits=get_bool(env, "JETSERVE_LIMITS", True),

@@ -26,7 +26,7 @@ from litestar.types import ControllerRouterHandler
 
 from scheduler.api.deps import JSON, Deps
 from scheduler.api.objects import AsyncRequestObject, ResponseObject, async_request_object
-from scheduler.codec import Envelope
+from scheduler.codec import Envelope, Reply
 from scheduler.store import async_requests as ar
 from scheduler.store.async_requests import AsyncRow
 from scheduler.store.webhooks import endpoint_by_url
@@ -130,18 +130,13 @@ def async_object(deps: Deps, row: AsyncRow) -> AsyncRequestObject:
     result = decode_reply(row.reply)
     if isinstance(result, StreamChunk):  # never stored: only final replies are
         return async_request_object(row)
-    if isinstance(result, ErrorResult):
-        if not deps.codec.accepts(row.endpoint):  # over NATS: the wire error
+    if not deps.codec.accepts(row.endpoint):  # over NATS: the wire reply
+        if isinstance(result, ErrorResult):
             return async_request_object(row, error=result)
-        status, body = deps.codec.error_response(row.endpoint, result)
-    elif not deps.codec.accepts(row.endpoint):
         body, status = row.reply, 200
     else:
         created = int((row.completed_at or row.created_at).timestamp())
         metadata = decode_request(row.request).metadata
-        try:
-            body = deps.codec.response_body(row.endpoint, row.id, result, created, metadata)
-            status = 200
-        except ApiError as exc:
-            body, status = exc.body(), exc.status
+        reply = Reply(row.id, result, created, metadata)
+        status, body = deps.codec.response(row.endpoint, reply)
     return async_request_object(row, ResponseObject(status, row.id, msgspec.Raw(body)))

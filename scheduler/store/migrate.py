@@ -20,8 +20,6 @@ _LOCK_KEY = 0x6A657473  # "jets"
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-# A small frozen record after its file-name pattern: alike in outline to jetserve/k8s.py's
-# Overlay, nothing in common but the form.
 @dataclass(frozen=True)
 class Migration:
     version: int

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. A serving system takes requests from a queue,
@@ -32,10 +32,26 @@ _CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+
+class TextShape(NamedTuple):
+    """The dimensions of a Llama text model."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+
+
+class Size(NamedTuple):
+    text: TextShape
+    #: The tokenizer's vocabulary size target.
+    vocab: int
+
+
 SIZES = {
-    # hidden, layers, heads, kv heads, intermediate, tokenizer vocab target
-    "tiny": (128, 4, 4, 2, 256, 1024),
-    "bench": (512, 11, 8, 4, 1536, 4096),
+    "tiny": Size(TextShape(128, 4, 4, 2, 256), vocab=1024),
+    "bench": Size(TextShape(512, 11, 8, 4, 1536), vocab=4096),
 }
 
 
@@ -75,21 +91,17 @@ def eos_ids(tokenizer: Any) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(t) for t in ("<|eos|>", "<|im_end|>")]
 
 
-def llama_config(
-    tokenizer: Any, shape: tuple[int, int, int, int, int], initializer_range: float
-) -> Any:
-    """The Llama text model of `shape` (hidden, layers, heads, kv heads, intermediate) over
-    `tokenizer`'s vocabulary and special tokens."""
+def llama_config(tokenizer: Any, shape: TextShape, initializer_range: float) -> Any:
+    """The Llama text model of `shape` over `tokenizer`'s vocabulary and special tokens."""
     from transformers import LlamaConfig
 
-    hidden, layers, heads, kv_heads, intermediate = shape
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
         max_position_embeddings=4096,
         initializer_range=initializer_range,
         bos_token_id=tokenizer.bos_token_id,
@@ -118,9 +130,9 @@ def seeded_model(model_class: Any, config: Any, tokenizer: Any, seed: int) -> An
 def make_tiny_model(path: Path, size: str = "tiny", seed: int = 0) -> Path:
     from transformers import LlamaForCausalLM
 
-    spec = SIZES[size]
-    tokenizer = train_tokenizer(spec[5])
-    config = llama_config(tokenizer, spec[:5], 0.08 if size == "tiny" else 0.02)
+    text, vocab = SIZES[size]
+    tokenizer = train_tokenizer(vocab)
+    config = llama_config(tokenizer, text, 0.08 if size == "tiny" else 0.02)
     model = seeded_model(LlamaForCausalLM, config, tokenizer, seed)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

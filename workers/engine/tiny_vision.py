@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from workers.engine.tiny import llama_config, seeded_model, train_tokenizer
+from workers.engine.tiny import SIZES as TEXT_SIZES
+from workers.engine.tiny import TextShape, llama_config, seeded_model, train_tokenizer
 
 #: Pixels a side of one tile the vision tower sees, and of its patches.
 TILE_PX = 32
@@ -53,15 +54,15 @@ class Size(NamedTuple):
     tile_px: int
     #: Images are resized to at most this many tiles a side.
     tiles: int
-    #: The language model: hidden, layers, heads, kv heads, intermediate.
-    text: tuple[int, int, int, int, int]
+    #: The language model: that of the text-only model's size of the same name.
+    text: TextShape
     #: The vision tower: hidden, layers, heads, intermediate.
     vision: tuple[int, int, int, int]
 
 
 SIZES = {
-    "tiny": Size(TILE_PX, LONGEST_EDGE_PX // TILE_PX, (128, 4, 4, 2, 256), (64, 2, 2, 128)),
-    "bench": Size(64, 4, (512, 11, 8, 4, 1536), (256, 6, 4, 1024)),
+    "tiny": Size(TILE_PX, LONGEST_EDGE_PX // TILE_PX, TEXT_SIZES["tiny"].text, (64, 2, 2, 128)),
+    "bench": Size(64, 4, TEXT_SIZES["bench"].text, (256, 6, 4, 1024)),
 }
 
 
@@ -78,7 +79,6 @@ def make_tiny_vision_model(path: Path, seed: int = 0, size: str = "tiny") -> Pat
     v_hidden, v_layers, v_heads, v_inter = vision_shape
     tokenizer = train_tokenizer(1024, _CHAT_TEMPLATE, IMAGE_TOKENS)
     text = llama_config(tokenizer, text_shape, 0.08)
-    # Each setting named (a keyword call alike in outline to `llama_config`'s).
     vision = Idefics3VisionConfig(
         hidden_size=v_hidden,
         intermediate_size=v_inter,
