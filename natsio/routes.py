@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Iterator
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -30,6 +30,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from natsio.directory import list_models
 from schemas import names
@@ -75,18 +77,32 @@ class RouteMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
         self.registry = r
-        self.routed = Counter(
-            "jetserve_routed_requests",
-            "Requests for a served name, by the version chosen",
-            ["served_name", "model"],
-            registry=r,
-        )
+        #: (served name, version) -> [requests routed there]: plain counts exported when
+        #: scraped (`_RoutedCollector`): a Prometheus counter's lock costs a third of the whole
+        #: choice of a version, on every request for a served name.
+        self.routed: dict[tuple[str, str], list[int]] = {}
+        r.register(_RoutedCollector(self.routed))
         self.shadowed = Counter(
             "jetserve_shadow_requests",
             "Requests mirrored to a shadow model (results discarded), by outcome of the publish",
             ["served_name", "model", "outcome"],
             registry=r,
         )
+
+
+class _RoutedCollector(Collector):
+    def __init__(self, counts: dict[tuple[str, str], list[int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "jetserve_routed_requests",
+            "Requests for a served name, by the version chosen",
+            labels=["served_name", "model"],
+        )
+        for (served, model), count in list(self._counts.items()):
+            family.add_metric([served, model], count[0])
+        yield family
 
 
 class RouteTable:
@@ -96,8 +112,6 @@ class RouteTable:
         #: served name -> its plan
         self._plans: dict[str, Plan] = {}
         self.metrics = metrics or RouteMetrics()
-        #: (served name, model) -> its child of `metrics.routed`
-        self._counters: dict[tuple[str, str], Any] = {}
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -164,12 +178,10 @@ class RouteTable:
         else:
             key = request.id
         model = plan.choose(key)
-        counter = self._counters.get((request.model, model))
-        if counter is None:  # labels() takes a lock and hashes the label values (~1.1 us)
-            counter = self._counters[request.model, model] = self.metrics.routed.labels(
-                request.model, model
-            )
-        counter.inc()
+        count = self.metrics.routed.get((request.model, model))
+        if count is None:
+            count = self.metrics.routed[request.model, model] = [0]
+        count[0] += 1
         return msgspec.structs.replace(request, model=model), plan.shadow(key)
 
 

@@ -19,6 +19,7 @@ This module is pure: the checks take the models and routes that exist as argumen
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Collection, Mapping
 from typing import Annotated
@@ -177,11 +178,9 @@ class Plan:
     def choose(self, key: str) -> str:
         if len(self.models) == 1:
             return self.models[0]
-        p = point(key)
-        for model, bound in zip(self.models, self.bounds, strict=True):
-            if p < bound:
-                return model
-        return self.models[-1]
+        # The first slice whose upper end is above the key's point, in [0, 1): bounds[-1]
+        # is 1.0, so there is one.
+        return self.models[bisect.bisect_right(self.bounds, point(key))]
 
     def shadow(self, key: str) -> str | None:
         """The shadow model if this key's request is mirrored."""
