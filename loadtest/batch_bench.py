@@ -109,6 +109,19 @@ def _phases(dsn: str, batch_id: str) -> dict[str, float]:
     return {k: float(row[k]) for k in ("validate_s", "run_s", "finalize_s")}
 
 
+def check_output(client: httpx.Client, batch: dict[str, Any], lines: int) -> None:
+    """The batch completed and every custom_id came back once."""
+    if batch["status"] != "completed":
+        raise RuntimeError(f"batch ended {batch['status']}: {batch.get('errors')}")
+    seen: set[str] = set()
+    with client.stream("GET", f"/files/{batch['output_file_id']}/content") as response:
+        for line in response.iter_lines():
+            if line:
+                seen.add(json.loads(line)["custom_id"])
+    if len(seen) != lines or batch["request_counts"]["completed"] != lines:
+        raise RuntimeError(f"{len(seen)} distinct results for {lines} lines")
+
+
 def run_batch(
     client: httpx.Client, path: Path, lines: int, scheduler: Any, dsn: str
 ) -> dict[str, float]:
@@ -135,15 +148,7 @@ def run_batch(
             raise RuntimeError(f"the scheduler exited with {scheduler.returncode}")
         time.sleep(0.05)
     elapsed_s = time.perf_counter() - created_at
-    if batch["status"] != "completed":
-        raise RuntimeError(f"batch ended {batch['status']}: {batch.get('errors')}")
-    seen: set[str] = set()
-    with client.stream("GET", f"/files/{batch['output_file_id']}/content") as response:
-        for line in response.iter_lines():
-            if line:
-                seen.add(json.loads(line)["custom_id"])
-    if len(seen) != lines or batch["request_counts"]["completed"] != lines:
-        raise RuntimeError(f"{len(seen)} distinct results for {lines} lines")
+    check_output(client, batch, lines)
     return {
         "lines": lines,
         "upload_s": upload_s,

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import threading
@@ -53,7 +52,7 @@ import httpx
 import nats
 
 from jetserve.servers import NatsServer, PostgresServer, free_port
-from loadtest.batch_bench import MODEL, _wait_active, _wait_ready, _write_input
+from loadtest.batch_bench import MODEL, _wait_active, _wait_ready, _write_input, check_output
 from loadtest.common import REPO, spawn
 from loadtest.http_bridge import machine
 from loadtest.turns import Turns, active_between
@@ -170,19 +169,6 @@ async def _times(dsn: str, batch_id: str) -> tuple[float, float]:
     return float(row["created"]), float(row["completed"])
 
 
-def _check(client: httpx.Client, batch: dict[str, Any], lines: int) -> None:
-    """Every custom_id came back once, as `loadtest.batch_bench` checks."""
-    if batch["status"] != "completed":
-        raise RuntimeError(f"batch ended {batch['status']}: {batch.get('errors')}")
-    seen: set[str] = set()
-    with client.stream("GET", f"/files/{batch['output_file_id']}/content") as response:
-        for line in response.iter_lines():
-            if line:
-                seen.add(json.loads(line)["custom_id"])
-    if len(seen) != lines or batch["request_counts"]["completed"] != lines:
-        raise RuntimeError(f"{len(seen)} distinct results for {lines} lines")
-
-
 def batch_round(lanes: list[Lane], path: Path, lines: int, first: int) -> list[float]:
     """One batch per lane, the lanes taking turns; each lane's items/s."""
     with ExitStack() as stack:
@@ -219,7 +205,7 @@ def batch_round(lanes: list[Lane], path: Path, lines: int, first: int) -> list[f
         for i, lane in enumerate(lanes):
             if "error" in outs[i]:
                 raise outs[i]["error"]
-            _check(clients[i], outs[i]["batch"], lines)
+            check_output(clients[i], outs[i]["batch"], lines)
             assert lane.pg is not None
             created, completed = asyncio.run(_times(lane.pg.dsn, outs[i]["batch"]["id"]))
             rates.append(lines / active_between(turns.slices[i], created, completed))
@@ -237,15 +223,20 @@ def run_batch(trees: dict[str, Path], rounds: int, tmp: Path) -> list[dict[str, 
         batch_round([old, new], warm, WARM_LINES, 0)
         got = []
         for r in range(rounds):
-            rates = batch_round([old, new], path, LINES, r % 2)
-            got.append({"old": {"items_per_s": rates[0]}, "new": {"items_per_s": rates[1]}})
-            print(
-                f"  round {r + 1}: items/s old {rates[0]:,.0f}  new {rates[1]:,.0f}  "
-                f"new/old {rates[1] / rates[0]:.3f}",
-                flush=True,
-            )
+            got.append(_round(r, "items_per_s", batch_round([old, new], path, LINES, r % 2)))
         print(f"  redelivered: old {redelivered(old.nats.url)}, new {redelivered(new.nats.url)}")
     return got
+
+
+def _round(r: int, figure: str, rates: list[float]) -> dict[str, dict[str, float]]:
+    """Round `r`'s rates (old, new) as `side_by_side` reports them, printed as they come."""
+    unit = figure.removesuffix("_per_s") + "/s"
+    print(
+        f"  round {r + 1}: {unit} old {rates[0]:,.0f}  new {rates[1]:,.0f}  "
+        f"new/old {rates[1] / rates[0]:.3f}",
+        flush=True,
+    )
+    return {"old": {figure: rates[0]}, "new": {figure: rates[1]}}
 
 
 # --- pipeline ----------------------------------------------------------------------------
@@ -294,12 +285,7 @@ def run_pipeline(
             for i in (0, 1):
                 answered, ran_s = turns.window(i, warm + r * per_round, per_round)
                 rates.append(answered / ran_s)
-            got.append({"old": {"req_per_s": rates[0]}, "new": {"req_per_s": rates[1]}})
-            print(
-                f"  round {r + 1}: req/s old {rates[0]:,.0f}  new {rates[1]:,.0f}  "
-                f"new/old {rates[1] / rates[0]:.3f}",
-                flush=True,
-            )
+            got.append(_round(r, "req_per_s", rates))
         print(f"  redelivered: old {redelivered(old.nats.url)}, new {redelivered(new.nats.url)}")
     return got
 
