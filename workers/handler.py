@@ -350,8 +350,7 @@ class Handler:
             self._prompt_tokens.inc(done.usage.prompt_tokens)
         if done.usage.completion_tokens:
             self._generation_tokens.inc(done.usage.completion_tokens)
-        # Each field named (a call of this outline stands wherever a struct is built from
-        # another's fields, e.g. the engine's SchedulerConfig).
+        # Each field named: the result is built from the request's and the completion's.
         return FinalResult(
             id=request.id,
             model=request.model,

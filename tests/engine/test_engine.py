@@ -13,7 +13,8 @@ import torch
 from schemas.errors import ErrorCode
 from schemas.names import Priority
 from schemas.params import SamplingParams
-from workers.engine.engine import Engine
+from workers.engine.engine import Engine, EngineConfig
+from workers.engine.scheduler import SchedulerConfig
 from workers.engine.sequence import EngineRequest, Status
 from workers.errors import PermanentError
 
@@ -265,3 +266,23 @@ def test_context_limits(tiny: tuple[Any, Any], make_engine: Callable[..., Engine
         small.check(200, None)
     assert info.value.code is ErrorCode.CONTEXT_LENGTH_EXCEEDED
     assert small.check(100, None) == 28
+
+
+def test_scheduler_config_carries_the_engine_fields() -> None:
+    config = EngineConfig(
+        max_num_seqs=3,
+        max_num_batched_tokens=40,
+        kv_cache_tokens=85,
+        block_size=8,
+        enable_prefix_caching=False,
+        max_model_len=64,
+        seed=1,
+    )
+    assert config.scheduler_config() == SchedulerConfig(
+        max_num_seqs=3,
+        max_num_batched_tokens=40,
+        num_kv_blocks=10,
+        block_size=8,
+        enable_prefix_caching=False,
+    )
+    assert EngineConfig().scheduler_config().block_size == 64

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -50,13 +50,9 @@ class EngineConfig:
         return self.kv_cache_tokens // self.block_size
 
     def scheduler_config(self) -> SchedulerConfig:
-        return SchedulerConfig(
-            max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=self.max_num_batched_tokens,
-            num_kv_blocks=self.num_kv_blocks,
-            block_size=self.block_size,
-            enable_prefix_caching=self.enable_prefix_caching,
-        )
+        """The scheduler's share of this config: each `SchedulerConfig` field has its namesake
+        here (`num_kv_blocks` derived), so the fields are listed once, in `SchedulerConfig`."""
+        return SchedulerConfig(**{f.name: getattr(self, f.name) for f in fields(SchedulerConfig)})
 
 
 @dataclass
