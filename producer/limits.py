@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from producer.inflight import InFlight
@@ -99,27 +100,19 @@ TOKEN_HEADERS = (
 )
 
 
+@dataclass(slots=True)
 class Admission:
-    """One admitted request: its headers, and `finish` to settle and release it. (A plain
-    class with slots: one is made for every request.)"""
+    """One admitted request: its headers, and `finish` to settle and release it (one is made
+    for every request)."""
 
-    __slots__ = ("_estimate", "_finished", "_gate", "_slot_key", "_token_key", "raw_headers")
-
-    def __init__(
-        self,
-        raw_headers: tuple[Header, ...] = (),
-        gate: TenantGate | None = None,
-        slot_key: str | None = None,
-        token_key: str | None = None,
-        estimate: int = 0,
-    ) -> None:
-        #: The `x-ratelimit-*` headers, encoded (sent as they are with a JSON answer).
-        self.raw_headers = raw_headers
-        self._gate = gate
-        self._slot_key = slot_key
-        self._token_key = token_key
-        self._estimate = estimate
-        self._finished = False
+    #: The `x-ratelimit-*` headers, encoded (sent as they are with a JSON answer).
+    raw_headers: tuple[Header, ...] = ()
+    gate: TenantGate | None = None
+    #: The in-flight slot and the token bucket `finish` settles (None: not limited).
+    slot_key: str | None = None
+    token_key: str | None = None
+    estimate: int = 0
+    finished: bool = field(default=False, init=False)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -129,10 +122,10 @@ class Admission:
     def finish(self, used_tokens: int | None = None) -> None:
         """Settle the estimate with `used_tokens` (None: keep the estimate) and release the
         in-flight slot. Idempotent."""
-        if self._finished or self._gate is None:
+        if self.finished or self.gate is None:
             return
-        self._finished = True
-        self._gate._finish(self, used_tokens)
+        self.finished = True
+        self.gate._finish(self, used_tokens)
 
 
 def _text(raw: tuple[Header, ...]) -> dict[str, str]:
@@ -393,10 +386,10 @@ class TenantGate:
         )
 
     def _finish(self, admission: Admission, used: int | None) -> None:
-        if admission._slot_key is not None:
-            self._slots.release(admission._slot_key)
-        if admission._token_key is not None and used is not None:
-            self._limiter.settle(admission._token_key, admission._estimate - used)
+        if admission.slot_key is not None:
+            self._slots.release(admission.slot_key)
+        if admission.token_key is not None and used is not None:
+            self._limiter.settle(admission.token_key, admission.estimate - used)
 
 
 def unlimited_source() -> LimitsSource:
