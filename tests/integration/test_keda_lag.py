@@ -109,6 +109,13 @@ async def test_lag_is_the_backlog_and_a_worker_holds_at_most_its_capacity(
     readings = []
     while not all(t.done() for t in pending):
         reading = await _reading(nats_server, triggers["online"])
+        if reading.num_ack_pending > ONLINE_HELD:
+            # nats-server queues acks apart from pull requests: a pull sent after an ack
+            # (same connection, in order) can be served before the ack is counted, for a
+            # moment. A worker that holds more stays over; one that does not is under by
+            # the next reading.
+            await asyncio.sleep(0.2)
+            reading = await _reading(nats_server, triggers["online"])
         readings.append(reading)
         assert reading.num_ack_pending <= ONLINE_HELD  # the worker never holds more
         # Work-queue stream: every stored request is waiting or in flight, and nothing else.
