@@ -117,8 +117,12 @@ class NatsServer:
         host: str = "127.0.0.1",
         max_payload: int | None = None,
         token: str | None = None,
+        max_file_store: str | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
+        #: JetStream's file storage bound, e.g. "1T" (None: the server's own, 75% of the disk
+        #: free at start). Streams with `max_bytes` reserve it up front, written or not.
+        self.max_file_store = max_file_store
         #: Clients must send this token (carried in `url`); None: no authentication.
         self.token = token
         self.host = host
@@ -156,6 +160,8 @@ class NatsServer:
         settings = []
         if self.max_payload:
             settings.append(f"max_payload: {self.max_payload}")
+        if self.max_file_store:
+            settings.append(f"jetstream {{ max_file_store: {self.max_file_store} }}")
         if self.token:
             # In a file of mode 0600, not on the command line (`ps` shows that to everyone).
             settings.append(f"authorization {{ token: {json.dumps(self.token)} }}")

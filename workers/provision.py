@@ -18,7 +18,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from natsio.streams import STREAM_NAME_IN_USE_CODE, ensure_stream, work_queue_stream
 from schemas import names
@@ -68,8 +68,28 @@ def consumer_config(model: str, priority: Priority, s: QueueSettings) -> Consume
     )
 
 
+#: JetStream API error code: the server cannot reserve the storage a stream asks for.
+INSUFFICIENT_RESOURCES_CODE = 10047
+
+
+class StorageRefused(RuntimeError):
+    """nats-server refused to reserve a model stream's `max_bytes`."""
+
+
 async def provision_model(js: JetStreamContext, model: str, settings: QueueSettings) -> None:
-    await ensure_stream(js, model_stream_config(model, settings))
+    try:
+        await ensure_stream(js, model_stream_config(model, settings))
+    except APIError as exc:
+        if exc.err_code != INSUFFICIENT_RESOURCES_CODE:
+            raise
+        # JetStream reserves every stream's max_bytes (times its replicas) up front, against
+        # the server's max_file_store (by default 75% of the disk free when it started).
+        mib = settings.max_bytes // (1024 * 1024)
+        raise StorageRefused(
+            f"nats-server cannot reserve {mib} MiB x {settings.replicas} replica(s) for model "
+            f"{model!r}'s stream ({exc.description}): lower the model's max_stream_mib in the "
+            "models file, or give nats-server more storage (jetstream max_file_store)"
+        ) from exc
     for priority in Priority:
         await js.add_consumer(names.stream_name(model), consumer_config(model, priority, settings))
     await provision_dead_letters(js, settings.replicas)
