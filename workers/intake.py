@@ -38,6 +38,7 @@ from nats.aio.msg import Msg
 from schemas.names import Priority
 from workers.handbacks import HandBacks, Verdict
 from workers.jsmeta import ack_info
+from workers.keepalive import KeepAlive
 from workers.puller import PullConsumer
 
 log = logging.getLogger(__name__)
@@ -199,15 +200,17 @@ class Intake:
         self._redeliveries = 0
         #: Redeliveries whose hand-backs are being looked up (held in `_waiting` meanwhile).
         self._checks: set[asyncio.Task[None]] = set()
-        self._in_flight: dict[asyncio.Task[None], tuple[Msg, float]] = {}
+        self._in_flight: dict[asyncio.Task[None], Msg] = {}
         #: Suspects waiting for their quarantine group: (message, largest group it may join;
         #: 0: any), and the other messages held meanwhile.
         self._suspects: deque[tuple[Msg, int]] = deque()
         #: Unbounded suspects placed since the quarantine began (what `next_group` halves).
         self._crashed = 0
         self._held: deque[Msg] = deque()
-        #: Messages held (not running), by id(msg): (msg, since) - for in-progress signals.
-        self._waiting: dict[int, tuple[Msg, float]] = {}
+        #: Messages held (not running), by id(msg).
+        self._waiting: dict[int, Msg] = {}
+        #: Every message from its delivery until acked or handed back, kept alive.
+        self._keepalive = KeepAlive(settings.in_progress_every_s)
         #: The quarantine group being recorded (`_group_forming`) or running.
         self._group: set[asyncio.Task[None]] = set()
         self._group_forming = False
@@ -234,10 +237,8 @@ class Intake:
         for consumer in self._consumers:
             await consumer.start()
         self._open = True
-        self._tasks = [
-            asyncio.create_task(self._pull_loop(), name="intake-pull"),
-            asyncio.create_task(self._in_progress_loop(), name="intake-in-progress"),
-        ]
+        self._tasks = [asyncio.create_task(self._pull_loop(), name="intake-pull")]
+        self._keepalive.start()
 
     def on_reconnect(self) -> None:
         for consumer in self._consumers:
@@ -246,7 +247,7 @@ class Intake:
 
     async def close(self) -> None:
         """Stop pulling. A message still delivered for outstanding credit, or held back by
-        the quarantine, is handed back."""
+        the quarantine, is handed back. What runs is kept alive until `finish`."""
         self._open = False
         for task in [*self._tasks, *([self._grouping] if self._grouping else [])]:
             task.cancel()
@@ -261,6 +262,11 @@ class Intake:
                 await self._hand_back(msg)
         if not self._in_flight and not self._waiting:
             self._idle.set()
+
+    async def finish(self) -> None:
+        """After `close`, once what ran has ended (acked, or handed back): stop keeping
+        messages alive."""
+        await self._keepalive.stop()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing is in flight; False if the timeout passed first."""
@@ -298,10 +304,11 @@ class Intake:
                 self._backlog.discard(priority)
             self._kick()  # top the credit up again
         self._idle.clear()
+        self._keepalive.hold(msg)
         if info is not None and info.delivered > 1:
             self._redeliveries += 1
             if self._handbacks is not None:  # redeliveries only: why was it redelivered?
-                self._waiting[id(msg)] = (msg, time.monotonic())
+                self._waiting[id(msg)] = msg
                 check = asyncio.get_running_loop().create_task(self._classify(msg, info.delivered))
                 self._checks.add(check)
                 check.add_done_callback(self._checks.discard)
@@ -314,7 +321,7 @@ class Intake:
         if verdict is not None and verdict.suspect:
             self._suspects.append((msg, verdict.bound))
             self._crashed += verdict.bound == 0
-            self._waiting[id(msg)] = (msg, time.monotonic())
+            self._waiting[id(msg)] = msg
         elif self._quarantined:
             self._hold(msg, self._held)
         else:
@@ -343,6 +350,7 @@ class Intake:
         self._kick()
 
     async def _hand_back(self, msg: Msg) -> None:
+        self._keepalive.release(msg)
         if self._handbacks is not None:
             await self._handbacks.hand_back(msg)
         else:
@@ -350,12 +358,12 @@ class Intake:
 
     def _hold(self, msg: Msg, queue: deque[Msg]) -> None:
         queue.append(msg)
-        self._waiting[id(msg)] = (msg, time.monotonic())
+        self._waiting[id(msg)] = msg
 
     def _start(self, msg: Msg) -> asyncio.Task[None]:
         self._waiting.pop(id(msg), None)
         task = asyncio.get_running_loop().create_task(self._handle(msg))
-        self._in_flight[task] = (msg, time.monotonic())
+        self._in_flight[task] = msg
         task.add_done_callback(self._done)
         return task
 
@@ -427,7 +435,9 @@ class Intake:
             self._kick()
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(task, None)
+        msg = self._in_flight.pop(task, None)
+        if msg is not None:  # acked or handed back by the handler
+            self._keepalive.release(msg)
         if task in self._group:
             self._group.discard(task)
             if not self._group:
@@ -486,14 +496,3 @@ class Intake:
                 # arrives as the event is set, and this loop would outlive `close()`.
                 async with asyncio.timeout(0.5):
                     await self._wake.wait()
-
-    async def _in_progress_loop(self) -> None:
-        """Tell JetStream that long-running messages are still being worked on."""
-        every = self._settings.in_progress_every_s
-        while True:
-            await asyncio.sleep(every)
-            now = time.monotonic()
-            for msg, started in [*self._in_flight.values(), *self._waiting.values()]:
-                if now - started >= every:
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()

@@ -223,6 +223,9 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        # Kept alive until now: past `ack_wait` a request still running here would be
+        # delivered to another worker too.
+        await intake.finish()
 
     async def _gauge_loop(self, js: JetStreamContext) -> None:
         model = self.spec.name

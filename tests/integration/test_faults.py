@@ -135,6 +135,33 @@ async def test_sigterm_drains_in_flight_and_hands_nothing_back(
     await client.close()
 
 
+async def test_a_request_running_past_ack_wait_while_its_worker_drains_runs_once(
+    nc: NATS, model_name: str, start_worker: Any, tmp_path: Path
+) -> None:
+    """The draining worker keeps what it runs alive: a request of 3.5 x ack_wait, begun
+    before the SIGTERM, is not delivered to the other worker meanwhile."""
+    record = tmp_path / "done.txt"
+    opts = {"record": str(record), "capacity": 2}
+    env = {"JETSERVE_ACK_WAIT_S": "1", "JETSERVE_DRAIN_TIMEOUT_S": "15"}
+    first = start_worker(model_name, "tests.models:SlowModel", options=opts, **env)
+    await wait_for_workers(nc, model_name, 1)
+    client = Client(nc)
+    request = make_request(model_name, "predict", {"sleep_s": 3.5})
+    pending = asyncio.create_task(client.request_obj(request, 60))
+    await _until(lambda: _ack_pending_is(nc, model_name, 1))
+    start_worker(model_name, "tests.models:SlowModel", options=opts, **env)
+    await wait_for_workers(nc, model_name, 2)
+    first.terminate()
+    result = await asyncio.wait_for(pending, 30)
+    assert result.id == request.id
+    assert await asyncio.to_thread(first.wait, 30) == 0
+    assert "draining: 1 in flight" in first.output()
+    info = await nc.jetstream().consumer_info(names.stream_name(model_name), "online")
+    assert info.delivered.consumer_seq == 1  # delivered once: never to the other worker
+    assert _completions(record) == Counter({request.id: 1})
+    await client.close()
+
+
 async def test_sigterm_past_the_drain_timeout_hands_work_back(
     nc: NATS, model_name: str, start_worker: Any, tmp_path: Path
 ) -> None:
