@@ -94,6 +94,7 @@ class Responses:
         converted = rc.responses_request(
             body,
             history,
+            stored=store,
             id=bridge.new_id(),
             tenant=tenant,
             created_ms=now_ms,

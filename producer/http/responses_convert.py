@@ -107,13 +107,14 @@ def check_refused(body: rt.ResponsesRequest) -> None:
 
 
 def responses_request(
-    body: rt.ResponsesRequest, history: list[ChatMessage], **fields: Any
+    body: rt.ResponsesRequest, history: list[ChatMessage], *, stored: bool = True, **fields: Any
 ) -> Converted:
-    """`fields`: id, tenant, deadline_ms, created_ms, idempotency_key (already checked)."""
+    """`fields`: id, tenant, deadline_ms, created_ms, idempotency_key (already checked).
+    The input items are kept only for a response to be `stored`."""
     model = convert.check_model(body.model)
     check_refused(body)
     response_id = ID_PREFIX + fields["id"]
-    new, items, new_origins = input_messages(body.input, response_id)
+    new, items, new_origins = input_messages(body.input, response_id, keep_items=stored)
     conversation = [*history, *new]
     messages = conversation
     if body.instructions:
@@ -153,7 +154,7 @@ def _origins(body: rt.ResponsesRequest, history: int, new: list[str]) -> list[st
 
 def origins(body: rt.ResponsesRequest) -> list[str]:
     """`Converted.origins` of a request that continues no conversation (a batch line)."""
-    return _origins(body, 0, input_messages(body.input, ID_PREFIX)[2])
+    return _origins(body, 0, input_messages(body.input, ID_PREFIX, keep_items=False)[2])
 
 
 def standalone_request(body: rt.ResponsesRequest, **fields: Any) -> InferenceRequest:
@@ -162,7 +163,7 @@ def standalone_request(body: rt.ResponsesRequest, **fields: Any) -> InferenceReq
     for field in ("previous_response_id", "stream", "background", "store"):
         if getattr(body, field):
             raise invalid(f"{field} is not supported here.", field)
-    return responses_request(body, [], **fields).request
+    return responses_request(body, [], stored=False, **fields).request
 
 
 # ---- results ------------------------------------------------------------------------------

@@ -92,17 +92,15 @@ def _content(content: Any, param: str, media: bool = True) -> str | list[dict[st
 
 
 def input_messages(
-    value: str | list[Any], response_id: str
+    value: str | list[Any], response_id: str, *, keep_items: bool = True
 ) -> tuple[list[ChatMessage], list[dict[str, Any]], list[str]]:
-    """Chat messages, the normalised input items of `input`, and where each message's
-    content came from (`input[2].content`)."""
+    """Chat messages, the normalised input items of `input` (none unless `keep_items`: only
+    a stored response lists them), and where each message's content came from
+    (`input[2].content`)."""
     if isinstance(value, str):
         item = {"type": "message", "role": "user", "content": [_part(value)]}
-        return (
-            [ChatMessage(role="user", content=value)],
-            [_with_id(item, response_id, 0)],
-            ["input"],
-        )
+        kept = [_with_id(item, response_id, 0)] if keep_items else []
+        return [ChatMessage(role="user", content=value)], kept, ["input"]
     if not value:
         raise invalid("input must not be empty.", "input")
     messages: list[ChatMessage] = []
@@ -151,7 +149,8 @@ def input_messages(
             norm = {"type": "function_call_output", "call_id": call_id, "output": output}
         else:
             raise invalid(f"Input items of type {str(kind)[:40]!r} are not supported.", param)
-        items.append(_with_id(norm, response_id, i))
+        if keep_items:
+            items.append(_with_id(norm, response_id, i))
     return messages, items, origins
 
 
