@@ -20,6 +20,8 @@ from jetserve.servers import NatsServer
 from natsio.routes import RouteStore
 from schemas.routes import Plan, Route, Target
 
+from ..http_many import post_many
+
 pytestmark = pytest.mark.integration
 
 
@@ -78,19 +80,19 @@ async def test_each_bridge_sends_each_key_to_its_version_and_lists_served_names(
 
         for url in bridges:
             keys = [uuid.uuid4().hex for _ in range(500)]
-            models = await asyncio.gather(*[one(url, k) for k in keys])
-            assert models == [plan.choose(k) for k in keys]
-
-        async def unkeyed(url: str) -> tuple[str, str]:
-            """(request id, version) of a request with no sticky key: routed by its id."""
-            async with limit:
-                r = await http.post(f"{url}/v1/chat/completions", json=chat_body(served))
-            assert r.status_code == 200, r.text
-            body = r.json()
-            return body["id"].removeprefix("chatcmpl-"), body["model"]
+            keyed = await post_many(
+                f"{url}/v1/chat/completions",
+                [chat_body(served)] * len(keys),
+                [{"X-Jetserve-Route-Key": k} for k in keys],
+            )
+            assert all(status == 200 for status, _ in keyed), keyed[:3]
+            assert [body["model"] for _, body in keyed] == [plan.choose(k) for k in keys]
 
         for url in bridges:  # 10,000 requests with distinct ids on each bridge: 90/10 +- 1
-            answered = await asyncio.gather(*[unkeyed(url) for _ in range(10_000)])
+            unkeyed = await post_many(f"{url}/v1/chat/completions", [chat_body(served)] * 10_000)
+            assert all(status == 200 for status, _ in unkeyed), unkeyed[:3]
+            # With no sticky key a request is routed by its id.
+            answered = [(b["id"].removeprefix("chatcmpl-"), b["model"]) for _, b in unkeyed]
             assert len({rid for rid, _ in answered}) == 10_000
             assert all(model == plan.choose(rid) for rid, model in answered)
             share = Counter(model for _, model in answered)[v2] / len(answered)
