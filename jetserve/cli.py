@@ -92,7 +92,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_k8s_render(args: argparse.Namespace) -> int:
-    from jetserve.k8s import OVERLAYS, RenderOptions, dump, overlay_image, render_file, write_dir
+    from jetserve.k8s import OVERLAYS, RenderOptions, render_file
+    from jetserve.k8s_files import dump, overlay_image, write_dir
 
     image = args.image
     if image is None:

@@ -13,15 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from jetserve.k8s import (
-    OVERLAYS,
-    RenderOptions,
-    model_toml,
-    overlay_image,
-    render,
-    render_file,
-    write_dir,
-)
+from jetserve.k8s import OVERLAYS, RenderOptions, model_toml, render, render_file
+from jetserve.k8s_files import overlay_image, write_dir
 from jetserve.k8s_names import worker_name
 from schemas import names
 from schemas.names import Priority
