@@ -206,6 +206,7 @@ async def serve(
     import uvicorn
 
     from jetserve.image_fetch import image_fetcher
+    from jetserve.image_files import image_file_reader
     from jetserve.responses_store import PgResponseStore
     from producer.http.app import create_app
     from producer.http.responses_routes import ResponsesRoutes
@@ -234,6 +235,8 @@ async def serve(
         bridge.image_fetch = image_fetcher(
             allow_private=config.images_allow_private, timeout_s=config.image_fetch_timeout_s
         )
+        if pools is not None:
+            bridge.image_files = image_file_reader(pools.get)
         await batch.on_startup(bridge)
         await responses.on_startup(bridge)
         if bench is not None:

@@ -37,7 +37,13 @@ from producer.http.endpoints import (
 )
 from producer.http.errors import ApiError, from_decode_error, invalid
 from producer.http.idempotency import Idempotency, StoredCall, token
-from producer.http.images import Fetch, check_body_size, has_images, prepare_chat_images
+from producer.http.images import (
+    Fetch,
+    ReadFile,
+    check_body_size,
+    has_images,
+    prepare_chat_images,
+)
 from producer.http.sse import DONE, event
 from producer.limits import NO_LIMITS, Admission, TenantGate, estimate_tokens
 from schemas import names
@@ -92,6 +98,8 @@ class Bridge:
         self._ids: Iterator[str] = iter(())
         #: Fetches http(s) image URLs (set by the composition root; None: refused).
         self.image_fetch: Fetch | None = None
+        #: The tenant's uploaded files as images (`input_image` by `file_id`); None: none.
+        self.image_files: Callable[[str], ReadFile] | None = None
         self._images: ImageObjects | None = None
 
     async def with_images(self, request: InferenceRequest) -> InferenceRequest:
@@ -102,8 +110,9 @@ class Bridge:
         inputs = await self.calls.presence.inputs(request.model)
         if inputs is not None and "image" not in inputs:
             return request
+        read_file = None if self.image_files is None else self.image_files(request.tenant)
         messages = await prepare_chat_images(
-            request.payload.messages, self.image_fetch, self.image_store
+            request.payload.messages, self.image_fetch, self.image_store, read_file
         )
         if messages is None:
             return request

@@ -60,6 +60,25 @@ class Fetched:
 
 #: Fetches an http(s) URL: the body (at most `max_bytes`), or raises `FetchError`.
 Fetch = Callable[[str, int], Awaitable[Fetched]]
+#: Reads the caller's uploaded file `file_id` (at most `max_bytes`), or raises `FetchError`.
+ReadFile = Callable[[str, int], Awaitable[bytes]]
+
+#: The image types by their first bytes (an uploaded file carries no content type).
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+)
+
+
+def sniff(data: bytes) -> str:
+    """The MIME type of image bytes, from their signature."""
+    for magic, media_type in _MAGIC:
+        if data.startswith(magic):
+            return media_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
 
 
 class FetchError(Exception):
@@ -167,6 +186,35 @@ async def load(
             "An image URL must be a data URL (data:image/...;base64,...) or an http(s) URL.",
             f"{param}.url",
         )
+    return await _checked(fetched, param, detail)
+
+
+async def load_file(
+    file_id: str, param: str, *, detail: str | None = None, read_file: ReadFile | None = None
+) -> Image:
+    """The checked image of an uploaded file (purpose `vision` or `user_data`), by the
+    `file_id` of a Responses `input_image`; ApiError (400, `param.file_id`) otherwise."""
+    detail = detail or "auto"
+    if detail not in DETAILS:
+        raise invalid(f"detail must be one of {', '.join(DETAILS)}.", f"{param}.detail")
+    if read_file is None:
+        raise invalid(
+            "Images by file_id need the files API, which needs a database on this server: "
+            "send image_url (a data URL or an http(s) URL).",
+            f"{param}.file_id",
+            "unsupported_value",
+        )
+    try:
+        data = await read_file(file_id, MAX_IMAGE_BYTES)
+    except FetchError as exc:
+        raise invalid(str(exc), f"{param}.file_id", "invalid_image") from None
+    media_type = sniff(data)
+    if media_type not in FORMATS:
+        raise bad_image("The file is not a PNG, JPEG, WebP or GIF image.", f"{param}.file_id")
+    return await _checked(Fetched(data, media_type), param, detail)
+
+
+async def _checked(fetched: Fetched, param: str, detail: str) -> Image:
     # Decoding a large image takes a while: off the event loop.
     width, height = await asyncio.to_thread(check, fetched.data, fetched.content_type, param)
     digest = hashlib.sha256(fetched.data).hexdigest()
@@ -213,9 +261,11 @@ async def prepare_chat_images(
     messages: Sequence[ChatMessage],
     fetch: Fetch | None = None,
     store: Callable[[], Awaitable[ImageStore]] | None = None,
+    read_file: ReadFile | None = None,
 ) -> list[ChatMessage] | None:
     """Check every `image_url` part of a chat's messages (ApiError, 400, naming the part
-    (`messages[0].content[1]`) otherwise), fetching http(s) URLs with `fetch`. The messages
+    (`messages[0].content[1]`) otherwise), fetching http(s) URLs with `fetch` and reading
+    uploaded files (a Responses `input_image` by `file_id`) with `read_file`. The messages
     to publish, each image a small data URL or a reference to the `store` (opened on first
     need); None when they are the messages given."""
     total = 0
@@ -230,20 +280,21 @@ async def prepare_chat_images(
                 continue
             param = f"messages[{i}].content[{j}]"
             value = part.get("image_url")
-            if isinstance(value, dict) and "url" not in value and "file_id" in value:
-                raise invalid(  # Responses' input_image by file_id
-                    "Images by file_id are not supported: send image_url (a data URL or an "
-                    "http(s) URL).",
-                    f"{param}.file_id",
-                    "unsupported_value",
-                )
-            if not isinstance(value, dict) or not isinstance(value.get("url"), str):
+            by_file = isinstance(value, dict) and "url" not in value and "file_id" in value
+            if not isinstance(value, dict) or not (
+                isinstance(value.get("url"), str) or (by_file and isinstance(value["file_id"], str))
+            ):
                 raise invalid("image_url must be an object with a string url.", param)
             detail = value.get("detail")
             if detail is not None and not isinstance(detail, str):
                 raise invalid(f"detail must be one of {', '.join(DETAILS)}.", f"{param}.detail")
-            url = value["url"]
-            image = await load(url, param, detail=detail, fetch=fetch)
+            if by_file:  # Responses' input_image by file_id: published as image bytes
+                url = ""
+                image = await load_file(value["file_id"], param, detail=detail, read_file=read_file)
+                value = {k: v for k, v in value.items() if k != "file_id"}
+            else:
+                url = value["url"]
+                image = await load(url, param, detail=detail, fetch=fetch)
             total += len(image.data)
             if total > MAX_REQUEST_IMAGE_BYTES:
                 raise bad_image(

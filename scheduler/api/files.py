@@ -25,7 +25,9 @@ from scheduler.api.upload import receive_upload
 from scheduler.store import files as fs
 from schemas.openai_errors import invalid, require_found
 
-PURPOSES = ("batch",)
+#: `batch`: a JSONL batch input (line limits); `vision`, `user_data`: images, for Responses'
+#: `input_image` by `file_id` (jetserve/image_files.py).
+PURPOSES = ("batch", "vision", "user_data")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -43,21 +45,28 @@ def file_routes(deps: Deps) -> list[ControllerRouterHandler]:
         tenant = await deps.authenticate(request.headers)
         pool = await deps.pool()
 
+        purpose: list[str] = []  # as soon as its field is read
+
         def check_field(name: str, value: str) -> None:
-            if name == "purpose" and value not in PURPOSES:
-                raise invalid(
-                    f"purpose must be one of {list(PURPOSES)}, not '{value[:50]}'.", "purpose"
-                )
+            if name == "purpose":
+                if value not in PURPOSES:
+                    raise invalid(
+                        f"purpose must be one of {list(PURPOSES)}, not '{value[:50]}'.", "purpose"
+                    )
+                purpose.append(value)
 
         async def open_file(filename: str) -> fs.FileWriter:
+            # A batch file's lines are checked as they arrive; other purposes hold bytes. A
+            # file sent before its purpose is checked as a batch file.
+            lines = not purpose or purpose[0] == "batch"
             return await fs.FileWriter.create(
                 pool,
                 tenant,
-                "batch",
+                purpose[0] if purpose else "batch",
                 filename,
                 max_bytes=deps.max_file_bytes,
-                max_lines=deps.max_file_lines,
-                max_line_bytes=deps.max_line_bytes,
+                max_lines=deps.max_file_lines if lines else None,
+                max_line_bytes=deps.max_line_bytes if lines else None,
             )
 
         upload = await receive_upload(
@@ -70,6 +79,8 @@ def file_routes(deps: Deps) -> list[ControllerRouterHandler]:
             missing = "purpose" if "purpose" not in upload.fields else "file"
             raise invalid(f"Missing required field `{missing}`.", missing)
         await writer.close()
+        if upload.fields["purpose"] != writer.purpose:  # the file came before its purpose
+            await fs.set_purpose(pool, writer.file_id, upload.fields["purpose"])
         row = await fs.get_file(pool, tenant, writer.file_id)
         assert row is not None
         return Response(_encode(file_object(row)), media_type=JSON)

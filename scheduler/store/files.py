@@ -102,6 +102,8 @@ class FileWriter:
         self._buffer = bytearray()
         self._seq = 0
         self.bytes = 0
+        #: What the file was created for.
+        self.purpose = ""
         self._newlines = 0
         self._last = b"\n"
 
@@ -126,9 +128,11 @@ class FileWriter:
             purpose,
             filename,
         )
-        return cls(
+        writer = cls(
             db, file_id, max_bytes=max_bytes, max_lines=max_lines, max_line_bytes=max_line_bytes
         )
+        writer.purpose = purpose
+        return writer
 
     @property
     def lines(self) -> int:
@@ -196,6 +200,10 @@ class FileWriter:
 
     async def abort(self) -> None:
         await self.db.execute("DELETE FROM files WHERE id = $1", self.file_id)
+
+
+async def set_purpose(db: Db, file_id: str, purpose: str) -> None:
+    await db.execute("UPDATE files SET purpose = $2 WHERE id = $1", file_id, purpose)
 
 
 async def get_file(db: Db, tenant: str, file_id: str) -> FileRow | None:

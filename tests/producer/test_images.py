@@ -133,3 +133,47 @@ def test_an_http_url_is_fetched_through_the_guard(server: str) -> None:
     assert private.code == "invalid_image_url"
     assert "internal address" in private.message
     assert "127.0.0.1" not in private.message.replace(server, "")  # never names the address
+
+
+def test_an_uploaded_file_is_an_image_by_its_file_id() -> None:
+    files = {"file-png": picture("PNG"), "file-webp": picture("WEBP"), "file-text": b"hello\n"}
+
+    async def read_file(file_id: str, max_bytes: int) -> bytes:
+        if file_id not in files:
+            raise images.FetchError(f"No file with id '{file_id}'.")
+        return files[file_id]
+
+    def part(file_id: str) -> list[object]:
+        image = {"type": "image_url", "image_url": {"file_id": file_id, "detail": "low"}}
+        return [image, {"type": "text", "text": "what?"}]
+
+    from schemas.payloads import ChatMessage
+
+    for file_id, media_type in (("file-png", "image/png"), ("file-webp", "image/webp")):
+        messages = [ChatMessage(role="user", content=part(file_id))]  # type: ignore[arg-type]
+        out = asyncio.run(images.prepare_chat_images(messages, read_file=read_file))
+        assert out is not None
+        content = out[0].content
+        assert isinstance(content, list)
+        # Published as the image's bytes (a data URL here): the worker needs no file store.
+        assert content[0]["image_url"] == {
+            "detail": "low",
+            "url": data_url(files[file_id], media_type),
+        }
+    for file_id, message in (
+        ("file-missing", "No file with id 'file-missing'."),
+        ("file-text", "The file is not a PNG, JPEG, WebP or GIF image."),
+    ):
+        messages = [ChatMessage(role="user", content=part(file_id))]  # type: ignore[arg-type]
+        with pytest.raises(ApiError) as info:
+            asyncio.run(images.prepare_chat_images(messages, read_file=read_file))
+        assert (info.value.status, info.value.param) == (400, "messages[0].content[0].file_id")
+        assert info.value.message == message
+    # Without a files store (no database): refused, naming the field.
+    messages = [ChatMessage(role="user", content=part("file-png"))]  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as info:
+        asyncio.run(images.prepare_chat_images(messages))
+    assert (info.value.param, info.value.code) == (
+        "messages[0].content[0].file_id",
+        "unsupported_value",
+    )
