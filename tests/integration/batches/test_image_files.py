@@ -97,3 +97,32 @@ def test_an_uploaded_image_is_answered_by_its_file_id(vlm: BatchStack) -> None:
         body: Any = info.value.body
         assert body["param"] == "input[0].content[0].file_id"
         assert body["message"].startswith(says), body
+
+
+def test_a_file_sent_before_its_purpose_takes_that_purpose(batch_stack: BatchStack) -> None:
+    import httpx
+
+    boundary = "jetserve-test-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="red.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    body += (
+        RED
+        + (
+            f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
+            f"vision\r\n--{boundary}--\r\n"
+        ).encode()
+    )
+    response = httpx.post(
+        f"{batch_stack.v1}/files",
+        content=body,
+        headers={
+            "authorization": f"Bearer {batch_stack.keys['alpha']}",
+            "content-type": f"multipart/form-data; boundary={boundary}",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert (response.json()["purpose"], response.json()["bytes"]) == ("vision", len(RED))
+    stored = batch_stack.sdk("alpha").files.retrieve(response.json()["id"])
+    assert stored.purpose == "vision"
