@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.api import KeyValueConfig, RawStreamMsg, StorageType
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 T = TypeVar("T")
 
@@ -68,3 +68,39 @@ async def open_bucket(
         return await js.create_key_value(config)
     except Exception:
         return await js.key_value(bucket)
+
+
+async def history(js: JetStreamContext, bucket: str, key: str) -> list[bytes | None]:
+    """`key`'s stored values, oldest first (None for a delete or purge marker), read message
+    by message from the bucket's stream. nats-py's `KeyValue.history` watches with an ordered
+    consumer and can end before the first entry arrives (it asks for the consumer's pending
+    count while the messages are still on the wire), answering "no keys" for a key that has
+    them; a direct read cannot."""
+    stream, subject = f"KV_{bucket}", f"$KV.{bucket}.{key}"
+    values: list[bytes | None] = []
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(stream, seq, subject=subject, next=True)
+        except NotFoundError:
+            return values
+        values.append(None if _deleted(msg) else msg.data or b"")
+        seq = (msg.seq or seq) + 1
+
+
+async def keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The bucket's keys that hold a value now, from the stream's per-subject counts (a
+    direct read, for the same reason as `history`)."""
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    found = []
+    for subject in info.state.subjects or {}:
+        msg = await js.get_msg(f"KV_{bucket}", subject=subject)
+        if not _deleted(msg):
+            found.append(subject[len(prefix) :])
+    return sorted(found)
+
+
+def _deleted(msg: RawStreamMsg) -> bool:
+    """A delete or purge marker."""
+    return (msg.headers or {}).get(KV_OP) in (KV_DEL, KV_PURGE)

@@ -25,7 +25,6 @@ from nats.js.errors import (
     BucketNotFoundError,
     KeyDeletedError,
     KeyNotFoundError,
-    NoKeysError,
     NotFoundError,
 )
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
@@ -34,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from natsio.directory import list_models
+from natsio.kv import history, keys
 from schemas import names
 from schemas.messages import InferenceRequest
 from schemas.names import Priority
@@ -211,12 +211,8 @@ class RouteStore:
         return cls(nc, await open_bucket(nc.jetstream(), replicas))
 
     async def all(self) -> dict[str, Route]:
-        try:
-            keys = await self._kv.keys()
-        except NoKeysError:
-            return {}
         found = {}
-        for key in keys:
+        for key in await keys(self._nc.jetstream(), names.ROUTES_BUCKET):
             route = await self.get(key)
             if route is not None:
                 found[key] = route
@@ -259,11 +255,10 @@ class RouteStore:
     async def rollback(self, name: str) -> Route:
         """Back to the route before its last change (the bucket's history); requests already
         queued for a version stay there and are served by it."""
-        try:
-            history = await self._kv.history(name)
-        except NoKeysError:
-            raise InvalidRoute(f"name: no route {name!r}") from None
-        values = [e.value for e in history if e.value and e.operation is None]
+        stored = await history(self._nc.jetstream(), names.ROUTES_BUCKET, name)
+        if not stored:
+            raise InvalidRoute(f"name: no route {name!r}")
+        values = [value for value in stored if value]
         if len(values) < 2:
             raise InvalidRoute(f"name: {name!r} has no earlier version to roll back to")
         route = decode_route(values[-2])
