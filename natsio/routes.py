@@ -111,6 +111,9 @@ class RouteTable:
     def __init__(self, metrics: RouteMetrics | None = None) -> None:
         #: served name -> its plan
         self._plans: dict[str, Plan] = {}
+        #: served name -> the bucket revision applied last (a watch entry may come after a
+        #: direct read of a later one)
+        self._revisions: dict[str, int] = {}
         self.metrics = metrics or RouteMetrics()
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
@@ -123,6 +126,11 @@ class RouteTable:
         table._watcher = watcher = await kv.watchall()
         while (entry := await watcher.updates(timeout=10.0)) is not None:  # type: ignore[no-untyped-call]
             table._apply(entry)
+        # The watch's "that was all" marker can come before the entries (nats-py asks for the
+        # consumer's pending count while they are on the wire): read the routes directly too.
+        for name in await keys(js, names.ROUTES_BUCKET):
+            with contextlib.suppress(KeyNotFoundError, KeyDeletedError):
+                table._apply(await kv.get(name))
         table._task = asyncio.get_running_loop().create_task(table._follow(watcher))
         return table
 
@@ -141,6 +149,10 @@ class RouteTable:
                 self._apply(entry)
 
     def _apply(self, entry: KeyValue.Entry) -> None:
+        revision = entry.revision or 0
+        if revision <= self._revisions.get(entry.key, 0):
+            return
+        self._revisions[entry.key] = revision
         if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
             self._plans.pop(entry.key, None)
         else:

@@ -12,12 +12,13 @@ from typing import Any
 
 import nats
 import pytest
+from nats.js.kv import KeyValue
 
 from jetserve.servers import NatsServer
 from natsio.routes import RouteStore, RouteTable
 from producer.client import Client, make_request
 from schemas import names
-from schemas.routes import InvalidRoute, Plan, Route, Shadow, Target
+from schemas.routes import InvalidRoute, Plan, Route, Shadow, Target, encode_route
 from workers.config import ModelSpec, WorkerConfig
 from workers.provision import provision_model
 from workers.worker import queue_settings
@@ -81,6 +82,36 @@ async def test_checked_writes_reach_a_watching_table_within_a_second(
         assert (await store.get(served)) == back
         await store.delete(served)
         await until(lambda: table.plan(served) is None)
+    finally:
+        await table.close()
+        await nc.close()
+
+
+async def test_a_table_opened_later_holds_every_route_at_once_and_only_the_latest(
+    nats_server: NatsServer,
+) -> None:
+    v1, v2, served, gone = unique("rv1"), unique("rv2"), unique("chat"), unique("chat")
+    await provision(nats_server.url, v1, v2)
+    nc = await nats.connect(nats_server.url)
+    store = await RouteStore.open(nc)
+    await store.set(served, [Target(v1, 90), Target(v2, 10)])
+    latest = await store.promote(served, v2)
+    await store.set(gone, [Target(v1, 1)])
+    await store.delete(gone)
+    table = await RouteTable.watch(nc.jetstream())
+    try:
+        # Loaded when watch() returns: no wait.
+        assert table.routes()[served] == latest
+        assert table.plan(gone) is None
+        # An entry older than the one applied (a watch delivery after the direct read) is
+        # ignored; a newer one is applied.
+        first = Route(served, [Target(v1, 90), Target(v2, 10)])
+        table._apply(
+            KeyValue.Entry(names.ROUTES_BUCKET, served, encode_route(first), 1, None, None, None)
+        )
+        assert table.routes()[served] == latest
+        await store.rollback(served)
+        await until(lambda: table.routes()[served].targets == [Target(v1, 90), Target(v2, 10)])
     finally:
         await table.close()
         await nc.close()
