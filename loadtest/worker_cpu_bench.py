@@ -4,10 +4,12 @@ Two `jetserve worker` processes on one nats-server, each serving its own model w
 model `tests.models:SlowModel` (capacity 64): one runs this tree's code, one a baseline tree's
 (e.g. `git archive <commit> | tar -x -C /tmp/base`), each with its own defaults (ack_wait
 included), or this tree with one setting changed (`--baseline . --base-env NAME=VALUE`). In
-alternating rounds each gets the same requests with 64 in flight (with `--together`, both at
-once in each round); a request is held `--hold-s`
-by the model (0: the per-message path alone; 2: long enough for the in-progress signals). CPU
-is the worker's threads' run time from /proc (schedstat).
+alternating rounds each gets the same requests with `--at-once` in flight (with `--together`,
+both at once in each round); a request is held `--hold-s` by the model (0: the per-message
+path alone; 2: long enough for the in-progress signals). CPU is the worker's threads' run time
+from /proc (schedstat). Each round prints the requests per second too: CPU per request is
+comparable only between rounds that served at the same rate (a worker's idle work, timers and
+heartbeats, is spread over the requests of the round).
 
     .venv/bin/python -m loadtest.worker_cpu_bench --baseline /tmp/base --rounds 7
 """
@@ -20,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from loadtest.common import REPO, nats_server
@@ -48,8 +51,10 @@ def start(tree: Path, url: str, model: str, extra: list[str]) -> subprocess.Pope
     return subprocess.Popen([sys.executable, *args], env=env, cwd=tree)
 
 
-async def load(client: Client, model: str, count: int, hold_s: float) -> None:
-    gate = asyncio.Semaphore(64)
+async def load(client: Client, model: str, count: int, hold_s: float, at_once: int) -> float:
+    """Sends `count` requests, `at_once` at a time: the seconds they took."""
+    gate = asyncio.Semaphore(at_once)
+    started = time.monotonic()
 
     async def one(i: int) -> None:
         async with gate:
@@ -57,6 +62,7 @@ async def load(client: Client, model: str, count: int, hold_s: float) -> None:
             await client.request_obj(r, 120)
 
     await asyncio.gather(*(one(i) for i in range(count)))
+    return time.monotonic() - started
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -73,27 +79,42 @@ async def main_async(args: argparse.Namespace) -> None:
                     break
                 except Exception:
                     await asyncio.sleep(0.1)
-            await load(client, f"cpu-{name}", 500, 0.0)  # warm-up
+            await load(client, f"cpu-{name}", 500, 0.0, args.at_once)  # warm-up
         ratios = []
         for i in range(args.rounds):
             per: dict[str, float] = {}
+            took: dict[str, float] = {}
             if args.together:  # both workers loaded at once: the round's conditions shared
                 before = {name: cpu_s(proc.pid) for name, proc in procs.items()}
-                await asyncio.gather(
-                    *(load(client, f"cpu-{name}", args.requests, args.hold_s) for name in procs)
+                took = dict(
+                    zip(
+                        procs,
+                        await asyncio.gather(
+                            *(
+                                load(
+                                    client, f"cpu-{name}", args.requests, args.hold_s, args.at_once
+                                )
+                                for name in procs
+                            )
+                        ),
+                        strict=True,
+                    )
                 )
                 await asyncio.sleep(0.2)
                 for name, proc in procs.items():
                     per[name] = (cpu_s(proc.pid) - before[name]) / args.requests * 1e6
             for name in () if args.together else ("base", "this")[:: 1 if i % 2 == 0 else -1]:
                 before_s = cpu_s(procs[name].pid)
-                await load(client, f"cpu-{name}", args.requests, args.hold_s)
+                took[name] = await load(
+                    client, f"cpu-{name}", args.requests, args.hold_s, args.at_once
+                )
                 await asyncio.sleep(0.2)
                 per[name] = (cpu_s(procs[name].pid) - before_s) / args.requests * 1e6
             ratios.append(per["this"] / per["base"])
             print(
                 f"round {i + 1}: base {per['base']:.0f} us/request, this {per['this']:.0f} "
-                f"us/request, ratio {ratios[-1]:.3f}",
+                f"us/request, ratio {ratios[-1]:.3f} (requests/s: base "
+                f"{args.requests / took['base']:.1f}, this {args.requests / took['this']:.1f})",
                 flush=True,
             )
         print(
@@ -124,6 +145,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--hold-s", type=float, default=0.0)
+    parser.add_argument(
+        "--at-once",
+        type=int,
+        default=48,
+        help="requests in flight (below the capacity of 64: a worker keeps a slot of it for "
+        "priority requests, and a request waiting for a slot would make the rounds' length "
+        "and idle time differ)",
+    )
     parser.add_argument(
         "--together",
         action="store_true",

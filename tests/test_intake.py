@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -23,7 +22,7 @@ BASE = PullState(
 
 
 def plan(**changes: object) -> PullPlan:
-    return plan_pulls(dataclasses.replace(BASE, **changes))  # type: ignore[arg-type]
+    return plan_pulls(BASE._replace(**changes))  # type: ignore[arg-type]
 
 
 def test_idle_keeps_a_reserve_on_online_and_gives_the_rest_to_batch() -> None:

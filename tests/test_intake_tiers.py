@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 from workers.intake import PullPlan, PullState, plan_pulls, priority_reserve
@@ -20,7 +19,7 @@ BASE = PullState(
 
 
 def plan(**changes: object) -> PullPlan:
-    return plan_pulls(dataclasses.replace(BASE, **changes))  # type: ignore[arg-type]
+    return plan_pulls(BASE._replace(**changes))  # type: ignore[arg-type]
 
 
 def test_idle_keeps_a_reserve_on_priority_and_online_the_rest_to_batch() -> None:
@@ -64,8 +63,7 @@ def test_never_exceeds_capacity_and_never_starves_priority() -> None:
         if in_flight + pr + on + ba > 16:
             continue
         for pb, ob in itertools.product((False, True), repeat=2):
-            s = dataclasses.replace(
-                BASE,
+            s = BASE._replace(
                 in_flight=in_flight,
                 priority_outstanding=pr,
                 online_outstanding=on,

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from nats.aio.msg import Msg
 
@@ -66,8 +66,10 @@ class IntakeSettings:
     group_settle_s: float = GROUP_SETTLE_S
 
 
-@dataclass(frozen=True)
-class PullState:
+class PullState(NamedTuple):
+    # NamedTuples, not frozen dataclasses: the pull loop builds one after deliveries and
+    # completions, and a frozen dataclass of these ten fields costs twice as much to build
+    # (each field set through object.__setattr__).
     capacity: int
     in_flight: int
     online_outstanding: int
@@ -85,8 +87,7 @@ class PullState:
     priority_reserve: int = 0
 
 
-@dataclass(frozen=True)
-class PullPlan:
+class PullPlan(NamedTuple):
     online: int
     batch: int
     #: Take back the batch consumer's outstanding credit first (it stands in online's way).
@@ -218,6 +219,8 @@ class Intake:
         self._group_started = 0.0
         #: Consumers known to have messages waiting (priority and online are tracked).
         self._backlog: set[Priority] = set()
+        #: (capacity, online reserve, priority reserve) for the capacity last seen.
+        self._reserves = (-1, 0, 0)
         self._open = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -457,18 +460,25 @@ class Intake:
         # In quarantine the worker still pulls up to its capacity: more suspects join the next
         # group, and first deliveries wait for the suspects (held, kept alive).
         capacity = self._capacity()
-        settings = self._settings
+        if capacity != self._reserves[0]:
+            settings = self._settings
+            self._reserves = (
+                capacity,
+                online_reserve(capacity, settings.online_reserve),
+                priority_reserve(capacity, settings.priority_reserve),
+            )
+        _, online, priority = self._reserves
         return PullState(
             capacity=capacity,
             in_flight=self.in_flight,
             online_outstanding=self._online.outstanding,
             batch_outstanding=self._batch.outstanding,
             online_backlog=Priority.ONLINE in self._backlog,
-            online_reserve=online_reserve(capacity, settings.online_reserve),
+            online_reserve=online,
             min_pull=max(1, capacity // 8),
             priority_outstanding=self._priority.outstanding,
             priority_backlog=Priority.PRIORITY in self._backlog,
-            priority_reserve=priority_reserve(capacity, settings.priority_reserve),
+            priority_reserve=priority,
         )
 
     async def _pull_loop(self) -> None:
