@@ -230,7 +230,9 @@ async def test_dynamic_batching_64_single_rows(
     """64 concurrent single-row requests: a few model calls, each answer its own row's."""
     name = "kserve-batched"
     spec = find_model(load_models_file(classic.models_file(sklearn=name)), name)
-    options = {**spec.options, "max_batch_size": 32, "max_batch_wait_ms": 50}
+    # A wait far longer than the 64 requests take to arrive on a loaded 2-core machine (a CI
+    # run with 50 ms made 4 calls): 64 is two full batches, each run as soon as it fills.
+    options = {**spec.options, "max_batch_size": 32, "max_batch_wait_ms": 2000}
     spec = msgspec.structs.replace(spec, options=options)
     backend = build_backend(spec)
     worker = Worker(spec, WorkerConfig(nats_url=nats_server.url), backend)
