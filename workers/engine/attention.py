@@ -7,10 +7,11 @@ registered as an attention implementation); the step's layout arrives as the key
 `jetserve_step` (a `StepBatch`), which transformers passes through to attention functions.
 
 In each layer: the new keys/values are written to their (block slot, offset) in the cache;
-sequences with a single query token (decoding) attend together, batched (`_decode`: one
-product over every block in use, in place, and one over the blocks shared by several
-sequences; never a per-step copy of the sequences' KV); sequences with several tokens (prompt
-chunks) attend in groups, in two parts merged by log-sum-exp (see `chunks`): causally over
+sequences with a single query token (decoding) attend together, batched: on the CPU with the
+paged kernel (`paged_decode`: each row's blocks read where they lie, one call a layer), else
+`_decode` (one product over every block in use, in place, and one over the blocks shared by
+several sequences; never a per-step copy of the sequences' KV); sequences with several tokens
+(prompt chunks) attend in groups, in two parts merged by log-sum-exp (see `chunks`): causally over
 their own fresh keys (`_causal`: no gather, no mask), and over the positions before them in
 the cache (`_prefix`: no mask but key padding; a prefix shared by several chunks is read
 once).
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from workers.engine import paged_decode
 from workers.engine.kv_cache import KVCache
 
 IMPLEMENTATION = "jetserve_ragged"
@@ -85,6 +87,9 @@ class Decode:
     #: hold them; None when no row holds a shared block.
     shared: torch.Tensor | None
     not_held: torch.Tensor | None
+    #: For the CPU kernel (`paged_decode`), None where it is not used: each row's blocks in
+    #: order, slots[ptr[r]:ptr[r + 1]] (shared ones included), and its positions, [count].
+    paged: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -122,7 +127,10 @@ def ragged_attention(
     if step.decode is not None:
         d = step.decode
         q_dec = q[: d.count] if d.tokens is None else q[d.tokens]
-        dec = _decode(q_dec, k_cache, v_cache, d, scale)
+        if d.paged is not None:
+            dec = paged_decode.decode(q_dec, k_cache, v_cache, *d.paged, scale)
+        else:
+            dec = _decode(q_dec, k_cache, v_cache, d, scale)
         if d.tokens is None:
             out[: d.count] = dec
         else:

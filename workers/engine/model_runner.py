@@ -11,10 +11,13 @@ from typing import Any
 
 import torch
 
+from workers.engine import paged_decode
 from workers.engine.attention import IMPLEMENTATION, Causal, Decode, Prefix, StepBatch, register
 from workers.engine.chunks import Chunk, PrefixRow, causal_groups, prefix_groups, prefix_rows
 from workers.engine.kv_cache import KVCache
 from workers.engine.scheduler import SchedulerOutput
+
+_EMPTY = torch.empty(0)
 
 
 def text_config(config: Any) -> Any:
@@ -51,6 +54,10 @@ class ModelRunner:
             block_size=block_size,
             dtype=self.dtype,
             device=self.device,
+        )
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        self.paged = paged_decode.usable(
+            self.device, self.dtype, config.num_attention_heads // kv_heads, head_dim, block_size
         )
 
     def run(self, out: SchedulerOutput) -> torch.Tensor:
@@ -155,6 +162,22 @@ class ModelRunner:
     ) -> Decode:
         bs = self.block_size
         rows = len(tokens)
+        dense = tokens == list(range(rows))
+        if self.paged:
+            ptr = [0]
+            for table in tables:
+                ptr.append(ptr[-1] + len(table))
+            flat = [slot for table in tables for slot in table]
+            return Decode(
+                count=rows,
+                tokens=None if dense else self._tensor(tokens),
+                num_live=out.num_live,
+                owner=_EMPTY,
+                hidden=_EMPTY,
+                shared=None,
+                not_held=None,
+                paged=(self._tensor(ptr), self._tensor(flat), self._tensor(lengths)),
+            )
         shared = {slot: i for i, slot in enumerate(out.shared)}
         own_slots: list[int] = []
         own_rows: list[int] = []
@@ -184,7 +207,6 @@ class ModelRunner:
             held[self._tensor(held_rows), self._tensor(held_cols)] = True
             not_held = ~held.repeat_interleave(bs, dim=1)
             shared_t = self._tensor(out.shared)
-        dense = tokens == list(range(rows))
         return Decode(
             count=rows,
             tokens=None if dense else self._tensor(tokens),
