@@ -18,6 +18,14 @@ from schemas.settings import (
 WEBHOOKS_ALLOW_PRIVATE = "JETSERVE_WEBHOOKS_ALLOW_PRIVATE"
 
 
+#: Acknowledgement wait of the scheduler's consumers (`JETSERVE_SCHEDULER_ACK_WAIT_S`); they
+#: redeliver without end (a result must reach the database). A scheduler that stops or cannot
+#: store hands back what it holds at once; only what a killed one held waits this long. Storing
+#: is idempotent (`ON CONFLICT DO NOTHING`), so a redelivery while a slow store still runs is
+#: harmless.
+DEFAULT_ACK_WAIT_S = 10.0
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     database_url: str
@@ -46,6 +54,9 @@ class SchedulerConfig:
     duplicate_window_s: float = DEFAULT_DUPLICATE_WINDOW_S
     #: A standby tries to take the scheduler lock this often.
     lock_retry_s: float = 2.0
+    #: The scheduler's consumers' ack_wait: what a scheduler killed mid-work had been sent and
+    #: not stored comes back to the next one after this long.
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S
     #: A background response's events are kept this long for replay (its stored response,
     #: `JETSERVE_RESPONSES_KEEP_S`, much longer).
     response_events_keep_s: float = 86400.0
@@ -76,6 +87,9 @@ class SchedulerConfig:
             webhooks_allow_private=get_bool(env, WEBHOOKS_ALLOW_PRIVATE, False),
             duplicate_window_s=settings.duplicate_window_s(env),
             lock_retry_s=get_float(env, "JETSERVE_SCHEDULER_LOCK_RETRY_S", 2.0, minimum=0.05),
+            ack_wait_s=get_float(
+                env, "JETSERVE_SCHEDULER_ACK_WAIT_S", DEFAULT_ACK_WAIT_S, minimum=1.0
+            ),
             response_events_keep_s=get_float(
                 env, "JETSERVE_RESPONSE_EVENTS_KEEP_S", 86400.0, minimum=1.0
             ),

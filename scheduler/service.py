@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 #: The scheduler's advisory lock key ("jetsched"); the migrator uses another.
 LOCK_KEY = 0x6A65747363686564
 HOUSEKEEPING_S = 5.0
-#: Results that could not be stored come back after this long (not after ack_wait, 30 s).
+#: Results that could not be stored come back after this long (not after ack_wait).
 RESULTS_RETRY_S = 1.0
 #: A scheduler whose consumers feed another installation looks again this often.
 CLAIMED_RETRY_S = 30.0
@@ -160,6 +160,7 @@ class BatchScheduler:
             duplicate_window_s=c.duplicate_window_s,
             owner=owner,
             events_keep_s=c.response_events_keep_s,
+            ack_wait_s=c.ack_wait_s,
         )
         publisher = AckInbox(nc, names.SCHEDULER_INBOX)
         await publisher.start()

@@ -23,11 +23,8 @@ from nats.js.api import RetentionPolicy
 from nats.js.errors import NotFoundError
 
 from natsio.streams import durable_consumer, ensure_stream, work_queue_stream
+from scheduler.config import DEFAULT_ACK_WAIT_S
 from schemas import names
-
-#: Acknowledgement wait of the scheduler's consumers; they redeliver without end (a result
-#: must reach the database).
-_ACK_WAIT_S = 30.0
 
 #: How long a background response's events are kept by default.
 DEFAULT_EVENTS_KEEP_S = 86400.0
@@ -70,6 +67,7 @@ async def provision(
     replicas: int = 1,
     owner: str | None = None,
     events_keep_s: float = DEFAULT_EVENTS_KEEP_S,
+    ack_wait_s: float = DEFAULT_ACK_WAIT_S,
 ) -> None:
     """Create the streams and consumers; with `owner`, claim the consumers for it (raises
     `ConsumerClaimed`, changing nothing, when one is claimed for another installation; a
@@ -95,7 +93,7 @@ async def provision(
         await js.add_consumer(
             stream,
             durable_consumer(
-                consumer, subjects, ack_wait_s=_ACK_WAIT_S, max_deliver=-1, metadata=metadata
+                consumer, subjects, ack_wait_s=ack_wait_s, max_deliver=-1, metadata=metadata
             ),
         )
 

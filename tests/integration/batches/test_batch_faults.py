@@ -62,7 +62,12 @@ def fstack(
         workers,
         # A killed worker's items come back after 2 s; webhooks are retried for a minute.
         worker_env={"JETSERVE_ACK_WAIT_S": "2"},
-        scheduler_env={"JETSERVE_WEBHOOK_RETRY_PERIOD_S": "60"},
+        # ack_wait 30 s (the default is 10): the recovery bounds below (20 s) then tell a
+        # hand-back from results waiting out ack_wait.
+        scheduler_env={
+            "JETSERVE_WEBHOOK_RETRY_PERIOD_S": "60",
+            "JETSERVE_SCHEDULER_ACK_WAIT_S": "30",
+        },
     ) as stack:
         yield stack
 
@@ -207,7 +212,7 @@ def test_scheduler_restart_mid_batch_runs_no_item_twice(fstack: BatchStack) -> N
     restarted = time.monotonic()
     check_complete(fstack, batch_id, n, "s")
     # Results the stopped scheduler had been sent but not stored were handed back, not held
-    # until the results consumer's ack_wait (30 s).
+    # until the results consumer's ack_wait (30 s here).
     recovered_s = time.monotonic() - restarted
     assert recovered_s < 20
     ran = runs(fstack, batch_id)
@@ -248,7 +253,7 @@ def test_postgres_crash_and_restart_mid_batch_completes_exactly(
     restarted = time.monotonic()
     check_complete(fstack, batch_id, n, "p")
     # Results fetched while the database was down were handed back at once, not held until
-    # the results consumer's ack_wait (30 s).
+    # the results consumer's ack_wait (30 s here).
     recovered_s = time.monotonic() - restarted
     assert recovered_s < 20
     print(
