@@ -12,7 +12,12 @@ import hashlib
 
 from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    DigestMismatchError,
+    NotFoundError,
+    ObjectNotFoundError,
+)
 from nats.js.object_store import ObjectStore
 
 from schemas import names
@@ -58,12 +63,15 @@ class ImageObjects:
     async def get(self, name: str, *, timeout_s: float = 30.0) -> bytes:
         """The object's bytes; ImageMissing when it is gone. Bounded by `timeout_s`: an
         object caught by its time-to-live part-way (its description left, its chunks gone)
-        would otherwise be waited for forever (nats-py reads chunks until the size is met)."""
+        would otherwise be waited for forever (nats-py reads chunks until the size is met), or
+        read short: its first chunks gone, the rest no longer match the digest."""
         try:
             async with asyncio.timeout(timeout_s):
                 result = await self._store.get(name)
         except ObjectNotFoundError:
             raise ImageMissing(name) from None
+        except DigestMismatchError:
+            raise ImageMissing(f"{name}: expired while read (its chunks no longer match)") from None
         except TimeoutError:
             raise ImageMissing(f"{name}: not read within {timeout_s:g} s") from None
         if result.data is None or result.info.deleted:

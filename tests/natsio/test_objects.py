@@ -37,3 +37,18 @@ async def test_a_5_mb_image_round_trips_once_and_expires(nc: NATS) -> None:
     else:
         pytest.fail("the object outlived the bucket's time-to-live")
     await js.delete_object_store(names.IMAGES_BUCKET)
+
+
+async def test_an_object_whose_first_chunks_expired_is_missing(nc: NATS) -> None:
+    """What the time-to-live does part-way through a read: the first chunks are gone, the
+    rest no longer match the digest. The reader gets ImageMissing, not nats-py's error."""
+    js = nc.jetstream()
+    store = await ImageObjects.open(js)
+    data = os.urandom(1024 * 1024)
+    name = await store.put(data)
+    stream = f"OBJ_{names.IMAGES_BUCKET}"
+    first = (await js.stream_info(stream)).state.first_seq
+    await js.delete_msg(stream, first)  # the object's first chunk
+    with pytest.raises(ImageMissing, match="expired while read"):
+        await store.get(name, timeout_s=5.0)
+    await js.delete_object_store(names.IMAGES_BUCKET)
