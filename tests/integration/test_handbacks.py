@@ -59,7 +59,12 @@ async def test_a_request_handed_back_by_successive_draining_workers_still_runs(
     js = nc.jetstream()
     kv = await js.key_value(names.HANDBACK_BUCKET)
     stream = names.stream_name(model_name)
-    keys = [k for k in await kv.keys() if k.startswith(stream + ".")]
+    # The bucket's subjects, read in one request (nats-py's `kv.keys()` is a watcher that can
+    # come back empty when the server is slow to answer it).
+    prefix = f"$KV.{names.HANDBACK_BUCKET}."
+    state = await js.stream_info(f"KV_{names.HANDBACK_BUCKET}", subjects_filter=f"{prefix}>")
+    keys = [s.removeprefix(prefix) for s in state.state.subjects or {}]
+    keys = [k for k in keys if k.startswith(stream + ".")]
     assert len(keys) == 1
     record = msgspec.json.decode((await kv.get(keys[0])).value or b"", type=DeliveryRecord)
     assert (record.free, record.ended) == (hand_backs, hand_backs)

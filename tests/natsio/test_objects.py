@@ -6,14 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from jetserve.servers import NatsServer
 from natsio.objects import ImageMissing, ImageObjects
 from schemas import names
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def nc(own_nats: NatsServer) -> AsyncIterator[NATS]:
+    """A server of its own: the bucket must be made here, with this test's time-to-live, and
+    hold only this test's objects (the shared server's may already have it)."""
+    conn = await nats.connect(own_nats.url)
+    yield conn
+    await conn.close()
 
 
 async def test_a_5_mb_image_round_trips_once_and_expires(nc: NATS) -> None:
