@@ -436,7 +436,10 @@ def test_http_bad_timeout_header(case: Case, value: str, bridge_stack: BridgeSta
 def test_http_bad_auth_scheme(case: Case, header: str, bridge_stack: BridgeStack) -> None:
     with http_keeps_serving(bridge_stack):
         response = httpx.post(
-            f"{bridge_stack.v1}/chat/completions", json=_CHAT, headers={"Authorization": header}
+            f"{bridge_stack.v1}/chat/completions",
+            json=_CHAT,
+            headers={"Authorization": header},
+            timeout=30,
         )
     check_error(response, 401, "invalid_api_key")
 

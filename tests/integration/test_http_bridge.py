@@ -128,7 +128,7 @@ def test_models_list(bridge_stack: BridgeStack) -> None:
 
 
 def test_health_metrics_openapi(bridge_stack: BridgeStack) -> None:
-    with httpx.Client(base_url=bridge_stack.url) as http:
+    with httpx.Client(base_url=bridge_stack.url, timeout=30) as http:
         assert http.get("/healthz").json() == {"status": "ok"}
         ready = http.get("/readyz").json()
         assert ready["nats_connected"] is True
@@ -170,7 +170,7 @@ def test_400_from_the_worker(bridge_stack: BridgeStack) -> None:
 
 
 def test_401_missing_invalid_and_revoked_keys(bridge_stack: BridgeStack) -> None:
-    with httpx.Client(base_url=bridge_stack.v1) as http:
+    with httpx.Client(base_url=bridge_stack.v1, timeout=30) as http:
         r = http.post("/chat/completions", json={"model": ECHO, "messages": user("x")})
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "invalid_api_key"
@@ -211,7 +211,7 @@ def test_404_unknown_model(bridge_stack: BridgeStack, model: str) -> None:
 def test_413_body_too_large(bridge_stack: BridgeStack) -> None:
     big = {"model": ECHO, "messages": user("x" * 70_000)}  # the test bridge allows 64 KiB
     headers = {"Authorization": f"Bearer {bridge_stack.key}"}
-    r = httpx.post(f"{bridge_stack.v1}/chat/completions", json=big, headers=headers)
+    r = httpx.post(f"{bridge_stack.v1}/chat/completions", json=big, headers=headers, timeout=30)
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "request_too_large"
 
@@ -220,7 +220,9 @@ def test_413_body_too_large(bridge_stack: BridgeStack) -> None:
         for _ in range(1000):
             yield b"y" * 1024
 
-    r = httpx.post(f"{bridge_stack.v1}/chat/completions", content=endless(), headers=headers)
+    r = httpx.post(
+        f"{bridge_stack.v1}/chat/completions", content=endless(), headers=headers, timeout=30
+    )
     assert r.status_code == 413
 
 

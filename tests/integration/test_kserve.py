@@ -120,7 +120,7 @@ def test_triton_client_json_and_binary(
             {"name": "input-0", "shape": list(x.shape), "datatype": "FP64", "data": x.tolist()}
         ]
     }
-    r = httpx.post(f"{url}/v2/models/{LGB}/infer", json=body)
+    r = httpx.post(f"{url}/v2/models/{LGB}/infer", json=body, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["outputs"][0]["data"] == served.lightgbm.predict(x).tolist()
 
@@ -130,18 +130,18 @@ def test_v1_predict_and_model_object(
 ) -> None:
     url = bridge_on(nats_server.url)
     x = served.x[:7]
-    r = httpx.post(f"{url}/v1/models/{IRIS}:predict", json={"instances": x.tolist()})
+    r = httpx.post(f"{url}/v1/models/{IRIS}:predict", json={"instances": x.tolist()}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json() == {"predictions": served.sklearn.predict_proba(x).tolist()}
-    r = httpx.post(f"{url}/v1/models/{XGB}:predict", json={"inputs": x.tolist()})
+    r = httpx.post(f"{url}/v1/models/{XGB}:predict", json={"inputs": x.tolist()}, timeout=30)
     want = served.xgboost.predict(xgboost.DMatrix(x.astype(np.float32))).tolist()
     assert r.json() == {"predictions": want}
-    card = httpx.get(f"{url}/v1/models/{IRIS}").json()
+    card = httpx.get(f"{url}/v1/models/{IRIS}", timeout=30).json()
     assert (card["id"], card["object"], card["ready"]) == (IRIS, "model", True)
-    assert httpx.get(f"{url}/v1/models/no-such-model").status_code == 404
-    paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert httpx.get(f"{url}/v1/models/no-such-model", timeout=30).status_code == 404
+    paths = httpx.get(f"{url}/openapi.json", timeout=30).json()["paths"]
     assert {"/v2/models/{name}/infer", "/v1/models/{target}"} <= set(paths)
-    r = httpx.post(f"{url}/v1/models/{IRIS}:predict", json={"instances": [[1, 2]]})
+    r = httpx.post(f"{url}/v1/models/{IRIS}:predict", json={"instances": [[1, 2]]}, timeout=30)
     assert r.status_code == 400
     assert "input-0" in r.json()["error"]["message"]
 
@@ -183,21 +183,21 @@ def test_bad_tensors_are_400_naming_the_tensor(
         "not numbers": tensor(data=["a", "b", "c", "d"]),
     }
     for case, body in cases.items():
-        r = httpx.post(infer, json=body)
+        r = httpx.post(infer, json=body, timeout=30)
         assert r.status_code == 400, (case, r.text)
         message = r.json()["error"]
         assert isinstance(message, str)
         assert "`input-0`" in message or "`petals`" in message, (case, message)
     raw, headers = _binary_bytes_request(b"\xff\xfe")
-    r = httpx.post(infer, content=raw, headers=headers)
+    r = httpx.post(infer, content=raw, headers=headers, timeout=30)
     assert r.status_code == 400
     assert "`input-0`" in r.json()["error"]
     assert "UTF-8" in r.json()["error"]
-    r = httpx.get(f"{url}/v2/models/no-such-model")
+    r = httpx.get(f"{url}/v2/models/no-such-model", timeout=30)
     assert r.status_code == 404
     assert "error" in r.json()
     # The model keeps serving.
-    r = httpx.post(infer, json=tensor())
+    r = httpx.post(infer, json=tensor(), timeout=30)
     assert r.status_code == 200
     want = served.sklearn.predict_proba(np.array([[1.0, 2, 3, 4]]))
     assert r.json()["outputs"][0]["data"] == want.reshape(-1).tolist()
@@ -281,8 +281,8 @@ def test_bearer_auth_on_infer_and_metadata_not_health(
         ("POST", f"/v1/models/{IRIS}:predict", {"instances": [served.x[0].tolist()]}),
         ("GET", f"/v1/models/{IRIS}", None),
     ]:
-        assert httpx.request(method, url + path, json=body).status_code == 401, path
-        r = httpx.request(method, url + path, json=body, headers=key)
+        assert httpx.request(method, url + path, json=body, timeout=30).status_code == 401, path
+        r = httpx.request(method, url + path, json=body, headers=key, timeout=30)
         assert r.status_code == 200, (path, r.text)
     for path in ("/v2/health/live", "/v2/health/ready", f"/v2/models/{IRIS}/ready"):
-        assert httpx.get(url + path).status_code == 200, path
+        assert httpx.get(url + path, timeout=30).status_code == 200, path

@@ -166,8 +166,12 @@ def test_idempotency_keys_never_become_subjects(bridge_stack: BridgeStack, key: 
     key): subject syntax in the key is inert."""
     headers = {"Authorization": f"Bearer {bridge_stack.key}", "Idempotency-Key": key}
     body = {"model": ECHO, "messages": [{"role": "user", "content": f"idem {key}"}]}
-    first = httpx.post(f"{bridge_stack.v1}/chat/completions", json=body, headers=headers)
-    again = httpx.post(f"{bridge_stack.v1}/chat/completions", json=body, headers=headers)
+    first = httpx.post(
+        f"{bridge_stack.v1}/chat/completions", json=body, headers=headers, timeout=30
+    )
+    again = httpx.post(
+        f"{bridge_stack.v1}/chat/completions", json=body, headers=headers, timeout=30
+    )
     assert first.status_code == 200, first.text
     assert first.json()["choices"][0]["message"]["content"] == f"idem {key}"
     assert again.text == first.text

@@ -28,7 +28,9 @@ def _poll(stack: BatchStack, request_id: str, tenant: str = "alpha") -> dict[str
     headers = {"authorization": f"Bearer {stack.keys[tenant]}"}
     end = time.monotonic() + 30
     while True:
-        body = httpx.get(f"{stack.v1}/async/requests/{request_id}", headers=headers).json()
+        body = httpx.get(
+            f"{stack.v1}/async/requests/{request_id}", headers=headers, timeout=30
+        ).json()
         if body.get("status") in ("completed", "failed"):
             return dict(body)
         assert time.monotonic() < end, body
@@ -44,6 +46,7 @@ def test_http_submit_poll_and_callback(batch_stack: BatchStack, receiver: Receiv
             f"{batch_stack.v1}/async/chat/completions",
             headers={**headers, "x-jetserve-callback-url": receiver.url},
             json=body,
+            timeout=30,
         )
         assert accepted.status_code == 202, accepted.text
         request_id = accepted.json()["id"]
@@ -53,7 +56,9 @@ def test_http_submit_poll_and_callback(batch_stack: BatchStack, receiver: Receiv
         assert done["expires_at"] > done["completed_at"]
         response = done["response"]
         assert response["status_code"] == 200
-        sync = httpx.post(f"{batch_stack.v1}/chat/completions", headers=headers, json=body).json()
+        sync = httpx.post(
+            f"{batch_stack.v1}/chat/completions", headers=headers, json=body, timeout=30
+        ).json()
         assert response["body"]["object"] == sync["object"] == "chat.completion"
         assert response["body"]["choices"] == sync["choices"]
         assert response["body"]["usage"] == sync["usage"]
@@ -67,6 +72,7 @@ def test_http_submit_poll_and_callback(batch_stack: BatchStack, receiver: Receiv
         other = httpx.get(
             f"{batch_stack.v1}/async/requests/{request_id}",
             headers={"authorization": f"Bearer {batch_stack.keys['beta']}"},
+            timeout=30,
         )
         assert other.status_code == 404
     finally:
@@ -79,6 +85,7 @@ def test_http_refusals(batch_stack: BatchStack) -> None:
         f"{batch_stack.v1}/async/chat/completions",
         headers=headers,
         json={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]},
+        timeout=30,
     )
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "model_not_found"
@@ -86,12 +93,14 @@ def test_http_refusals(batch_stack: BatchStack) -> None:
         f"{batch_stack.v1}/async/chat/completions",
         headers=headers,
         json={"model": ECHO, "messages": [], "temperature": 9},
+        timeout=30,
     )
     assert bad.status_code == 400
     unregistered = httpx.post(
         f"{batch_stack.v1}/async/chat/completions",
         headers={**headers, "x-jetserve-callback-url": "http://127.0.0.1:9/nowhere"},
         json={"model": ECHO, "messages": [{"role": "user", "content": "x"}]},
+        timeout=30,
     )
     assert unregistered.status_code == 400
     assert unregistered.json()["error"]["code"] == "callback_url_not_registered"
@@ -165,11 +174,14 @@ def test_nats_submit_on_a_tenant_subject_is_that_tenants(batch_stack: BatchStack
     assert done["status"] == "completed"
     assert done["response"]["body"]["output"] == {"x": 2}
     alpha = {"authorization": f"Bearer {batch_stack.keys['alpha']}"}
-    assert httpx.get(f"{batch_stack.v1}/async/requests/{own}", headers=alpha).status_code == 404
+    assert (
+        httpx.get(f"{batch_stack.v1}/async/requests/{own}", headers=alpha, timeout=30).status_code
+        == 404
+    )
     # Submitted before `own`, so taken (and refused) before it was recorded.
     for tenant in ("alpha", "beta"):
         headers = {"authorization": f"Bearer {batch_stack.keys[tenant]}"}
-        r = httpx.get(f"{batch_stack.v1}/async/requests/{claiming}", headers=headers)
+        r = httpx.get(f"{batch_stack.v1}/async/requests/{claiming}", headers=headers, timeout=30)
         assert r.status_code == 404, r.text
 
 

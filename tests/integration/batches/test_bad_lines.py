@@ -117,22 +117,26 @@ def test_other_tenants_async_and_webhook_ids(case: Case, batch_stack: BatchStack
         f"{batch_stack.v1}/async/chat/completions",
         headers=alpha,
         json={"model": B_ECHO, "messages": user("mine")},
+        timeout=30,
     )
     assert submitted.status_code == 202, submitted.text
     request_id = submitted.json()["id"]
     hook = httpx.post(
-        f"{batch_stack.v1}/webhooks", headers=alpha, json={"url": "http://127.0.0.1:9/x"}
+        f"{batch_stack.v1}/webhooks",
+        headers=alpha,
+        json={"url": "http://127.0.0.1:9/x"},
+        timeout=30,
     )
     assert hook.status_code == 200, hook.text
     hook_id = hook.json()["id"]
     try:
         for response in (
-            httpx.get(f"{batch_stack.v1}/async/requests/{request_id}", headers=beta),
-            httpx.delete(f"{batch_stack.v1}/webhooks/{hook_id}", headers=beta),
+            httpx.get(f"{batch_stack.v1}/async/requests/{request_id}", headers=beta, timeout=30),
+            httpx.delete(f"{batch_stack.v1}/webhooks/{hook_id}", headers=beta, timeout=30),
         ):
             check_error(response, 404, response.json()["error"]["code"])
-        assert hook_id not in httpx.get(f"{batch_stack.v1}/webhooks", headers=beta).text
-        mine = httpx.get(f"{batch_stack.v1}/async/requests/{request_id}", headers=alpha)
+        assert hook_id not in httpx.get(f"{batch_stack.v1}/webhooks", headers=beta, timeout=30).text
+        mine = httpx.get(f"{batch_stack.v1}/async/requests/{request_id}", headers=alpha, timeout=30)
         assert mine.status_code == 200
     finally:
-        httpx.delete(f"{batch_stack.v1}/webhooks/{hook_id}", headers=alpha)
+        httpx.delete(f"{batch_stack.v1}/webhooks/{hook_id}", headers=alpha, timeout=30)

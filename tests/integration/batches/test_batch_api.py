@@ -208,5 +208,6 @@ def test_upload_limits_apply_while_streaming(batch_stack: BatchStack) -> None:
         f"{batch_stack.v1}/files",
         headers={"authorization": f"Bearer {batch_stack.keys['alpha']}"},
         content=json.dumps({"purpose": "batch"}),
+        timeout=30,
     )
     assert not_multipart.status_code == 400

@@ -134,7 +134,10 @@ def test_webhook_receiver_down_for_a_while_gets_one_delivery_after_it_recovers(
     url = f"http://127.0.0.1:{port}/hook"
     headers = {"authorization": f"Bearer {fstack.keys['alpha']}"}
     response = httpx.post(
-        f"{fstack.v1}/webhooks", headers=headers, json={"url": url, "events": ["batch.completed"]}
+        f"{fstack.v1}/webhooks",
+        headers=headers,
+        json={"url": url, "events": ["batch.completed"]},
+        timeout=30,
     )
     assert response.status_code == 200, response.text
     endpoint = response.json()["id"]
@@ -170,7 +173,7 @@ def test_webhook_receiver_down_for_a_while_gets_one_delivery_after_it_recovers(
         )
     finally:
         receiver.close()
-        httpx.delete(f"{fstack.v1}/webhooks/{endpoint}", headers=headers)
+        httpx.delete(f"{fstack.v1}/webhooks/{endpoint}", headers=headers, timeout=30)
 
 
 def test_worker_sigkill_with_batch_items_in_flight_loses_nothing(fstack: BatchStack) -> None:
@@ -196,7 +199,7 @@ def test_worker_sigkill_with_batch_items_in_flight_loses_nothing(fstack: BatchSt
         f"{len(finished_before)} finished before; {n}/{n} completed, each in the output once, "
         f"{sum(ran.values()) - n} ran twice"
     )
-    metrics = httpx.get(f"http://127.0.0.1:{fstack.metrics_port}/metrics").text
+    metrics = httpx.get(f"http://127.0.0.1:{fstack.metrics_port}/metrics", timeout=30).text
     assert 'jetserve_scheduler_results_total{kind="batch",outcome="ok"}' in metrics
 
 

@@ -255,14 +255,21 @@ def test_batch_lines_name_the_field(batch_stack: BatchStack) -> None:
 def test_async_requests_are_refused_the_same_way(batch_stack: BatchStack) -> None:
     headers = {"authorization": f"Bearer {batch_stack.keys['alpha']}"}
     missing = {"model": ECHO, "messages": [{"role": "user"}]}
-    refused = httpx.post(f"{batch_stack.v1}/async/chat/completions", headers=headers, json=missing)
+    refused = httpx.post(
+        f"{batch_stack.v1}/async/chat/completions", headers=headers, json=missing, timeout=30
+    )
     assert error_of(refused)["param"] == "messages[0].content"
     body = chat_body(ECHO, PARTS["images"])
-    accepted = httpx.post(f"{batch_stack.v1}/async/chat/completions", headers=headers, json=body)
+    accepted = httpx.post(
+        f"{batch_stack.v1}/async/chat/completions", headers=headers, json=body, timeout=30
+    )
     assert accepted.status_code == 202, accepted.text
     url = f"{batch_stack.v1}/async/requests/{accepted.json()['id']}"
     end = time.monotonic() + 30
-    while (done := httpx.get(url, headers=headers).json())["status"] not in ("completed", "failed"):
+    while (done := httpx.get(url, headers=headers, timeout=30).json())["status"] not in (
+        "completed",
+        "failed",
+    ):
         assert time.monotonic() < end, done
         time.sleep(0.05)
     response = done["response"]
@@ -286,7 +293,10 @@ def test_async_requests_are_refused_the_same_way(batch_stack: BatchStack) -> Non
     asyncio.run(submit())
     url = f"{batch_stack.v1}/async/requests/{request_id}"
     end = time.monotonic() + 30
-    while (done := httpx.get(url, headers=headers).json())["status"] not in ("completed", "failed"):
+    while (done := httpx.get(url, headers=headers, timeout=30).json())["status"] not in (
+        "completed",
+        "failed",
+    ):
         assert time.monotonic() < end, done
         time.sleep(0.05)
     assert done["error"]["code"] == "invalid_request", done

@@ -176,6 +176,7 @@ def test_hostile_webhook_receivers_do_not_stop_other_tenants_webhooks(
                 f"{batch_stack.v1}/webhooks",
                 headers={"authorization": f"Bearer {batch_stack.keys[tenant]}"},
                 json={"url": url, "events": ["batch.completed"]},
+                timeout=30,
             )
             assert response.status_code == 200, response.text
             created.append((tenant, response.json()["id"]))
@@ -202,6 +203,7 @@ def test_hostile_webhook_receivers_do_not_stop_other_tenants_webhooks(
             httpx.delete(
                 f"{batch_stack.v1}/webhooks/{endpoint_id}",
                 headers={"authorization": f"Bearer {batch_stack.keys[tenant]}"},
+                timeout=30,
             )
         slow.close()
         bomb.close()

@@ -121,6 +121,7 @@ def test_a_file_sent_before_its_purpose_takes_that_purpose(batch_stack: BatchSta
             "authorization": f"Bearer {batch_stack.keys['alpha']}",
             "content-type": f"multipart/form-data; boundary={boundary}",
         },
+        timeout=30,
     )
     assert response.status_code == 200, response.text
     assert (response.json()["purpose"], response.json()["bytes"]) == ("vision", len(RED))

@@ -100,7 +100,7 @@ def test_v2_and_v1_batch_lines(batch_stack: BatchStack, iris: ClassicModels) -> 
     client = batch_stack.sdk()
     out = {line["custom_id"]: line for line in read_lines(client, batch.output_file_id)}
     sync = httpx.post(
-        f"{batch_stack.url}{V2_URL}", headers=_headers(batch_stack), json=_v2(x[:1])
+        f"{batch_stack.url}{V2_URL}", headers=_headers(batch_stack), json=_v2(x[:1]), timeout=30
     ).json()
     for i in range(len(x)):
         response = out[f"r{i}"]["response"]
@@ -122,7 +122,7 @@ def test_v2_and_v1_batch_lines(batch_stack: BatchStack, iris: ClassicModels) -> 
     errors = read_lines(client, batch.error_file_id)
     assert [e["custom_id"] for e in errors] == ["bad"]
     sync_bad = httpx.post(
-        f"{batch_stack.url}{V2_URL}", headers=_headers(batch_stack), json=bad_shape
+        f"{batch_stack.url}{V2_URL}", headers=_headers(batch_stack), json=bad_shape, timeout=30
     )
     assert sync_bad.status_code == 400
     assert errors[0]["response"]["status_code"] == 400
@@ -166,7 +166,9 @@ def test_bad_v2_batches_fail_validation(batch_stack: BatchStack, iris: ClassicMo
 def _poll(stack: BatchStack, request_id: str) -> dict[str, Any]:
     end = time.monotonic() + 30
     while True:
-        r = httpx.get(f"{stack.v1}/async/requests/{request_id}", headers=_headers(stack))
+        r = httpx.get(
+            f"{stack.v1}/async/requests/{request_id}", headers=_headers(stack), timeout=30
+        )
         body: dict[str, Any] = r.json()
         if body.get("status") in ("completed", "failed"):
             return body
@@ -182,7 +184,10 @@ def test_v2_and_v1_async_requests_with_callback(
     x = iris.x[40:43]
     try:
         accepted = httpx.post(
-            f"{batch_stack.v1}/async/v2/models/{IRIS}/infer", headers=headers, json=_v2(x)
+            f"{batch_stack.v1}/async/v2/models/{IRIS}/infer",
+            headers=headers,
+            json=_v2(x),
+            timeout=30,
         )
         assert accepted.status_code == 202, accepted.text
         request_id = accepted.json()["id"]
@@ -193,7 +198,9 @@ def test_v2_and_v1_async_requests_with_callback(
         assert done["response"]["status_code"] == 200
         want = iris.sklearn.predict_proba(x)
         assert body["outputs"][0]["data"] == want.reshape(-1).tolist()
-        sync = httpx.post(f"{batch_stack.url}{V2_URL}", headers=_headers(batch_stack), json=_v2(x))
+        sync = httpx.post(
+            f"{batch_stack.url}{V2_URL}", headers=_headers(batch_stack), json=_v2(x), timeout=30
+        )
         assert body == sync.json()
         wait_for(lambda: len(receiver.posts) >= 1)
         event = Webhook(endpoint["secret"]).verify(receiver.posts[0][1], receiver.posts[0][0])
@@ -204,6 +211,7 @@ def test_v2_and_v1_async_requests_with_callback(
             f"{batch_stack.v1}/async/models/{IRIS}:predict",
             headers=_headers(batch_stack),
             json={"instances": x.tolist()},
+            timeout=30,
         )
         assert accepted.status_code == 202, accepted.text
         done = _poll(batch_stack, accepted.json()["id"])
@@ -215,10 +223,13 @@ def test_v2_and_v1_async_requests_with_callback(
             f"{batch_stack.v1}/async/v2/models/{IRIS}/infer",
             headers=_headers(batch_stack),
             json=bad,
+            timeout=30,
         )
         assert accepted.status_code == 202, accepted.text
         done = _poll(batch_stack, accepted.json()["id"])
-        sync_bad = httpx.post(f"{batch_stack.url}{V2_URL}", headers=_headers(batch_stack), json=bad)
+        sync_bad = httpx.post(
+            f"{batch_stack.url}{V2_URL}", headers=_headers(batch_stack), json=bad, timeout=30
+        )
         assert sync_bad.status_code == 400
         assert done["response"]["status_code"] == 400
         assert done["response"]["body"] == sync_bad.json()
@@ -234,12 +245,14 @@ def test_async_refusals(batch_stack: BatchStack, iris: ClassicModels) -> None:
         (f"/async/models/{IRIS}:explain", 404),
         (f"/async/models/{uuid.uuid4().hex}:predict", 404),
     ]:
-        r = httpx.post(f"{batch_stack.v1}{path}", headers=headers, json=row)
+        r = httpx.post(f"{batch_stack.v1}{path}", headers=headers, json=row, timeout=30)
         assert r.status_code == status, (path, r.text)
     not_json = httpx.post(
-        f"{batch_stack.v1}/async/v2/models/{IRIS}/infer", headers=headers, content=b"{"
+        f"{batch_stack.v1}/async/v2/models/{IRIS}/infer", headers=headers, content=b"{", timeout=30
     )
     assert not_json.status_code == 400
-    no_rows = httpx.post(f"{batch_stack.v1}/async/models/{IRIS}:predict", headers=headers, json={})
+    no_rows = httpx.post(
+        f"{batch_stack.v1}/async/models/{IRIS}:predict", headers=headers, json={}, timeout=30
+    )
     assert no_rows.status_code == 400
     assert no_rows.json()["error"]["param"] == "instances"

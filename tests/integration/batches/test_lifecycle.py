@@ -92,7 +92,7 @@ def test_scheduler_restart_mid_batch_completes_every_item_once(batch_stack: Batc
     lock, resumes at the cursor, re-collects results; every item is completed exactly once."""
     active = batch_stack.schedulers[-1]
     metrics = f"http://127.0.0.1:{batch_stack.metrics_port}"
-    assert httpx.get(f"{metrics}/readyz").text.strip() == "active"
+    assert httpx.get(f"{metrics}/readyz", timeout=30).text.strip() == "active"
     waiting = batch_stack.scheduler_log().count("standing by")
     standby = batch_stack.start_scheduler(JETSERVE_SCHEDULER_METRICS_PORT="0")
     end = time.monotonic() + 30
@@ -103,7 +103,7 @@ def test_scheduler_restart_mid_batch_completes_every_item_once(batch_stack: Batc
     lines = [chat_line(f"r{i}", ECHO, f"item {i}") for i in range(3000)]
     batch_id = _submit(batch_stack, lines)
     _wait_completed_at_least(batch_stack, batch_id, 300)
-    exported = httpx.get(f"{metrics}/metrics").text
+    exported = httpx.get(f"{metrics}/metrics", timeout=30).text
     assert "jetserve_scheduler_active 1.0" in exported
     for name in (
         "jetserve_batch_items",

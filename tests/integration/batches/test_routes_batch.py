@@ -64,6 +64,7 @@ def test_batch_lines_and_async_requests_of_a_served_name(batch_stack: BatchStack
             f"{batch_stack.v1}/async/chat/completions",
             json={"model": served, "user": user, "messages": [{"role": "user", "content": "x"}]},
             headers=headers,
+            timeout=30,
         )
         assert r.status_code == 202, r.text
         polled = _poll(batch_stack, r.json()["id"])

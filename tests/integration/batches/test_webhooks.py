@@ -31,6 +31,7 @@ def register(stack: BatchStack, url: str, tenant: str = "alpha", **body: Any) ->
         f"{stack.v1}/webhooks",
         headers={"authorization": f"Bearer {stack.keys[tenant]}"},
         json={"url": url, **body},
+        timeout=30,
     )
     assert response.status_code == 200, response.text
     return dict(response.json())
@@ -40,6 +41,7 @@ def unregister(stack: BatchStack, endpoint_id: str, tenant: str = "alpha") -> No
     httpx.delete(
         f"{stack.v1}/webhooks/{endpoint_id}",
         headers={"authorization": f"Bearer {stack.keys[tenant]}"},
+        timeout=30,
     ).raise_for_status()
 
 
@@ -134,15 +136,15 @@ def test_registration_refusals(batch_stack: BatchStack) -> None:
         ({"url": "http://example.com/a\tb"}, "url"),
         ({"url": "http://example.com/\r\nx: y"}, "url"),
     ):
-        response = httpx.post(f"{batch_stack.v1}/webhooks", headers=headers, json=body)
+        response = httpx.post(f"{batch_stack.v1}/webhooks", headers=headers, json=body, timeout=30)
         assert response.status_code == 400, body
         assert response.json()["error"]["param"] == param
-    listed = httpx.get(f"{batch_stack.v1}/webhooks", headers=headers).json()
+    listed = httpx.get(f"{batch_stack.v1}/webhooks", headers=headers, timeout=30).json()
     assert all("secret" not in e for e in listed["data"])
     assert all("\t" not in e["url"] and "\n" not in e["url"] for e in listed["data"])
     endpoint = register(batch_stack, "HTTP://LocalHost:8/a/../b")
     assert endpoint["url"] == "http://localhost:8/b"  # stored as the client sends it
     unregister(batch_stack, endpoint["id"])
-    other = httpx.delete(f"{batch_stack.v1}/webhooks/we_nope", headers=headers)
+    other = httpx.delete(f"{batch_stack.v1}/webhooks/we_nope", headers=headers, timeout=30)
     assert other.status_code == 404
     assert json.loads(other.content)["error"]["type"] == "not_found_error"
