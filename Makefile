@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.jetserve-installed
 PYTEST_ARGS ?=
+# Test processes: most of the suite waits on the servers and workers it starts, so two overlap
+# well on two cores. Tests marked `serial` (time bounds, rates) run after, in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: up test test-slow lint install bench bench-http bench-batch bench-prefix loadgen soak clean
 
@@ -14,7 +17,8 @@ up: $(STAMP)
 	$(BIN)/jetserve up $(ARGS)
 
 test: $(STAMP) lint
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not serial" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and serial" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)

@@ -27,7 +27,7 @@ from schemas.messages import FinalResult, StreamChunk
 
 from ..conftest import REPO, child_env, wait_for_workers
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 async def _ack_pending(nc: NATS, model: str) -> int:

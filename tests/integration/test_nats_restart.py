@@ -23,7 +23,7 @@ from schemas.messages import ErrorResult
 from ..conftest import wait_for_workers
 from .test_faults import _completions
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 RATE_PER_S = 40
 DURATION_S = 4.0

@@ -26,7 +26,7 @@ from schemas import names
 
 from .conftest import BatchStack, Receiver, chat_line, jsonl, launch_stack, read_lines, wait_batch
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 SLOW = "f-slow"
 SLOW_CAPACITY = 4

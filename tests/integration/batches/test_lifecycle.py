@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import ECHO, SLOW, BatchStack, chat_line, jsonl, read_lines, wait_batch
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 def _submit(stack: BatchStack, lines: list[dict[str, object]], window: str = "24h") -> str:

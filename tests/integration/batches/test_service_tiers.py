@@ -34,7 +34,7 @@ from schemas.names import Priority
 from ...conftest import wait_for_workers
 from .conftest import BatchStack, bridge_gauge
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 TIERS = "b-tiers"
 SERVICE_S = 0.05
