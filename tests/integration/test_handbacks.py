@@ -19,17 +19,21 @@ from workers.provision import max_deliveries
 pytestmark = pytest.mark.integration
 
 
-async def _held(nc: NATS, model: str) -> int:
+async def _held(nc: NATS, model: str) -> tuple[int, int]:
+    """(deliveries the consumer made, messages held unacknowledged)."""
     info = await nc.jetstream().consumer_info(names.stream_name(model), "online")
-    return int(info.num_ack_pending)
+    return int(info.delivered.consumer_seq or 0), int(info.num_ack_pending)
 
 
-async def _until_held(nc: NATS, model: str, timeout_s: float = 15.0) -> None:
+async def _until_held(nc: NATS, model: str, delivery: int, timeout_s: float = 15.0) -> None:
+    """Until delivery `delivery` of the one request is held. Counting deliveries, not only
+    held messages: the previous worker's nak reaches the consumer asynchronously, so right
+    after a hand-back the consumer may still show the old delivery as held."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout_s
-    while await _held(nc, model) != 1:
+    while await _held(nc, model) != (delivery, 1):
         if loop.time() > end:
-            raise TimeoutError("the worker did not take the request")
+            raise TimeoutError(f"the worker did not take delivery {delivery} of the request")
         await asyncio.sleep(0.05)
 
 
@@ -47,7 +51,7 @@ async def test_a_request_handed_back_by_successive_draining_workers_still_runs(
         )
         if pending is None:
             pending = asyncio.create_task(client.request_obj(request, 60))
-        await _until_held(nc, model_name)
+        await _until_held(nc, model_name, i + 1)
         assert await worker.stop() == 0, f"worker {i}"
     assert pending is not None
     await inproc_worker(model_name, "tests.models:SlowModel", max_attempts=max_attempts)
